@@ -96,7 +96,9 @@ def file_digest(paths: Iterable[Path]) -> str:
 
 
 def _bar(desc: str, enabled: bool) -> tqdm:
-    return tqdm(desc=desc, unit=" rows", disable=not enabled, mininterval=1.0, leave=False)
+    # disable=None: draw only on a terminal, never into captured logs
+    return tqdm(desc=desc, unit=" rows", disable=None if enabled else True, mininterval=1.0,
+                leave=False)
 
 
 def ingest_pool(

@@ -1,0 +1,179 @@
+"""`rar`: run the demo, run the pipeline on any M-BEIR corpus, validate a corpus.
+
+    rar demo                        build the demo corpus and run the graph on it
+    rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory
+    rar validate --data DIR         print the quarantine summary, write nothing
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from rar_pipeline.core.images import ImageCheck, ImageCheckLevel
+from rar_pipeline.core.mbeir import LayoutError, discover
+from rar_pipeline.core.settings import Settings, load_settings
+
+IMAGE_CHECK_HELP = (
+    "how hard to look at images: decode (default; catches truncated files), header, "
+    "exists (for very large pools), off"
+)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse `rar` arguments."""
+    parser = argparse.ArgumentParser(
+        prog="rar", description="Reasoning-Augmented Representations pipeline"
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="build the demo corpus and run the pipeline on it")
+    demo.add_argument("--data", type=Path, help="where to write the demo corpus "
+                      "(default: data/demo)")
+    demo.add_argument("--artifacts", type=Path, help="where outputs go "
+                      "(default: artifacts/<data dir name>)")
+    demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
+    demo.add_argument("--train-products", type=int, default=480)
+    demo.add_argument("--test-products", type=int, default=240)
+    demo.add_argument("--train-queries", type=int, default=300, help="per task")
+    demo.add_argument("--test-queries", type=int, default=100, help="per task")
+    demo.add_argument("--seed", type=int, default=7)
+
+    run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
+    run.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
+    run.add_argument("--artifacts", type=Path, help="where outputs go "
+                     "(default: artifacts/<data dir name>)")
+    run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 "
+                     "(default: all)")
+    run.add_argument("--image-check", choices=[lv.value for lv in ImageCheckLevel],
+                     default=ImageCheckLevel.DECODE.value, help=IMAGE_CHECK_HELP)
+
+    validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
+    validate.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
+    validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
+    validate.add_argument("--image-check", choices=[lv.value for lv in ImageCheckLevel],
+                          default=ImageCheckLevel.DECODE.value, help=IMAGE_CHECK_HELP)
+    validate.add_argument("--show", type=int, default=20,
+                          help="how many quarantined rows to list (default 20)")
+    validate.add_argument("--json", action="store_true", help="print a JSON summary instead")
+    validate.add_argument("--strict", action="store_true",
+                          help="exit 1 when any row is quarantined")
+    return parser.parse_args(argv)
+
+
+def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | None) -> int:
+    # Dagster is imported here, not at module import, so `rar validate` stays fast.
+    from rar_pipeline.definitions import ASSETS
+    from rar_pipeline.defs.launch import get_instance, run_pipeline
+    from rar_pipeline.defs.resources import default_resources
+
+    resources = default_resources(settings)
+    image_check = getattr(args, "image_check", None)
+    if image_check:
+        resources["corpus"] = resources["corpus"].model_copy(update={"image_check": image_check})
+    instance = get_instance(settings)
+    started = time.perf_counter()
+    result = run_pipeline(
+        settings,
+        resources=resources,
+        assets=ASSETS,
+        instance=instance,
+        tasks=getattr(args, "tasks", None),
+        build_demo=build_demo,
+        echo=print,
+    )
+    quarantined = sum(s.metadata.get("quarantined", 0) for s in result.steps)
+    warned = [s for s in result.steps if not s.checks_passed]
+    print(
+        f"\ndone in {time.perf_counter() - started:.0f}s: {len(result.steps)} asset partitions "
+        f"materialized, {quarantined} rows quarantined"
+        + (f", {len(warned)} quarantine-rate warnings" if warned else "")
+    )
+    print(f"  outputs:     {settings.artifacts_dir}")
+    if quarantined:
+        print(f"  quarantine:  {settings.artifacts_dir / 'quarantine'}  (one JSON line per row)")
+    print(f"  runs:        recorded in {instance.root_directory}")
+    print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
+    return 0
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from rar_pipeline.core.ingest import validate_corpus
+
+    layout = discover(args.data)
+    reports = validate_corpus(
+        layout,
+        tasks=args.tasks,
+        image_check=ImageCheck(level=ImageCheckLevel(args.image_check)),
+        progress=sys.stderr.isatty(),
+    )
+    total_rows = sum(r.summary["rows"] for r in reports)
+    total_bad = sum(r.summary["quarantined"] for r in reports)
+    if args.json:
+        print(json.dumps(
+            {
+                "data_root": str(layout.root),
+                "rows": total_rows,
+                "quarantined": total_bad,
+                "files": {r.key: r.summary for r in reports},
+                "quarantine": [
+                    {"source": q.source, "line": q.line, "row_id": q.row_id,
+                     "reason": q.reason.value, "detail": q.detail}
+                    for r in reports for q in r.quarantined
+                ],
+            },
+            indent=2,
+        ))
+    else:
+        print(f"{layout.root}: {len(layout.pools)} pool shards, {len(layout.queries)} tasks")
+        print(f"{'shard / task':<48} {'rows':>9} {'quarantined':>12}  reasons")
+        for r in reports:
+            reasons = ", ".join(f"{k}={v}" for k, v in r.summary["by_reason"].items())
+            print(f"{r.key:<48} {r.summary['rows']:>9} {r.summary['quarantined']:>12}  {reasons}")
+        print(f"{'total':<48} {total_rows:>9} {total_bad:>12}")
+        shown = [q for r in reports for q in r.quarantined][: args.show]
+        if shown:
+            print("\nquarantined rows:")
+            for q in shown:
+                print(f"  {q.source}:{q.line} [{q.row_id or '-'}] {q.reason.value}: {q.detail}")
+            if total_bad > len(shown):
+                print(f"  ... and {total_bad - len(shown)} more (use --show N or --json)")
+    return 1 if args.strict and total_bad else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the `rar` command; returns the exit code."""
+    args = parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "run":
+            settings = load_settings(data_root=args.data, artifacts_dir=args.artifacts)
+            discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path
+            return _run_graph(settings, args, build_demo=None)
+        if args.command == "demo":
+            base = load_settings()
+            settings = load_settings(
+                data_root=args.data or base.demo_root, artifacts_dir=args.artifacts
+            )
+            demo_config = {
+                "n_train_products": args.train_products,
+                "n_test_products": args.test_products,
+                "train_queries_per_task": args.train_queries,
+                "test_queries_per_task": args.test_queries,
+                "seed": args.seed,
+                "force": args.force,
+            }
+            return _run_graph(settings, args, build_demo=demo_config)
+    except (LayoutError, FileExistsError, ValueError, KeyError) as exc:
+        print(f"rar: error: {exc}", file=sys.stderr)
+        return 2
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

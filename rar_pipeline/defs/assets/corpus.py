@@ -1,0 +1,182 @@
+"""Corpus assets: the demo corpus, then validated candidate pools and queries."""
+
+
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from rar_pipeline.core.demo_data import BUILDER_VERSION, DemoConfig, build_demo_corpus
+from rar_pipeline.core.ingest import (
+    READER_VERSION,
+    IngestReport,
+    MissingUpstreamError,
+    ingest_pool,
+    ingest_queries,
+    known_candidate_ids,
+)
+from rar_pipeline.core.mbeir import discover
+from rar_pipeline.defs.checks import quarantine_rate_result, quarantine_rate_spec
+from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
+from rar_pipeline.defs.resources import CorpusResource
+
+
+class DemoCorpusConfig(dg.Config):
+    """Sizes and seed of the demo corpus (see `core.demo_data.DemoConfig`)."""
+
+    n_train_products: int = DemoConfig.n_train_products
+    n_test_products: int = DemoConfig.n_test_products
+    train_queries_per_task: int = DemoConfig.train_queries_per_task
+    test_queries_per_task: int = DemoConfig.test_queries_per_task
+    holdout_fraction: float = DemoConfig.holdout_fraction
+    seed: int = DemoConfig.seed
+    force: bool = False
+
+
+@dg.asset(
+    group_name="demo",
+    code_version=f"demo-builder-{BUILDER_VERSION}",
+    kinds={"python", "parquet"},
+)
+def demo_corpus(
+    context: dg.AssetExecutionContext, config: DemoCorpusConfig, corpus: CorpusResource
+) -> dg.MaterializeResult:
+    """The shapeshop demo corpus in M-BEIR layout, composed from easy-vqa's images."""
+    cfg = DemoConfig(**config.model_dump(exclude={"force"}))
+    summary = build_demo_corpus(Path(corpus.data_root), cfg, force=config.force)
+    added = register_corpus_partitions(context.instance, discover(corpus.data_root))
+    tasks_md = "\n".join(
+        f"| {task} | {counts.get('train', 0)} | {counts.get('test', 0)} |"
+        for task, counts in summary["tasks"].items()
+    )
+    return dg.MaterializeResult(
+        metadata={
+            "data_root": dg.MetadataValue.path(summary["data_root"]),
+            "rebuilt": summary["rebuilt"],
+            "products": summary["products"],
+            "held_out_combinations": summary["held_out_combinations"],
+            "test_products_with_unseen_combination": summary[
+                "test_products_with_unseen_combination"
+            ],
+            "pools": summary["pools"],
+            "tasks": dg.MetadataValue.md("| task | train | test |\n|---|---|---|\n" + tasks_md),
+            "partitions_added": added,
+        },
+        data_version=dg.DataVersion(summary["fingerprint"]),
+    )
+
+
+def _report_metadata(report: IngestReport) -> dict[str, Any]:
+    summary = report.summary
+    by_modality = summary["by_modality"]
+    metadata: dict[str, Any] = {
+        "dagster/row_count": summary["rows"],
+        "rows_text": by_modality.get("text", 0),
+        "rows_image": by_modality.get("image", 0),
+        "rows_image_text": by_modality.get("image,text", 0),
+        "quarantined": summary["quarantined"],
+        "quarantine_rate": summary["quarantine_rate"],
+        "quarantined_by_reason": summary["by_reason"],
+        "sources": report.sources,
+        "preview": dg.MetadataValue.md(report.preview.head(5).to_markdown(index=False))
+        if not report.preview.empty
+        else "(no rows)",
+    }
+    if report.output is not None:
+        metadata["path"] = dg.MetadataValue.path(str(report.output))
+    if report.quarantine_file is not None:
+        metadata["quarantine_file"] = dg.MetadataValue.path(str(report.quarantine_file))
+    if report.quarantined:
+        sample = report.quarantined[:10]
+        metadata["quarantine_sample"] = dg.MetadataValue.md(
+            "| source | line | id | reason | detail |\n|---|---|---|---|---|\n"
+            + "\n".join(
+                f"| {q.source} | {q.line} | {q.row_id or ''} | {q.reason.value} | "
+                f"{q.detail.replace('|', '/')[:120]} |"
+                for q in sample
+            )
+        )
+    return metadata
+
+
+@dg.asset(
+    partitions_def=pool_shards,
+    group_name="corpus",
+    code_version=READER_VERSION,
+    check_specs=[quarantine_rate_spec("candidate_pool")],
+    kinds={"parquet"},
+)
+def candidate_pool(
+    context: dg.AssetExecutionContext, corpus: CorpusResource
+) -> dg.MaterializeResult:
+    """One candidate pool file, validated: good rows to Parquet, bad rows quarantined."""
+    report = ingest_pool(
+        corpus.layout(),
+        context.partition_key,
+        corpus.artifacts(),
+        image_check=corpus.image_policy(),
+        progress=True,
+    )
+    if report.quarantined:
+        context.log.warning(
+            f"{len(report.quarantined)} rows quarantined in {context.partition_key}: "
+            f"{report.summary['by_reason']} (see {report.quarantine_file})"
+        )
+    return dg.MaterializeResult(
+        metadata=_report_metadata(report),
+        data_version=dg.DataVersion(report.data_version),
+        check_results=[
+            quarantine_rate_result(
+                report.summary, corpus.max_quarantine_rate, partition=context.partition_key
+            )
+        ],
+    )
+
+
+@dg.asset(
+    partitions_def=query_tasks,
+    group_name="corpus",
+    code_version=READER_VERSION,
+    deps=[dg.AssetDep(candidate_pool, partition_mapping=dg.AllPartitionMapping())],
+    check_specs=[quarantine_rate_spec("queries")],
+    kinds={"parquet"},
+)
+def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
+    """One query task (all splits) with its qrels, validated against every candidate pool."""
+    layout = corpus.layout()
+    try:
+        known = known_candidate_ids(corpus.artifacts(), layout.pools)
+    except MissingUpstreamError as exc:
+        raise dg.Failure(
+            description=f"{exc}. Materialize candidate_pool for every shard first.",
+        ) from exc
+    report = ingest_queries(
+        layout,
+        context.partition_key,
+        corpus.artifacts(),
+        known_dids=known,
+        image_check=corpus.image_policy(),
+        progress=True,
+    )
+    if report.quarantined:
+        context.log.warning(
+            f"{len(report.quarantined)} rows quarantined in {context.partition_key}: "
+            f"{report.summary['by_reason']} (see {report.quarantine_file})"
+        )
+    metadata = _report_metadata(report)
+    metadata.update(
+        {
+            "rows_per_split": {s: v["rows"] for s, v in report.extra["splits"].items()},
+            "qrels_rows": report.extra["qrels_rows"],
+            "instructions": report.extra["instructions"],
+        }
+    )
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(report.data_version),
+        check_results=[
+            quarantine_rate_result(
+                report.summary, corpus.max_quarantine_rate, partition=context.partition_key
+            )
+        ],
+    )

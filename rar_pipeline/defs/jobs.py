@@ -1,0 +1,27 @@
+"""Jobs: one per partitioned stage, so runs, backfills and sensors can target a stage."""
+
+from __future__ import annotations
+
+import dagster as dg
+
+from rar_pipeline.defs.partitions import pool_shards, query_tasks
+
+ingest_pools_job = dg.define_asset_job(
+    "ingest_pools",
+    selection=dg.AssetSelection.assets("candidate_pool"),
+    partitions_def=pool_shards,
+    description="Validate candidate pool shards into Parquet plus quarantine files.",
+)
+ingest_queries_job = dg.define_asset_job(
+    "ingest_queries",
+    selection=dg.AssetSelection.assets("queries"),
+    partitions_def=query_tasks,
+    description="Validate query tasks (all splits, with qrels) against the candidate pools.",
+)
+build_demo_job = dg.define_asset_job(
+    "build_demo",
+    selection=dg.AssetSelection.assets("demo_corpus"),
+    description="Write the shapeshop demo corpus and register its partitions.",
+)
+
+JOBS = [ingest_pools_job, ingest_queries_job, build_demo_job]

@@ -1,0 +1,146 @@
+"""Run the asset graph from Python (what `rar demo` and `rar run` call).
+
+Each stage is materialized partition by partition in this process against the project's
+Dagster instance, so every run, its metadata and its checks show up in the web UI
+afterwards exactly as if they had been launched from there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import dagster as dg
+
+from rar_pipeline.core.mbeir import discover
+from rar_pipeline.core.settings import Settings
+from rar_pipeline.defs.partitions import register_corpus_partitions
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@dataclass
+class StepResult:
+    """One materialized asset partition, as reported to the person running it."""
+
+    asset: str
+    partition: str | None
+    seconds: float
+    metadata: dict[str, Any]
+    checks_passed: bool
+
+
+@dataclass
+class PipelineResult:
+    """Everything one `run_pipeline` call materialized."""
+
+    steps: list[StepResult] = field(default_factory=list)
+
+    def for_asset(self, asset: str) -> list[StepResult]:
+        return [s for s in self.steps if s.asset == asset]
+
+
+def get_instance(settings: Settings) -> dg.DagsterInstance:
+    """The project's persistent instance (DAGSTER_HOME, default <project>/dagster_home)."""
+    home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home)
+    home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(home)
+    return dg.DagsterInstance.get()
+
+
+def _plain_metadata(metadata: dict[str, Any]) -> dict[str, Any]:
+    return {k: getattr(v, "value", v) for k, v in metadata.items()}
+
+
+def materialize_step(
+    asset: str,
+    partition: str | None,
+    *,
+    assets: Sequence[dg.AssetsDefinition],
+    resources: dict[str, Any],
+    instance: dg.DagsterInstance,
+    run_config: dict[str, Any] | None = None,
+) -> StepResult:
+    """Materialize one asset (one partition of it) in process; raises if the run fails."""
+    started = time.perf_counter()
+    result = dg.materialize(
+        assets,
+        selection=[asset],
+        partition_key=partition,
+        resources=resources,
+        instance=instance,
+        run_config={**QUIET, **(run_config or {})},
+        tags={"rar/launched_by": "rar-cli"},
+    )
+    events = result.asset_materializations_for_node(asset)
+    checks = result.get_asset_check_evaluations()
+    return StepResult(
+        asset=asset,
+        partition=partition,
+        seconds=time.perf_counter() - started,
+        metadata=_plain_metadata(dict(events[-1].metadata)) if events else {},
+        checks_passed=all(c.passed for c in checks),
+    )
+
+
+def run_pipeline(
+    settings: Settings,
+    *,
+    resources: dict[str, Any],
+    assets: Sequence[dg.AssetsDefinition],
+    instance: dg.DagsterInstance,
+    tasks: Sequence[str] | None = None,
+    build_demo: dict[str, Any] | None = None,
+    echo: Callable[[str], None] = lambda _msg: None,
+) -> PipelineResult:
+    """Materialize the graph on the corpus at `settings.data_root`, stage by stage.
+
+    Args:
+        settings: locations.
+        resources: resources for the assets (real ones from `default_resources`).
+        assets: every asset definition of the graph.
+        instance: the Dagster instance runs are recorded in.
+        tasks: which query tasks to ingest (default: all the corpus has).
+        build_demo: when given, first materialize `demo_corpus` with this run config.
+        echo: called with one line per finished step.
+
+    Returns:
+        The steps with their metadata.
+    """
+    out = PipelineResult()
+
+    def step(asset: str, partition: str | None, run_config: dict[str, Any] | None = None) -> None:
+        res = materialize_step(
+            asset, partition, assets=assets, resources=resources, instance=instance,
+            run_config=run_config,
+        )
+        out.steps.append(res)
+        md = res.metadata
+        label = f"{asset}[{partition}]" if partition else asset
+        if "dagster/row_count" in md:
+            detail = f"{md['dagster/row_count']} rows, {md.get('quarantined', 0)} quarantined"
+        else:
+            detail = ", ".join(f"{k}={md[k]}" for k in ("products", "rebuilt") if k in md)
+        warn = "" if res.checks_passed else "  [check warning: quarantine rate]"
+        echo(f"  {label:<58} {detail}  ({res.seconds:.1f}s){warn}")
+
+    if build_demo is not None:
+        echo(f"demo corpus -> {settings.data_root}")
+        step("demo_corpus", None, {"ops": {"demo_corpus": {"config": build_demo}}})
+    layout = discover(settings.data_root)
+    selected = list(tasks) if tasks else list(layout.queries)
+    unknown = sorted(set(selected) - set(layout.queries))
+    if unknown:
+        raise ValueError(f"unknown tasks {unknown}; the corpus has {sorted(layout.queries)}")
+    register_corpus_partitions(instance, layout)
+    echo(f"candidate pools ({len(layout.pools)} shards)")
+    for shard in layout.pools:
+        step("candidate_pool", shard)
+    echo(f"queries ({len(selected)} tasks)")
+    for task in selected:
+        step("queries", task)
+    return out
