@@ -111,8 +111,13 @@ def _validate(args: argparse.Namespace) -> int:
         image_check=ImageCheck(level=ImageCheckLevel(args.image_check)),
         progress=sys.stderr.isatty(),
     )
+    # instruction lines are shared by every task: count them once
+    bad_instructions = next(
+        (r.extra["instructions_quarantined"] for r in reports if r.extra.get("instructions_quarantined")),
+        [],
+    )
     total_rows = sum(r.summary["rows"] for r in reports)
-    total_bad = sum(r.summary["quarantined"] for r in reports)
+    total_bad = sum(r.summary["quarantined"] for r in reports) + len(bad_instructions)
     if args.json:
         print(json.dumps(
             {
@@ -123,7 +128,7 @@ def _validate(args: argparse.Namespace) -> int:
                 "quarantine": [
                     {"source": q.source, "line": q.line, "row_id": q.row_id,
                      "reason": q.reason.value, "detail": q.detail}
-                    for r in reports for q in r.quarantined
+                    for q in [*(q for r in reports for q in r.quarantined), *bad_instructions]
                 ],
             },
             indent=2,
@@ -134,8 +139,11 @@ def _validate(args: argparse.Namespace) -> int:
         for r in reports:
             reasons = ", ".join(f"{k}={v}" for k, v in r.summary["by_reason"].items())
             print(f"{r.key:<48} {r.summary['rows']:>9} {r.summary['quarantined']:>12}  {reasons}")
+        if bad_instructions:
+            print(f"{'instructions':<48} {'':>9} {len(bad_instructions):>12}")
         print(f"{'total':<48} {total_rows:>9} {total_bad:>12}")
-        shown = [q for r in reports for q in r.quarantined][: args.show]
+        every = [q for r in reports for q in r.quarantined] + list(bad_instructions)
+        shown = every[: args.show]
         if shown:
             print("\nquarantined rows:")
             for q in shown:

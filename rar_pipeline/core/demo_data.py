@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -50,7 +51,7 @@ from rar_pipeline.core.records import Candidate, Modality, Query
 
 DATASET = "shapeshop"
 DATASET_ID = 50
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 MARKER = ".rar_demo.json"
 IMAGE_DIR = f"mbeir_images/{DATASET}_images"
 
@@ -243,17 +244,30 @@ MOD = {
 
 
 def easy_vqa_labels(split: str) -> dict[int, tuple[str, str]]:
-    """Shape and colour of every easy-vqa image, read off its question/answer pairs."""
+    """Shape and colour of every easy-vqa image, read off its question/answer pairs.
+
+    An answer may name the shape or colour ("what color is the circle?" -> "red"); a yes/no
+    answer affirms the shape and colour words of its question, unless the question is
+    negated ("is there not a red shape?" -> "no" affirms red).
+    """
     import easy_vqa
 
     questions = easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
     shape: dict[int, str] = {}
     colour: dict[int, str] = {}
-    for _text, answer, image_id in zip(*questions, strict=True):
-        if answer in SHAPES:
-            shape[image_id] = answer
-        elif answer in COLOURS:
-            colour[image_id] = answer
+    for text, answer, image_id in zip(*questions, strict=True):
+        words = re.findall(r"[a-z]+", text.lower())
+        if answer in ("yes", "no"):
+            negated = "not" in words or "no" in words
+            if (answer == "yes") == negated:
+                continue  # the question's words are denied, not affirmed
+        else:
+            words.append(answer)
+        for word in words:
+            if word in SHAPES:
+                shape[image_id] = word
+            elif word in COLOURS:
+                colour[image_id] = word
     return {i: (shape[i], colour[i]) for i in sorted(shape.keys() & colour.keys())}
 
 

@@ -234,8 +234,9 @@ def ingest_queries(
         quarantined.extend(result.quarantined)
         qrels_summary[split] = summarize(result, with_modality=False)
 
+    # The instructions file is corpus-wide: its bad lines go to their own quarantine file
+    # rather than being counted again against every task.
     instructions, bad_instructions = _instructions_for(layout, task, rows)
-    quarantined.extend(bad_instructions)
 
     frame = records_to_frame(rows, Query)
     output = quarantine_file = None
@@ -243,6 +244,8 @@ def ingest_queries(
         output = write_parquet(frame, artifacts.queries(task))
         write_parquet(records_to_frame(qrels, Qrel), artifacts.qrels(task))
         quarantine_file = write_quarantine(quarantined, artifacts.quarantine("queries", task))
+        if bad_instructions:
+            write_quarantine(bad_instructions, artifacts.quarantine("instructions", "instructions"))
     total = summarize(ReadResult(rows=rows, quarantined=quarantined))
     sources = [*splits.values(), *layout.qrels.get(task, {}).values()]
     return IngestReport(
@@ -260,6 +263,7 @@ def ingest_queries(
             "qrels": qrels_summary,
             "qrels_rows": len(qrels),
             "instructions": [list(i.prompts) for i in instructions],
+            "instructions_quarantined": bad_instructions,
         },
     )
 

@@ -169,6 +169,7 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
             "rows_per_split": {s: v["rows"] for s, v in report.extra["splits"].items()},
             "qrels_rows": report.extra["qrels_rows"],
             "instructions": report.extra["instructions"],
+            "instructions_quarantined": len(report.extra["instructions_quarantined"]),
         }
     )
     return dg.MaterializeResult(
