@@ -1,8 +1,8 @@
 """`rar`: run the demo, run the pipeline on any M-BEIR corpus, validate a corpus.
 
-    rar demo                        build the demo corpus and run the graph on it
-    rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory
-    rar validate --data DIR         print the quarantine summary, write nothing
+rar demo                        build the demo corpus and run the graph on it
+rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory
+rar validate --data DIR         print the quarantine summary, write nothing
 """
 
 from __future__ import annotations
@@ -32,10 +32,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
 
     demo = sub.add_parser("demo", help="build the demo corpus and run the pipeline on it")
-    demo.add_argument("--data", type=Path, help="where to write the demo corpus "
-                      "(default: data/demo)")
-    demo.add_argument("--artifacts", type=Path, help="where outputs go "
-                      "(default: artifacts/<data dir name>)")
+    demo.add_argument(
+        "--data", type=Path, help="where to write the demo corpus (default: data/demo)"
+    )
+    demo.add_argument(
+        "--artifacts", type=Path, help="where outputs go (default: artifacts/<data dir name>)"
+    )
     demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
     demo.add_argument("--train-products", type=int, default=480)
     demo.add_argument("--test-products", type=int, default=240)
@@ -45,23 +47,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
     run.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
-    run.add_argument("--artifacts", type=Path, help="where outputs go "
-                     "(default: artifacts/<data dir name>)")
-    run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 "
-                     "(default: all)")
-    run.add_argument("--image-check", choices=[lv.value for lv in ImageCheckLevel],
-                     default=ImageCheckLevel.DECODE.value, help=IMAGE_CHECK_HELP)
+    run.add_argument(
+        "--artifacts", type=Path, help="where outputs go (default: artifacts/<data dir name>)"
+    )
+    run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 (default: all)")
+    run.add_argument(
+        "--image-check",
+        choices=[lv.value for lv in ImageCheckLevel],
+        default=ImageCheckLevel.DECODE.value,
+        help=IMAGE_CHECK_HELP,
+    )
 
     validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
     validate.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
-    validate.add_argument("--image-check", choices=[lv.value for lv in ImageCheckLevel],
-                          default=ImageCheckLevel.DECODE.value, help=IMAGE_CHECK_HELP)
-    validate.add_argument("--show", type=int, default=20,
-                          help="how many quarantined rows to list (default 20)")
+    validate.add_argument(
+        "--image-check",
+        choices=[lv.value for lv in ImageCheckLevel],
+        default=ImageCheckLevel.DECODE.value,
+        help=IMAGE_CHECK_HELP,
+    )
+    validate.add_argument(
+        "--show", type=int, default=20, help="how many quarantined rows to list (default 20)"
+    )
     validate.add_argument("--json", action="store_true", help="print a JSON summary instead")
-    validate.add_argument("--strict", action="store_true",
-                          help="exit 1 when any row is quarantined")
+    validate.add_argument(
+        "--strict", action="store_true", help="exit 1 when any row is quarantined"
+    )
     return parser.parse_args(argv)
 
 
@@ -113,26 +125,37 @@ def _validate(args: argparse.Namespace) -> int:
     )
     # instruction lines are shared by every task: count them once
     bad_instructions = next(
-        (r.extra["instructions_quarantined"] for r in reports if r.extra.get("instructions_quarantined")),
+        (
+            r.extra["instructions_quarantined"]
+            for r in reports
+            if r.extra.get("instructions_quarantined")
+        ),
         [],
     )
     total_rows = sum(r.summary["rows"] for r in reports)
     total_bad = sum(r.summary["quarantined"] for r in reports) + len(bad_instructions)
     if args.json:
-        print(json.dumps(
-            {
-                "data_root": str(layout.root),
-                "rows": total_rows,
-                "quarantined": total_bad,
-                "files": {r.key: r.summary for r in reports},
-                "quarantine": [
-                    {"source": q.source, "line": q.line, "row_id": q.row_id,
-                     "reason": q.reason.value, "detail": q.detail}
-                    for q in [*(q for r in reports for q in r.quarantined), *bad_instructions]
-                ],
-            },
-            indent=2,
-        ))
+        print(
+            json.dumps(
+                {
+                    "data_root": str(layout.root),
+                    "rows": total_rows,
+                    "quarantined": total_bad,
+                    "files": {r.key: r.summary for r in reports},
+                    "quarantine": [
+                        {
+                            "source": q.source,
+                            "line": q.line,
+                            "row_id": q.row_id,
+                            "reason": q.reason.value,
+                            "detail": q.detail,
+                        }
+                        for q in [*(q for r in reports for q in r.quarantined), *bad_instructions]
+                    ],
+                },
+                indent=2,
+            )
+        )
     else:
         print(f"{layout.root}: {len(layout.pools)} pool shards, {len(layout.queries)} tasks")
         print(f"{'shard / task':<48} {'rows':>9} {'quarantined':>12}  reasons")

@@ -137,8 +137,7 @@ def passage_text(brand: Brand, facet: str) -> str:
         )
     if facet == "year":
         return (
-            f"{brand.title} opened in {brand.year}; its first toys were cut from "
-            f"{brand.material}."
+            f"{brand.title} opened in {brand.year}; its first toys were cut from {brand.material}."
         )
     raise ValueError(f"unknown facet {facet!r}")
 
@@ -252,7 +251,9 @@ def easy_vqa_labels(split: str) -> dict[int, tuple[str, str]]:
     """
     import easy_vqa
 
-    questions = easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
+    questions = (
+        easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
+    )
     shape: dict[int, str] = {}
     colour: dict[int, str] = {}
     for text, answer, image_id in zip(*questions, strict=True):
@@ -275,9 +276,7 @@ def easy_vqa_image_paths(split: str) -> dict[int, str]:
     """easy-vqa's own image files for a split."""
     import easy_vqa
 
-    return (
-        easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
-    )
+    return easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
 
 
 def compose_product(shape_image: Image.Image, label: str, rng: random.Random) -> Image.Image:
@@ -419,7 +418,9 @@ def build_demo_corpus(
     catalogue: dict[tuple[str, str, str], Candidate] = {}
     for shape, colour, brand in product(SHAPES, COLOURS, BRANDS):
         catalogue[(shape, colour, brand.name)] = Candidate(
-            did=ids(), modality=Modality.TEXT, txt=catalogue_text(shape, colour, brand),
+            did=ids(),
+            modality=Modality.TEXT,
+            txt=catalogue_text(shape, colour, brand),
             img_path=None,
         )
     # per-split image and image+text candidates
@@ -488,13 +489,25 @@ def build_demo_corpus(
             add(2, split, Modality.TEXT, text, None, pos)
         # task 3: image -> text (catalogue entry)
         for p in _sample(split_products, n_q, rng):
-            add(3, split, Modality.IMAGE, None, p.img_path,
-                [catalogue[(p.shape, p.colour, p.brand)].did])
+            add(
+                3,
+                split,
+                Modality.IMAGE,
+                None,
+                p.img_path,
+                [catalogue[(p.shape, p.colour, p.brand)].did],
+            )
         # task 6: (image, question) -> knowledge passage
         for p in _sample(split_products, n_q, rng):
             facet = rng.choice(FACETS)
-            add(6, split, Modality.IMAGE_TEXT, rng.choice(QA[facet]), p.img_path,
-                [passages[(p.brand, facet)].did])
+            add(
+                6,
+                split,
+                Modality.IMAGE_TEXT,
+                rng.choice(QA[facet]),
+                p.img_path,
+                [passages[(p.brand, facet)].did],
+            )
         # task 7: (image, instruction) -> modified product photo
         made = 0
         for p in rng.sample(split_products, len(split_products)):
@@ -514,8 +527,14 @@ def build_demo_corpus(
                 continue
             kind, target, values = rng.choice(options)
             text = rng.choice(MOD[kind]).format(**values)
-            add(7, split, Modality.IMAGE_TEXT, text, p.img_path,
-                [photo[o.key].did for o in by_combo[target]])
+            add(
+                7,
+                split,
+                Modality.IMAGE_TEXT,
+                text,
+                p.img_path,
+                [photo[o.key].did for o in by_combo[target]],
+            )
             made += 1
 
     # pools: test candidates per task (local), train candidates in the union train pool
@@ -534,8 +553,10 @@ def build_demo_corpus(
         7: split_photos("test"),
     }
     union_train = (
-        split_photos("train") + split_listings("train")
-        + list(passages.values()) + list(catalogue.values())
+        split_photos("train")
+        + split_listings("train")
+        + list(passages.values())
+        + list(catalogue.values())
     )
     union_test: dict[str, Candidate] = {}
     for pool in local_pools.values():
@@ -565,8 +586,7 @@ def build_demo_corpus(
         products=len(products),
         held_out_combinations=len(held_out),
         test_products_with_unseen_combination=sum(
-            1 for p in products
-            if p.split == "test" and (p.shape, p.colour, p.brand) in held_out
+            1 for p in products if p.split == "test" and (p.shape, p.colour, p.brand) in held_out
         ),
         truth_file=str(truth),
         fingerprint=_fingerprint(out),

@@ -97,8 +97,9 @@ def file_digest(paths: Iterable[Path]) -> str:
 
 def _bar(desc: str, enabled: bool) -> tqdm:
     # disable=None: draw only on a terminal, never into captured logs
-    return tqdm(desc=desc, unit=" rows", disable=None if enabled else True, mininterval=1.0,
-                leave=False)
+    return tqdm(
+        desc=desc, unit=" rows", disable=None if enabled else True, mininterval=1.0, leave=False
+    )
 
 
 def ingest_pool(
@@ -218,8 +219,12 @@ def ingest_queries(
     for split, path in sorted(splits.items()):
         with _bar(f"{task}/{split}", progress) as bar:
             result = read_queries(
-                path, layout.root, split=split, known_dids=known_dids,
-                image_check=image_check, progress=bar.update,
+                path,
+                layout.root,
+                split=split,
+                known_dids=known_dids,
+                image_check=image_check,
+                progress=bar.update,
             )
         rows.extend(result.rows)
         quarantined.extend(result.quarantined)

@@ -281,7 +281,9 @@ def _read_rows(
         if progress is not None:
             progress(1)
         if obj is None:
-            reason = Reason.BAD_JSON if error and error.startswith("bad JSON") else Reason.NOT_AN_OBJECT
+            reason = (
+                Reason.BAD_JSON if error and error.startswith("bad JSON") else Reason.NOT_AN_OBJECT
+            )
             quarantined.append(_quarantine(source, line_no, raw, reason, error or "", None))
             continue
         rid = raw_id(obj)
@@ -352,9 +354,7 @@ def read_candidates(
             src_content=_src_content(obj.get("src_content")),
         )
 
-    return _read_rows(
-        path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress
-    )
+    return _read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
 
 
 def read_queries(
@@ -400,9 +400,7 @@ def read_queries(
             unknown = [d for d in (*positives, *negatives) if d not in known_dids]
             if unknown:
                 shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-                raise _RowError(
-                    Reason.UNKNOWN_REFERENCE, f"candidates not in any pool: {shown}"
-                )
+                raise _RowError(Reason.UNKNOWN_REFERENCE, f"candidates not in any pool: {shown}")
         task_id = obj.get("task_id")
         if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
             if isinstance(task_id, str) and task_id.isdigit():
@@ -423,9 +421,7 @@ def read_queries(
             src_content=_src_content(obj.get("query_src_content")),
         )
 
-    return _read_rows(
-        path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress
-    )
+    return _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
 
 
 def read_qrels(
@@ -452,7 +448,10 @@ def read_qrels(
             if len(parts) != 5:
                 quarantined.append(
                     _quarantine(
-                        source, line_no, raw, Reason.BAD_QREL_LINE,
+                        source,
+                        line_no,
+                        raw,
+                        Reason.BAD_QREL_LINE,
                         f"expected 5 fields 'qid 0 did relevance task_id', got {len(parts)}",
                         parts[0],
                     )
@@ -462,8 +461,12 @@ def read_qrels(
             if not (relevance.lstrip("-").isdigit() and task_id.isdigit()):
                 quarantined.append(
                     _quarantine(
-                        source, line_no, raw, Reason.BAD_QREL_LINE,
-                        "relevance and task_id must be integers", qid,
+                        source,
+                        line_no,
+                        raw,
+                        Reason.BAD_QREL_LINE,
+                        "relevance and task_id must be integers",
+                        qid,
                     )
                 )
                 continue
@@ -482,8 +485,12 @@ def read_qrels(
             if (qid, did) in seen:
                 quarantined.append(
                     _quarantine(
-                        source, line_no, raw, Reason.DUPLICATE_ID,
-                        f"pair ({qid}, {did}) already on line {seen[(qid, did)]}", qid,
+                        source,
+                        line_no,
+                        raw,
+                        Reason.DUPLICATE_ID,
+                        f"pair ({qid}, {did}) already on line {seen[(qid, did)]}",
+                        qid,
                     )
                 )
                 continue
@@ -493,8 +500,11 @@ def read_qrels(
 
 
 def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
-    """Read UniIR's `query_instructions.tsv` (header: query_modality, cand_modality,
-    dataset_name, dataset_id, prompt_1..prompt_n)."""
+    """Read UniIR's `query_instructions.tsv`.
+
+    The header is query_modality, cand_modality, dataset_name, dataset_id, then
+    prompt_1..prompt_n; rows without a prompt are quarantined.
+    """
     source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
     rows: list[Instruction] = []
     quarantined: list[QuarantinedRow] = []
@@ -511,8 +521,12 @@ def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
             if len(parts) < 5 or not prompts:
                 quarantined.append(
                     _quarantine(
-                        source, line_no, raw, Reason.BAD_INSTRUCTION_LINE,
-                        "expected 4 key columns and at least one prompt", None,
+                        source,
+                        line_no,
+                        raw,
+                        Reason.BAD_INSTRUCTION_LINE,
+                        "expected 4 key columns and at least one prompt",
+                        None,
                     )
                 )
                 continue

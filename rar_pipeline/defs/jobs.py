@@ -1,21 +1,20 @@
-"""Jobs: one per partitioned stage, so runs, backfills and sensors can target a stage."""
+"""Jobs: one per partitioned stage, so runs, backfills and sensors can target a stage.
+
+Partitioning is inferred from the selected assets (pool shards, query tasks).
+"""
 
 from __future__ import annotations
 
 import dagster as dg
 
-from rar_pipeline.defs.partitions import pool_shards, query_tasks
-
 ingest_pools_job = dg.define_asset_job(
     "ingest_pools",
     selection=dg.AssetSelection.assets("candidate_pool"),
-    partitions_def=pool_shards,
     description="Validate candidate pool shards into Parquet plus quarantine files.",
 )
 ingest_queries_job = dg.define_asset_job(
     "ingest_queries",
     selection=dg.AssetSelection.assets("queries"),
-    partitions_def=query_tasks,
     description="Validate query tasks (all splits, with qrels) against the candidate pools.",
 )
 build_demo_job = dg.define_asset_job(

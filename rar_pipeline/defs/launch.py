@@ -115,7 +115,11 @@ def run_pipeline(
 
     def step(asset: str, partition: str | None, run_config: dict[str, Any] | None = None) -> None:
         res = materialize_step(
-            asset, partition, assets=assets, resources=resources, instance=instance,
+            asset,
+            partition,
+            assets=assets,
+            resources=resources,
+            instance=instance,
             run_config=run_config,
         )
         out.steps.append(res)

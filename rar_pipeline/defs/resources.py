@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -213,6 +214,19 @@ class MlflowResource(dg.ConfigurableResource):
         client.set_terminated(run.info.run_id, status="FINISHED")
 
 
+# MLflow's rule for param and metric names; the fake enforces it so that code tested against
+# the fake cannot log a name (e.g. "recall@10") that real MLflow refuses.
+_MLFLOW_NAME = re.compile(r"^[/\w.\- :]+$")
+
+
+def _check_name(name: str) -> None:
+    if not _MLFLOW_NAME.match(name):
+        raise ValueError(
+            f"Invalid name {name!r}: names may only contain alphanumerics, underscores, "
+            "dashes, periods, spaces, colon and slashes"
+        )
+
+
 @dataclass
 class RecordedRun:
     """What `FakeMlflow` recorded for one run."""
@@ -226,10 +240,18 @@ class RecordedRun:
     status: str = "RUNNING"
 
     def log_params(self, params: Mapping[str, Any]) -> None:
-        self.params.update(params)
+        for key, value in params.items():
+            _check_name(key)
+            if key in self.params and str(self.params[key]) != str(value):
+                raise ValueError(
+                    f"Changing param values is not allowed: {key!r} is {self.params[key]!r}, "
+                    f"got {value!r}"
+                )
+            self.params[key] = value
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         for key, value in metrics.items():
+            _check_name(key)
             self.metrics.setdefault(key, []).append((step or 0, float(value)))
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:

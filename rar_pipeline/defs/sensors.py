@@ -1,6 +1,5 @@
 """Sensors: notice new or changed corpus files, add their partitions, launch their runs."""
 
-
 import json
 
 import dagster as dg

@@ -126,8 +126,9 @@ def test_product_image_has_canvas_size_and_label_pixels():
 
 
 def test_builder_is_idempotent_and_guards_foreign_folders(tmp_path: Path):
-    cfg = DemoConfig(n_train_products=12, n_test_products=8, train_queries_per_task=5,
-                     test_queries_per_task=4)
+    cfg = DemoConfig(
+        n_train_products=12, n_test_products=8, train_queries_per_task=5, test_queries_per_task=4
+    )
     root = tmp_path / "demo"
     first = build_demo_corpus(root, cfg)
     assert first["rebuilt"] and (root / MARKER).is_file()

@@ -337,25 +337,16 @@ class TestRunTrackingSpec:
         assert tracker.read(first.run_id, tmp_path).params == {"which": "first"}
         assert tracker.read(second.run_id, tmp_path).params == {"which": "second"}
 
-    # The two specs below hold for MLflow; the fake accepts what MLflow refuses, so code
-    # tested only against the fake can still fail in production. Strict xfail: when the
-    # fake learns these rules the marker must go.
+    # The two specs below are MLflow's own rules; the fake enforces them too, so code tested
+    # against the fake cannot log what real MLflow refuses.
 
-    def test_metric_names_mlflow_cannot_store_are_refused(self, tracker, tmp_path, request):
-        if isinstance(tracker, FakeTracker):
-            request.applymarker(
-                pytest.mark.xfail(strict=True, reason="FakeMlflow accepts any metric name")
-            )
+    def test_metric_names_mlflow_cannot_store_are_refused(self, tracker, tmp_path):
         with pytest.raises(Exception, match="recall@10"):
             with tracker.resource.start_run("bad-metric-name") as run:
                 run.log_metrics({"recall@10": 0.5})
         assert tracker.read(run.run_id, tmp_path).status == "FAILED"
 
-    def test_a_param_cannot_change_value_within_a_run(self, tracker, tmp_path, request):
-        if isinstance(tracker, FakeTracker):
-            request.applymarker(
-                pytest.mark.xfail(strict=True, reason="FakeMlflow overwrites params silently")
-            )
+    def test_a_param_cannot_change_value_within_a_run(self, tracker, tmp_path):
         with pytest.raises(Exception, match="(?i)param"):
             with tracker.resource.start_run("param-change") as run:
                 run.log_params({"k": 3})

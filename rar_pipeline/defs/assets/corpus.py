@@ -1,6 +1,5 @@
 """Corpus assets: the demo corpus, then validated candidate pools and queries."""
 
-
 from pathlib import Path
 from typing import Any
 

@@ -1,0 +1,93 @@
+"""The `rar` CLI, called in process: validate, run on a hand-written corpus, demo."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from rar_pipeline.cli import main, parse_args
+
+
+@pytest.fixture
+def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty project folder with its own Dagster instance."""
+    monkeypatch.setenv("RAR_PROJECT_DIR", str(tmp_path))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    for var in ("RAR_DATA_ROOT", "RAR_ARTIFACTS_DIR", "MLFLOW_TRACKING_URI", "RAR_LANCEDB_URI"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path
+
+
+def test_parse_args_defaults():
+    args = parse_args(["run", "--data", "/x"])
+    assert args.command == "run" and args.data == Path("/x")
+    assert args.tasks is None and args.image_check == "decode"
+    assert parse_args(["demo"]).train_products == 480
+    with pytest.raises(SystemExit):
+        parse_args(["run"])  # --data is required
+
+
+def test_validate_prints_the_quarantine_summary(mini_corpus, capsys):
+    assert main(["validate", "--data", str(mini_corpus)]) == 0
+    out = capsys.readouterr().out
+    assert "mbeir_mini_task0_cand_pool" in out and "image_truncated=1" in out
+    assert "query/test/mbeir_mini_task0_test.jsonl:4 [77:2003] unknown_reference" in out
+    assert main(["validate", "--data", str(mini_corpus), "--strict"]) == 1
+
+
+def test_validate_json_counts_every_bad_row_once(mini_corpus, capsys):
+    main(["validate", "--data", str(mini_corpus), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["quarantined"] == len(report["quarantine"]) == 30
+    assert report["files"]["mbeir_mini_task0_cand_pool"]["rows"] == 4
+
+
+def test_run_on_a_hand_written_corpus(project, mini_corpus, capsys):
+    code = main(["run", "--data", str(mini_corpus), "--tasks", "mbeir_mini_task6"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "candidate_pool[mbeir_mini_task0_cand_pool]" in out
+    assert "queries[mbeir_mini_task6]" in out and "queries[mbeir_mini_task0]" not in out
+    assert "quarantine-rate" in out  # the bad shard warns but does not stop the run
+    artifacts = project / "artifacts" / "mbeir_mini"
+    good = pd.read_parquet(artifacts / "queries" / "mbeir_mini_task6.parquet")
+    assert set(good["qid"]) == {"77:3000", "77:3001", "77:3004"}
+    quarantined = (artifacts / "quarantine/queries/mbeir_mini_task6.jsonl").read_text()
+    assert "path_escapes_root" in quarantined and "image_truncated" in quarantined
+    assert (project / "dagster_home").is_dir()
+
+
+def test_run_reports_a_wrong_path_clearly(project, capsys):
+    assert main(["run", "--data", str(project / "nowhere")]) == 2
+    assert "not a directory" in capsys.readouterr().err
+
+
+def test_run_refuses_unknown_tasks(project, mini_corpus, capsys):
+    assert main(["run", "--data", str(mini_corpus), "--tasks", "mbeir_nope_task1"]) == 2
+    assert "unknown tasks" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_builds_the_corpus_and_materializes_every_asset(project, capsys):
+    args = [
+        "demo",
+        "--train-products",
+        "20",
+        "--test-products",
+        "12",
+        "--train-queries",
+        "6",
+        "--test-queries",
+        "4",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "demo_corpus" in out and "0 rows quarantined" in out
+    assert (project / "data" / "demo" / "query" / "test").is_dir()
+    assert len(list((project / "artifacts" / "demo" / "queries").glob("*.parquet"))) == 6
+    # a second run reuses the corpus
+    assert main(args) == 0
+    assert "rebuilt=False" in capsys.readouterr().out

@@ -1,0 +1,87 @@
+"""The one Definitions object loads, with the graph, jobs, sensor and resources wired."""
+
+from __future__ import annotations
+
+import json
+
+import dagster as dg
+
+from rar_pipeline.core.mbeir import discover
+from rar_pipeline.definitions import build_definitions, defs
+from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.sensors import corpus_files_sensor
+
+
+def test_definitions_load_with_the_graph():
+    graph = defs.resolve_asset_graph()
+    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    assert {"demo_corpus", "candidate_pool", "queries"} <= keys
+    queries = graph.get(dg.AssetKey("queries"))
+    assert dg.AssetKey("candidate_pool") in queries.parent_keys
+    for name in ("ingest_pools", "ingest_queries", "build_demo"):
+        assert defs.resolve_job_def(name) is not None
+    assert set(defs.resources) >= {"corpus", "lancedb", "mlflow"}
+
+
+def test_workspace_points_at_the_definitions_module():
+    from pathlib import Path
+
+    text = (Path(__file__).parents[1] / "workspace.yaml").read_text()
+    assert "rar_pipeline.definitions" in text
+
+
+def test_resources_come_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("RAR_DATA_ROOT", str(tmp_path / "corpus"))
+    monkeypatch.setenv("RAR_ARTIFACTS_DIR", str(tmp_path / "out"))
+    from rar_pipeline.core.settings import load_settings
+    from rar_pipeline.defs.resources import default_resources
+
+    resources = default_resources(load_settings())
+    assert resources["corpus"].data_root == str(tmp_path / "corpus")
+    assert resources["corpus"].artifacts_dir == str(tmp_path / "out")
+    assert resources["lancedb"].uri == str(tmp_path / "out" / "lancedb")
+
+
+def _tick(instance, corpus, cursor=None):
+    context = dg.build_sensor_context(
+        instance=instance,
+        cursor=cursor,
+        resources={"corpus": corpus},
+        definitions=build_definitions({"corpus": corpus}),
+    )
+    return corpus_files_sensor(context)
+
+
+def test_sensor_registers_partitions_and_ingests_new_then_changed_files(mini_corpus, tmp_path):
+    instance = dg.DagsterInstance.ephemeral()
+    corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"))
+    layout = discover(mini_corpus)
+
+    first = _tick(instance, corpus)
+    added = {
+        r.partitions_def_name: set(r.partition_keys) for r in first.dynamic_partitions_requests
+    }
+    assert added == {"pool_shards": set(layout.pools), "query_tasks": set(layout.queries)}
+    # pools first; the tasks wait for a tick without pool changes
+    assert {r.partition_key for r in first.run_requests} == set(layout.pools)
+    assert {r.job_name for r in first.run_requests} == {"ingest_pools"}
+
+    second = _tick(instance, corpus, first.cursor)
+    assert {r.partition_key for r in second.run_requests} == set(layout.queries)
+    assert {r.job_name for r in second.run_requests} == {"ingest_queries"}
+
+    third = _tick(instance, corpus, second.cursor)
+    assert third.run_requests == []
+
+    # editing one query file re-ingests just that task
+    path = layout.queries["mbeir_mini_task6"]["test"]
+    path.write_text(path.read_text() + "\n")
+    fourth = _tick(instance, corpus, third.cursor)
+    assert [r.partition_key for r in fourth.run_requests] == ["mbeir_mini_task6"]
+    assert json.loads(fourth.cursor)
+
+
+def test_sensor_skips_a_data_root_that_is_not_mbeir(tmp_path):
+    corpus = CorpusResource(data_root=str(tmp_path), artifacts_dir=str(tmp_path / "out"))
+    result = _tick(dg.DagsterInstance.ephemeral(), corpus)
+    assert isinstance(result, dg.SkipReason)
