@@ -7,13 +7,12 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: demo test lint ui mlflow-ui bench clean-demo install
+.PHONY: demo test fmt ui mlflow-ui bench clean-demo install
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints-cpu.txt -e ".[dev]"
 	touch $(STAMP)
 
@@ -21,11 +20,13 @@ demo: $(STAMP)
 	$(BIN)/rar demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
-
-lint: $(STAMP)
 	$(BIN)/ruff check rar_pipeline tests benchmarks
 	$(BIN)/ruff format --check rar_pipeline tests benchmarks
+	$(BIN)/python -m pytest
+
+fmt: $(STAMP)
+	$(BIN)/ruff check --fix rar_pipeline tests benchmarks
+	$(BIN)/ruff format rar_pipeline tests benchmarks
 
 # The Dagster UI on 127.0.0.1 only.
 ui: $(STAMP)
@@ -35,8 +36,8 @@ mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
 
-bench: $(STAMP)
-	$(BIN)/python benchmarks/demo_cost.py
+bench:
+	bash benchmarks/fresh_clone_demo.sh
 
 clean-demo:
 	rm -rf data/demo data/demo_truth artifacts/demo

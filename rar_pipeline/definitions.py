@@ -12,6 +12,7 @@ from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.assets.corpus import candidate_pool, demo_corpus, queries
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.resources import default_resources
+from rar_pipeline.defs.schedules import nightly_pool_revalidation
 from rar_pipeline.defs.sensors import corpus_files_sensor
 
 ASSETS = [demo_corpus, candidate_pool, queries]
@@ -23,6 +24,7 @@ def build_definitions(resources: dict | None = None) -> dg.Definitions:
         assets=ASSETS,
         jobs=JOBS,
         sensors=[corpus_files_sensor],
+        schedules=[nightly_pool_revalidation],
         resources=resources if resources is not None else default_resources(load_settings()),
     )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 
 import dagster as dg
@@ -85,3 +86,16 @@ def test_sensor_skips_a_data_root_that_is_not_mbeir(tmp_path):
     corpus = CorpusResource(data_root=str(tmp_path), artifacts_dir=str(tmp_path / "out"))
     result = _tick(dg.DagsterInstance.ephemeral(), corpus)
     assert isinstance(result, dg.SkipReason)
+
+
+def test_nightly_schedule_revalidates_every_registered_shard():
+    from rar_pipeline.defs.schedules import nightly_pool_revalidation
+
+    with dg.instance_for_test() as instance:
+        instance.add_dynamic_partitions("pool_shards", ["a_cand_pool", "b_cand_pool"])
+        when = datetime.datetime(2026, 11, 27, 3, tzinfo=datetime.UTC)
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
+        requests = nightly_pool_revalidation(context)
+    assert sorted(r.partition_key for r in requests) == ["a_cand_pool", "b_cand_pool"]
+    assert all(r.run_key.endswith("2026-11-27T03:00:00+00:00") for r in requests)
+    assert defs.resolve_schedule_def("nightly_pool_revalidation").job_name == "ingest_pools"
