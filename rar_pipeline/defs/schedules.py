@@ -1,5 +1,8 @@
-"""Schedules. The sensor notices changed JSONL files, not images that vanish or rot on disk
-afterwards; a nightly revalidation of every pool shard catches those."""
+"""Schedules.
+
+The sensor notices changed JSONL files, not images that vanish or rot on disk afterwards; a
+nightly revalidation of every pool shard catches those.
+"""
 
 import dagster as dg
 
