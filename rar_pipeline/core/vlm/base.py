@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import io
-import mimetypes
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -109,7 +108,7 @@ def image_data_url(path: Path, max_side: int = MAX_IMAGE_SIDE) -> str:
         small = max(im.size) <= max_side
         fmt = (im.format or "").upper()
     if small and fmt in {"PNG", "JPEG"}:
-        mime = mimetypes.types_map[".png" if fmt == "PNG" else ".jpg"]
+        mime = "image/png" if fmt == "PNG" else "image/jpeg"
         return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
     buf = io.BytesIO()
     load_image(path, max_side).save(buf, format="PNG")
@@ -132,8 +131,9 @@ def chat_messages(request: VLMRequest, image: Any = None) -> list[dict[str, Any]
         else:
             content.append({"type": "image", "image": image})
     content.append({"type": "text", "text": request.user})
+    # The system message is a plain string: some servers' chat templates accept only that.
     return [
-        {"role": "system", "content": [{"type": "text", "text": request.system}]},
+        {"role": "system", "content": request.system},
         {"role": "user", "content": content},
     ]
 

@@ -1,0 +1,188 @@
+"""Durable key-value stores on Parquet: the enhancement cache and the perception cache.
+
+A store is a folder of immutable part files. Writes are buffered and flushed to a new part
+(atomically: temp file, then rename) every `flush_every` entries or `flush_seconds`, so a run
+killed mid-partition loses at most one buffer and the next run resumes from the cache.
+Several processes may write one store at once (each writes its own parts); on read, the
+newest entry of a key wins.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rar_pipeline.core.prompts import PromptSpec
+from rar_pipeline.core.vlm.base import SamplingParams
+
+
+class ParquetStore:
+    """A durable map from string keys to rows of named columns."""
+
+    def __init__(
+        self, directory: Path, *, flush_every: int = 256, flush_seconds: float = 30.0
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self._rows: dict[str, dict[str, Any]] = {}
+        self._pending: list[dict[str, Any]] = []
+        self._last_flush = time.monotonic()
+        self.reload()
+
+    def reload(self) -> None:
+        """Read every part file (oldest first, so the newest entry of a key wins)."""
+        self._rows = {}
+        for part in sorted(self.directory.glob("part-*.parquet")):
+            for row in pd.read_parquet(part).to_dict(orient="records"):
+                self._rows[row["key"]] = row
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._rows
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        return self._rows.get(key)
+
+    def put(self, key: str, row: Mapping[str, Any]) -> None:
+        record = {**row, "key": key}
+        self._rows[key] = record
+        self._pending.append(record)
+        if (
+            len(self._pending) >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> Path | None:
+        """Write buffered entries to a new part file; returns it (None if nothing pending)."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return None
+        # Time-ordered names: reload() applies parts oldest first.
+        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
+        os.close(fd)
+        try:
+            pd.DataFrame(self._pending).to_parquet(tmp, index=False)
+            os.replace(tmp, self.directory / name)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        self._pending = []
+        return self.directory / name
+
+    def compact(self) -> int:
+        """Merge all parts into one (only when no other process is writing); returns rows."""
+        self.flush()
+        parts = sorted(self.directory.glob("part-*.parquet"))
+        if len(parts) <= 1:
+            return len(self._rows)
+        self._pending = list(self._rows.values())
+        merged = self.flush()
+        for part in parts:
+            if part != merged:
+                part.unlink()
+        return len(self._rows)
+
+    def __enter__(self) -> ParquetStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.flush()
+
+
+# ---------------------------------------------------------------------------
+# enhancement cache
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One enhancement output (or failure) as stored."""
+
+    text: str | None
+    status: str  # "ok" or "failed"
+    error: str | None
+    kind: str
+    prompt_version: str
+    backend: str
+    model_id: str
+    attempts: int
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class EnhancementCache:
+    """Enhancement outputs keyed by item content, prompt version, backend, model, sampling.
+
+    Only successful entries are hits: a failed item is tried again on the next run.
+    """
+
+    def __init__(self, directory: Path, **kwargs: Any) -> None:
+        self.store = ParquetStore(directory, **kwargs)
+
+    def get(self, key: str) -> CacheEntry | None:
+        row = self.store.get(key)
+        if row is None or row.get("status") != "ok":
+            return None
+        return CacheEntry(**{k: row[k] for k in CacheEntry.__dataclass_fields__})
+
+    def failed(self, key: str) -> CacheEntry | None:
+        row = self.store.get(key)
+        if row is None or row.get("status") == "ok":
+            return None
+        return CacheEntry(**{k: row[k] for k in CacheEntry.__dataclass_fields__})
+
+    def put(self, key: str, entry: CacheEntry) -> None:
+        self.store.put(key, {**asdict(entry), "created_at": time.time()})
+
+    def flush(self) -> None:
+        self.store.flush()
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def content_hash(text: str | None, image_sha: str | None) -> str:
+    """The identity of an item's content: its text and its image bytes, not its id."""
+    return hashlib.sha256(json.dumps([text, image_sha]).encode()).hexdigest()
+
+
+def cache_key(
+    item_hash: str,
+    spec: PromptSpec,
+    backend: str,
+    model_id: str,
+    sampling: SamplingParams,
+    extra: Iterable[str] = (),
+) -> str:
+    """Everything that can change an output: item, prompt version, backend, model, sampling."""
+    payload = json.dumps(
+        [item_hash, spec.name, spec.version, backend, model_id, sampling.as_dict(), list(extra)],
+        sort_keys=True,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()
