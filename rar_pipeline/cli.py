@@ -79,7 +79,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | None) -> int:
     # Dagster is imported here, not at module import, so `rar validate` stays fast.
-    from rar_pipeline.definitions import ASSETS
+    from rar_pipeline.definitions import build_assets
     from rar_pipeline.defs.launch import get_instance, run_pipeline
     from rar_pipeline.defs.resources import default_resources
 
@@ -92,7 +92,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     result = run_pipeline(
         settings,
         resources=resources,
-        assets=ASSETS,
+        assets=build_assets(resources["vlm"]),
         instance=instance,
         tasks=getattr(args, "tasks", None),
         build_demo=build_demo,

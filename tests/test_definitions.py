@@ -9,19 +9,29 @@ import dagster as dg
 
 from rar_pipeline.core.mbeir import discover
 from rar_pipeline.definitions import build_definitions, defs
-from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
 from rar_pipeline.defs.sensors import corpus_files_sensor
 
 
 def test_definitions_load_with_the_graph():
     graph = defs.resolve_asset_graph()
     keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
-    assert {"demo_corpus", "candidate_pool", "queries"} <= keys
+    assert {
+        "demo_corpus",
+        "candidate_pool",
+        "queries",
+        "offline_captioner",
+        "corpus_captions",
+        "enhanced_corpus",
+        "enhanced_queries",
+    } <= keys
     queries = graph.get(dg.AssetKey("queries"))
     assert dg.AssetKey("candidate_pool") in queries.parent_keys
     for name in ("ingest_pools", "ingest_queries", "build_demo"):
         assert defs.resolve_job_def(name) is not None
-    assert set(defs.resources) >= {"corpus", "lancedb", "mlflow"}
+    assert set(defs.resources) >= {"corpus", "lancedb", "mlflow", "vlm"}
+    captions = graph.get(dg.AssetKey("corpus_captions"))
+    assert {dg.AssetKey("candidate_pool"), dg.AssetKey("offline_captioner")} <= captions.parent_keys
 
 
 def test_workspace_points_at_the_definitions_module():
@@ -48,7 +58,7 @@ def _tick(instance, corpus, cursor=None):
         instance=instance,
         cursor=cursor,
         resources={"corpus": corpus},
-        definitions=build_definitions({"corpus": corpus}),
+        definitions=build_definitions({"corpus": corpus, "vlm": FakeVLMResource()}),
     )
     return corpus_files_sensor(context)
 

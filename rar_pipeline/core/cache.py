@@ -46,7 +46,10 @@ class ParquetStore:
         self._rows = {}
         for part in sorted(self.directory.glob("part-*.parquet")):
             for row in pd.read_parquet(part).to_dict(orient="records"):
-                self._rows[row["key"]] = row
+                # a null in a column that also holds text reads back as NaN: restore None
+                self._rows[row["key"]] = {
+                    k: None if isinstance(v, float) and v != v else v for k, v in row.items()
+                }
 
     def __len__(self) -> int:
         return len(self._rows)

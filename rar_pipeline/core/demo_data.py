@@ -619,3 +619,44 @@ def _fingerprint(root: Path) -> str:
             digest.update(path.relative_to(root).as_posix().encode())
             digest.update(path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def truth_file_for(data_root: Path) -> Path:
+    """Where the builder writes ground truth for a demo data root (outside it)."""
+    return Path(data_root).parent / f"{Path(data_root).name}_truth" / "products.jsonl"
+
+
+def caption_accuracy(captions: dict[str, str], truth_file: Path, split: str = "test") -> dict:
+    """Share of a split's product captions that name the right shape, colour and label.
+
+    Evaluation only: it runs after captioning and nothing it reads flows back into any
+    enhancement. A caption "names" an attribute when the first shape word / first colour
+    word it contains is the right one (so naming every colour does not score), and the
+    brand label text appears in it.
+
+    Args:
+        captions: image path (relative to the data root) -> caption.
+        truth_file: the builder's products.jsonl.
+        split: which split's products to score.
+
+    Returns:
+        n, and the shares for shape, colour, label and all three.
+    """
+    products = [json.loads(line) for line in truth_file.read_text().splitlines()]
+    scored = [
+        (p, captions[p["img_path"]])
+        for p in products
+        if p["split"] == split and p["img_path"] in captions
+    ]
+    hits = {"shape": 0, "colour": 0, "label": 0, "all": 0}
+    for p, caption in scored:
+        found = re.findall(r"[a-z]+", (caption or "").lower())
+        shape = next((w for w in found if w in SHAPES), None) == p["shape"]
+        colour = next((w for w in found if w in COLOURS), None) == p["colour"]
+        label = p["brand"].lower() in (caption or "").lower()
+        hits["shape"] += shape
+        hits["colour"] += colour
+        hits["label"] += label
+        hits["all"] += shape and colour and label
+    n = len(scored)
+    return {"n": n, **{k: round(v / n, 4) if n else 0.0 for k, v in hits.items()}}

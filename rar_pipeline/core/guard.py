@@ -67,8 +67,13 @@ def contradictions(generated: str, own_text: str | None) -> list[str]:
     flagged: list[str] = []
     for kind in ("name", "number"):
         if own[kind]:
-            flagged += sorted(e for e in found[kind] - own[kind] if e not in own_text.lower())
+            flagged += sorted(e for e in found[kind] - own[kind] if not _mentions(own_text, e))
     return flagged
+
+
+def _mentions(text: str, entity: str) -> bool:
+    """Whether `text` mentions `entity` as a whole word (so 9.99 is not found in 19.99)."""
+    return re.search(rf"(?<![\w.,]){re.escape(entity)}(?![\w]|[.,]\d)", text, re.I) is not None
 
 
 def apply_guard(generated: str, own_text: str | None, policy: GuardPolicy) -> GuardResult:

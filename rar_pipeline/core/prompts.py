@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 
 from rar_pipeline.core.vlm.base import SamplingParams
@@ -55,7 +56,7 @@ def delimit(text: str | None) -> str:
     """
     if not text:
         return "<item_text>\n(none)\n</item_text>"
-    cleaned = text.replace("<item_text>", "(item_text)").replace("</item_text>", "(/item_text)")
+    cleaned = re.sub(r"<\s*(/?)\s*item_text\s*>", r"(\1item_text)", text, flags=re.IGNORECASE)
     return f"<item_text>\n{cleaned}\n</item_text>"
 
 

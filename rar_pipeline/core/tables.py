@@ -75,3 +75,25 @@ def summarize(result: ReadResult, *, with_modality: bool = True) -> dict[str, An
         "by_modality": modality_counts(result.rows) if with_modality else {},
         "by_reason": reason_counts(result.quarantined),
     }
+
+
+def frame_to_records(frame: pd.DataFrame, record_type: type) -> list[Any]:
+    """The inverse of `records_to_frame` for `Candidate` and `Query` tables."""
+    from rar_pipeline.core.records import Modality
+
+    out = []
+    for row in frame.to_dict(orient="records"):
+        values = {}
+        for f in fields(record_type):
+            value = row.get(f.name)
+            if f.name == "modality":
+                value = Modality(value)
+            elif f.name in ("pos_cand_list", "neg_cand_list"):
+                value = tuple(value) if value is not None else ()
+            elif isinstance(value, float) and value != value:  # NaN from a null column
+                value = None
+            elif f.name == "task_id" and value is not None:
+                value = int(value)
+            values[f.name] = value
+        out.append(record_type(**values))
+    return out

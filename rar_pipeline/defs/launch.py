@@ -22,6 +22,17 @@ from rar_pipeline.defs.partitions import register_corpus_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
+# The graph's stages in dependency order, and what each is partitioned by. Assets missing
+# from a definition set (e.g. offline_captioner with a real VLM) are skipped.
+STAGES: tuple[tuple[str, str | None], ...] = (
+    ("candidate_pool", "shards"),
+    ("queries", "tasks"),
+    ("offline_captioner", None),
+    ("corpus_captions", "shards"),
+    ("enhanced_corpus", "shards"),
+    ("enhanced_queries", "tasks"),
+)
+
 
 @dataclass
 class StepResult:
@@ -125,8 +136,17 @@ def run_pipeline(
         out.steps.append(res)
         md = res.metadata
         label = f"{asset}[{partition}]" if partition else asset
-        if "dagster/row_count" in md:
-            detail = f"{md['dagster/row_count']} rows, {md.get('quarantined', 0)} quarantined"
+        if "backend_calls" in md:
+            detail = (
+                f"{md['items']} items, {md['backend_calls']} backend calls, "
+                f"{md['cache_hits']} cached, {md['failures']} failed"
+            )
+        elif "quarantined" in md:
+            detail = f"{md['dagster/row_count']} rows, {md['quarantined']} quarantined"
+        elif "dagster/row_count" in md:
+            detail = f"{md['dagster/row_count']} rows"
+        elif "pairs" in md:
+            detail = f"{md['pairs']} train pairs"
         else:
             detail = ", ".join(f"{k}={md[k]}" for k in ("products", "rebuilt") if k in md)
         warn = "" if res.checks_passed else "  [check warning: quarantine rate]"
@@ -141,10 +161,13 @@ def run_pipeline(
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; the corpus has {sorted(layout.queries)}")
     register_corpus_partitions(instance, layout)
-    echo(f"candidate pools ({len(layout.pools)} shards)")
-    for shard in layout.pools:
-        step("candidate_pool", shard)
-    echo(f"queries ({len(selected)} tasks)")
-    for task in selected:
-        step("queries", task)
+    present = {key.to_user_string() for a in assets for key in a.keys}
+    keys = {"shards": list(layout.pools), "tasks": selected, None: [None]}
+    for asset, partitioned_by in STAGES:
+        if asset not in present:
+            continue
+        partitions = keys[partitioned_by]
+        echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
+        for partition in partitions:
+            step(asset, partition)
     return out

@@ -25,9 +25,13 @@ import numpy as np
 import pandas as pd
 from pydantic import PrivateAttr
 
+from rar_pipeline.core.guard import GuardPolicy
 from rar_pipeline.core.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.core.ingest import ArtifactLayout
 from rar_pipeline.core.mbeir import CorpusLayout, discover
+from rar_pipeline.core.vlm.base import VLM
+from rar_pipeline.core.vlm.factory import create_vlm, default_model_id
+from rar_pipeline.core.vlm.fake import FakeVLM
 
 
 class CorpusResource(dg.ConfigurableResource):
@@ -281,6 +285,108 @@ class FakeMlflow(dg.ConfigurableResource):
         run.status = "FINISHED"
 
 
+# ---------------------------------------------------------------------------
+# vision-language model
+
+
+class VLMResource(dg.ConfigurableResource):
+    """The VLM that enhances items, and the enhancement policy around it.
+
+    Attributes:
+        backend: offline (default here: shipped models + a memory learned from the train
+            split) | transformers | openai (any OpenAI-compatible server, e.g. `vllm serve`)
+            | vllm (in-process engine on a GPU).
+        model_id: the model; empty means the backend's default (Qwen/Qwen2.5-VL-7B-Instruct).
+        base_url / api_key_env / max_concurrency / timeout_s: the openai backend's server.
+        device / trust_remote_code: the transformers and vllm backends.
+        temperature / seed: sampling (0 = greedy, the method's default).
+        batch_size: requests per backend call. max_attempts: tries per failed item.
+        hallucination_policy: keep | strip | drop contradicting entities.
+        query_type_overrides: task -> "qa" | "modification", for image+text queries whose
+            phrasing the method's text rule routes wrongly.
+    """
+
+    backend: str = "offline"
+    model_id: str = ""
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = "OPENAI_API_KEY"
+    max_concurrency: int = 8
+    timeout_s: float = 120.0
+    device: str = "auto"
+    trust_remote_code: bool = False
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 32
+    max_attempts: int = 3
+    hallucination_policy: str = GuardPolicy.KEEP.value
+    query_type_overrides: dict[str, str] = {}
+
+    def resolved_model_id(self) -> str:
+        return self.model_id or default_model_id(self.backend)
+
+    def version_fields(self) -> list[str]:
+        """What shapes every output besides the prompts: part of the code versions."""
+        return [
+            f"backend={self.backend}",
+            f"model={self.resolved_model_id()}",
+            f"temperature={self.temperature}",
+            f"seed={self.seed}",
+        ]
+
+    def policy(self) -> GuardPolicy:
+        return GuardPolicy(self.hallucination_policy)
+
+    def create(self, artifacts_dir: Path) -> VLM:
+        """Build the backend; the offline one reads its memory from the artifacts dir."""
+        return create_vlm(
+            self.backend,
+            model_id=self.model_id or None,
+            memory_dir=artifacts_dir / "offline_captioner",
+            perception_cache_dir=artifacts_dir / "cache" / "perception",
+            base_url=self.base_url,
+            api_key_env=self.api_key_env,
+            max_concurrency=self.max_concurrency,
+            timeout_s=self.timeout_s,
+            device=self.device,
+            batch_size=min(self.batch_size, 8),
+            trust_remote_code=self.trust_remote_code,
+        )
+
+
+class FakeVLMResource(VLMResource):
+    """`VLMResource` whose backend is a `FakeVLM` shared across calls (tests count calls)."""
+
+    backend: str = "fake"
+    model_id: str = "fake-vlm"
+    fail_first: dict[str, int] = {}
+    _vlm: Any = PrivateAttr(default=None)
+
+    def resolved_model_id(self) -> str:
+        return self.model_id
+
+    @property
+    def fake(self) -> FakeVLM:
+        if self._vlm is None:
+            self._vlm = FakeVLM(model=self.model_id, fail_first=dict(self.fail_first))
+        return self._vlm
+
+    def create(self, artifacts_dir: Path) -> VLM:
+        return self.fake
+
+
+def vlm_from_env(env: Mapping[str, str] | None = None) -> VLMResource:
+    """The VLM resource configured by RAR_VLM_* environment variables."""
+    env = os.environ if env is None else env
+    return VLMResource(
+        backend=env.get("RAR_VLM_BACKEND", "offline"),
+        model_id=env.get("RAR_VLM_MODEL", ""),
+        base_url=env.get("RAR_VLM_BASE_URL", "http://127.0.0.1:8000/v1"),
+        api_key_env=env.get("RAR_VLM_API_KEY_ENV", "OPENAI_API_KEY"),
+        device=env.get("RAR_VLM_DEVICE", "auto"),
+        hallucination_policy=env.get("RAR_HALLUCINATION_POLICY", GuardPolicy.KEEP.value),
+    )
+
+
 def default_resources(settings: Any) -> dict[str, Any]:
     """The real resources for a `core.settings.Settings`."""
     return {
@@ -294,4 +400,5 @@ def default_resources(settings: Any) -> dict[str, Any]:
             tracking_uri=settings.mlflow_tracking_uri,
             artifact_location=str(settings.mlflow_artifacts),
         ),
+        "vlm": vlm_from_env(),
     }
