@@ -6,6 +6,7 @@ sampling settings (`VLMResource.version_fields`): edit the corpus caption prompt
 stays fresh. The cache then recomputes only the items whose key changed.
 """
 
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -50,7 +51,12 @@ def code_versions(vlm: VLMResource) -> dict[str, str]:
     return {
         "offline_captioner": OFFLINE_VERSION,
         "corpus_captions": versions_of(CORPUS_PROMPTS, *fields),
-        "enhanced_corpus": versions_of((), VISUAL_CONTEXT_TEMPLATE, f"guard={vlm.policy()}"),
+        # The merge step "uses" the caption prompt through its input: including it makes a
+        # prompt edit mark enhanced_corpus stale at once (Dagster propagates code-version
+        # staleness to descendants only after the upstream is rematerialized).
+        "enhanced_corpus": versions_of(
+            CORPUS_PROMPTS, *fields, VISUAL_CONTEXT_TEMPLATE, f"guard={vlm.policy()}"
+        ),
         "enhanced_queries": versions_of(
             QUERY_PROMPTS, *fields, f"overrides={overrides}", f"guard={vlm.policy()}"
         ),
@@ -80,6 +86,15 @@ def _samples(rows: list[tuple[str, Any, Any]], n: int = 5) -> dg.MetadataValue:
 
         lines.append(f"| {item_id} | {cell(before)} | {cell(after)} |")
     return dg.MetadataValue.md("\n".join(lines))
+
+
+def _data_version(frame: pd.DataFrame, column: str) -> dg.DataVersion:
+    """A hash of what downstream consumes: unchanged outputs leave descendants fresh."""
+    digest = hashlib.sha256()
+    for value in frame[column].tolist():
+        digest.update(str(value).encode())
+        digest.update(b"\0")
+    return dg.DataVersion(digest.hexdigest()[:16])
 
 
 def _bar(total: int, desc: str) -> tqdm:
@@ -187,10 +202,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             }
             for c in cands
         ]
-        path = write_parquet(
-            pd.DataFrame(rows, columns=["did", "item_type", "caption", "status", "error"]),
-            artifacts.root / "corpus_captions" / f"{shard}.parquet",
-        )
+        frame = pd.DataFrame(rows, columns=["did", "item_type", "caption", "status", "error"])
+        path = write_parquet(frame, artifacts.root / "corpus_captions" / f"{shard}.parquet")
         metadata: dict[str, Any] = {
             **stats.as_metadata(),
             "backend": backend.backend,
@@ -210,7 +223,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 metadata.update({f"caption_accuracy_{k}": v for k, v in accuracy.items()})
         if stats.failures:
             context.log.warning(f"{stats.failures} captions failed: {dict(stats.failure_reasons)}")
-        return dg.MaterializeResult(metadata=metadata)
+        return dg.MaterializeResult(metadata=metadata, data_version=_data_version(frame, "caption"))
 
     @dg.asset(
         partitions_def=pool_shards,
@@ -263,9 +276,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             )
             if kind != "text" and len(samples) < 5:
                 samples.append((c.did, c.txt or c.img_path, text))
-        path = write_parquet(
-            pd.DataFrame(rows), artifacts.root / "enhanced_corpus" / f"{shard}.parquet"
-        )
+        frame = pd.DataFrame(rows)
+        path = write_parquet(frame, artifacts.root / "enhanced_corpus" / f"{shard}.parquet")
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(rows),
@@ -276,7 +288,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 "guard_dropped": dropped,
                 "path": dg.MetadataValue.path(str(path)),
                 "samples": _samples(samples),
-            }
+            },
+            data_version=_data_version(frame, "enhanced_txt"),
         )
 
     @dg.asset(
@@ -336,9 +349,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             )
             if item.item_type != "text" and len(samples) < 5:
                 samples.append((q.qid, q.txt or q.img_path, text))
-        path = write_parquet(
-            pd.DataFrame(rows), artifacts.root / "enhanced_queries" / f"{task}.parquet"
-        )
+        frame = pd.DataFrame(rows)
+        path = write_parquet(frame, artifacts.root / "enhanced_queries" / f"{task}.parquet")
         if stats.failures:
             context.log.warning(f"{stats.failures} queries failed: {dict(stats.failure_reasons)}")
         return dg.MaterializeResult(
@@ -352,7 +364,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 "guard_flagged": flagged,
                 "path": dg.MetadataValue.path(str(path)),
                 "samples": _samples(samples),
-            }
+            },
+            data_version=_data_version(frame, "enhanced_txt"),
         )
 
     return [*assets, corpus_captions, enhanced_corpus, enhanced_queries]
