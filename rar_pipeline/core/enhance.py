@@ -247,6 +247,7 @@ def run_enhancement(
     stats = EnhanceStats()
     outputs: dict[str, ItemOutput] = {}
     hashes = _ImageHashes()
+    backend, model_id = vlm.backend, vlm.model_id
     pending: list[tuple[WorkItem, str, VLMRequest]] = []
     for item in items:
         stats.items_by_type[item.item_type] += 1
@@ -266,8 +267,8 @@ def run_enhancement(
         key = cache_key(
             content_hash(item.text, image_sha),
             item.spec,
-            vlm.backend,
-            vlm.model_id,
+            backend,
+            model_id,
             request.sampling,
         )
         hit = cache.get(key)

@@ -257,6 +257,34 @@ def test_a_second_run_makes_no_backend_calls(corpus: Corpus, tmp_path: Path):
         assert second[item_id].text == first[item_id].text
 
 
+class _KilledAfter(FakeVLM):
+    """A backend whose worker dies (KeyboardInterrupt) on its n-th batch."""
+
+    def __init__(self, batches: int) -> None:
+        super().__init__()
+        self.batches = batches
+
+    def generate(self, requests):
+        if self.batches == 0:
+            raise KeyboardInterrupt
+        self.batches -= 1
+        return super().generate(requests)
+
+
+def test_a_run_killed_mid_partition_resumes_where_it_stopped(corpus: Corpus, tmp_path: Path):
+    items = corpus.items()
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(KeyboardInterrupt):
+        run_enhancement(
+            items, _KilledAfter(batches=2), EnhancementCache(cache_dir, flush_every=1), batch_size=1
+        )
+    resumed = FakeVLM()
+    outputs, stats = run_enhancement(items, resumed, EnhancementCache(cache_dir), batch_size=1)
+    assert stats.cache_hits == 2  # the two batches finished before the kill
+    assert stats.backend_calls == len(VLM_ITEMS) - 2
+    assert all(outputs[i].status in ("cached", "generated") for i in VLM_ITEMS)
+
+
 def test_a_moved_item_with_the_same_content_is_a_cache_hit(corpus: Corpus, tmp_path: Path):
     _run(corpus.items(), FakeVLM(), tmp_path / "cache")
     original = corpus.candidates["c-img"]

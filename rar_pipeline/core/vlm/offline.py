@@ -208,12 +208,9 @@ class CaptionMemory:
             raise ValueError(f"{len(features)} feature rows for {len(texts)} texts")
         self.features = np.asarray(features, dtype=np.float32)
         self.texts = list(texts)
-
-    @property
-    def fingerprint(self) -> str:
         digest = hashlib.sha256(self.features.tobytes())
         digest.update(json.dumps(self.texts).encode())
-        return digest.hexdigest()[:12]
+        self.fingerprint = digest.hexdigest()[:12]  # the memory never changes after this
 
     def __len__(self) -> int:
         return len(self.texts)
