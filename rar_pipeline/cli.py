@@ -14,9 +14,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from rar_pipeline.core.guard import GuardPolicy
 from rar_pipeline.core.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.core.mbeir import LayoutError, discover
 from rar_pipeline.core.settings import Settings, load_settings
+from rar_pipeline.core.vlm.factory import BACKENDS
 
 IMAGE_CHECK_HELP = (
     "how hard to look at images: decode (default; catches truncated files), header, "
@@ -58,6 +60,21 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help=IMAGE_CHECK_HELP,
     )
 
+    for command in (demo, run):
+        vlm = command.add_argument_group("enhancement (default: the RAR_VLM_* environment)")
+        vlm.add_argument(
+            "--vlm-backend",
+            choices=list(BACKENDS),
+            help="offline (default) | transformers | openai | vllm",
+        )
+        vlm.add_argument("--vlm-model", help="model id (default Qwen/Qwen2.5-VL-7B-Instruct)")
+        vlm.add_argument("--vlm-base-url", help="openai backend: the server's /v1 URL")
+        vlm.add_argument(
+            "--hallucination-policy",
+            choices=[p.value for p in GuardPolicy],
+            help="what to do with entities that contradict an item's own text",
+        )
+
     validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
     validate.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
@@ -77,6 +94,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def _with(resource, **updates):  # noqa: ANN001, ANN202
+    """A copy of a Dagster resource with some fields changed.
+
+    Built anew, not with pydantic's model_copy, whose updates Dagster would not see.
+    """
+    return type(resource)(**{**resource.model_dump(), **updates})
+
+
 def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | None) -> int:
     # Dagster is imported here, not at module import, so `rar validate` stays fast.
     from rar_pipeline.definitions import build_assets
@@ -86,7 +111,20 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     resources = default_resources(settings)
     image_check = getattr(args, "image_check", None)
     if image_check:
-        resources["corpus"] = resources["corpus"].model_copy(update={"image_check": image_check})
+        resources["corpus"] = _with(resources["corpus"], image_check=image_check)
+    vlm_updates = {
+        field: value
+        for field, value in (
+            ("backend", args.vlm_backend),
+            ("model_id", args.vlm_model),
+            ("base_url", args.vlm_base_url),
+            ("hallucination_policy", args.hallucination_policy),
+        )
+        if value
+    }
+    if vlm_updates:
+        resources["vlm"] = _with(resources["vlm"], **vlm_updates)
+    print(f"enhancement: {resources['vlm'].backend} ({resources['vlm'].resolved_model_id()})")
     instance = get_instance(settings)
     started = time.perf_counter()
     result = run_pipeline(

@@ -91,3 +91,87 @@ def test_demo_builds_the_corpus_and_materializes_every_asset(project, capsys):
     # a second run reuses the corpus
     assert main(args) == 0
     assert "rebuilt=False" in capsys.readouterr().out
+
+
+@pytest.fixture
+def chat_server():
+    """A local OpenAI-compatible server that answers every chat request with a caption."""
+    import http.server
+    import threading
+
+    seen: list[dict] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            seen.append(body)
+            user = body["messages"][-1]["content"]
+            has_image = any(part.get("type") == "image_url" for part in user)
+            text = "A red circle on a plain background." if has_image else "red circle"
+            if "question" in user[-1]["text"].lower() and has_image:
+                text = "who sells this red circle?"
+            payload = json.dumps({"choices": [{"message": {"content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/v1", seen
+    server.shutdown()
+
+
+def test_run_with_an_openai_compatible_server(project, mini_corpus, chat_server, capsys):
+    url, seen = chat_server
+    code = main(
+        [
+            "run",
+            "--data",
+            str(mini_corpus),
+            "--vlm-backend",
+            "openai",
+            "--vlm-base-url",
+            url,
+            "--vlm-model",
+            "served-model",
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "enhancement: openai (served-model)" in out and "offline_captioner" not in out
+    assert seen and all(body["model"] == "served-model" for body in seen)
+    artifacts = project / "artifacts" / "mbeir_mini"
+    corpus = pd.read_parquet(artifacts / "enhanced_corpus" / "mbeir_mini_task0_cand_pool.parquet")
+    image_only = corpus[corpus.modality == "image"]
+    assert set(image_only.enhanced_txt) == {"A red circle on a plain background."}
+    queries = pd.read_parquet(artifacts / "enhanced_queries" / "mbeir_mini_task6.parquet")
+    assert set(queries.query_type) == {"qa"}
+
+
+def test_image_check_flag_reaches_the_assets(project, mini_corpus, capsys):
+    assert (
+        main(
+            [
+                "run",
+                "--data",
+                str(mini_corpus),
+                "--tasks",
+                "mbeir_mini_task6",
+                "--image-check",
+                "exists",
+                "--vlm-backend",
+                "offline",
+            ]
+        )
+        == 0
+    )
+    out = capsys.readouterr().out
+    # exists-only skips decoding: truncated, unreadable and oversized images pass (14 -> 11)
+    line = next(x for x in out.splitlines() if "candidate_pool[mbeir_mini_task0_cand_pool]" in x)
+    assert "7 rows, 11 quarantined" in line
