@@ -27,7 +27,13 @@ def test_definitions_load_with_the_graph():
     } <= keys
     queries = graph.get(dg.AssetKey("queries"))
     assert dg.AssetKey("candidate_pool") in queries.parent_keys
-    for name in ("ingest_pools", "ingest_queries", "build_demo"):
+    for name in (
+        "ingest_pools",
+        "ingest_queries",
+        "build_demo",
+        "enhance_corpus",
+        "enhance_queries",
+    ):
         assert defs.resolve_job_def(name) is not None
     assert set(defs.resources) >= {"corpus", "lancedb", "mlflow", "vlm"}
     captions = graph.get(dg.AssetKey("corpus_captions"))

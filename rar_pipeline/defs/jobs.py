@@ -23,4 +23,21 @@ build_demo_job = dg.define_asset_job(
     description="Write the shapeshop demo corpus and register its partitions.",
 )
 
-JOBS = [ingest_pools_job, ingest_queries_job, build_demo_job]
+enhance_corpus_job = dg.define_asset_job(
+    "enhance_corpus",
+    selection=dg.AssetSelection.assets("corpus_captions", "enhanced_corpus"),
+    description="Caption pool shards and merge the captions into what the retriever embeds.",
+)
+enhance_queries_job = dg.define_asset_job(
+    "enhance_queries",
+    selection=dg.AssetSelection.assets("enhanced_queries"),
+    description="Rewrite query tasks: captions, QA rewrites, modification constraints.",
+)
+
+JOBS = [
+    ingest_pools_job,
+    ingest_queries_job,
+    build_demo_job,
+    enhance_corpus_job,
+    enhance_queries_job,
+]

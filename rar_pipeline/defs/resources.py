@@ -301,6 +301,7 @@ class VLMResource(dg.ConfigurableResource):
         device / trust_remote_code: the transformers and vllm backends.
         temperature / seed: sampling (0 = greedy, the method's default).
         batch_size: requests per backend call. max_attempts: tries per failed item.
+        device_batch_size: transformers only: requests per forward pass.
         hallucination_policy: keep | strip | drop contradicting entities.
         query_type_overrides: task -> "qa" | "modification", for image+text queries whose
             phrasing the method's text rule routes wrongly.
@@ -317,6 +318,7 @@ class VLMResource(dg.ConfigurableResource):
     temperature: float = 0.0
     seed: int = 0
     batch_size: int = 32
+    device_batch_size: int = 4
     max_attempts: int = 3
     hallucination_policy: str = GuardPolicy.KEEP.value
     query_type_overrides: dict[str, str] = {}
@@ -348,7 +350,7 @@ class VLMResource(dg.ConfigurableResource):
             max_concurrency=self.max_concurrency,
             timeout_s=self.timeout_s,
             device=self.device,
-            batch_size=min(self.batch_size, 8),
+            batch_size=self.device_batch_size,
             trust_remote_code=self.trust_remote_code,
         )
 
