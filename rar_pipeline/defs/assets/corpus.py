@@ -65,6 +65,14 @@ def demo_corpus(
     )
 
 
+def _warn_quarantine(context: dg.AssetExecutionContext, report: IngestReport) -> None:
+    if report.quarantined:
+        context.log.warning(
+            f"{len(report.quarantined)} rows quarantined in {context.partition_key}: "
+            f"{report.summary['by_reason']} (see {report.quarantine_file})"
+        )
+
+
 def _report_metadata(report: IngestReport) -> dict[str, Any]:
     summary = report.summary
     by_modality = summary["by_modality"]
@@ -116,11 +124,7 @@ def candidate_pool(
         image_check=corpus.image_policy(),
         progress=True,
     )
-    if report.quarantined:
-        context.log.warning(
-            f"{len(report.quarantined)} rows quarantined in {context.partition_key}: "
-            f"{report.summary['by_reason']} (see {report.quarantine_file})"
-        )
+    _warn_quarantine(context, report)
     return dg.MaterializeResult(
         metadata=_report_metadata(report),
         data_version=dg.DataVersion(report.data_version),
@@ -157,11 +161,7 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
         image_check=corpus.image_policy(),
         progress=True,
     )
-    if report.quarantined:
-        context.log.warning(
-            f"{len(report.quarantined)} rows quarantined in {context.partition_key}: "
-            f"{report.summary['by_reason']} (see {report.quarantine_file})"
-        )
+    _warn_quarantine(context, report)
     metadata = _report_metadata(report)
     metadata.update(
         {

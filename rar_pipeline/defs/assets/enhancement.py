@@ -20,6 +20,9 @@ from rar_pipeline.core.cache import EnhancementCache
 from rar_pipeline.core.classify import QueryType, classify_candidate
 from rar_pipeline.core.demo_data import caption_accuracy, truth_file_for
 from rar_pipeline.core.enhance import (
+    EnhanceStats,
+    ItemOutput,
+    WorkItem,
     candidate_text,
     plan_candidate,
     plan_query,
@@ -36,6 +39,7 @@ from rar_pipeline.core.prompts import (
 )
 from rar_pipeline.core.records import Candidate, Query
 from rar_pipeline.core.tables import frame_to_records, write_parquet
+from rar_pipeline.core.vlm.base import VLM
 from rar_pipeline.core.vlm.offline import OFFLINE_VERSION, CaptionMemory, Perceiver, train_pairs
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
@@ -97,8 +101,25 @@ def _data_version(frame: pd.DataFrame, column: str) -> dg.DataVersion:
     return dg.DataVersion(digest.hexdigest()[:16])
 
 
-def _bar(total: int, desc: str) -> tqdm:
-    return tqdm(total=total, desc=desc, unit=" items", disable=None, mininterval=1.0, leave=False)
+def _enhance(
+    items: list[WorkItem], vlm: VLMResource, artifacts: ArtifactLayout, desc: str
+) -> tuple[VLM, dict[str, ItemOutput], EnhanceStats]:
+    """Run the configured backend over the items through the shared cache, with a bar."""
+    backend = vlm.create(artifacts.root)
+    with tqdm(
+        total=len(items), desc=desc, unit=" items", disable=None, mininterval=1.0, leave=False
+    ) as bar:
+        outputs, stats = run_enhancement(
+            items,
+            backend,
+            _cache(artifacts),
+            batch_size=vlm.batch_size,
+            max_attempts=vlm.max_attempts,
+            temperature=vlm.temperature,
+            seed=vlm.seed,
+            progress=bar.update,
+        )
+    return backend, outputs, stats
 
 
 def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
@@ -180,18 +201,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             _read(artifacts.pool(shard), f"candidate_pool[{shard}]"), Candidate
         )
         items = [plan_candidate(c, layout.root) for c in cands]
-        backend = vlm.create(artifacts.root)
-        with _bar(len(items), f"captions {shard}") as bar:
-            outputs, stats = run_enhancement(
-                items,
-                backend,
-                _cache(artifacts),
-                batch_size=vlm.batch_size,
-                max_attempts=vlm.max_attempts,
-                temperature=vlm.temperature,
-                seed=vlm.seed,
-                progress=bar.update,
-            )
+        backend, outputs, stats = _enhance(items, vlm, artifacts, f"captions {shard}")
         rows = [
             {
                 "did": c.did,
@@ -309,18 +319,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         qs = frame_to_records(_read(artifacts.queries(task), f"queries[{task}]"), Query)
         override = vlm.query_type_overrides.get(task)
         items = [plan_query(q, layout.root, override) for q in qs]
-        backend = vlm.create(artifacts.root)
-        with _bar(len(items), f"queries {task}") as bar:
-            outputs, stats = run_enhancement(
-                items,
-                backend,
-                _cache(artifacts),
-                batch_size=vlm.batch_size,
-                max_attempts=vlm.max_attempts,
-                temperature=vlm.temperature,
-                seed=vlm.seed,
-                progress=bar.update,
-            )
+        backend, outputs, stats = _enhance(items, vlm, artifacts, f"queries {task}")
         policy = vlm.policy()
         rows, flagged, samples = [], 0, []
         for q, item in zip(qs, items, strict=True):
