@@ -369,10 +369,20 @@ def test_memory_never_lends_a_neighbours_name_even_when_all_neighbours_agree():
     texts = ["the red circle by Quorble", "a red circle from Quorble", "red circle, Quorble"]
     memory = CaptionMemory(features, texts)
     query = np.zeros(1280, dtype=np.float32)
-    query[0] = 1.0
-    words = memory.describe(query, k=3)
+    query[:2] = (1.0, 0.05)  # a similar image, not one of the memory's own
+    words = memory.describe(query / np.linalg.norm(query), k=3)
     assert words[:2] == ["red", "circle"]
     assert "quorble" not in words  # identity comes from the item's own printed text only
+
+
+def test_an_image_never_borrows_its_own_memory_entry():
+    """Train images are captioned like test images, and a duplicate inherits no labels."""
+    features = np.eye(3, 1280, dtype=np.float32)
+    features[1] = features[0] * 0.999 + features[1] * 0.045  # a near neighbour of image 0
+    features /= np.linalg.norm(features, axis=1, keepdims=True)
+    memory = CaptionMemory(features, ["teal triangle", "blue square", "green star"])
+    words = memory.describe(features[0], k=1)
+    assert words == ["blue", "square"]  # its nearest *other* image, not its own text
 
 
 def test_caption_memory_round_trips_through_disk(tmp_path: Path):

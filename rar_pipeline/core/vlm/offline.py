@@ -33,7 +33,8 @@ import numpy as np
 from rar_pipeline.core.cache import ParquetStore, file_sha256
 from rar_pipeline.core.vlm.base import VLMRequest, VLMResult, load_image
 
-OFFLINE_VERSION = "offline-1"
+OFFLINE_VERSION = "offline-2"
+SELF_SIMILARITY = 0.9999  # cosine at or above which two images count as the same image
 _TOKEN = re.compile(r"[A-Za-z][A-Za-z'\-]*|\$?\d+(?:[.,]\d+)*")
 
 # Function words: never caption content, never constraints.
@@ -251,7 +252,12 @@ class CaptionMemory:
         if not len(self):
             return []
         sims = self.features @ features  # (n,)
+        # Leave the image itself out: a train image must be captioned like a test image
+        # (no borrowing of its own labels), and a test image that duplicates a train image
+        # must not inherit that image's labels.
+        sims = np.where(sims >= SELF_SIMILARITY, -np.inf, sims)
         top = np.argsort(-sims, kind="stable")[:k]
+        top = top[np.isfinite(sims[top])]
         weights = np.clip(sims[top], 1e-3, None)
         texts = [self.texts[i] for i in top]
         names = set().union(*(entities(t)["name"] for t in texts))
