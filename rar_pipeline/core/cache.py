@@ -21,48 +21,87 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from rar_pipeline.core.prompts import PromptSpec
 from rar_pipeline.core.vlm.base import SamplingParams
 
 
 class ParquetStore:
-    """A durable map from string keys to rows of named columns."""
+    """A durable map from string keys to rows of named columns.
+
+    Nothing is loaded up front: `prefetch` reads just the wanted keys from every part (a
+    columnar, filtered read), so a run over one partition costs memory for that partition,
+    not for everything ever cached. `get` of a key not prefetched looks it up on its own.
+    """
 
     def __init__(
-        self, directory: Path, *, flush_every: int = 256, flush_seconds: float = 30.0
+        self, directory: Path, *, flush_every: int = 1024, flush_seconds: float = 30.0
     ) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
-        self._rows: dict[str, dict[str, Any]] = {}
+        self._rows: dict[str, dict[str, Any]] = {}  # looked up or written by this process
+        self._absent: set[str] = set()  # looked up, not on disk
         self._pending: list[dict[str, Any]] = []
         self._last_flush = time.monotonic()
-        self.reload()
+
+    def _parts(self) -> list[Path]:
+        # Time-ordered names: reading in name order lets the newest entry of a key win.
+        return sorted(self.directory.glob("part-*.parquet"))
+
+    @staticmethod
+    def _clean(row: dict[str, Any]) -> dict[str, Any]:
+        # a null in a column that also holds text reads back as NaN: restore None
+        return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
+
+    def prefetch(self, keys: Iterable[str]) -> int:
+        """Load these keys' newest entries from disk; returns how many were found."""
+        wanted = {k for k in keys if k not in self._rows and k not in self._absent}
+        if not wanted:
+            return 0
+        found: dict[str, dict[str, Any]] = {}
+        for part in self._parts():
+            table = pq.read_table(part, filters=[("key", "in", sorted(wanted))])
+            for row in table.to_pylist():
+                found[row["key"]] = self._clean(row)
+        self._rows.update(found)
+        self._absent.update(wanted - found.keys())
+        return len(found)
 
     def reload(self) -> None:
-        """Read every part file (oldest first, so the newest entry of a key wins)."""
-        self._rows = {}
-        for part in sorted(self.directory.glob("part-*.parquet")):
-            for row in pd.read_parquet(part).to_dict(orient="records"):
-                # a null in a column that also holds text reads back as NaN: restore None
-                self._rows[row["key"]] = {
-                    k: None if isinstance(v, float) and v != v else v for k, v in row.items()
-                }
+        """Forget what was looked up (another process may have written since)."""
+        self._rows = {r["key"]: r for r in self._pending}
+        self._absent = set()
+
+    def keys(self) -> set[str]:
+        """Every key on disk or pending (reads only the key column)."""
+        on_disk = {
+            k
+            for part in self._parts()
+            for k in pq.read_table(part, columns=["key"]).column("key").to_pylist()
+        }
+        return on_disk | {r["key"] for r in self._pending}
 
     def __len__(self) -> int:
-        return len(self._rows)
+        return len(self.keys())  # a scan of every part's keys: not for hot paths
+
+    def __bool__(self) -> bool:
+        return True  # an empty store is still a store (and truthiness must not scan)
 
     def __contains__(self, key: str) -> bool:
-        return key in self._rows
+        return self.get(key) is not None
 
     def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self._rows and key not in self._absent:
+            self.prefetch([key])
         return self._rows.get(key)
 
     def put(self, key: str, row: Mapping[str, Any]) -> None:
         record = {**row, "key": key}
         self._rows[key] = record
+        self._absent.discard(key)
         self._pending.append(record)
         if (
             len(self._pending) >= self.flush_every
@@ -91,15 +130,19 @@ class ParquetStore:
     def compact(self) -> int:
         """Merge all parts into one (only when no other process is writing); returns rows."""
         self.flush()
-        parts = sorted(self.directory.glob("part-*.parquet"))
+        parts = self._parts()
         if len(parts) <= 1:
-            return len(self._rows)
-        self._pending = list(self._rows.values())
+            return len(self)
+        latest: dict[str, dict[str, Any]] = {}
+        for part in parts:
+            for row in pq.read_table(part).to_pylist():
+                latest[row["key"]] = self._clean(row)
+        self._pending = list(latest.values())
         merged = self.flush()
         for part in parts:
             if part != merged:
                 part.unlink()
-        return len(self._rows)
+        return len(latest)
 
     def __enter__(self) -> ParquetStore:
         return self
@@ -153,6 +196,10 @@ class EnhancementCache:
 
     def put(self, key: str, entry: CacheEntry) -> None:
         self.store.put(key, {**asdict(entry), "created_at": time.time()})
+
+    def prefetch(self, keys: Iterable[str]) -> None:
+        """Look many keys up in one pass (call before a run's `get`s)."""
+        self.store.prefetch(keys)
 
     def flush(self) -> None:
         self.store.flush()

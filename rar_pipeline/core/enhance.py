@@ -248,7 +248,7 @@ def run_enhancement(
     outputs: dict[str, ItemOutput] = {}
     hashes = _ImageHashes()
     backend, model_id = vlm.backend, vlm.model_id
-    pending: list[tuple[WorkItem, str, VLMRequest]] = []
+    keyed: list[tuple[WorkItem, str, VLMRequest]] = []
     for item in items:
         stats.items_by_type[item.item_type] += 1
         if item.spec is None:
@@ -271,6 +271,11 @@ def run_enhancement(
             model_id,
             request.sampling,
         )
+        keyed.append((item, key, request))
+
+    cache.prefetch(key for _, key, _ in keyed)  # one filtered read for the whole partition
+    pending: list[tuple[WorkItem, str, VLMRequest]] = []
+    for item, key, request in keyed:
         hit = cache.get(key)
         if hit is not None:
             stats.cache_hits += 1

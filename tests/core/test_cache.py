@@ -320,3 +320,16 @@ def test_content_hash_depends_on_text_and_image_bytes_not_on_paths(tmp_path: Pat
     assert content_hash("Listing 1001.", file_sha256(other)) != same
     assert content_hash("Listing 1001.", None) != same
     assert content_hash(None, file_sha256(a)) != content_hash("", file_sha256(a))
+
+
+def test_a_fresh_store_looks_up_only_what_it_is_asked_for(tmp_path: Path):
+    writer = ParquetStore(tmp_path, flush_every=10)
+    for i in range(25):
+        writer.put(f"k{i}", {"v": str(i)})
+    writer.flush()
+    reader = ParquetStore(tmp_path)
+    assert reader.prefetch(["k3", "k17", "absent"]) == 2
+    assert reader.get("k3") == {"v": "3", "key": "k3"}
+    assert reader.get("absent") is None
+    assert reader.get("k24")["v"] == "24"  # not prefetched: looked up on its own
+    assert len(reader) == 25 and reader.keys() >= {"k0", "k24"}

@@ -143,6 +143,8 @@ class Perceiver:
         from rar_pipeline.core.vision import image_features
 
         shas = [file_sha256(p) for p in paths]
+        if self.features_store is not None:
+            self.features_store.prefetch(f"{OFFLINE_VERSION}:{sha}" for sha in shas)
         missing = [
             (sha, p)
             for sha, p in dict(zip(shas, paths, strict=True)).items()
@@ -159,7 +161,11 @@ class Perceiver:
     def _feature(self, sha: str) -> np.ndarray | None:
         if f"f:{sha}" in self._memo:
             return self._memo[f"f:{sha}"]
-        row = self.features_store.get(f"{OFFLINE_VERSION}:{sha}") if self.features_store else None
+        row = (
+            self.features_store.get(f"{OFFLINE_VERSION}:{sha}")
+            if self.features_store is not None
+            else None
+        )
         if row is None:
             return None
         value = np.frombuffer(row["v"], dtype=np.float32)
@@ -171,11 +177,12 @@ class Perceiver:
         from rar_pipeline.core.vision import dominant_colours, read_text
 
         feats = self.features(paths)
+        keys = [f"{OFFLINE_VERSION}:ocr={self.ocr}:{file_sha256(p)}" for p in paths]
+        if self.read_store is not None:
+            self.read_store.prefetch(keys)
         out = []
-        for path, f in zip(paths, feats, strict=True):
-            sha = file_sha256(path)
-            key = f"{OFFLINE_VERSION}:ocr={self.ocr}:{sha}"
-            row = self.read_store.get(key) if self.read_store else self._memo.get(key)
+        for path, f, key in zip(paths, feats, keys, strict=True):
+            row = self.read_store.get(key) if self.read_store is not None else self._memo.get(key)
             if row is None:
                 image = load_image(path)
                 boxes = read_text(image) if self.ocr else []
@@ -290,11 +297,15 @@ class OfflineVLM:
         results: list[VLMResult | None] = [None] * len(requests)
         with_image = [i for i, r in enumerate(requests) if r.image_path is not None]
         seen: dict[int, Perception] = {}
-        for i in with_image:
-            try:
-                seen[i] = self.perceiver.perceive([requests[i].image_path])[0]
-            except Exception as exc:  # unreadable image: this request only
-                results[i] = VLMResult(None, f"{type(exc).__name__}: {exc}")
+        try:  # the whole batch at once: one cache lookup, batched features
+            perceived = self.perceiver.perceive([requests[i].image_path for i in with_image])
+            seen = dict(zip(with_image, perceived, strict=True))
+        except Exception:  # some image is unreadable: find it, failing only its request
+            for i in with_image:
+                try:
+                    seen[i] = self.perceiver.perceive([requests[i].image_path])[0]
+                except Exception as exc:
+                    results[i] = VLMResult(None, f"{type(exc).__name__}: {exc}")
         self.perceiver.flush()
         for i, request in enumerate(requests):
             if results[i] is not None:
