@@ -241,6 +241,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (LayoutError, FileExistsError, ValueError, KeyError) as exc:
         print(f"rar: error: {exc}", file=sys.stderr)
         return 2
+    except RuntimeError as exc:  # a failed step (defs.launch.StepFailed)
+        print(f"rar: error: {exc}", file=sys.stderr)
+        print("  the run's full log is in the Dagster UI: make ui -> Runs", file=sys.stderr)
+        return 1
     return 2
 
 

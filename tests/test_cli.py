@@ -175,3 +175,16 @@ def test_image_check_flag_reaches_the_assets(project, mini_corpus, capsys):
     # exists-only skips decoding: truncated, unreadable and oversized images pass (14 -> 11)
     line = next(x for x in out.splitlines() if "candidate_pool[mbeir_mini_task0_cand_pool]" in x)
     assert "7 rows, 11 quarantined" in line
+
+
+def test_a_failing_step_is_reported_with_its_own_message(project, mini_corpus, capsys, monkeypatch):
+    from rar_pipeline.defs import launch
+
+    def fail(*args, **kwargs):
+        raise launch.StepFailed("queries", "mbeir_mini_task0", "r-123", "the pools are missing")
+
+    monkeypatch.setattr(launch, "run_pipeline", fail)
+    assert main(["run", "--data", str(mini_corpus)]) == 1
+    err = capsys.readouterr().err
+    assert "queries[mbeir_mini_task0] failed (run r-123): the pools are missing" in err
+    assert "make ui" in err

@@ -34,6 +34,17 @@ STAGES: tuple[tuple[str, str | None], ...] = (
 )
 
 
+class StepFailed(RuntimeError):
+    """A step's run failed; the message says which step and why."""
+
+    def __init__(self, asset: str, partition: str | None, run_id: str, reason: str) -> None:
+        label = f"{asset}[{partition}]" if partition else asset
+        super().__init__(f"{label} failed (run {run_id}): {reason}")
+        self.asset = asset
+        self.partition = partition
+        self.run_id = run_id
+
+
 @dataclass
 class StepResult:
     """One materialized asset partition, as reported to the person running it."""
@@ -76,7 +87,11 @@ def materialize_step(
     instance: dg.DagsterInstance,
     run_config: dict[str, Any] | None = None,
 ) -> StepResult:
-    """Materialize one asset (one partition of it) in process; raises if the run fails."""
+    """Materialize one asset (one partition of it) in process.
+
+    Raises:
+        StepFailed: with the step's own error message (the full log is in the run).
+    """
     started = time.perf_counter()
     result = dg.materialize(
         assets,
@@ -86,7 +101,16 @@ def materialize_step(
         instance=instance,
         run_config={**QUIET, **(run_config or {})},
         tags={"rar/launched_by": "rar-cli"},
+        raise_on_error=False,
     )
+    if not result.success:
+        failures = result.get_step_failure_events()
+        error = failures[0].step_failure_data.error if failures else None
+        # the user-facing cause, not Dagster's wrapper around it
+        while error is not None and error.cause is not None:
+            error = error.cause
+        reason = error.message.strip() if error is not None else "the run failed"
+        raise StepFailed(asset, partition, result.run_id, reason)
     events = result.asset_materializations_for_node(asset)
     checks = result.get_asset_check_evaluations()
     return StepResult(
