@@ -9,6 +9,7 @@ and the pipeline gains no HTTP dependency for it.
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import logging
 import math
@@ -81,7 +82,9 @@ class OpenAIVLM:
 
     Args:
         base_url: the API root, e.g. "http://127.0.0.1:8000/v1"; requests go to
-            `{base_url}/chat/completions`.
+            `{base_url}/chat/completions`. Several roots separated by commas form a fleet:
+            requests are spread round-robin over them, and a retry goes to the next one
+            (so one server down or overloaded only costs its share of attempts).
         model: the model name the server knows; also this backend's `model_id`.
         api_key_env: environment variable holding the API key. Unset or empty sends no
             Authorization header (local servers usually need none).
@@ -113,9 +116,11 @@ class OpenAIVLM:
         backoff_s: float = 1.0,
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
+        roots = [u.strip() for u in base_url.split(",") if u.strip()]
         # Only HTTP(S): urllib would otherwise happily "POST" to file:// or ftp:// URLs.
-        if not base_url.lower().startswith(("http://", "https://")):
-            raise ValueError(f"base_url must be an http(s) URL, got {base_url!r}")
+        bad = [u for u in roots if not u.lower().startswith(("http://", "https://"))]
+        if not roots or bad:
+            raise ValueError(f"base_url must be http(s) URLs, got {base_url!r}")
         if not model:
             raise ValueError("model must be a non-empty model name")
         if max_concurrency < 1:
@@ -136,7 +141,8 @@ class OpenAIVLM:
             raise ValueError(f"extra_body is not JSON-serialisable: {exc}") from exc
 
         self._base_url = base_url
-        self._url = f"{base_url.rstrip('/')}/chat/completions"
+        self._urls = [f"{u.rstrip('/')}/chat/completions" for u in roots]
+        self._next = itertools.count()  # next() on a count is atomic under the GIL
         self._model = model
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
@@ -224,8 +230,10 @@ class OpenAIVLM:
     def _post(self, data: bytes, call: _Call) -> VLMResult:
         attempts = self.max_retries + 1
         reason = "not attempted"
+        first = next(self._next)
         for attempt in range(1, attempts + 1):
-            outcome = self._attempt(data, call)
+            url = self._urls[(first + attempt - 1) % len(self._urls)]
+            outcome = self._attempt(data, call, url)
             if isinstance(outcome, VLMResult):
                 return outcome
             reason = outcome.reason
@@ -236,7 +244,7 @@ class OpenAIVLM:
             delay = _retry_delay(attempt, self.backoff_s, outcome.retry_after)
             logger.debug(
                 "%s: attempt %d/%d failed (%s); retrying in %.2f s",
-                self._url,
+                url,
                 attempt,
                 attempts,
                 _redact(reason, call.api_key),
@@ -246,10 +254,8 @@ class OpenAIVLM:
         plural = "s" if attempts > 1 else ""
         return VLMResult(text=None, error=f"{reason}; gave up after {attempts} attempt{plural}")
 
-    def _attempt(self, data: bytes, call: _Call) -> VLMResult | _Failure:
-        http_request = urllib.request.Request(
-            self._url, data=data, headers=call.headers, method="POST"
-        )
+    def _attempt(self, data: bytes, call: _Call, url: str) -> VLMResult | _Failure:
+        http_request = urllib.request.Request(url, data=data, headers=call.headers, method="POST")
         timeout = f"timeout (no response within {self.timeout_s:g} s)"
         try:
             with call.opener.open(http_request, timeout=self.timeout_s) as response:

@@ -475,3 +475,37 @@ def test_a_missing_image_fails_only_its_own_request(
     assert results[1].text is None and "gone.png" in results[1].error
     assert results[2].text == "caption for three"
     assert sorted(seen.user_text for seen in server.seen) == ["one", "three"]
+
+
+# --- fleets: several servers behind one backend ---------------------------------------------
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_a_fleet_shares_the_requests_round_robin(server: ScriptedServer) -> None:
+    other = ScriptedServer()
+    other.start()
+    try:
+        vlm = make_vlm(server, base_url=f"{server.base_url}, {other.base_url}")
+        results = vlm.generate([request(f"item {i}") for i in range(8)])
+    finally:
+        other.stop()
+    assert [r.text for r in results] == [f"caption for item {i}" for i in range(8)]
+    assert server.attempts == other.attempts == 4
+
+
+def test_a_retry_goes_to_the_next_server_of_the_fleet(server: ScriptedServer) -> None:
+    down = f"http://127.0.0.1:{_closed_port()}/v1"
+    vlm = make_vlm(server, base_url=f"{down},{server.base_url}", max_retries=1)
+    results = vlm.generate([request(f"item {i}") for i in range(6)])
+    assert all(r.ok for r in results)  # every request that hit the dead server failed over
+    assert server.attempts == 6
+
+
+def test_a_fleet_of_non_http_urls_is_refused() -> None:
+    with pytest.raises(ValueError, match="http"):
+        OpenAIVLM(base_url="http://127.0.0.1:1/v1,file:///etc/passwd", model="m")
