@@ -1,4 +1,8 @@
-"""Asset checks. Quarantine rate: bad rows never fail a run, but too many of them warn."""
+"""Asset checks: bad rows and failed items never fail a run, but too many of them warn.
+
+- quarantine_rate (candidate_pool, queries): share of rows quarantined.
+- failure_rate (corpus_captions, enhanced_queries): share of VLM items that failed.
+"""
 
 from __future__ import annotations
 
@@ -35,5 +39,34 @@ def quarantine_rate_result(
             "rows": int(summary["rows"]),
             "by_reason": summary["by_reason"],
             **({"partition": partition} if partition else {}),
+        },
+    )
+
+
+FAILURE_RATE = "failure_rate"
+
+
+def failure_rate_spec(asset: str) -> dg.AssetCheckSpec:
+    """The check that an enhancement asset's share of failed items stays under a threshold."""
+    return dg.AssetCheckSpec(
+        name=FAILURE_RATE,
+        asset=asset,
+        description="Share of VLM items that failed after retries stays at or below "
+        "max_failure_rate (a WARN: failed items keep their own text and are retried next run).",
+    )
+
+
+def failure_rate_result(failures: int, attempted: int, max_rate: float) -> dg.AssetCheckResult:
+    """Evaluate the failure-rate check; `attempted` counts items that needed the VLM."""
+    rate = failures / attempted if attempted else 0.0
+    return dg.AssetCheckResult(
+        check_name=FAILURE_RATE,
+        passed=rate <= max_rate,
+        severity=dg.AssetCheckSeverity.WARN,
+        metadata={
+            "failure_rate": round(rate, 6),
+            "max_failure_rate": max_rate,
+            "failures": failures,
+            "vlm_items": attempted,
         },
     )

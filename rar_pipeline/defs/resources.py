@@ -302,6 +302,7 @@ class VLMResource(dg.ConfigurableResource):
         temperature / seed: sampling (0 = greedy, the method's default).
         batch_size: requests per backend call. max_attempts: tries per failed item.
         device_batch_size: transformers only: requests per forward pass.
+        max_failure_rate: the failure-rate asset checks warn above this share of items.
         hallucination_policy: keep | strip | drop contradicting entities.
         query_type_overrides: task -> "qa" | "modification", for image+text queries whose
             phrasing the method's text rule routes wrongly.
@@ -320,6 +321,7 @@ class VLMResource(dg.ConfigurableResource):
     batch_size: int = 32
     device_batch_size: int = 4
     max_attempts: int = 3
+    max_failure_rate: float = 0.02
     hallucination_policy: str = GuardPolicy.KEEP.value
     query_type_overrides: dict[str, str] = {}
 

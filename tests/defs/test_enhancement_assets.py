@@ -86,6 +86,10 @@ def test_failed_items_are_recorded_and_the_partition_completes(corpus):
     failed = captions[captions.status == "failed"]
     assert len(failed) == 1 and "scripted failure" in failed.iloc[0].error
     assert (captions.status == "generated").sum() == 39
+    (check,) = result.get_asset_check_evaluations()
+    assert not check.passed  # 1 of 40 is above the 2% default: a warning, not a failure
+    assert check.severity == dg.AssetCheckSeverity.WARN
+    assert check.metadata["failures"].value == 1 and check.metadata["vlm_items"].value == 40
 
 
 def test_queries_are_routed_and_overrides_apply(corpus):

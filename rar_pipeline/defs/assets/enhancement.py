@@ -42,6 +42,7 @@ from rar_pipeline.core.tables import frame_to_records, write_parquet
 from rar_pipeline.core.vlm.base import VLM
 from rar_pipeline.core.vlm.offline import OFFLINE_VERSION, CaptionMemory, Perceiver, train_pairs
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
+from rar_pipeline.defs.checks import failure_rate_result, failure_rate_spec
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
 
@@ -99,6 +100,11 @@ def _data_version(frame: pd.DataFrame, column: str) -> dg.DataVersion:
         digest.update(str(value).encode())
         digest.update(b"\0")
     return dg.DataVersion(digest.hexdigest()[:16])
+
+
+def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult:
+    attempted = stats.items - stats.items_by_type.get("text", 0)
+    return failure_rate_result(stats.failures, attempted, vlm.max_failure_rate)
 
 
 def _enhance(
@@ -188,6 +194,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         group_name=GROUP,
         code_version=versions["corpus_captions"],
         deps=[candidate_pool, *captioner_deps],
+        check_specs=[failure_rate_spec("corpus_captions")],
         kinds={"parquet"},
     )
     def corpus_captions(
@@ -233,7 +240,11 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 metadata.update({f"caption_accuracy_{k}": v for k, v in accuracy.items()})
         if stats.failures:
             context.log.warning(f"{stats.failures} captions failed: {dict(stats.failure_reasons)}")
-        return dg.MaterializeResult(metadata=metadata, data_version=_data_version(frame, "caption"))
+        return dg.MaterializeResult(
+            metadata=metadata,
+            data_version=_data_version(frame, "caption"),
+            check_results=[_failure_check(stats, vlm)],
+        )
 
     @dg.asset(
         partitions_def=pool_shards,
@@ -307,6 +318,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         group_name=GROUP,
         code_version=versions["enhanced_queries"],
         deps=[queries, *captioner_deps],
+        check_specs=[failure_rate_spec("enhanced_queries")],
         kinds={"parquet"},
     )
     def enhanced_queries(
@@ -365,6 +377,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 "samples": _samples(samples),
             },
             data_version=_data_version(frame, "enhanced_txt"),
+            check_results=[_failure_check(stats, vlm)],
         )
 
     return [*assets, corpus_captions, enhanced_corpus, enhanced_queries]
