@@ -53,7 +53,11 @@ class StepResult:
     partition: str | None
     seconds: float
     metadata: dict[str, Any]
-    checks_passed: bool
+    failed_checks: list[str]
+
+    @property
+    def checks_passed(self) -> bool:
+        return not self.failed_checks
 
 
 @dataclass
@@ -118,7 +122,7 @@ def materialize_step(
         partition=partition,
         seconds=time.perf_counter() - started,
         metadata=_plain_metadata(dict(events[-1].metadata)) if events else {},
-        checks_passed=all(c.passed for c in checks),
+        failed_checks=[c.check_name for c in checks if not c.passed],
     )
 
 
@@ -173,7 +177,7 @@ def run_pipeline(
             detail = f"{md['pairs']} train pairs"
         else:
             detail = ", ".join(f"{k}={md[k]}" for k in ("products", "rebuilt") if k in md)
-        warn = "" if res.checks_passed else "  [check warning: quarantine rate]"
+        warn = "".join(f"  [check warning: {name}]" for name in res.failed_checks)
         echo(f"  {label:<58} {detail}  ({res.seconds:.1f}s){warn}")
 
     if build_demo is not None:
