@@ -141,7 +141,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     print(
         f"\ndone in {time.perf_counter() - started:.0f}s: {len(result.steps)} asset partitions "
         f"materialized, {quarantined} rows quarantined"
-        + (f", {len(warned)} quarantine-rate warnings" if warned else "")
+        + (f", {len(warned)} partitions with check warnings" if warned else "")
     )
     print(f"  outputs:     {settings.artifacts_dir}")
     if quarantined:
