@@ -188,3 +188,35 @@ def test_a_failing_step_is_reported_with_its_own_message(project, mini_corpus, c
     err = capsys.readouterr().err
     assert "queries[mbeir_mini_task0] failed (run r-123): the pools are missing" in err
     assert "make ui" in err
+
+
+@pytest.mark.slow
+def test_run_with_the_transformers_backend_on_a_tiny_model(
+    project, mini_corpus, tmp_path_factory, capsys
+):
+    """The real from_pretrained/processor/generate path, driven by the pipeline."""
+    from tests.core.vlm.test_transformers_backend import build_tiny_llava
+
+    model_dir = tmp_path_factory.mktemp("tiny-llava")
+    build_tiny_llava(model_dir)
+    code = main(
+        [
+            "run",
+            "--data",
+            str(mini_corpus),
+            "--tasks",
+            "mbeir_mini_task6",
+            "--vlm-backend",
+            "transformers",
+            "--vlm-model",
+            str(model_dir),
+        ]
+    )
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert f"enhancement: transformers ({model_dir})" in out
+    captions = pd.read_parquet(
+        project / "artifacts/mbeir_mini/corpus_captions/mbeir_mini_task0_cand_pool.parquet"
+    )
+    generated = captions[captions.status == "generated"]
+    assert len(generated) == 3 and generated.caption.str.len().min() > 0
