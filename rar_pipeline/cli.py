@@ -53,12 +53,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--artifacts", type=Path, help="where outputs go (default: artifacts/<data dir name>)"
     )
     run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 (default: all)")
-    run.add_argument(
-        "--image-check",
-        choices=[lv.value for lv in ImageCheckLevel],
-        default=ImageCheckLevel.DECODE.value,
-        help=IMAGE_CHECK_HELP,
-    )
 
     for command in (demo, run):
         vlm = command.add_argument_group("enhancement (default: the RAR_VLM_* environment)")
@@ -78,12 +72,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
     validate.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
-    validate.add_argument(
-        "--image-check",
-        choices=[lv.value for lv in ImageCheckLevel],
-        default=ImageCheckLevel.DECODE.value,
-        help=IMAGE_CHECK_HELP,
-    )
+    for command in (run, validate):
+        command.add_argument(
+            "--image-check",
+            choices=[lv.value for lv in ImageCheckLevel],
+            default=ImageCheckLevel.DECODE.value,
+            help=IMAGE_CHECK_HELP,
+        )
     validate.add_argument(
         "--show", type=int, default=20, help="how many quarantined rows to list (default 20)"
     )
