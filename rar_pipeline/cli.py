@@ -69,6 +69,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
             help="what to do with entities that contradict an item's own text",
         )
 
+    compact = sub.add_parser(
+        "compact-cache",
+        help="merge the cache's part files (run it while no pipeline run is writing)",
+    )
+    compact.add_argument(
+        "--data", type=Path, help="the data root whose cache to compact (default: the demo)"
+    )
+    compact.add_argument("--artifacts", type=Path, help="or the artifacts dir directly")
+
     validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
     validate.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
@@ -209,12 +218,30 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if args.strict and total_bad else 0
 
 
+def _compact(args: argparse.Namespace) -> int:
+    from rar_pipeline.core.cache import ParquetStore
+
+    settings = load_settings(data_root=args.data, artifacts_dir=args.artifacts)
+    root = settings.artifacts_dir / "cache"
+    stores = sorted({p.parent for p in root.rglob("part-*.parquet")}) if root.is_dir() else []
+    if not stores:
+        print(f"no cache under {root}")
+        return 0
+    for directory in stores:
+        before = len(list(directory.glob("part-*.parquet")))
+        rows = ParquetStore(directory).compact()
+        print(f"{directory.relative_to(root)}: {before} part files -> 1 ({rows} entries)")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rar` command; returns the exit code."""
     args = parse_args(argv)
     try:
         if args.command == "validate":
             return _validate(args)
+        if args.command == "compact-cache":
+            return _compact(args)
         if args.command == "run":
             settings = load_settings(data_root=args.data, artifacts_dir=args.artifacts)
             discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path

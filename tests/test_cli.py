@@ -220,3 +220,17 @@ def test_run_with_the_transformers_backend_on_a_tiny_model(
     )
     generated = captions[captions.status == "generated"]
     assert len(generated) == 3 and generated.caption.str.len().min() > 0
+
+
+def test_compact_cache_merges_part_files_and_keeps_every_entry(project, capsys):
+    from rar_pipeline.core.cache import ParquetStore
+
+    cache = project / "artifacts" / "demo" / "cache" / "enhancements"
+    store = ParquetStore(cache, flush_every=2)
+    for i in range(5):
+        store.put(f"k{i}", {"text": f"t{i}"})
+    store.flush()
+    assert len(list(cache.glob("part-*.parquet"))) == 3
+    assert main(["compact-cache"]) == 0
+    assert "enhancements: 3 part files -> 1 (5 entries)" in capsys.readouterr().out
+    assert ParquetStore(cache).get("k4")["text"] == "t4"
