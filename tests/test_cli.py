@@ -234,3 +234,20 @@ def test_compact_cache_merges_part_files_and_keeps_every_entry(project, capsys):
     assert main(["compact-cache"]) == 0
     assert "enhancements: 3 part files -> 1 (5 entries)" in capsys.readouterr().out
     assert ParquetStore(cache).get("k4")["text"] == "t4"
+
+
+def test_a_pool_split_into_part_files_validates_as_several_shards(mini_corpus, capsys):
+    pool = mini_corpus / "cand_pool" / "local" / "mbeir_mini_task6_cand_pool.jsonl"
+    lines = pool.read_text().splitlines(keepends=True)
+    (pool.parent / "mbeir_mini_task6_cand_pool_part00.jsonl").write_text("".join(lines[:2]))
+    (pool.parent / "mbeir_mini_task6_cand_pool_part01.jsonl").write_text("".join(lines[2:]))
+    pool.unlink()
+    main(["validate", "--data", str(mini_corpus), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["files"]["mbeir_mini_task6_cand_pool_part00"]["rows"] == 2
+    assert report["files"]["mbeir_mini_task6_cand_pool_part01"]["rows"] == 1
+    # the task's queries still find their positives across both parts
+    assert report["files"]["mbeir_mini_task6"]["by_reason"] == {
+        "path_escapes_root": 1,
+        "image_truncated": 1,
+    }
