@@ -50,18 +50,7 @@ def pool_image_paths(data: Path, n: int) -> list[str]:
 
 
 def caption_requests(data: Path, img_paths: list[str]) -> list[VLMRequest]:
-    spec = CORPUS_CAPTION
-    return [
-        VLMRequest(
-            kind=spec.name,
-            system=spec.system,
-            user=spec.user(None),
-            image_path=data / img,
-            max_words=spec.max_words,
-            sampling=spec.sampling(),
-        )
-        for img in img_paths
-    ]
+    return [CORPUS_CAPTION.request(None, data / img) for img in img_paths]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -148,15 +148,7 @@ def build_request(item: WorkItem, temperature: float = 0.0, seed: int = 0) -> VL
     spec = item.spec
     if spec is None:
         raise ValueError(f"{item.item_id} passes through; it has no request")
-    return VLMRequest(
-        kind=spec.name,
-        system=spec.system,
-        user=spec.user(item.text),
-        image_path=item.image_path if spec.sends_image else None,
-        item_text=item.text,
-        max_words=spec.max_words,
-        sampling=spec.sampling(temperature=temperature, seed=seed),
-    )
+    return spec.request(item.text, item.image_path, temperature=temperature, seed=seed)
 
 
 # ---------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import hashlib
 import json
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
-from rar_pipeline.core.vlm.base import SamplingParams
+from rar_pipeline.core.vlm.base import SamplingParams, VLMRequest
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,29 @@ class PromptSpec:
 
     def user(self, text: str | None) -> str:
         return self.user_template.format(text=delimit(text))
+
+    def request(
+        self,
+        text: str | None,
+        image_path: Path | None = None,
+        *,
+        temperature: float = 0.0,
+        seed: int = 0,
+        sampling: SamplingParams | None = None,
+    ) -> VLMRequest:
+        """The request asking this prompt of one item.
+
+        The image goes only if the prompt sends images (never for modification distillation).
+        """
+        return VLMRequest(
+            kind=self.name,
+            system=self.system,
+            user=self.user(text),
+            image_path=image_path if self.sends_image else None,
+            item_text=text,
+            max_words=self.max_words,
+            sampling=sampling or self.sampling(temperature=temperature, seed=seed),
+        )
 
 
 def delimit(text: str | None) -> str:

@@ -279,15 +279,7 @@ def _forbid_reading(monkeypatch: pytest.MonkeyPatch, fragment: str) -> None:
 
 
 def _caption_request(spec, image: Path, text: str | None = None) -> VLMRequest:
-    return VLMRequest(
-        kind=spec.name,
-        system=spec.system,
-        user=spec.user(text),
-        image_path=image,
-        item_text=text,
-        max_words=spec.max_words,
-        sampling=spec.sampling(),
-    )
+    return spec.request(text, image)
 
 
 @pytest.mark.slow  # 4-9 s on 2 cores: loads EfficientNet and OCR, featurizes 60 train images

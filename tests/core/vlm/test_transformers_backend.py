@@ -165,15 +165,8 @@ def request(
     image: Path | None, text: str = ITEM_TEXTS[0], max_tokens: int = 6, temperature: float = 0.0
 ) -> VLMRequest:
     spec = CORPUS_CAPTION if image is not None else MODIFICATION
-    return VLMRequest(
-        kind=spec.name,
-        system=spec.system,
-        user=spec.user(text),
-        image_path=image,
-        item_text=text,
-        max_words=spec.max_words,
-        sampling=SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=7),
-    )
+    sampling = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=7)
+    return spec.request(text, image, sampling=sampling)
 
 
 def n_tokens(text: str | None) -> int:

@@ -100,41 +100,15 @@ def make_png(path: Path, colour: tuple[int, int, int] = (200, 30, 30)) -> Path:
 
 
 def corpus_request(image: Path | None, text: str = "item") -> VLMRequest:
-    spec = CORPUS_CAPTION
-    return VLMRequest(
-        kind=spec.name,
-        system=spec.system,
-        user=spec.user(text),
-        image_path=image,
-        item_text=text,
-        max_words=spec.max_words,
-        sampling=spec.sampling(),
-    )
+    return CORPUS_CAPTION.request(text, image)
 
 
 def query_request(image: Path) -> VLMRequest:
-    spec = QUERY_CAPTION
-    return VLMRequest(
-        kind=spec.name,
-        system=spec.system,
-        user=spec.user(None),
-        image_path=image,
-        max_words=spec.max_words,
-        sampling=spec.sampling(),
-    )
+    return QUERY_CAPTION.request(None, image)
 
 
 def modification_request(text: str) -> VLMRequest:
-    spec = MODIFICATION
-    return VLMRequest(
-        kind=spec.name,
-        system=spec.system,
-        user=spec.user(text),
-        image_path=None,
-        item_text=text,
-        max_words=spec.max_words,
-        sampling=spec.sampling(),
-    )
+    return MODIFICATION.request(text)
 
 
 def all_conversations(recorder: Recorder) -> list[list[dict[str, Any]]]:
