@@ -17,9 +17,9 @@ import sys
 import time
 from pathlib import Path
 
-from rar_pipeline.core.prompts import CORPUS_CAPTION
-from rar_pipeline.core.vlm.base import VLMRequest
-from rar_pipeline.core.vlm.vllm import DEFAULT_MODEL_ID, VLLMVLM
+from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION
+from rar_pipeline.core.enhance.vlm.base import VLMRequest
+from rar_pipeline.core.enhance.vlm.vllm import DEFAULT_MODEL_ID, VLLMVLM
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

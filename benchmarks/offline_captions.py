@@ -16,11 +16,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from rar_pipeline.core.demo_data import caption_accuracy, truth_file_for
-from rar_pipeline.core.enhance import build_request, plan_candidate
-from rar_pipeline.core.mbeir import discover, read_candidates, read_queries
-from rar_pipeline.core.records import Modality
-from rar_pipeline.core.vlm.offline import CaptionMemory, OfflineVLM, Perceiver, train_pairs
+from rar_pipeline.core.corpus.mbeir import discover, read_candidates, read_queries
+from rar_pipeline.core.corpus.records import Modality
+from rar_pipeline.core.demo.builder import caption_accuracy, truth_file_for
+from rar_pipeline.core.enhance.engine import build_request, plan_candidate
+from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM, Perceiver, train_pairs
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,11 +14,11 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rar_pipeline.core.guard import GuardPolicy
-from rar_pipeline.core.images import ImageCheck, ImageCheckLevel
-from rar_pipeline.core.mbeir import LayoutError, discover
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
+from rar_pipeline.core.corpus.mbeir import LayoutError, discover
+from rar_pipeline.core.enhance.guard import GuardPolicy
+from rar_pipeline.core.enhance.vlm.factory import BACKENDS
 from rar_pipeline.core.settings import Settings, load_settings
-from rar_pipeline.core.vlm.factory import BACKENDS
 
 IMAGE_CHECK_HELP = (
     "how hard to look at images: decode (default; catches truncated files), header, "
@@ -156,7 +156,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
 
 
 def _validate(args: argparse.Namespace) -> int:
-    from rar_pipeline.core.ingest import validate_corpus
+    from rar_pipeline.core.corpus.ingest import validate_corpus
 
     layout = discover(args.data)
     reports = validate_corpus(
@@ -219,7 +219,7 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from rar_pipeline.core.cache import ParquetStore
+    from rar_pipeline.core.enhance.cache import ParquetStore
 
     settings = load_settings(data_root=args.data, artifacts_dir=args.artifacts)
     root = settings.artifacts_dir / "cache"

@@ -41,7 +41,7 @@ def mini_corpus(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small shapeshop demo corpus, built once per test session."""
-    from rar_pipeline.core.demo_data import DemoConfig, build_demo_corpus
+    from rar_pipeline.core.demo.builder import DemoConfig, build_demo_corpus
 
     root = tmp_path_factory.mktemp("demo") / "demo"
     build_demo_corpus(

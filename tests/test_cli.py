@@ -223,7 +223,7 @@ def test_run_with_the_transformers_backend_on_a_tiny_model(
 
 
 def test_compact_cache_merges_part_files_and_keeps_every_entry(project, capsys):
-    from rar_pipeline.core.cache import ParquetStore
+    from rar_pipeline.core.enhance.cache import ParquetStore
 
     cache = project / "artifacts" / "demo" / "cache" / "enhancements"
     store = ParquetStore(cache, flush_every=2)

@@ -7,7 +7,7 @@ import json
 
 import dagster as dg
 
-from rar_pipeline.core.mbeir import discover
+from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.definitions import build_definitions, defs
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
 from rar_pipeline.defs.sensors import corpus_files_sensor

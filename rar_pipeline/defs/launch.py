@@ -16,7 +16,7 @@ from typing import Any
 
 import dagster as dg
 
-from rar_pipeline.core.mbeir import discover
+from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.partitions import register_corpus_partitions
 

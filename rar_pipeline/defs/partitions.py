@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dagster as dg
 
-from rar_pipeline.core.mbeir import CorpusLayout
+from rar_pipeline.core.corpus.mbeir import CorpusLayout
 
 # e.g. "mbeir_cirr_task7_cand_pool", "mbeir_union_test_cand_pool"
 pool_shards = dg.DynamicPartitionsDefinition(name="pool_shards")

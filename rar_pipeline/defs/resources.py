@@ -25,13 +25,13 @@ import numpy as np
 import pandas as pd
 from pydantic import PrivateAttr
 
-from rar_pipeline.core.guard import GuardPolicy
-from rar_pipeline.core.images import ImageCheck, ImageCheckLevel
-from rar_pipeline.core.ingest import ArtifactLayout
-from rar_pipeline.core.mbeir import CorpusLayout, discover
-from rar_pipeline.core.vlm.base import VLM
-from rar_pipeline.core.vlm.factory import create_vlm, default_model_id
-from rar_pipeline.core.vlm.fake import FakeVLM
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
+from rar_pipeline.core.corpus.ingest import ArtifactLayout
+from rar_pipeline.core.corpus.mbeir import CorpusLayout, discover
+from rar_pipeline.core.enhance.guard import GuardPolicy
+from rar_pipeline.core.enhance.vlm.base import VLM
+from rar_pipeline.core.enhance.vlm.factory import create_vlm, default_model_id
+from rar_pipeline.core.enhance.vlm.fake import FakeVLM
 
 
 class CorpusResource(dg.ConfigurableResource):

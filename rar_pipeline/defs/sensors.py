@@ -4,7 +4,7 @@ import json
 
 import dagster as dg
 
-from rar_pipeline.core.mbeir import CorpusLayout, LayoutError
+from rar_pipeline.core.corpus.mbeir import CorpusLayout, LayoutError
 from rar_pipeline.defs.jobs import ingest_pools_job, ingest_queries_job
 from rar_pipeline.defs.partitions import missing_partition_requests
 from rar_pipeline.defs.resources import CorpusResource

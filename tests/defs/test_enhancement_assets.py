@@ -12,8 +12,9 @@ import pytest
 from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
-from rar_pipeline.core import enhance, prompts
-from rar_pipeline.core.mbeir import discover
+from rar_pipeline.core.corpus.mbeir import discover
+from rar_pipeline.core.enhance import engine as enhance
+from rar_pipeline.core.enhance import prompts
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.assets import enhancement

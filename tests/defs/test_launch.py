@@ -5,7 +5,7 @@ from __future__ import annotations
 import dagster as dg
 import pytest
 
-from rar_pipeline.core.mbeir import discover
+from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.defs.assets.corpus import candidate_pool, demo_corpus, queries
 from rar_pipeline.defs.launch import STAGES, StepFailed, materialize_step
 from rar_pipeline.defs.partitions import register_corpus_partitions

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rar_pipeline.core.images import ImageCheck, ImageCheckLevel
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.defs.resources import (
     CorpusResource,
     FakeMlflow,

@@ -5,8 +5,7 @@ from typing import Any
 
 import dagster as dg
 
-from rar_pipeline.core.demo_data import BUILDER_VERSION, DemoConfig, build_demo_corpus
-from rar_pipeline.core.ingest import (
+from rar_pipeline.core.corpus.ingest import (
     READER_VERSION,
     IngestReport,
     MissingUpstreamError,
@@ -14,7 +13,8 @@ from rar_pipeline.core.ingest import (
     ingest_queries,
     known_candidate_ids,
 )
-from rar_pipeline.core.mbeir import discover
+from rar_pipeline.core.corpus.mbeir import discover
+from rar_pipeline.core.demo.builder import BUILDER_VERSION, DemoConfig, build_demo_corpus
 from rar_pipeline.defs.checks import quarantine_rate_result, quarantine_rate_spec
 from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource

@@ -16,10 +16,13 @@ import dagster as dg
 import pandas as pd
 from tqdm.auto import tqdm
 
-from rar_pipeline.core.cache import EnhancementCache
-from rar_pipeline.core.classify import QueryType, classify_candidate
-from rar_pipeline.core.demo_data import caption_accuracy, truth_file_for
-from rar_pipeline.core.enhance import (
+from rar_pipeline.core.corpus.ingest import ArtifactLayout
+from rar_pipeline.core.corpus.records import Candidate, Query
+from rar_pipeline.core.corpus.tables import frame_to_records, write_parquet
+from rar_pipeline.core.demo.builder import caption_accuracy, truth_file_for
+from rar_pipeline.core.enhance.cache import EnhancementCache
+from rar_pipeline.core.enhance.classify import QueryType, classify_candidate
+from rar_pipeline.core.enhance.engine import (
     EnhanceStats,
     ItemOutput,
     WorkItem,
@@ -29,18 +32,20 @@ from rar_pipeline.core.enhance import (
     query_text,
     run_enhancement,
 )
-from rar_pipeline.core.guard import apply_guard
-from rar_pipeline.core.ingest import ArtifactLayout
-from rar_pipeline.core.prompts import (
+from rar_pipeline.core.enhance.guard import apply_guard
+from rar_pipeline.core.enhance.prompts import (
     CORPUS_PROMPTS,
     QUERY_PROMPTS,
     VISUAL_CONTEXT_TEMPLATE,
     versions_of,
 )
-from rar_pipeline.core.records import Candidate, Query
-from rar_pipeline.core.tables import frame_to_records, write_parquet
-from rar_pipeline.core.vlm.base import VLM
-from rar_pipeline.core.vlm.offline import OFFLINE_VERSION, CaptionMemory, Perceiver, train_pairs
+from rar_pipeline.core.enhance.vlm.base import VLM
+from rar_pipeline.core.enhance.vlm.offline import (
+    OFFLINE_VERSION,
+    CaptionMemory,
+    Perceiver,
+    train_pairs,
+)
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import failure_rate_result, failure_rate_spec
 from rar_pipeline.defs.partitions import pool_shards, query_tasks

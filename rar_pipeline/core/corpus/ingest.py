@@ -1,0 +1,306 @@
+"""Validate a corpus' files into clean Parquet tables plus quarantine files.
+
+These are the pure steps behind the `candidate_pool` and `queries` assets and behind
+`rar validate`: one pool shard or one query task at a time, so a run can be partitioned.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from rar_pipeline.core.corpus.images import ImageCheck
+from rar_pipeline.core.corpus.mbeir import (
+    CorpusLayout,
+    read_candidates,
+    read_instructions,
+    read_qrels,
+    read_queries,
+)
+from rar_pipeline.core.corpus.records import (
+    TASK_MODALITIES,
+    Candidate,
+    Instruction,
+    Qrel,
+    QuarantinedRow,
+    Query,
+    ReadResult,
+    normalize_modality,
+    task_id_of,
+)
+from rar_pipeline.core.corpus.tables import (
+    records_to_frame,
+    summarize,
+    write_parquet,
+    write_quarantine,
+)
+
+# Bump when validation rules change: it is part of the assets' code_version.
+READER_VERSION = "mbeir-reader-1"
+
+
+class MissingUpstreamError(RuntimeError):
+    """A step needs outputs of another step that have not been produced yet."""
+
+
+@dataclass(frozen=True)
+class ArtifactLayout:
+    """Where one corpus' pipeline outputs live under the artifacts directory."""
+
+    root: Path
+
+    def pool(self, shard: str) -> Path:
+        return self.root / "candidate_pool" / f"{shard}.parquet"
+
+    def queries(self, task: str) -> Path:
+        return self.root / "queries" / f"{task}.parquet"
+
+    def qrels(self, task: str) -> Path:
+        return self.root / "qrels" / f"{task}.parquet"
+
+    def quarantine(self, step: str, key: str) -> Path:
+        return self.root / "quarantine" / step / f"{key}.jsonl"
+
+
+@dataclass
+class IngestReport:
+    """What one ingest step read, kept, quarantined and wrote."""
+
+    key: str
+    sources: list[str]
+    summary: dict[str, Any]
+    quarantined: list[QuarantinedRow]
+    output: Path | None
+    quarantine_file: Path | None
+    data_version: str
+    preview: pd.DataFrame
+    ids: list[str] = field(default_factory=list)  # ids of the rows kept
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def file_digest(paths: Iterable[Path]) -> str:
+    """sha256 over the files' bytes and the reader version: the data version of a step."""
+    digest = hashlib.sha256(READER_VERSION.encode())
+    for path in paths:
+        digest.update(path.name.encode())
+        with path.open("rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+def _bar(desc: str, enabled: bool) -> tqdm:
+    # disable=None: draw only on a terminal, never into captured logs
+    return tqdm(
+        desc=desc, unit=" rows", disable=None if enabled else True, mininterval=1.0, leave=False
+    )
+
+
+def ingest_pool(
+    layout: CorpusLayout,
+    shard: str,
+    artifacts: ArtifactLayout | None,
+    *,
+    image_check: ImageCheck | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Validate one candidate pool shard and (when `artifacts` is given) write its outputs.
+
+    Args:
+        layout: the corpus.
+        shard: a key of `layout.pools`.
+        artifacts: where to write `candidate_pool/<shard>.parquet` and the quarantine file;
+            None validates without writing.
+        image_check: how hard to look at images.
+        progress: show a progress bar.
+
+    Returns:
+        The report; its summary has rows, quarantined, rates and per-modality counts.
+    """
+    if shard not in layout.pools:
+        raise KeyError(f"no pool shard {shard!r} in {layout.root}; have {sorted(layout.pools)}")
+    path = layout.pools[shard]
+    with _bar(shard, progress) as bar:
+        result = read_candidates(path, layout.root, image_check=image_check, progress=bar.update)
+    frame = records_to_frame(result.rows, Candidate)
+    output = quarantine_file = None
+    if artifacts is not None:
+        output = write_parquet(frame, artifacts.pool(shard))
+        quarantine_file = write_quarantine(
+            result.quarantined, artifacts.quarantine("candidate_pool", shard)
+        )
+    return IngestReport(
+        key=shard,
+        sources=[layout.rel(path)],
+        summary=summarize(result),
+        quarantined=result.quarantined,
+        output=output,
+        quarantine_file=quarantine_file,
+        data_version=file_digest([path]),
+        preview=frame.head(5),
+        ids=[c.did for c in result.rows],
+    )
+
+
+def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> set[str]:
+    """Every valid candidate id across the given pool shards' outputs.
+
+    Raises:
+        MissingUpstreamError: naming the shards whose output does not exist yet.
+    """
+    shards = list(shards)
+    missing = [s for s in shards if not artifacts.pool(s).is_file()]
+    if missing:
+        raise MissingUpstreamError(
+            "candidate_pool has not been materialized for: " + ", ".join(missing)
+        )
+    ids: set[str] = set()
+    for shard in shards:
+        ids.update(pd.read_parquet(artifacts.pool(shard), columns=["did"])["did"])
+    return ids
+
+
+def _instructions_for(
+    layout: CorpusLayout, task: str, queries: list[Query]
+) -> tuple[list[Instruction], list[QuarantinedRow]]:
+    """The instruction rows of this task's dataset and modality pair (UniIR's keying)."""
+    task_id = task_id_of(task)
+    if layout.instructions is None or not queries or task_id not in TASK_MODALITIES:
+        return [], []
+    result = read_instructions(layout.instructions, layout.root)
+    dataset_id = queries[0].qid.split(":", 1)[0]
+    query_modality, cand_modality = TASK_MODALITIES[task_id]
+    matching = [
+        i
+        for i in result.rows
+        if i.dataset_id == dataset_id
+        and normalize_modality(i.query_modality) == query_modality
+        and normalize_modality(i.cand_modality) == cand_modality
+    ]
+    return matching, result.quarantined
+
+
+def ingest_queries(
+    layout: CorpusLayout,
+    task: str,
+    artifacts: ArtifactLayout | None,
+    *,
+    known_dids: set[str] | None,
+    image_check: ImageCheck | None = None,
+    progress: bool = False,
+) -> IngestReport:
+    """Validate every split of one query task, plus its qrels, and write the outputs.
+
+    Args:
+        layout: the corpus.
+        task: a key of `layout.queries` (e.g. ``mbeir_cirr_task7``).
+        artifacts: where to write `queries/<task>.parquet`, `qrels/<task>.parquet` and the
+            quarantine file; None validates without writing.
+        known_dids: every valid candidate id (see `known_candidate_ids`); None skips the
+            reference check.
+        image_check: how hard to look at images.
+        progress: show a progress bar.
+
+    Returns:
+        The report; `extra` holds per-split counts, qrels counts and matching instructions.
+    """
+    if task not in layout.queries:
+        raise KeyError(f"no query task {task!r} in {layout.root}; have {sorted(layout.queries)}")
+    splits = layout.queries[task]
+    rows: list[Query] = []
+    quarantined: list[QuarantinedRow] = []
+    per_split: dict[str, dict[str, Any]] = {}
+    for split, path in sorted(splits.items()):
+        with _bar(f"{task}/{split}", progress) as bar:
+            result = read_queries(
+                path,
+                layout.root,
+                split=split,
+                known_dids=known_dids,
+                image_check=image_check,
+                progress=bar.update,
+            )
+        rows.extend(result.rows)
+        quarantined.extend(result.quarantined)
+        per_split[split] = summarize(result)
+
+    qrels: list[Qrel] = []
+    qrels_summary: dict[str, Any] = {}
+    for split, path in sorted(layout.qrels.get(task, {}).items()):
+        split_qids = {q.qid for q in rows if q.split == split}
+        result = read_qrels(path, layout.root, known_qids=split_qids, known_dids=known_dids)
+        qrels.extend(result.rows)
+        quarantined.extend(result.quarantined)
+        qrels_summary[split] = summarize(result, with_modality=False)
+
+    # The instructions file is corpus-wide: its bad lines go to their own quarantine file
+    # rather than being counted again against every task.
+    instructions, bad_instructions = _instructions_for(layout, task, rows)
+
+    frame = records_to_frame(rows, Query)
+    output = quarantine_file = None
+    if artifacts is not None:
+        output = write_parquet(frame, artifacts.queries(task))
+        write_parquet(records_to_frame(qrels, Qrel), artifacts.qrels(task))
+        quarantine_file = write_quarantine(quarantined, artifacts.quarantine("queries", task))
+        if bad_instructions:
+            write_quarantine(bad_instructions, artifacts.quarantine("instructions", "instructions"))
+    total = summarize(ReadResult(rows=rows, quarantined=quarantined))
+    sources = [*splits.values(), *layout.qrels.get(task, {}).values()]
+    return IngestReport(
+        key=task,
+        sources=[layout.rel(p) for p in sources],
+        summary=total,
+        quarantined=quarantined,
+        output=output,
+        quarantine_file=quarantine_file,
+        data_version=file_digest(sorted(sources)),
+        preview=frame.head(5),
+        ids=[q.qid for q in rows],
+        extra={
+            "splits": per_split,
+            "qrels": qrels_summary,
+            "qrels_rows": len(qrels),
+            "instructions": [list(i.prompts) for i in instructions],
+            "instructions_quarantined": bad_instructions,
+        },
+    )
+
+
+def validate_corpus(
+    layout: CorpusLayout,
+    *,
+    tasks: Iterable[str] | None = None,
+    image_check: ImageCheck | None = None,
+    progress: bool = False,
+) -> list[IngestReport]:
+    """Validate a whole corpus without writing anything: every pool, then the queries.
+
+    Args:
+        layout: the corpus.
+        tasks: which query tasks to validate (default: all).
+        image_check: how hard to look at images.
+        progress: show progress bars.
+
+    Returns:
+        One report per pool shard, then one per query task.
+    """
+    reports: list[IngestReport] = []
+    known: set[str] = set()
+    for shard in layout.pools:
+        report = ingest_pool(layout, shard, None, image_check=image_check, progress=progress)
+        reports.append(report)
+        known.update(report.ids)
+    for task in tasks or layout.queries:
+        reports.append(
+            ingest_queries(
+                layout, task, None, known_dids=known, image_check=image_check, progress=progress
+            )
+        )
+    return reports

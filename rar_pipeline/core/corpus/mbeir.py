@@ -1,0 +1,594 @@
+"""Read, validate and write corpora in M-BEIR (UniIR) layout.
+
+Every reader streams its file line by line and never raises on a bad row: a row that fails
+validation becomes a `QuarantinedRow` with its source file, line number and reason, and the
+good rows go on. Only a missing or unreadable *file* raises.
+
+Layout (paths relative to the data root)::
+
+    query/{train,val,test}/mbeir_<dataset>_task<k>_<split>.jsonl
+    cand_pool/local/mbeir_<dataset>_task<k>_cand_pool.jsonl
+    cand_pool/global/mbeir_union_{train,val,test}_cand_pool.jsonl
+    qrels/{val,test}/mbeir_<dataset>_task<k>_<split>_qrels.txt
+    instructions/query_instructions.tsv
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rar_pipeline.core.corpus.images import ImageCheck, check_image
+from rar_pipeline.core.corpus.records import (
+    Candidate,
+    Instruction,
+    Modality,
+    Qrel,
+    QuarantinedRow,
+    Query,
+    ReadResult,
+    Reason,
+)
+
+T = TypeVar("T")
+SPLITS = ("train", "val", "test")
+_QUERY_FILE = re.compile(r"^mbeir_(?P<task>.+_task\d+)_(?P<split>train|val|test)\.jsonl$")
+_QRELS_FILE = re.compile(r"^mbeir_(?P<task>.+_task\d+)_(?P<split>train|val|test)_qrels\.txt$")
+_RAW_LIMIT = 500
+
+
+class LayoutError(ValueError):
+    """The data root does not look like an M-BEIR corpus."""
+
+
+class _RowError(Exception):
+    def __init__(self, reason: Reason, detail: str, row_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.row_id = row_id
+
+
+@dataclass(frozen=True)
+class CorpusLayout:
+    """The files of one corpus, keyed by the names partitions use.
+
+    Attributes:
+        root: the data root; every path inside data files is relative to it.
+        pools: pool shard name (the file stem, e.g. ``mbeir_cirr_task7_cand_pool``) -> file.
+        queries: task name (e.g. ``mbeir_cirr_task7``) -> split -> query file.
+        qrels: task name -> split -> qrels file.
+        instructions: the instructions TSV, when the corpus has one.
+    """
+
+    root: Path
+    pools: dict[str, Path] = field(default_factory=dict)
+    queries: dict[str, dict[str, Path]] = field(default_factory=dict)
+    qrels: dict[str, dict[str, Path]] = field(default_factory=dict)
+    instructions: Path | None = None
+
+    def rel(self, path: Path) -> str:
+        """`path` relative to the data root, as quarantine records name it."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def discover(root: str | os.PathLike[str]) -> CorpusLayout:
+    """Find the pool, query, qrels and instruction files under an M-BEIR data root.
+
+    Args:
+        root: the data root.
+
+    Returns:
+        The corpus layout, with partition names as keys.
+
+    Raises:
+        LayoutError: if the root is missing, has no query or pool files, or two pool files
+            share a stem (partition names must be unique).
+    """
+    root = Path(root).resolve()
+    if not root.is_dir():
+        raise LayoutError(f"data root {root} is not a directory")
+    pools: dict[str, Path] = {}
+    for path in sorted((root / "cand_pool").rglob("*.jsonl")):
+        if path.stem in pools:
+            raise LayoutError(
+                f"two candidate pools are both named {path.stem!r}: {pools[path.stem]} and {path}"
+            )
+        pools[path.stem] = path
+    queries: dict[str, dict[str, Path]] = {}
+    for path in sorted((root / "query").rglob("*.jsonl")):
+        m = _QUERY_FILE.match(path.name)
+        if m:
+            queries.setdefault(f"mbeir_{m['task']}", {})[m["split"]] = path
+    qrels: dict[str, dict[str, Path]] = {}
+    for path in sorted((root / "qrels").rglob("*.txt")):
+        m = _QRELS_FILE.match(path.name)
+        if m:
+            qrels.setdefault(f"mbeir_{m['task']}", {})[m["split"]] = path
+    if not pools or not queries:
+        raise LayoutError(
+            f"{root} has no M-BEIR files: expected query/<split>/mbeir_*_task<k>_<split>.jsonl "
+            "and cand_pool/**/*.jsonl"
+        )
+    instructions = root / "instructions" / "query_instructions.tsv"
+    return CorpusLayout(
+        root=root,
+        pools=pools,
+        queries=queries,
+        qrels=qrels,
+        instructions=instructions if instructions.is_file() else None,
+    )
+
+
+def resolve_in_root(root: Path, rel_path: str) -> Path:
+    """Join a path from a data file to the data root, refusing any that leave it.
+
+    The check is lexical: absolute paths and `..` that climb above the root are refused.
+    Symlinks placed inside the root by whoever set it up (an image folder on another disk,
+    say) are followed, since they are not data-file content.
+
+    Raises:
+        ValueError: if the path is absolute or escapes the root.
+    """
+    if not rel_path or rel_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel_path):
+        raise ValueError(f"image path {rel_path!r} is absolute or empty")
+    normalized = os.path.normpath(rel_path)
+    if normalized == ".." or normalized.startswith(".." + os.sep) or normalized == ".":
+        raise ValueError(f"image path {rel_path!r} leaves the data root")
+    return root / normalized
+
+
+# ---------------------------------------------------------------------------
+# field validation
+
+
+def _require(obj: dict[str, Any], name: str, kinds: tuple[type, ...], optional: bool) -> Any:
+    if name not in obj:
+        if optional:
+            return None
+        raise _RowError(Reason.MISSING_FIELD, f"field {name!r} is missing")
+    value = obj[name]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        want = " or ".join(k.__name__ for k in kinds) + (" or null" if optional else "")
+        raise _RowError(
+            Reason.WRONG_TYPE, f"field {name!r} should be {want}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _modality(value: Any) -> Modality:
+    if not isinstance(value, str):
+        raise _RowError(Reason.WRONG_TYPE, f"modality should be a string, got {value!r}")
+    try:
+        return Modality(value.strip().replace(" ", ""))
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in Modality)
+        raise _RowError(
+            Reason.UNKNOWN_MODALITY, f"modality {value!r} is not one of {allowed}"
+        ) from None
+
+
+def _check_modality_fields(modality: Modality, txt: str | None, img_path: str | None) -> None:
+    has_txt = bool(txt and txt.strip())
+    has_img = bool(img_path and img_path.strip())
+    if modality.has_text and not has_txt:
+        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but no text")
+    if modality.has_image and not has_img:
+        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but no image")
+    if not modality.has_text and has_txt:
+        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but text present")
+    if not modality.has_image and has_img:
+        raise _RowError(
+            Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but an image path present"
+        )
+
+
+def _check_image(root: Path, img_path: str, image_check: ImageCheck) -> None:
+    try:
+        path = resolve_in_root(root, img_path)
+    except ValueError as exc:
+        raise _RowError(Reason.PATH_ESCAPES_ROOT, str(exc)) from None
+    problem = check_image(path, image_check)
+    if problem is not None:
+        reason, detail = problem
+        raise _RowError(Reason(reason), f"{img_path}: {detail}")
+
+
+def _src_content(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _cand_refs(obj: dict[str, Any], name: str) -> tuple[str, ...]:
+    """Accept both `"9:10"` and `{"did": "9:10", ...}` entries, as M-BEIR variants write."""
+    value = obj.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _RowError(Reason.WRONG_TYPE, f"field {name!r} should be a list")
+    refs: list[str] = []
+    for entry in value:
+        if isinstance(entry, str) and entry:
+            refs.append(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("did"), str) and entry["did"]:
+            refs.append(entry["did"])
+        else:
+            raise _RowError(
+                Reason.WRONG_TYPE,
+                f"{name} entries should be 'did' strings or objects with a 'did', got {entry!r}",
+            )
+    return tuple(refs)
+
+
+# ---------------------------------------------------------------------------
+# readers
+
+
+def _iter_json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
+    """Yield (line_no, raw, obj, error) for every non-blank line."""
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield line_no, raw, None, f"bad JSON: {exc.msg} at column {exc.colno}"
+                continue
+            if not isinstance(obj, dict):
+                yield line_no, raw, None, f"expected a JSON object, got {type(obj).__name__}"
+                continue
+            yield line_no, raw, obj, None
+
+
+def _quarantine(
+    source: str, line_no: int, raw: str, reason: Reason, detail: str, row_id: str | None
+) -> QuarantinedRow:
+    return QuarantinedRow(
+        source=source,
+        line=line_no,
+        row_id=row_id,
+        reason=reason,
+        detail=detail,
+        raw=raw.rstrip("\n")[:_RAW_LIMIT],
+    )
+
+
+def _read_rows(
+    path: Path,
+    root: Path,
+    parse: Callable[[dict[str, Any]], T],
+    row_id: Callable[[T], str],
+    raw_id: Callable[[dict[str, Any]], str | None],
+    progress: Callable[[int], None] | None,
+) -> ReadResult[T]:
+    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    rows: list[T] = []
+    quarantined: list[QuarantinedRow] = []
+    seen: dict[str, int] = {}
+    for line_no, raw, obj, error in _iter_json_lines(path):
+        if progress is not None:
+            progress(1)
+        if obj is None:
+            reason = (
+                Reason.BAD_JSON if error and error.startswith("bad JSON") else Reason.NOT_AN_OBJECT
+            )
+            quarantined.append(_quarantine(source, line_no, raw, reason, error or "", None))
+            continue
+        rid = raw_id(obj)
+        try:
+            row = parse(obj)
+        except _RowError as exc:
+            quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, rid))
+            continue
+        key = row_id(row)
+        if key in seen:
+            quarantined.append(
+                _quarantine(
+                    source,
+                    line_no,
+                    raw,
+                    Reason.DUPLICATE_ID,
+                    f"id {key!r} already defined on line {seen[key]}",
+                    key,
+                )
+            )
+            continue
+        seen[key] = line_no
+        rows.append(row)
+    return ReadResult(rows=rows, quarantined=quarantined)
+
+
+def _str_id(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    return value if isinstance(value, str) else None
+
+
+def read_candidates(
+    path: Path,
+    root: Path,
+    *,
+    image_check: ImageCheck | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReadResult[Candidate]:
+    """Read and validate one candidate pool file.
+
+    Args:
+        path: the pool JSONL file.
+        root: the data root that `img_path` values are relative to.
+        image_check: how hard to look at images (default: decode them fully).
+        progress: called with 1 per line read, for progress bars.
+
+    Returns:
+        Valid candidates and quarantined rows. Duplicate `did`s after the first are
+        quarantined.
+    """
+    image_check = image_check or ImageCheck()
+
+    def parse(obj: dict[str, Any]) -> Candidate:
+        did = _require(obj, "did", (str,), optional=False)
+        if not did.strip():
+            raise _RowError(Reason.MISSING_FIELD, "field 'did' is empty")
+        modality = _modality(_require(obj, "modality", (str,), optional=False))
+        txt = _require(obj, "txt", (str,), optional=True)
+        img_path = _require(obj, "img_path", (str,), optional=True)
+        _check_modality_fields(modality, txt, img_path)
+        if modality.has_image:
+            _check_image(root, img_path, image_check)
+        return Candidate(
+            did=did,
+            modality=modality,
+            txt=txt if modality.has_text else None,
+            img_path=img_path if modality.has_image else None,
+            src_content=_src_content(obj.get("src_content")),
+        )
+
+    return _read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
+
+
+def read_queries(
+    path: Path,
+    root: Path,
+    *,
+    split: str,
+    known_dids: Collection[str] | None = None,
+    image_check: ImageCheck | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReadResult[Query]:
+    """Read and validate one query file.
+
+    Args:
+        path: the query JSONL file.
+        root: the data root that `query_img_path` values are relative to.
+        split: the split this file belongs to (train / val / test).
+        known_dids: every candidate id the corpus defines; a query whose positive or
+            negative points outside it is quarantined. None skips the check.
+        image_check: how hard to look at images (default: decode them fully).
+        progress: called with 1 per line read, for progress bars.
+
+    Returns:
+        Valid queries and quarantined rows.
+    """
+    image_check = image_check or ImageCheck()
+
+    def parse(obj: dict[str, Any]) -> Query:
+        qid = _require(obj, "qid", (str,), optional=False)
+        if not qid.strip():
+            raise _RowError(Reason.MISSING_FIELD, "field 'qid' is empty")
+        modality = _modality(_require(obj, "query_modality", (str,), optional=False))
+        txt = _require(obj, "query_txt", (str,), optional=True)
+        img_path = _require(obj, "query_img_path", (str,), optional=True)
+        _check_modality_fields(modality, txt, img_path)
+        if "pos_cand_list" not in obj:
+            raise _RowError(Reason.MISSING_FIELD, "field 'pos_cand_list' is missing")
+        positives = _cand_refs(obj, "pos_cand_list")
+        if not positives:
+            raise _RowError(Reason.MISSING_FIELD, "pos_cand_list is empty: nothing to retrieve")
+        negatives = _cand_refs(obj, "neg_cand_list")
+        if known_dids is not None:
+            unknown = [d for d in (*positives, *negatives) if d not in known_dids]
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise _RowError(Reason.UNKNOWN_REFERENCE, f"candidates not in any pool: {shown}")
+        task_id = obj.get("task_id")
+        if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
+            if isinstance(task_id, str) and task_id.isdigit():
+                task_id = int(task_id)
+            else:
+                raise _RowError(Reason.WRONG_TYPE, f"task_id should be an integer, got {task_id!r}")
+        if modality.has_image:
+            _check_image(root, img_path, image_check)
+        return Query(
+            qid=qid,
+            modality=modality,
+            txt=txt if modality.has_text else None,
+            img_path=img_path if modality.has_image else None,
+            pos_cand_list=positives,
+            neg_cand_list=negatives,
+            split=split,
+            task_id=task_id,
+            src_content=_src_content(obj.get("query_src_content")),
+        )
+
+    return _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+
+
+def read_qrels(
+    path: Path,
+    root: Path,
+    *,
+    known_qids: Collection[str] | None = None,
+    known_dids: Collection[str] | None = None,
+) -> ReadResult[Qrel]:
+    """Read and validate a qrels file (`qid 0 did relevance task_id`, space separated).
+
+    Lines whose qid or did is unknown (when the known sets are given) are quarantined, and
+    so are repeated (qid, did) pairs.
+    """
+    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    rows: list[Qrel] = []
+    quarantined: list[QuarantinedRow] = []
+    seen: dict[tuple[str, str], int] = {}
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            parts = raw.split()
+            if not parts:
+                continue
+            if len(parts) != 5:
+                quarantined.append(
+                    _quarantine(
+                        source,
+                        line_no,
+                        raw,
+                        Reason.BAD_QREL_LINE,
+                        f"expected 5 fields 'qid 0 did relevance task_id', got {len(parts)}",
+                        parts[0],
+                    )
+                )
+                continue
+            qid, _, did, relevance, task_id = parts
+            if not (relevance.lstrip("-").isdigit() and task_id.isdigit()):
+                quarantined.append(
+                    _quarantine(
+                        source,
+                        line_no,
+                        raw,
+                        Reason.BAD_QREL_LINE,
+                        "relevance and task_id must be integers",
+                        qid,
+                    )
+                )
+                continue
+            problems = []
+            if known_qids is not None and qid not in known_qids:
+                problems.append(f"qid {qid!r} is not a valid query")
+            if known_dids is not None and did not in known_dids:
+                problems.append(f"did {did!r} is not in any pool")
+            if problems:
+                quarantined.append(
+                    _quarantine(
+                        source, line_no, raw, Reason.UNKNOWN_REFERENCE, "; ".join(problems), qid
+                    )
+                )
+                continue
+            if (qid, did) in seen:
+                quarantined.append(
+                    _quarantine(
+                        source,
+                        line_no,
+                        raw,
+                        Reason.DUPLICATE_ID,
+                        f"pair ({qid}, {did}) already on line {seen[(qid, did)]}",
+                        qid,
+                    )
+                )
+                continue
+            seen[(qid, did)] = line_no
+            rows.append(Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(task_id)))
+    return ReadResult(rows=rows, quarantined=quarantined)
+
+
+def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
+    """Read UniIR's `query_instructions.tsv`.
+
+    The header is query_modality, cand_modality, dataset_name, dataset_id, then
+    prompt_1..prompt_n; rows without a prompt are quarantined.
+    """
+    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    rows: list[Instruction] = []
+    quarantined: list[QuarantinedRow] = []
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        required = ["query_modality", "cand_modality", "dataset_name", "dataset_id"]
+        if header[:4] != required:
+            raise LayoutError(f"{source}: header should start with {required}, got {header[:4]}")
+        for line_no, raw in enumerate(fh, start=2):
+            if not raw.strip():
+                continue
+            parts = raw.rstrip("\n").split("\t")
+            prompts = tuple(p.strip() for p in parts[4:] if p.strip())
+            if len(parts) < 5 or not prompts:
+                quarantined.append(
+                    _quarantine(
+                        source,
+                        line_no,
+                        raw,
+                        Reason.BAD_INSTRUCTION_LINE,
+                        "expected 4 key columns and at least one prompt",
+                        None,
+                    )
+                )
+                continue
+            rows.append(Instruction(*(p.strip() for p in parts[:4]), prompts=prompts))
+    return ReadResult(rows=rows, quarantined=quarantined)
+
+
+# ---------------------------------------------------------------------------
+# writers (used by the demo builder and by tests that write corpora by hand)
+
+
+def candidate_to_json(c: Candidate) -> dict[str, Any]:
+    """The M-BEIR JSON object for a candidate."""
+    return {
+        "txt": c.txt,
+        "img_path": c.img_path,
+        "modality": c.modality.value,
+        "did": c.did,
+        "src_content": c.src_content,
+    }
+
+
+def query_to_json(q: Query) -> dict[str, Any]:
+    """The M-BEIR JSON object for a query."""
+    return {
+        "qid": q.qid,
+        "query_txt": q.txt,
+        "query_img_path": q.img_path,
+        "query_modality": q.modality.value,
+        "query_src_content": q.src_content,
+        "pos_cand_list": list(q.pos_cand_list),
+        "neg_cand_list": list(q.neg_cand_list),
+        "task_id": q.task_id,
+    }
+
+
+def write_jsonl(path: Path, objects: Iterable[dict[str, Any]]) -> int:
+    """Write one JSON object per line; returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for obj in objects:
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
+            n += 1
+    return n
+
+
+def write_qrels(path: Path, qrels: Iterable[Qrel]) -> int:
+    """Write qrels as `qid 0 did relevance task_id` lines; returns the count."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    n = 0
+    with path.open("w", encoding="utf-8") as fh:
+        for r in qrels:
+            fh.write(f"{r.qid} 0 {r.did} {r.relevance} {r.task_id}\n")
+            n += 1
+    return n
+
+
+def qrels_from_queries(queries: Iterable[Query]) -> list[Qrel]:
+    """The qrels UniIR writes for a query file: one relevance-1 line per positive."""
+    return [
+        Qrel(qid=q.qid, did=did, relevance=1, task_id=q.task_id or 0)
+        for q in queries
+        for did in q.pos_cand_list
+    ]

@@ -1,0 +1,99 @@
+"""Tabular forms of corpus records: Parquet outputs, quarantine files, summaries."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, fields
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rar_pipeline.core.corpus.records import Modality, QuarantinedRow, ReadResult
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, Enum):
+        return value.value
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def records_to_frame(rows: Sequence[Any], record_type: type) -> pd.DataFrame:
+    """Dataclass records -> DataFrame with one column per field (enums as their values)."""
+    columns = [f.name for f in fields(record_type)]
+    data = [{k: _plain(v) for k, v in asdict(r).items()} for r in rows]
+    return pd.DataFrame(data, columns=columns)
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """Write atomically: a reader never sees a half-written file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    try:
+        frame.to_parquet(tmp, index=False)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def write_quarantine(rows: Sequence[QuarantinedRow], path: Path) -> Path:
+    """One JSON object per quarantined row: source, line, row_id, reason, detail, raw."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as fh:
+        for r in rows:
+            fh.write(json.dumps({k: _plain(v) for k, v in asdict(r).items()}) + "\n")
+    return path
+
+
+def modality_counts(rows: Sequence[Any]) -> dict[str, int]:
+    """Rows per modality, every modality listed (0 where absent)."""
+    counts = Counter(r.modality for r in rows)
+    return {m.value: counts.get(m, 0) for m in Modality}
+
+
+def reason_counts(rows: Sequence[QuarantinedRow]) -> dict[str, int]:
+    """Quarantined rows per reason, most frequent first."""
+    return dict(Counter(r.reason.value for r in rows).most_common())
+
+
+def summarize(result: ReadResult, *, with_modality: bool = True) -> dict[str, Any]:
+    """Counts that asset metadata and the CLI both show."""
+    return {
+        "rows": len(result.rows),
+        "quarantined": len(result.quarantined),
+        "quarantine_rate": round(result.quarantine_rate, 6),
+        "by_modality": modality_counts(result.rows) if with_modality else {},
+        "by_reason": reason_counts(result.quarantined),
+    }
+
+
+def frame_to_records(frame: pd.DataFrame, record_type: type) -> list[Any]:
+    """The inverse of `records_to_frame` for `Candidate` and `Query` tables."""
+    from rar_pipeline.core.corpus.records import Modality
+
+    out = []
+    for row in frame.to_dict(orient="records"):
+        values = {}
+        for f in fields(record_type):
+            value = row.get(f.name)
+            if f.name == "modality":
+                value = Modality(value)
+            elif f.name in ("pos_cand_list", "neg_cand_list"):
+                value = tuple(value) if value is not None else ()
+            elif isinstance(value, float) and value != value:  # NaN from a null column
+                value = None
+            elif f.name == "task_id" and value is not None:
+                value = int(value)
+            values[f.name] = value
+        out.append(record_type(**values))
+    return out

@@ -1,0 +1,393 @@
+"""Route items to prompts, run a VLM through the cache, enforce caps, merge the outputs.
+
+The pure engine behind `corpus_captions`, `enhanced_corpus` and `enhanced_queries`:
+
+    plan_candidate / plan_query   item -> WorkItem (which prompt, which image, which text)
+    run_enhancement               WorkItems -> outputs, via cache and VLM, with retries
+    candidate_text / query_text   the enhanced text the retriever will embed
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rar_pipeline.core.corpus.mbeir import resolve_in_root
+from rar_pipeline.core.corpus.records import Candidate, Query
+from rar_pipeline.core.enhance.cache import (
+    CacheEntry,
+    EnhancementCache,
+    cache_key,
+    content_hash,
+    file_sha256,
+)
+from rar_pipeline.core.enhance.classify import (
+    CandidateType,
+    QueryType,
+    classify_candidate,
+    classify_query,
+)
+from rar_pipeline.core.enhance.prompts import (
+    CORPUS_CAPTION,
+    MODIFICATION,
+    QA_REWRITE,
+    QUERY_CAPTION,
+    VISUAL_CONTEXT_TEMPLATE,
+    PromptSpec,
+)
+from rar_pipeline.core.enhance.vlm.base import VLM, VLMRequest, VLMResult, results_for_batch_error
+
+QUERY_PROMPT = {
+    QueryType.IMAGE: QUERY_CAPTION,
+    QueryType.QA: QA_REWRITE,
+    QueryType.MODIFICATION: MODIFICATION,
+}
+_PREAMBLE = re.compile(
+    r"^\s*(description|caption|rewritten question|question|constraints|answer|output)\s*:\s*",
+    re.IGNORECASE,
+)
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One item to enhance.
+
+    Attributes:
+        item_id: the did or qid.
+        item_type: the candidate or query type (its value).
+        spec: the prompt; None for items that pass through unchanged (text-only).
+        text: the item's own text.
+        image_path: the item's image, resolved inside the data root; None when the prompt
+            must not see it (modification) or there is none.
+    """
+
+    item_id: str
+    item_type: str
+    spec: PromptSpec | None
+    text: str | None
+    image_path: Path | None
+
+
+@dataclass(frozen=True)
+class ItemOutput:
+    """What enhancement produced for one item."""
+
+    item_id: str
+    item_type: str
+    text: str | None  # the generated text (caption / rewrite / constraints), cleaned
+    status: str  # passthrough | generated | cached | failed
+    error: str | None = None
+    attempts: int = 0
+
+
+@dataclass
+class EnhanceStats:
+    """Counts that asset metadata shows."""
+
+    items_by_type: Counter = field(default_factory=Counter)
+    backend_calls: int = 0
+    cache_hits: int = 0
+    generated: int = 0
+    failures: int = 0
+    failure_reasons: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    @property
+    def items(self) -> int:
+        return sum(self.items_by_type.values())
+
+    def as_metadata(self) -> dict[str, Any]:
+        return {
+            "items": self.items,
+            "items_by_type": dict(self.items_by_type),
+            "backend_calls": self.backend_calls,
+            "cache_hits": self.cache_hits,
+            "generated": self.generated,
+            "failures": self.failures,
+            "failure_reasons": dict(self.failure_reasons.most_common(10)),
+            "seconds": round(self.seconds, 2),
+            "items_per_second": round(self.items / self.seconds, 2) if self.seconds else 0.0,
+        }
+
+
+# ---------------------------------------------------------------------------
+# planning
+
+
+def _image(root: Path, rel: str | None) -> Path | None:
+    return resolve_in_root(root, rel) if rel else None
+
+
+def plan_candidate(candidate: Candidate, root: Path) -> WorkItem:
+    """Text-only candidates pass through; the others get a corpus caption."""
+    kind = classify_candidate(candidate)
+    if kind is CandidateType.TEXT:
+        return WorkItem(candidate.did, kind.value, None, candidate.txt, None)
+    return WorkItem(
+        candidate.did, kind.value, CORPUS_CAPTION, candidate.txt, _image(root, candidate.img_path)
+    )
+
+
+def plan_query(query: Query, root: Path, override: QueryType | str | None = None) -> WorkItem:
+    """Route a query to its prompt; modification prompts never get the image."""
+    kind = classify_query(query, override)
+    if kind is QueryType.TEXT:
+        return WorkItem(query.qid, kind.value, None, query.txt, None)
+    spec = QUERY_PROMPT[kind]
+    image = _image(root, query.img_path) if spec.sends_image else None
+    return WorkItem(query.qid, kind.value, spec, query.txt, image)
+
+
+def build_request(item: WorkItem, temperature: float = 0.0, seed: int = 0) -> VLMRequest:
+    """The VLM request for a planned item."""
+    spec = item.spec
+    if spec is None:
+        raise ValueError(f"{item.item_id} passes through; it has no request")
+    return spec.request(item.text, item.image_path, temperature=temperature, seed=seed)
+
+
+# ---------------------------------------------------------------------------
+# output rules
+
+
+def words(text: str) -> list[str]:
+    """Whitespace-separated words."""
+    return text.split()
+
+
+def cap_words(text: str, cap: int) -> str:
+    """Keep at most `cap` words."""
+    parts = words(text)
+    return text.strip() if len(parts) <= cap else " ".join(parts[:cap])
+
+
+def clean(text: str) -> str:
+    """Strip a model's habitual wrapping: labels like "Description:", quotes, blank lines."""
+    text = _PREAMBLE.sub("", text.strip())
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
+        text = text[1:-1]
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def check_output(item: WorkItem, raw: str) -> tuple[str | None, str | None]:
+    """Apply the prompt's contract to a generated text: (text, None) or (None, reason)."""
+    spec = item.spec
+    assert spec is not None
+    text = clean(raw)
+    if not text:
+        return None, "empty output"
+    if spec is QA_REWRITE:
+        question = (item.text or "").strip()
+        limit = len(words(question)) + spec.max_words
+        if len(words(text)) > limit:
+            return None, f"rewrite adds more than {spec.max_words} words to the question"
+        if question.endswith("?") and "?" not in text:
+            return None, "rewrite no longer asks the question (it may answer it)"
+        return text, None
+    return cap_words(text, spec.max_words), None
+
+
+# ---------------------------------------------------------------------------
+# the run
+
+
+class _ImageHashes:
+    def __init__(self) -> None:
+        self._by_path: dict[Path, str] = {}
+
+    def __call__(self, path: Path | None) -> str | None:
+        if path is None:
+            return None
+        if path not in self._by_path:
+            self._by_path[path] = file_sha256(path)
+        return self._by_path[path]
+
+
+def run_enhancement(
+    items: Sequence[WorkItem],
+    vlm: VLM,
+    cache: EnhancementCache,
+    *,
+    batch_size: int = 32,
+    max_attempts: int = 3,
+    temperature: float = 0.0,
+    seed: int = 0,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, ItemOutput], EnhanceStats]:
+    """Enhance items: cache hits first, then the VLM in batches, retrying failures.
+
+    Args:
+        items: planned items (pass-through ones included, for the counts).
+        vlm: the backend.
+        cache: outputs are read from and written to it as work proceeds.
+        batch_size: requests per `vlm.generate` call.
+        max_attempts: tries per item for backend errors and empty outputs; an output that
+            breaks the prompt's contract is not retried (decoding would repeat it).
+        temperature: sampling temperature (0 = greedy, the default).
+        seed: sampling seed.
+        progress: called with the number of items finished, for progress bars.
+
+    Returns:
+        Output per item id, and the statistics.
+    """
+    started = time.perf_counter()
+    stats = EnhanceStats()
+    outputs: dict[str, ItemOutput] = {}
+    hashes = _ImageHashes()
+    backend, model_id = vlm.backend, vlm.model_id
+    keyed: list[tuple[WorkItem, str, VLMRequest]] = []
+    for item in items:
+        stats.items_by_type[item.item_type] += 1
+        if item.spec is None:
+            outputs[item.item_id] = ItemOutput(item.item_id, item.item_type, None, "passthrough")
+            if progress:
+                progress(1)
+            continue
+        request = build_request(item, temperature=temperature, seed=seed)
+        try:
+            image_sha = hashes(request.image_path)
+        except OSError as exc:
+            outputs[item.item_id] = _fail(item, f"image unreadable: {exc}", 0, stats)
+            if progress:
+                progress(1)
+            continue
+        key = cache_key(
+            content_hash(item.text, image_sha),
+            item.spec,
+            backend,
+            model_id,
+            request.sampling,
+        )
+        keyed.append((item, key, request))
+
+    cache.prefetch(key for _, key, _ in keyed)  # one filtered read for the whole partition
+    pending: list[tuple[WorkItem, str, VLMRequest]] = []
+    for item, key, request in keyed:
+        hit = cache.get(key)
+        if hit is not None:
+            stats.cache_hits += 1
+            outputs[item.item_id] = ItemOutput(item.item_id, item.item_type, hit.text, "cached")
+            if progress:
+                progress(1)
+            continue
+        pending.append((item, key, request))
+
+    attempts: Counter = Counter()
+    while pending:
+        retry: list[tuple[WorkItem, str, VLMRequest]] = []
+        for start in range(0, len(pending), batch_size):
+            batch = pending[start : start + batch_size]
+            requests = [r for _, _, r in batch]
+            stats.backend_calls += len(requests)
+            try:
+                results = vlm.generate(requests)
+                if len(results) != len(requests):
+                    raise RuntimeError(
+                        f"backend returned {len(results)} results for {len(requests)} requests"
+                    )
+            except Exception as exc:  # a whole-batch failure: every item may retry
+                results = results_for_batch_error(requests, exc)
+            for (item, key, _), result in zip(batch, results, strict=True):
+                attempts[item.item_id] += 1
+                done = _settle(
+                    item, key, result, attempts[item.item_id], max_attempts, vlm, cache, stats
+                )
+                if done is None:
+                    retry.append((item, key, _))
+                    continue
+                outputs[item.item_id] = done
+                if progress:
+                    progress(1)
+        pending = retry
+    cache.flush()
+    stats.seconds = time.perf_counter() - started
+    return outputs, stats
+
+
+def _fail(item: WorkItem, reason: str, attempts: int, stats: EnhanceStats) -> ItemOutput:
+    stats.failures += 1
+    stats.failure_reasons[reason.split(":")[0][:80]] += 1
+    return ItemOutput(item.item_id, item.item_type, None, "failed", reason, attempts)
+
+
+def _settle(
+    item: WorkItem,
+    key: str,
+    result: VLMResult,
+    attempt: int,
+    max_attempts: int,
+    vlm: VLM,
+    cache: EnhancementCache,
+    stats: EnhanceStats,
+) -> ItemOutput | None:
+    """The item's final output, or None to retry it."""
+    assert item.spec is not None
+    if result.error is None and result.text is not None and result.text.strip():
+        text, violation = check_output(item, result.text)
+        if violation is None:
+            cache.put(key, _entry(item, text, "ok", None, attempt, vlm))
+            stats.generated += 1
+            return ItemOutput(item.item_id, item.item_type, text, "generated", None, attempt)
+        reason = f"contract: {violation}"
+    else:
+        reason = result.error or "empty output"
+        if attempt < max_attempts:
+            return None
+        reason = f"{reason} (after {attempt} attempts)"
+    cache.put(key, _entry(item, None, "failed", reason, attempt, vlm))
+    return _fail(item, reason, attempt, stats)
+
+
+def _entry(
+    item: WorkItem, text: str | None, status: str, error: str | None, attempts: int, vlm: VLM
+) -> CacheEntry:
+    assert item.spec is not None
+    return CacheEntry(
+        text=text,
+        status=status,
+        error=error,
+        kind=item.spec.name,
+        prompt_version=item.spec.version,
+        backend=vlm.backend,
+        model_id=vlm.model_id,
+        attempts=attempts,
+    )
+
+
+# ---------------------------------------------------------------------------
+# merging
+
+
+def candidate_text(candidate: Candidate, caption: str | None) -> str | None:
+    """The text a candidate is embedded with after enhancement.
+
+    Text-only: unchanged. Image-only: the caption (None if captioning failed: the retriever
+    falls back to the image). Image+text: its text plus "Visual Context: <caption>".
+    """
+    kind = classify_candidate(candidate)
+    if kind is CandidateType.TEXT:
+        return candidate.txt
+    if kind is CandidateType.IMAGE:
+        return caption
+    if not caption:
+        return candidate.txt
+    return VISUAL_CONTEXT_TEMPLATE.format(text=candidate.txt, caption=caption)
+
+
+def query_text(query: Query, query_type: QueryType | str, output: str | None) -> str | None:
+    """The text a query is embedded with after enhancement (its image still goes along).
+
+    Text-only: unchanged. Image-only: the caption. QA and modification: the rewrite or the
+    distilled constraints, falling back to the original text when enhancement failed.
+    """
+    kind = QueryType(query_type)
+    if kind is QueryType.TEXT:
+        return query.txt
+    if kind is QueryType.IMAGE:
+        return output
+    return output or query.txt
