@@ -19,13 +19,14 @@ from pathlib import Path
 
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION
 from rar_pipeline.core.enhance.vlm.base import VLMRequest
-from rar_pipeline.core.enhance.vlm.vllm import DEFAULT_MODEL_ID, VLLMVLM
+from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL
+from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="demo data root (data/demo)")
-    parser.add_argument("--model", default=DEFAULT_MODEL_ID, help="image-text-to-text model id")
+    parser.add_argument("--model", default=DEFAULT_MODEL, help="image-text-to-text model id")
     parser.add_argument("--n", type=int, default=32, help="how many images to caption")
     parser.add_argument("--show", type=int, default=5, help="how many outputs to print")
     parser.add_argument("--max-model-len", type=int, default=8192)

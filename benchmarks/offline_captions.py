@@ -18,9 +18,11 @@ from pathlib import Path
 
 from rar_pipeline.core.corpus.mbeir import discover, read_candidates, read_queries
 from rar_pipeline.core.corpus.records import Modality
-from rar_pipeline.core.demo.builder import caption_accuracy, truth_file_for
+from rar_pipeline.core.demo.evaluate import caption_accuracy
 from rar_pipeline.core.enhance.engine import build_request, plan_candidate
-from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM, Perceiver, train_pairs
+from rar_pipeline.core.enhance.perception import Perceiver
+from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM, train_pairs
+from rar_pipeline.core.layout import demo_truth_file
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -48,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         fit_s = time.perf_counter() - started
         vlm = OfflineVLM(memory, perceiver)
         # which photos to score comes from the truth file; the captioner never sees it
-        truth = [json.loads(x) for x in truth_file_for(layout.root).read_text().splitlines()]
+        truth = [json.loads(x) for x in demo_truth_file(layout.root).read_text().splitlines()]
         test_paths = {p["img_path"] for p in truth if p["split"] == "test"}
         photos = [
             c
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         results = vlm.generate(requests)
         caption_s = time.perf_counter() - started
     captions = {c.img_path: r.text for c, r in zip(photos, results, strict=True) if r.ok}
-    accuracy = caption_accuracy(captions, truth_file_for(layout.root))
+    accuracy = caption_accuracy(captions, demo_truth_file(layout.root))
     print(f"memory: {len(memory)} train pairs, fitted in {fit_s:.1f}s")
     print(
         f"captioned {len(photos)} test photos in {caption_s:.1f}s "

@@ -16,14 +16,26 @@ from pathlib import Path
 
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.core.corpus.mbeir import LayoutError, discover
-from rar_pipeline.core.enhance.guard import GuardPolicy
-from rar_pipeline.core.enhance.vlm.factory import BACKENDS
-from rar_pipeline.core.settings import Settings, load_settings
+from rar_pipeline.core.demo.builder import DemoConfig
+from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
 
-IMAGE_CHECK_HELP = (
-    "how hard to look at images: decode (default; catches truncated files), header, "
-    "exists (for very large pools), off"
-)
+# Settings with a flag that `run` and `demo` take (`--data` and `--artifacts` are added
+# per command); each flag's help, choices and type come from the settings table.
+GRAPH_FLAGS = [s for s in SETTINGS if s.flag and s.name not in ("data_root", "artifacts_dir")]
+
+
+def _add_setting(parser: argparse._ActionsContainer, setting: Setting, **overrides) -> None:
+    """A flag for a setting: unset (None) unless given, so the environment can decide."""
+    default_help = f" (default: ${setting.env}, else the project default)"
+    parser.add_argument(
+        setting.flag,
+        dest=setting.name,
+        type=setting.kind,
+        choices=list(setting.choices) if setting.choices else None,
+        help=setting.help + default_help,
+        **overrides,
+    )
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -32,62 +44,48 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="rar", description="Reasoning-Augmented Representations pipeline"
     )
     sub = parser.add_subparsers(dest="command", required=True)
+    data, artifacts = BY_NAME["data_root"], BY_NAME["artifacts_dir"]
 
     demo = sub.add_parser("demo", help="build the demo corpus and run the pipeline on it")
     demo.add_argument(
-        "--data", type=Path, help="where to write the demo corpus (default: data/demo)"
-    )
-    demo.add_argument(
-        "--artifacts", type=Path, help="where outputs go (default: artifacts/<data dir name>)"
+        "--data",
+        dest="data_root",
+        type=Path,
+        help="where to write the demo corpus (default: data/demo under the project)",
     )
     demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
-    demo.add_argument("--train-products", type=int, default=480)
-    demo.add_argument("--test-products", type=int, default=240)
-    demo.add_argument("--train-queries", type=int, default=300, help="per task")
-    demo.add_argument("--test-queries", type=int, default=100, help="per task")
-    demo.add_argument("--seed", type=int, default=7)
+    defaults = DemoConfig()
+    demo.add_argument("--train-products", type=int, default=defaults.n_train_products)
+    demo.add_argument("--test-products", type=int, default=defaults.n_test_products)
+    demo.add_argument(
+        "--train-queries", type=int, default=defaults.train_queries_per_task, help="per task"
+    )
+    demo.add_argument(
+        "--test-queries", type=int, default=defaults.test_queries_per_task, help="per task"
+    )
+    demo.add_argument("--seed", type=int, default=defaults.seed)
 
     run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
-    run.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
-    run.add_argument(
-        "--artifacts", type=Path, help="where outputs go (default: artifacts/<data dir name>)"
-    )
+    _add_setting(run, data, required=True)
     run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 (default: all)")
 
     for command in (demo, run):
-        vlm = command.add_argument_group("enhancement (default: the RAR_VLM_* environment)")
-        vlm.add_argument(
-            "--vlm-backend",
-            choices=list(BACKENDS),
-            help="offline (default) | transformers | openai | vllm",
-        )
-        vlm.add_argument("--vlm-model", help="model id (default Qwen/Qwen2.5-VL-7B-Instruct)")
-        vlm.add_argument("--vlm-base-url", help="openai backend: the server's /v1 URL")
-        vlm.add_argument(
-            "--hallucination-policy",
-            choices=[p.value for p in GuardPolicy],
-            help="what to do with entities that contradict an item's own text",
-        )
+        _add_setting(command, artifacts)
+        group = command.add_argument_group("settings (flag, then environment, then default)")
+        for setting in GRAPH_FLAGS:
+            _add_setting(group, setting)
 
     compact = sub.add_parser(
         "compact-cache",
         help="merge the cache's part files (run it while no pipeline run is writing)",
     )
-    compact.add_argument(
-        "--data", type=Path, help="the data root whose cache to compact (default: the demo)"
-    )
-    compact.add_argument("--artifacts", type=Path, help="or the artifacts dir directly")
+    _add_setting(compact, data)
+    _add_setting(compact, artifacts)
 
     validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
-    validate.add_argument("--data", type=Path, required=True, help="the M-BEIR data root")
+    _add_setting(validate, data, required=True)
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
-    for command in (run, validate):
-        command.add_argument(
-            "--image-check",
-            choices=[lv.value for lv in ImageCheckLevel],
-            default=ImageCheckLevel.DECODE.value,
-            help=IMAGE_CHECK_HELP,
-        )
+    _add_setting(validate, BY_NAME["image_check"])
     validate.add_argument(
         "--show", type=int, default=20, help="how many quarantined rows to list (default 20)"
     )
@@ -98,36 +96,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _with(resource, **updates):  # noqa: ANN001, ANN202
-    """A copy of a Dagster resource with some fields changed.
-
-    Built anew, not with pydantic's model_copy, whose updates Dagster would not see.
-    """
-    return type(resource)(**{**resource.model_dump(), **updates})
+def settings_from_args(args: argparse.Namespace, env=None) -> Settings:  # noqa: ANN001
+    """Resolve the settings: the flags given win over the environment, then defaults."""
+    flags = {s.name: getattr(args, s.name) for s in SETTINGS if hasattr(args, s.name)}
+    if args.command == "demo" and flags.get("data_root") is None:
+        # The demo always writes its own folder unless told otherwise: RAR_DATA_ROOT names
+        # the corpus `rar run` and the UI read, which the demo must never overwrite.
+        flags["data_root"] = load_settings(env).project.demo_data
+    return load_settings(env, **flags)
 
 
 def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | None) -> int:
     # Dagster is imported here, not at module import, so `rar validate` stays fast.
     from rar_pipeline.definitions import build_assets
     from rar_pipeline.defs.launch import get_instance, run_pipeline
-    from rar_pipeline.defs.resources import default_resources
+    from rar_pipeline.defs.resources import resources_from_settings
 
-    resources = default_resources(settings)
-    image_check = getattr(args, "image_check", None)
-    if image_check:
-        resources["corpus"] = _with(resources["corpus"], image_check=image_check)
-    vlm_updates = {
-        field: value
-        for field, value in (
-            ("backend", args.vlm_backend),
-            ("model_id", args.vlm_model),
-            ("base_url", args.vlm_base_url),
-            ("hallucination_policy", args.hallucination_policy),
-        )
-        if value
-    }
-    if vlm_updates:
-        resources["vlm"] = _with(resources["vlm"], **vlm_updates)
+    resources = resources_from_settings(settings)
     print(f"enhancement: {resources['vlm'].backend} ({resources['vlm'].resolved_model_id()})")
     instance = get_instance(settings)
     started = time.perf_counter()
@@ -149,7 +134,8 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     )
     print(f"  outputs:     {settings.artifacts_dir}")
     if quarantined:
-        print(f"  quarantine:  {settings.artifacts_dir / 'quarantine'}  (one JSON line per row)")
+        quarantine = ArtifactLayout(settings.artifacts_dir).quarantine_dir
+        print(f"  quarantine:  {quarantine}  (one JSON line per row)")
     print(f"  runs:        recorded in {instance.root_directory}")
     print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
     return 0
@@ -158,11 +144,12 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
 def _validate(args: argparse.Namespace) -> int:
     from rar_pipeline.core.corpus.ingest import validate_corpus
 
-    layout = discover(args.data)
+    settings = settings_from_args(args)
+    layout = discover(settings.data_root)
     reports = validate_corpus(
         layout,
         tasks=args.tasks,
-        image_check=ImageCheck(level=ImageCheckLevel(args.image_check)),
+        image_check=ImageCheck(level=ImageCheckLevel(settings.image_check)),
         progress=sys.stderr.isatty(),
     )
     # instruction lines are shared by every task: count them once
@@ -221,8 +208,7 @@ def _validate(args: argparse.Namespace) -> int:
 def _compact(args: argparse.Namespace) -> int:
     from rar_pipeline.core.enhance.cache import ParquetStore
 
-    settings = load_settings(data_root=args.data, artifacts_dir=args.artifacts)
-    root = settings.artifacts_dir / "cache"
+    root = ArtifactLayout(settings_from_args(args).artifacts_dir).cache_dir
     stores = sorted({p.parent for p in root.rglob("part-*.parquet")}) if root.is_dir() else []
     if not stores:
         print(f"no cache under {root}")
@@ -242,15 +228,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "compact-cache":
             return _compact(args)
+        settings = settings_from_args(args)
         if args.command == "run":
-            settings = load_settings(data_root=args.data, artifacts_dir=args.artifacts)
             discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path
             return _run_graph(settings, args, build_demo=None)
         if args.command == "demo":
-            base = load_settings()
-            settings = load_settings(
-                data_root=args.data or base.demo_root, artifacts_dir=args.artifacts
-            )
             demo_config = {
                 "n_train_products": args.train_products,
                 "n_test_products": args.test_products,

@@ -1,9 +1,9 @@
 """The one `Definitions` of the project, loaded by workspace.yaml and `dagster dev`.
 
-Locations come from the environment (see `core.settings`): by default the demo corpus in
-data/demo, outputs in artifacts/, MLflow in mlruns/, all under the working directory. The
-VLM comes from RAR_VLM_* variables (see `defs.resources.vlm_from_env`); its settings fix the
-enhancement assets' code versions.
+Resources come from the settings (`core.settings`: environment, then project defaults):
+by default the demo corpus in data/demo, outputs in artifacts/, MLflow in mlruns/, all
+under the working directory, and the offline VLM. The VLM settings fix the enhancement
+assets' code versions.
 """
 
 from __future__ import annotations
@@ -13,22 +13,29 @@ from typing import Any
 import dagster as dg
 
 from rar_pipeline.core.settings import load_settings
-from rar_pipeline.defs.assets.corpus import candidate_pool, demo_corpus, queries
+from rar_pipeline.defs.assets.corpus import candidate_pool, queries
+from rar_pipeline.defs.assets.demo import demo_caption_accuracy, demo_corpus
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.jobs import JOBS
-from rar_pipeline.defs.resources import VLMResource, default_resources
+from rar_pipeline.defs.resources import VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
 from rar_pipeline.defs.sensors import corpus_files_sensor
 
 
 def build_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
-    """Every asset of the graph for a VLM configuration."""
-    return [demo_corpus, candidate_pool, queries, *build_enhancement_assets(vlm)]
+    """Every asset of the graph for a VLM configuration, in declaration order."""
+    return [
+        demo_corpus,
+        candidate_pool,
+        queries,
+        *build_enhancement_assets(vlm),
+        demo_caption_accuracy,
+    ]
 
 
 def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions:
-    """The project's definitions; `resources` replaces the env-derived real ones."""
-    resources = resources if resources is not None else default_resources(load_settings())
+    """The project's definitions; `resources` replaces the settings-derived real ones."""
+    resources = resources if resources is not None else resources_from_settings(load_settings())
     vlm = resources.get("vlm") or VLMResource()
     return dg.Definitions(
         assets=build_assets(vlm),

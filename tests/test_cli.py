@@ -23,11 +23,27 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_parse_args_defaults():
     args = parse_args(["run", "--data", "/x"])
-    assert args.command == "run" and args.data == Path("/x")
-    assert args.tasks is None and args.image_check == "decode"
+    assert args.command == "run" and args.data_root == Path("/x")
+    # settings flags stay unset unless given, so the environment can decide
+    assert args.tasks is None and args.image_check is None and args.vlm_backend is None
     assert parse_args(["demo"]).train_products == 480
     with pytest.raises(SystemExit):
         parse_args(["run"])  # --data is required
+    with pytest.raises(SystemExit):
+        parse_args(["run", "--data", "/x", "--image-check", "sometimes"])  # not a choice
+
+
+def test_an_image_check_from_the_environment_reaches_the_run(
+    project, mini_corpus, capsys, monkeypatch
+):
+    """RAR_IMAGE_CHECK=exists: truncated images are not decoded, so not quarantined."""
+    monkeypatch.setenv("RAR_IMAGE_CHECK", "exists")
+    assert main(["run", "--data", str(mini_corpus), "--tasks", "mbeir_mini_task6"]) == 0
+    quarantine = project / "artifacts" / "mbeir_mini" / "quarantine"
+    assert "image_truncated" not in (quarantine / "queries/mbeir_mini_task6.jsonl").read_text()
+    # and a flag still beats the environment
+    assert main(["run", "--data", str(mini_corpus), "--image-check", "decode"]) == 0
+    assert "image_truncated" in (quarantine / "queries/mbeir_mini_task6.jsonl").read_text()
 
 
 def test_validate_prints_the_quarantine_summary(mini_corpus, capsys):
@@ -195,7 +211,7 @@ def test_run_with_the_transformers_backend_on_a_tiny_model(
     project, mini_corpus, tmp_path_factory, capsys
 ):
     """The real from_pretrained/processor/generate path, driven by the pipeline."""
-    from tests.core.vlm.test_transformers_backend import build_tiny_llava
+    from tests.core.enhance.vlm.test_transformers_backend import build_tiny_llava
 
     model_dir = tmp_path_factory.mktemp("tiny-llava")
     build_tiny_llava(model_dir)

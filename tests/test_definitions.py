@@ -51,9 +51,9 @@ def test_resources_come_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("RAR_DATA_ROOT", str(tmp_path / "corpus"))
     monkeypatch.setenv("RAR_ARTIFACTS_DIR", str(tmp_path / "out"))
     from rar_pipeline.core.settings import load_settings
-    from rar_pipeline.defs.resources import default_resources
+    from rar_pipeline.defs.resources import resources_from_settings
 
-    resources = default_resources(load_settings())
+    resources = resources_from_settings(load_settings())
     assert resources["corpus"].data_root == str(tmp_path / "corpus")
     assert resources["corpus"].artifacts_dir == str(tmp_path / "out")
     assert resources["lancedb"].uri == str(tmp_path / "out" / "lancedb")

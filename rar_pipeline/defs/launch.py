@@ -11,27 +11,51 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
 
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.core.settings import Settings
-from rar_pipeline.defs.partitions import register_corpus_partitions
+from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
-# The graph's stages in dependency order, and what each is partitioned by. Assets missing
-# from a definition set (e.g. offline_captioner with a real VLM) are skipped.
-STAGES: tuple[tuple[str, str | None], ...] = (
-    ("candidate_pool", "shards"),
-    ("queries", "tasks"),
-    ("offline_captioner", None),
-    ("corpus_captions", "shards"),
-    ("enhanced_corpus", "shards"),
-    ("enhanced_queries", "tasks"),
-)
+DEMO_GROUP = "demo"
+
+
+def stages(assets: Sequence[dg.AssetsDefinition], *, demo: bool) -> list[tuple[str, str | None]]:
+    """The graph's assets in dependency order, each with what it is partitioned by.
+
+    Derived from the definitions themselves, so a new asset is run by `rar run` as soon
+    as it is in the graph. Ties keep declaration order. Demo assets (group "demo") are
+    included only when `demo` is set.
+
+    Returns:
+        (asset name, "shards" | "tasks" | None) per asset.
+    """
+    by_partitions = {pool_shards.name: "shards", query_tasks.name: "tasks"}
+    specs = {}
+    for asset in assets:
+        for spec in asset.specs:
+            if spec.group_name == DEMO_GROUP and not demo:
+                continue
+            partitions = getattr(asset.partitions_def, "name", None)
+            specs[spec.key] = (spec, by_partitions.get(partitions) if partitions else None)
+    waiting = {
+        key: {d.asset_key for d in spec.deps} & specs.keys() for key, (spec, _) in specs.items()
+    }
+    order: list[tuple[str, str | None]] = []
+    while waiting:
+        ready = [key for key, deps in waiting.items() if not deps]
+        if not ready:
+            raise ValueError(f"the asset graph has a cycle among {sorted(map(str, waiting))}")
+        key = ready[0]
+        order.append((key.to_user_string(), specs[key][1]))
+        del waiting[key]
+        for deps in waiting.values():
+            deps.discard(key)
+    return order
 
 
 class StepFailed(RuntimeError):
@@ -72,7 +96,7 @@ class PipelineResult:
 
 def get_instance(settings: Settings) -> dg.DagsterInstance:
     """The project's persistent instance (DAGSTER_HOME, default <project>/dagster_home)."""
-    home = Path(os.environ.get("DAGSTER_HOME") or settings.dagster_home)
+    home = settings.dagster_home
     home.mkdir(parents=True, exist_ok=True)
     os.environ["DAGSTER_HOME"] = str(home)
     return dg.DagsterInstance.get()
@@ -175,6 +199,8 @@ def run_pipeline(
             detail = f"{md['dagster/row_count']} rows"
         elif "pairs" in md:
             detail = f"{md['pairs']} train pairs"
+        elif "caption_accuracy_all" in md:
+            detail = f"{md['caption_accuracy_n']} photos, {md['caption_accuracy_all']:.0%} right"
         else:
             detail = ", ".join(f"{k}={md[k]}" for k in ("products", "rebuilt") if k in md)
         warn = "".join(f"  [check warning: {name}]" for name in res.failed_checks)
@@ -189,10 +215,9 @@ def run_pipeline(
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; the corpus has {sorted(layout.queries)}")
     register_corpus_partitions(instance, layout)
-    present = {key.to_user_string() for a in assets for key in a.keys}
     keys = {"shards": list(layout.pools), "tasks": selected, None: [None]}
-    for asset, partitioned_by in STAGES:
-        if asset not in present:
+    for asset, partitioned_by in stages(assets, demo=build_demo is not None):
+        if asset == "demo_corpus":
             continue
         partitions = keys[partitioned_by]
         echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))

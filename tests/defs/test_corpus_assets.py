@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from rar_pipeline.core.corpus.mbeir import discover
-from rar_pipeline.defs.assets.corpus import candidate_pool, demo_corpus, queries
+from rar_pipeline.defs.assets.corpus import candidate_pool, queries
+from rar_pipeline.defs.assets.demo import demo_corpus
 from rar_pipeline.defs.partitions import register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource
 

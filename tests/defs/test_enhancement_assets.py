@@ -13,11 +13,9 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from rar_pipeline.core.corpus.mbeir import discover
-from rar_pipeline.core.enhance import engine as enhance
 from rar_pipeline.core.enhance import prompts
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
-from rar_pipeline.defs.assets import enhancement
 from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource, VLMResource
 
@@ -115,12 +113,12 @@ def test_queries_are_routed_and_overrides_apply(corpus):
 
 
 def test_code_versions_follow_prompts_backend_and_model():
-    base = enhancement.code_versions(VLMResource())
-    other_model = enhancement.code_versions(VLMResource(backend="vllm", model_id="org/other"))
+    base = VLMResource().code_versions()
+    other_model = VLMResource(backend="vllm", model_id="org/other").code_versions()
     assert base["corpus_captions"] != other_model["corpus_captions"]
     assert base["enhanced_queries"] != other_model["enhanced_queries"]
     assert base["enhanced_corpus"] != other_model["enhanced_corpus"]  # merges their captions
-    strict = enhancement.code_versions(VLMResource(hallucination_policy="drop"))
+    strict = VLMResource(hallucination_policy="drop").code_versions()
     assert strict["enhanced_corpus"] != base["enhanced_corpus"]
     assert strict["corpus_captions"] == base["corpus_captions"]
 
@@ -150,8 +148,8 @@ def test_editing_the_caption_prompt_stales_exactly_the_caption_lineage(
         edited = dataclasses.replace(
             prompts.CORPUS_CAPTION, system=prompts.CORPUS_CAPTION.system + " Mention materials."
         )
-        monkeypatch.setattr(enhancement, "CORPUS_PROMPTS", (edited,))
-        monkeypatch.setattr(enhance, "CORPUS_CAPTION", edited)
+        # one edit, in one place: the prompt table that routing, cache keys and versions read
+        monkeypatch.setitem(prompts.PROMPTS, "corpus_caption", edited)
         after = build_assets(vlm)
         assert status(after, "corpus_captions", SHARD) == StaleStatus.STALE
         assert status(after, "enhanced_corpus", SHARD) == StaleStatus.STALE
@@ -187,5 +185,55 @@ def test_offline_backend_end_to_end_on_the_demo(corpus):
         "corpus_captions",
     )
     assert md["backend"] == "offline" and md["failures"] == 0
-    assert md["caption_accuracy_n"] == 40
-    assert md["caption_accuracy_all"] >= 0.8
+    assert not any(k.startswith("caption_accuracy") for k in md)  # production reads no truth
+    accuracy = _md(
+        dg.materialize(
+            assets, selection=["demo_caption_accuracy"], resources=resources, instance=instance
+        ),
+        "demo_caption_accuracy",
+    )
+    assert accuracy["shards_scored"] == ["mbeir_shapeshop_task0_cand_pool"]
+    assert accuracy["caption_accuracy_n"] == 40
+    assert accuracy["caption_accuracy_all"] >= 0.8
+
+
+def test_caption_accuracy_is_refused_on_a_corpus_without_ground_truth(mini_corpus, tmp_path):
+    corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"))
+    result = dg.materialize(
+        build_assets(FakeVLMResource()),
+        selection=["demo_caption_accuracy"],
+        resources={"corpus": corpus, "vlm": FakeVLMResource()},
+        raise_on_error=False,
+    )
+    assert not result.success
+    (failure,) = result.get_step_failure_events()
+    assert "demo corpus only" in str(failure.step_failure_data.error)
+
+
+def test_a_prompt_edit_changes_the_assets_version_and_the_cache_keys_together(corpus, monkeypatch):
+    """Routing, cache keys and code versions read one table: an edit moves all of them."""
+    from rar_pipeline.core.corpus.records import Candidate
+    from rar_pipeline.core.corpus.tables import frame_to_records
+    from rar_pipeline.core.enhance.cache import EnhancementCache
+    from rar_pipeline.core.enhance.steps import caption_candidates
+
+    vlm = FakeVLMResource()
+    instance = dg.DagsterInstance.ephemeral()
+    _ingest(corpus, instance, vlm)
+    paths = corpus.artifacts()
+    cands = frame_to_records(pd.read_parquet(paths.pool(SHARD)), Candidate)
+
+    def keys_written() -> set[str]:
+        cache = EnhancementCache(paths.enhancement_cache)
+        before = cache.store.keys()
+        caption_candidates(cands, corpus.root, vlm.create(paths), cache, vlm.options())
+        return cache.store.keys() - before
+
+    versions, keys = vlm.code_versions(), keys_written()
+    assert keys and keys_written() == set()  # a rerun writes nothing new
+    edited = dataclasses.replace(prompts.CORPUS_CAPTION, system="Describe it.")
+    monkeypatch.setitem(prompts.PROMPTS, "corpus_caption", edited)
+    after, new_keys = vlm.code_versions(), keys_written()
+    assert after["corpus_captions"] != versions["corpus_captions"]
+    assert after["enhanced_queries"] == versions["enhanced_queries"]
+    assert len(new_keys) == len(keys) and not new_keys & keys

@@ -6,10 +6,12 @@ import dagster as dg
 import pytest
 
 from rar_pipeline.core.corpus.mbeir import discover
-from rar_pipeline.defs.assets.corpus import candidate_pool, demo_corpus, queries
-from rar_pipeline.defs.launch import STAGES, StepFailed, materialize_step
+from rar_pipeline.definitions import build_assets
+from rar_pipeline.defs.assets.corpus import candidate_pool, queries
+from rar_pipeline.defs.assets.demo import demo_corpus
+from rar_pipeline.defs.launch import StepFailed, materialize_step, stages
 from rar_pipeline.defs.partitions import register_corpus_partitions
-from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.resources import CorpusResource, VLMResource
 
 
 def test_a_failed_step_raises_with_the_assets_own_message(mini_corpus, tmp_path):
@@ -26,9 +28,29 @@ def test_a_failed_step_raises_with_the_assets_own_message(mini_corpus, tmp_path)
         )
 
 
-def test_stages_run_upstream_first():
-    order = [name for name, _ in STAGES]
-    assert order.index("candidate_pool") < order.index("queries")
-    assert order.index("queries") < order.index("offline_captioner")
-    assert order.index("offline_captioner") < order.index("corpus_captions")
-    assert order.index("corpus_captions") < order.index("enhanced_corpus")
+def test_stages_follow_the_asset_graph_upstream_first():
+    assets = build_assets(VLMResource())
+    order = [name for name, _ in stages(assets, demo=False)]
+    parents = {
+        spec.key.to_user_string(): {d.asset_key.to_user_string() for d in spec.deps}
+        for asset in assets
+        for spec in asset.specs
+    }
+    assert set(order) == set(parents) - {"demo_corpus", "demo_caption_accuracy"}
+    for name in order:  # every parent comes before its child
+        for parent in parents[name] & set(order):
+            assert order.index(parent) < order.index(name)
+    assert dict(stages(assets, demo=False))["corpus_captions"] == "shards"
+    assert dict(stages(assets, demo=False))["enhanced_queries"] == "tasks"
+    assert dict(stages(assets, demo=False))["offline_captioner"] is None
+
+
+def test_demo_stages_build_the_corpus_first_and_score_captions_last():
+    order = [name for name, _ in stages(build_assets(VLMResource()), demo=True)]
+    assert order[0] == "demo_corpus"
+    assert order.index("demo_caption_accuracy") > order.index("corpus_captions")
+
+
+def test_a_real_vlm_graph_has_no_offline_captioner_stage():
+    order = [name for name, _ in stages(build_assets(VLMResource(backend="openai")), demo=False)]
+    assert "offline_captioner" not in order and "corpus_captions" in order

@@ -6,7 +6,6 @@ These are the pure steps behind the `candidate_pool` and `queries` assets and be
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +39,8 @@ from rar_pipeline.core.corpus.tables import (
     write_parquet,
     write_quarantine,
 )
+from rar_pipeline.core.files import files_hash
+from rar_pipeline.core.layout import ArtifactLayout
 
 # Bump when validation rules change: it is part of the assets' code_version.
 READER_VERSION = "mbeir-reader-1"
@@ -47,25 +48,6 @@ READER_VERSION = "mbeir-reader-1"
 
 class MissingUpstreamError(RuntimeError):
     """A step needs outputs of another step that have not been produced yet."""
-
-
-@dataclass(frozen=True)
-class ArtifactLayout:
-    """Where one corpus' pipeline outputs live under the artifacts directory."""
-
-    root: Path
-
-    def pool(self, shard: str) -> Path:
-        return self.root / "candidate_pool" / f"{shard}.parquet"
-
-    def queries(self, task: str) -> Path:
-        return self.root / "queries" / f"{task}.parquet"
-
-    def qrels(self, task: str) -> Path:
-        return self.root / "qrels" / f"{task}.parquet"
-
-    def quarantine(self, step: str, key: str) -> Path:
-        return self.root / "quarantine" / step / f"{key}.jsonl"
 
 
 @dataclass
@@ -85,14 +67,8 @@ class IngestReport:
 
 
 def file_digest(paths: Iterable[Path]) -> str:
-    """sha256 over the files' bytes and the reader version: the data version of a step."""
-    digest = hashlib.sha256(READER_VERSION.encode())
-    for path in paths:
-        digest.update(path.name.encode())
-        with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()[:16]
+    """The data version of an ingest step: a hash of its files and the reader version."""
+    return files_hash(paths, salt=READER_VERSION)
 
 
 def _bar(desc: str, enabled: bool) -> tqdm:

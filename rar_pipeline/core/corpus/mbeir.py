@@ -74,10 +74,33 @@ class CorpusLayout:
 
     def rel(self, path: Path) -> str:
         """`path` relative to the data root, as quarantine records name it."""
-        try:
-            return path.relative_to(self.root).as_posix()
-        except ValueError:
-            return str(path)
+        return source_name(path, self.root)
+
+
+def pool_file(root: Path, name: str, scope: str = "local") -> Path:
+    """Where a pool file lives: cand_pool/<scope>/<name>.jsonl (scope: local or global)."""
+    return Path(root) / "cand_pool" / scope / f"{name}.jsonl"
+
+
+def query_file(root: Path, task: str, split: str) -> Path:
+    """Where a task's query file for a split lives: query/<split>/<task>_<split>.jsonl."""
+    return Path(root) / "query" / split / f"{task}_{split}.jsonl"
+
+
+def qrels_file(root: Path, task: str, split: str) -> Path:
+    """Where a task's qrels for a split live: qrels/<split>/<task>_<split>_qrels.txt."""
+    return Path(root) / "qrels" / split / f"{task}_{split}_qrels.txt"
+
+
+def instructions_file(root: Path) -> Path:
+    """UniIR's per-task instructions: instructions/query_instructions.tsv."""
+    return Path(root) / "instructions" / "query_instructions.tsv"
+
+
+def source_name(path: Path, root: Path) -> str:
+    """How quarantine records name a file: relative to the data root when inside it."""
+    path = Path(path)
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
 
 
 def discover(root: str | os.PathLike[str]) -> CorpusLayout:
@@ -118,7 +141,7 @@ def discover(root: str | os.PathLike[str]) -> CorpusLayout:
             f"{root} has no M-BEIR files: expected query/<split>/mbeir_*_task<k>_<split>.jsonl "
             "and cand_pool/**/*.jsonl"
         )
-    instructions = root / "instructions" / "query_instructions.tsv"
+    instructions = instructions_file(root)
     return CorpusLayout(
         root=root,
         pools=pools,
@@ -193,15 +216,50 @@ def _check_modality_fields(modality: Modality, txt: str | None, img_path: str | 
         )
 
 
-def _check_image(root: Path, img_path: str, image_check: ImageCheck) -> None:
-    try:
-        path = resolve_in_root(root, img_path)
-    except ValueError as exc:
-        raise _RowError(Reason.PATH_ESCAPES_ROOT, str(exc)) from None
-    problem = check_image(path, image_check)
-    if problem is not None:
-        reason, detail = problem
-        raise _RowError(Reason(reason), f"{img_path}: {detail}")
+@dataclass(frozen=True)
+class _ItemFields:
+    """The field names one side of M-BEIR uses for an item's id, modality, text and image."""
+
+    id: str
+    modality: str
+    txt: str
+    img_path: str
+
+    def parse(self, obj: dict[str, Any]) -> tuple[str, Modality, str | None, str | None]:
+        """(id, modality, txt, img_path), validated; text or image absent per the modality."""
+        item_id = _require(obj, self.id, (str,), optional=False)
+        if not item_id.strip():
+            raise _RowError(Reason.MISSING_FIELD, f"field {self.id!r} is empty")
+        modality = _modality(_require(obj, self.modality, (str,), optional=False))
+        txt = _require(obj, self.txt, (str,), optional=True)
+        img_path = _require(obj, self.img_path, (str,), optional=True)
+        _check_modality_fields(modality, txt, img_path)
+        return (
+            item_id,
+            modality,
+            txt if modality.has_text else None,
+            img_path if modality.has_image else None,
+        )
+
+    @staticmethod
+    def check_image(
+        root: Path, modality: Modality, img_path: str | None, image_check: ImageCheck
+    ) -> None:
+        """Quarantine reasons for the item's image: outside the root, missing, broken."""
+        if not modality.has_image or img_path is None:
+            return
+        try:
+            path = resolve_in_root(root, img_path)
+        except ValueError as exc:
+            raise _RowError(Reason.PATH_ESCAPES_ROOT, str(exc)) from None
+        problem = check_image(path, image_check)
+        if problem is not None:
+            reason, detail = problem
+            raise _RowError(Reason(reason), f"{img_path}: {detail}")
+
+
+_CANDIDATE_FIELDS = _ItemFields("did", "modality", "txt", "img_path")
+_QUERY_FIELDS = _ItemFields("qid", "query_modality", "query_txt", "query_img_path")
 
 
 def _src_content(value: Any) -> str | None:
@@ -273,7 +331,7 @@ def _read_rows(
     raw_id: Callable[[dict[str, Any]], str | None],
     progress: Callable[[int], None] | None,
 ) -> ReadResult[T]:
-    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    source = source_name(path, root)
     rows: list[T] = []
     quarantined: list[QuarantinedRow] = []
     seen: dict[str, int] = {}
@@ -337,20 +395,13 @@ def read_candidates(
     image_check = image_check or ImageCheck()
 
     def parse(obj: dict[str, Any]) -> Candidate:
-        did = _require(obj, "did", (str,), optional=False)
-        if not did.strip():
-            raise _RowError(Reason.MISSING_FIELD, "field 'did' is empty")
-        modality = _modality(_require(obj, "modality", (str,), optional=False))
-        txt = _require(obj, "txt", (str,), optional=True)
-        img_path = _require(obj, "img_path", (str,), optional=True)
-        _check_modality_fields(modality, txt, img_path)
-        if modality.has_image:
-            _check_image(root, img_path, image_check)
+        did, modality, txt, img_path = _CANDIDATE_FIELDS.parse(obj)
+        _CANDIDATE_FIELDS.check_image(root, modality, img_path, image_check)
         return Candidate(
             did=did,
             modality=modality,
-            txt=txt if modality.has_text else None,
-            img_path=img_path if modality.has_image else None,
+            txt=txt,
+            img_path=img_path,
             src_content=_src_content(obj.get("src_content")),
         )
 
@@ -383,13 +434,7 @@ def read_queries(
     image_check = image_check or ImageCheck()
 
     def parse(obj: dict[str, Any]) -> Query:
-        qid = _require(obj, "qid", (str,), optional=False)
-        if not qid.strip():
-            raise _RowError(Reason.MISSING_FIELD, "field 'qid' is empty")
-        modality = _modality(_require(obj, "query_modality", (str,), optional=False))
-        txt = _require(obj, "query_txt", (str,), optional=True)
-        img_path = _require(obj, "query_img_path", (str,), optional=True)
-        _check_modality_fields(modality, txt, img_path)
+        qid, modality, txt, img_path = _QUERY_FIELDS.parse(obj)
         if "pos_cand_list" not in obj:
             raise _RowError(Reason.MISSING_FIELD, "field 'pos_cand_list' is missing")
         positives = _cand_refs(obj, "pos_cand_list")
@@ -407,13 +452,12 @@ def read_queries(
                 task_id = int(task_id)
             else:
                 raise _RowError(Reason.WRONG_TYPE, f"task_id should be an integer, got {task_id!r}")
-        if modality.has_image:
-            _check_image(root, img_path, image_check)
+        _QUERY_FIELDS.check_image(root, modality, img_path, image_check)
         return Query(
             qid=qid,
             modality=modality,
-            txt=txt if modality.has_text else None,
-            img_path=img_path if modality.has_image else None,
+            txt=txt,
+            img_path=img_path,
             pos_cand_list=positives,
             neg_cand_list=negatives,
             split=split,
@@ -436,7 +480,7 @@ def read_qrels(
     Lines whose qid or did is unknown (when the known sets are given) are quarantined, and
     so are repeated (qid, did) pairs.
     """
-    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    source = source_name(path, root)
     rows: list[Qrel] = []
     quarantined: list[QuarantinedRow] = []
     seen: dict[tuple[str, str], int] = {}
@@ -505,7 +549,7 @@ def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
     The header is query_modality, cand_modality, dataset_name, dataset_id, then
     prompt_1..prompt_n; rows without a prompt are quarantined.
     """
-    source = path.relative_to(root).as_posix() if path.is_relative_to(root) else str(path)
+    source = source_name(path, root)
     rows: list[Instruction] = []
     quarantined: list[QuarantinedRow] = []
     with path.open("r", encoding="utf-8", errors="replace") as fh:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, fields
@@ -15,6 +13,7 @@ from typing import Any
 import pandas as pd
 
 from rar_pipeline.core.corpus.records import Modality, QuarantinedRow, ReadResult
+from rar_pipeline.core.files import write_atomic
 
 
 def _plain(value: Any) -> Any:
@@ -34,16 +33,7 @@ def records_to_frame(rows: Sequence[Any], record_type: type) -> pd.DataFrame:
 
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     """Write atomically: a reader never sees a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    try:
-        frame.to_parquet(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
 
 
 def write_quarantine(rows: Sequence[QuarantinedRow], path: Path) -> Path:
@@ -79,8 +69,6 @@ def summarize(result: ReadResult, *, with_modality: bool = True) -> dict[str, An
 
 def frame_to_records(frame: pd.DataFrame, record_type: type) -> list[Any]:
     """The inverse of `records_to_frame` for `Candidate` and `Query` tables."""
-    from rar_pipeline.core.corpus.records import Modality
-
     out = []
     for row in frame.to_dict(orient="records"):
         values = {}

@@ -22,75 +22,60 @@ task    query -> candidate       example
 ======  =======================  ==================================================
 
 Ground truth (shape, colour, brand of every product image) is written *outside* the data
-root, to ``<out>_truth/products.jsonl``; the corpus itself holds only what a real corpus
+root (`core.layout.demo_truth_file`); the corpus itself holds only what a real corpus
 would: items, queries, qrels. Nothing that enhances an item needs or reads the truth file.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
-import re
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from itertools import product
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from rar_pipeline.core.corpus.mbeir import (
     candidate_to_json,
+    instructions_file,
+    pool_file,
+    qrels_file,
     qrels_from_queries,
+    query_file,
     query_to_json,
     write_jsonl,
     write_qrels,
 )
 from rar_pipeline.core.corpus.records import Candidate, Modality, Query
+from rar_pipeline.core.demo.compose import compose_product, easy_vqa_image_paths, easy_vqa_labels
+from rar_pipeline.core.demo.world import (
+    BRANDS,
+    COLOURS,
+    DATASET,
+    DATASET_ID,
+    FACETS,
+    MOD,
+    PRICES,
+    QA,
+    SHAPES,
+    T2I,
+    T2IT,
+    T2T,
+    Brand,
+    catalogue_text,
+    listing_text,
+    passage_text,
+)
+from rar_pipeline.core.files import files_hash
+from rar_pipeline.core.layout import demo_truth_file
 
-DATASET = "shapeshop"
-DATASET_ID = 50
 BUILDER_VERSION = 2
 MARKER = ".rar_demo.json"
 IMAGE_DIR = f"mbeir_images/{DATASET}_images"
-
-SHAPES = ("circle", "rectangle", "triangle")
-COLOURS = ("red", "green", "blue", "yellow", "teal", "brown", "gray", "black")
-PRICES = ("$4.99", "$7.50", "$9.99", "$12.00", "$15.25", "$19.90")
-CANVAS = (160, 136)
-
-
-@dataclass(frozen=True)
-class Brand:
-    """A made-up maker: its label text and the facts its knowledge passages state."""
-
-    name: str
-    founder: str
-    city: str
-    year: int
-    material: str
-
-    @property
-    def title(self) -> str:
-        return self.name.title()
-
-
-BRANDS: tuple[Brand, ...] = (
-    Brand("QUORBLE", "Mira Salo", "Tallinn", 1962, "birch plywood"),
-    Brand("VELMORA", "Tomas Ekdahl", "Porto", 1978, "recycled tin"),
-    Brand("ZINTRAK", "Ada Okafor", "Lagos", 1991, "coloured resin"),
-    Brand("BROFELL", "Henrik Lund", "Bergen", 1955, "oak offcuts"),
-    Brand("MAPLIX", "Carmen Ruiz", "Valencia", 1983, "pressed cork"),
-    Brand("TORVANE", "Yuki Tanabe", "Sapporo", 2001, "bamboo fibre"),
-    Brand("GLENDRY", "Fiona Marsh", "Galway", 1969, "felted wool"),
-    Brand("HUXLEN", "Pavel Novak", "Brno", 1947, "enamelled steel"),
-    Brand("SPARVIK", "Ingrid Holm", "Uppsala", 2010, "beech wood"),
-    Brand("DORVANT", "Luca Bianchi", "Turin", 1938, "glazed ceramic"),
-    Brand("FROMEL", "Anouk de Vries", "Utrecht", 1996, "hemp canvas"),
-    Brand("KESTRO", "Omar Haddad", "Amman", 2007, "olive wood"),
-)
-FACETS = ("founder", "city", "year")
+TASKS = (0, 1, 2, 3, 6, 7)
 
 
 @dataclass(frozen=True)
@@ -119,192 +104,14 @@ class DemoConfig:
     seed: int = 7
 
 
-# ---------------------------------------------------------------------------
-# knowledge base and catalogue texts
+@dataclass
+class _Items:
+    """The demo's candidates, by what they show."""
 
-
-def passage_text(brand: Brand, facet: str) -> str:
-    """The knowledge passage stating one fact about one brand."""
-    if facet == "founder":
-        return (
-            f"{brand.title} was started by {brand.founder}, who still signs off every new "
-            f"design and sketches the shapes by hand."
-        )
-    if facet == "city":
-        return (
-            f"The {brand.title} workshop and head office are in {brand.city}, where every "
-            f"piece is painted and packed."
-        )
-    if facet == "year":
-        return (
-            f"{brand.title} opened in {brand.year}; its first toys were cut from {brand.material}."
-        )
-    raise ValueError(f"unknown facet {facet!r}")
-
-
-def catalogue_text(shape: str, colour: str, brand: Brand) -> str:
-    """The catalogue entry of one colour-shape-brand product line."""
-    return f"{brand.title} {shape} in {colour}. Painted toy shape from the {brand.title} range."
-
-
-def listing_text(sku: int, price: str, rng: random.Random) -> str:
-    """A shop listing's text: price and logistics only; the product is in its photo."""
-    stock = rng.choice(
-        ["in stock", "ships in 2 days", "last few left", "back in stock", "ships next week"]
-    )
-    return f"Listing {sku}. Price {price}, {stock}."
-
-
-# ---------------------------------------------------------------------------
-# query templates: varied phrasings; QA ones end with '?', modification ones do not start
-# with a wh-word (the method's routing rule), exactly as a curated benchmark would be.
-
-T2I = (
-    "a {colour} {shape} made by {brand}",
-    "the {colour} {shape} with the {brand} label",
-    "{brand} {shape}, {colour}",
-    "find {brand}'s {colour} {shape}",
-    "photo of a {colour} {shape} toy from {brand}",
-    "{colour} {shape} by {brand}",
-)
-# Text -> text: the last phrasing of each facet is kept for the test split, so no test query
-# text appears in training.
-T2T = {
-    "founder": (
-        "Which brand was started by {founder}?",
-        "toy company founded by {founder}",
-        "the maker whose founder is {founder}",
-        "{founder} set up which label?",
-    ),
-    "city": (
-        "Which toy maker is based in {city}?",
-        "brand with its workshop in {city}",
-        "shape maker headquartered in {city}",
-        "the company that paints its toys in {city}",
-    ),
-    "year": (
-        "Which brand opened in {year}?",
-        "toy maker founded in {year}",
-        "company that started making shapes in {year}",
-        "a label that has existed since {year}",
-    ),
-}
-T2IT = (
-    "{brand} {colour} {shape} listed at {price}",
-    "listing for a {colour} {shape} from {brand} at {price}",
-    "{price} {brand} {shape} in {colour}",
-    "buy the {colour} {brand} {shape} for {price}",
-)
-QA = {
-    "founder": (
-        "who founded the company that makes this?",
-        "who started the brand shown here?",
-        "whose firm produced this item?",
-        "which person created the label on this product?",
-    ),
-    "city": (
-        "where is the maker of this based?",
-        "in what city does this brand have its workshop?",
-        "which town is this product's company from?",
-        "where was this toy painted and packed?",
-    ),
-    "year": (
-        "when was the firm behind this founded?",
-        "what year did the maker of this open?",
-        "how old is the brand on this box?",
-        "when did this company start out?",
-    ),
-}
-MOD = {
-    "colour": (
-        "same one but in {colour}",
-        "I want it in {colour} instead",
-        "change the colour to {colour}",
-        "make this {colour}",
-        "in {colour} please, nothing else different",
-    ),
-    "shape": (
-        "same maker and colour, but a {shape}",
-        "swap the shape for a {shape}",
-        "as a {shape} instead",
-        "keep everything, turn it into a {shape}",
-    ),
-    "brand": (
-        "the same item from {brand}",
-        "I'd prefer the {brand} version",
-        "same shape and colour but made by {brand}",
-        "switch the maker to {brand}",
-    ),
-}
-
-
-# ---------------------------------------------------------------------------
-# images
-
-
-def easy_vqa_labels(split: str) -> dict[int, tuple[str, str]]:
-    """Shape and colour of every easy-vqa image, read off its question/answer pairs.
-
-    An answer may name the shape or colour ("what color is the circle?" -> "red"); a yes/no
-    answer affirms the shape and colour words of its question, unless the question is
-    negated ("is there not a red shape?" -> "no" affirms red).
-    """
-    import easy_vqa
-
-    questions = (
-        easy_vqa.get_train_questions() if split == "train" else easy_vqa.get_test_questions()
-    )
-    shape: dict[int, str] = {}
-    colour: dict[int, str] = {}
-    for text, answer, image_id in zip(*questions, strict=True):
-        words = re.findall(r"[a-z]+", text.lower())
-        if answer in ("yes", "no"):
-            negated = "not" in words or "no" in words
-            if (answer == "yes") == negated:
-                continue  # the question's words are denied, not affirmed
-        else:
-            words.append(answer)
-        for word in words:
-            if word in SHAPES:
-                shape[image_id] = word
-            elif word in COLOURS:
-                colour[image_id] = word
-    return {i: (shape[i], colour[i]) for i in sorted(shape.keys() & colour.keys())}
-
-
-def easy_vqa_image_paths(split: str) -> dict[int, str]:
-    """easy-vqa's own image files for a split."""
-    import easy_vqa
-
-    return easy_vqa.get_train_image_paths() if split == "train" else easy_vqa.get_test_image_paths()
-
-
-def compose_product(shape_image: Image.Image, label: str, rng: random.Random) -> Image.Image:
-    """Place a shape on a larger canvas above a printed brand label.
-
-    The label is printed with Pillow's built-in font, which OCR reads reliably and which
-    pretrained image features do not resolve into words.
-    """
-    shape_image = shape_image.convert("RGB")
-    background = shape_image.getpixel((0, 0))
-    canvas = Image.new("RGB", CANVAS, background)
-    size = rng.randint(72, 88)
-    shape = shape_image.resize((size, size), Image.Resampling.BICUBIC)
-    x = rng.randint(6, CANVAS[0] - size - 6)
-    canvas.paste(shape, (x, rng.randint(2, 8)))
-    draw = ImageDraw.Draw(canvas)
-    font = ImageFont.load_default(size=rng.choice((22, 24, 26)))
-    left, top, right, bottom = draw.textbbox((0, 0), label, font=font)
-    width, height = right - left, bottom - top
-    tx = max(2, min(CANVAS[0] - width - 2, (CANVAS[0] - width) // 2 + rng.randint(-12, 12)))
-    ty = CANVAS[1] - height - rng.randint(6, 12) - top
-    ink = rng.choice(((20, 20, 20), (40, 30, 90), (90, 20, 20), (10, 60, 30)))
-    draw.text((tx, ty), label, fill=ink, font=font)
-    return canvas
-
-
-# ---------------------------------------------------------------------------
-# builder
+    passages: dict[tuple[str, str], Candidate]  # (brand, facet) -> knowledge passage
+    catalogue: dict[tuple[str, str, str], Candidate]  # (shape, colour, brand) -> entry
+    photo: dict[str, Candidate]  # product key -> image-only candidate
+    listing: dict[str, Candidate]  # product key -> image+text shop listing
 
 
 def _did(n: int) -> str:
@@ -361,6 +168,169 @@ def _sample(items: list, n: int, rng: random.Random) -> list:
     return rng.sample(items, n) if len(items) > n else list(items)
 
 
+def _write_images(out: Path, products: list[Product], seed: int, progress: Callable | None) -> None:
+    paths = {s: easy_vqa_image_paths(s) for s in ("train", "test")}
+    for p in progress(products) if progress else products:
+        target = out / p.img_path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with Image.open(paths[p.split][p.source_image]) as src:
+            compose_product(src, p.brand, random.Random(f"{seed}:{p.key}")).save(target)
+
+
+def _make_items(products: list[Product], rng: random.Random) -> _Items:
+    ids = _Ids()
+    # shared text candidates: knowledge passages and catalogue entries
+    passages = {
+        (brand.name, facet): Candidate(
+            did=ids(), modality=Modality.TEXT, txt=passage_text(brand, facet), img_path=None
+        )
+        for brand in BRANDS
+        for facet in FACETS
+    }
+    catalogue = {
+        (shape, colour, brand.name): Candidate(
+            did=ids(),
+            modality=Modality.TEXT,
+            txt=catalogue_text(shape, colour, brand),
+            img_path=None,
+        )
+        for shape, colour, brand in product(SHAPES, COLOURS, BRANDS)
+    }
+    # per-split image and image+text candidates
+    photo: dict[str, Candidate] = {}
+    listing: dict[str, Candidate] = {}
+    for p in products:
+        photo[p.key] = Candidate(did=ids(), modality=Modality.IMAGE, txt=None, img_path=p.img_path)
+        listing[p.key] = Candidate(
+            did=ids(),
+            modality=Modality.IMAGE_TEXT,
+            txt=listing_text(1000 + len(listing), p.price, rng),
+            img_path=p.img_path,
+        )
+    return _Items(passages, catalogue, photo, listing)
+
+
+def _modification_target(
+    p: Product, by_combo: dict, rng: random.Random
+) -> tuple[str, tuple[str, str, str], dict[str, str]] | None:
+    """A change of one attribute that leads to products that exist, or None."""
+    options = []
+    for c in COLOURS:
+        if c != p.colour and by_combo.get((p.shape, c, p.brand)):
+            options.append(("colour", (p.shape, c, p.brand), {"colour": c}))
+    for s in SHAPES:
+        if s != p.shape and by_combo.get((s, p.colour, p.brand)):
+            options.append(("shape", (s, p.colour, p.brand), {"shape": s}))
+    for b in BRANDS:
+        if b.name != p.brand and by_combo.get((p.shape, p.colour, b.name)):
+            options.append(("brand", (p.shape, p.colour, b.name), {"brand": b.title}))
+    return rng.choice(options) if options else None
+
+
+def _make_queries(
+    cfg: DemoConfig, products: list[Product], items: _Items, rng: random.Random
+) -> dict[int, dict[str, list[Query]]]:
+    """Every task's queries per split (rng draws in a fixed order: the corpus is seeded)."""
+    brand_by_name: dict[str, Brand] = {b.name: b for b in BRANDS}
+    queries: dict[int, dict[str, list[Query]]] = defaultdict(lambda: defaultdict(list))
+    counter = iter(range(1, 1 << 30))
+
+    def add(task: int, split: str, modality: Modality, txt, img, positives) -> None:
+        queries[task][split].append(
+            Query(
+                qid=f"{DATASET_ID}:{next(counter)}",
+                modality=modality,
+                txt=txt,
+                img_path=img,
+                pos_cand_list=tuple(positives),
+                split=split,
+                task_id=task,
+            )
+        )
+
+    for split in ("train", "test"):
+        n_q = cfg.train_queries_per_task if split == "train" else cfg.test_queries_per_task
+        split_products = [p for p in products if p.split == split]
+        by_combo: dict[tuple[str, str, str], list[Product]] = defaultdict(list)
+        for p in split_products:
+            by_combo[(p.shape, p.colour, p.brand)].append(p)
+
+        def same(p: Product, by_combo: dict = by_combo) -> list[Product]:
+            return by_combo[(p.shape, p.colour, p.brand)]
+
+        # task 0: text -> image
+        for p in _sample(split_products, n_q, rng):
+            brand = brand_by_name[p.brand].title
+            text = rng.choice(T2I).format(colour=p.colour, shape=p.shape, brand=brand)
+            add(0, split, Modality.TEXT, text, None, [items.photo[o.key].did for o in same(p)])
+        # task 1: text -> text (knowledge passages); train and test never share a phrasing
+        t2t = [
+            (brand, facet, template)
+            for brand in BRANDS
+            for facet in FACETS
+            for template in (T2T[facet][:-1] if split == "train" else T2T[facet][-1:])
+        ]
+        for brand, facet, template in _sample(t2t, n_q, rng):
+            text = template.format(founder=brand.founder, city=brand.city, year=brand.year)
+            add(1, split, Modality.TEXT, text, None, [items.passages[(brand.name, facet)].did])
+        # task 2: text -> (image, text) listings
+        for p in _sample(split_products, n_q, rng):
+            text = rng.choice(T2IT).format(
+                colour=p.colour, shape=p.shape, brand=brand_by_name[p.brand].title, price=p.price
+            )
+            pos = [items.listing[o.key].did for o in same(p) if o.price == p.price]
+            add(2, split, Modality.TEXT, text, None, pos)
+        # task 3: image -> text (catalogue entry)
+        for p in _sample(split_products, n_q, rng):
+            entry = items.catalogue[(p.shape, p.colour, p.brand)]
+            add(3, split, Modality.IMAGE, None, p.img_path, [entry.did])
+        # task 6: (image, question) -> knowledge passage
+        for p in _sample(split_products, n_q, rng):
+            facet = rng.choice(FACETS)
+            passage = items.passages[(p.brand, facet)]
+            add(6, split, Modality.IMAGE_TEXT, rng.choice(QA[facet]), p.img_path, [passage.did])
+        # task 7: (image, instruction) -> modified product photo
+        made = 0
+        for p in rng.sample(split_products, len(split_products)):
+            if made >= n_q:
+                break
+            change = _modification_target(p, by_combo, rng)
+            if change is None:
+                continue
+            kind, target, values = change
+            text = rng.choice(MOD[kind]).format(**values)
+            pos = [items.photo[o.key].did for o in by_combo[target]]
+            add(7, split, Modality.IMAGE_TEXT, text, p.img_path, pos)
+            made += 1
+    return queries
+
+
+def _pools(products: list[Product], items: _Items) -> dict[tuple[str, str], list[Candidate]]:
+    """(scope, pool name) -> candidates: each task's test pool, and the union pools."""
+
+    def of_split(by_key: dict[str, Candidate], split: str) -> list[Candidate]:
+        return [by_key[p.key] for p in products if p.split == split]
+
+    passages, catalogue = list(items.passages.values()), list(items.catalogue.values())
+    local = {
+        0: of_split(items.photo, "test"),
+        1: passages,
+        2: of_split(items.listing, "test"),
+        3: catalogue,
+        6: passages,
+        7: of_split(items.photo, "test"),
+    }
+    pools = {("local", f"mbeir_{DATASET}_task{t}_cand_pool"): pool for t, pool in local.items()}
+    union_test: dict[str, Candidate] = {}
+    for pool in local.values():
+        union_test.update({c.did: c for c in pool})
+    # train-split positives live in the union train pool, as in M-BEIR
+    union_train = of_split(items.photo, "train") + of_split(items.listing, "train")
+    pools[("global", "mbeir_union_train_cand_pool")] = union_train + passages + catalogue
+    pools[("global", "mbeir_union_test_cand_pool")] = list(union_test.values())
+    return pools
+
+
 def build_demo_corpus(
     out: Path,
     cfg: DemoConfig | None = None,
@@ -395,192 +365,24 @@ def build_demo_corpus(
             return {**previous["summary"], "rebuilt": False}
     rng = random.Random(cfg.seed)
     products, held_out = _assign_products(cfg, rng)
-    brand_by_name = {b.name: b for b in BRANDS}
-
-    # images
-    paths = {s: easy_vqa_image_paths(s) for s in ("train", "test")}
-    loop = progress(products) if progress else products
-    for p in loop:
-        target = out / p.img_path
-        target.parent.mkdir(parents=True, exist_ok=True)
-        with Image.open(paths[p.split][p.source_image]) as src:
-            image_rng = random.Random(f"{cfg.seed}:{p.key}")
-            compose_product(src, p.brand, image_rng).save(target)
-
-    ids = _Ids()
-    # shared text candidates: knowledge passages and catalogue entries
-    passages: dict[tuple[str, str], Candidate] = {}
-    for brand in BRANDS:
-        for facet in FACETS:
-            passages[(brand.name, facet)] = Candidate(
-                did=ids(), modality=Modality.TEXT, txt=passage_text(brand, facet), img_path=None
-            )
-    catalogue: dict[tuple[str, str, str], Candidate] = {}
-    for shape, colour, brand in product(SHAPES, COLOURS, BRANDS):
-        catalogue[(shape, colour, brand.name)] = Candidate(
-            did=ids(),
-            modality=Modality.TEXT,
-            txt=catalogue_text(shape, colour, brand),
-            img_path=None,
-        )
-    # per-split image and image+text candidates
-    photo: dict[str, Candidate] = {}
-    listing: dict[str, Candidate] = {}
-    for p in products:
-        photo[p.key] = Candidate(did=ids(), modality=Modality.IMAGE, txt=None, img_path=p.img_path)
-        listing[p.key] = Candidate(
-            did=ids(),
-            modality=Modality.IMAGE_TEXT,
-            txt=listing_text(1000 + len(listing), p.price, rng),
-            img_path=p.img_path,
-        )
-
-    queries: dict[int, dict[str, list[Query]]] = defaultdict(lambda: defaultdict(list))
-    qn = {"n": 0}
-
-    def add(task: int, split: str, modality: Modality, txt, img, positives) -> None:
-        qn["n"] += 1
-        queries[task][split].append(
-            Query(
-                qid=f"{DATASET_ID}:{qn['n']}",
-                modality=modality,
-                txt=txt,
-                img_path=img,
-                pos_cand_list=tuple(positives),
-                split=split,
-                task_id=task,
-            )
-        )
-
-    for split in ("train", "test"):
-        n_q = cfg.train_queries_per_task if split == "train" else cfg.test_queries_per_task
-        split_products = [p for p in products if p.split == split]
-        by_combo: dict[tuple[str, str, str], list[Product]] = defaultdict(list)
-        for p in split_products:
-            by_combo[(p.shape, p.colour, p.brand)].append(p)
-
-        # task 0: text -> image
-        for p in _sample(split_products, n_q, rng):
-            text = rng.choice(T2I).format(
-                colour=p.colour, shape=p.shape, brand=brand_by_name[p.brand].title
-            )
-            pos = [photo[o.key].did for o in by_combo[(p.shape, p.colour, p.brand)]]
-            add(0, split, Modality.TEXT, text, None, pos)
-        # task 1: text -> text (knowledge passages); train and test never share a phrasing
-        t2t = [
-            (brand, facet, template)
-            for brand in BRANDS
-            for facet in FACETS
-            for template in (T2T[facet][:-1] if split == "train" else T2T[facet][-1:])
-        ]
-        for brand, facet, template in _sample(t2t, n_q, rng):
-            text = template.format(founder=brand.founder, city=brand.city, year=brand.year)
-            add(1, split, Modality.TEXT, text, None, [passages[(brand.name, facet)].did])
-        # task 2: text -> (image, text) listings
-        for p in _sample(split_products, n_q, rng):
-            text = rng.choice(T2IT).format(
-                colour=p.colour, shape=p.shape, brand=brand_by_name[p.brand].title, price=p.price
-            )
-            pos = [
-                listing[o.key].did
-                for o in by_combo[(p.shape, p.colour, p.brand)]
-                if o.price == p.price
-            ]
-            add(2, split, Modality.TEXT, text, None, pos)
-        # task 3: image -> text (catalogue entry)
-        for p in _sample(split_products, n_q, rng):
-            add(
-                3,
-                split,
-                Modality.IMAGE,
-                None,
-                p.img_path,
-                [catalogue[(p.shape, p.colour, p.brand)].did],
-            )
-        # task 6: (image, question) -> knowledge passage
-        for p in _sample(split_products, n_q, rng):
-            facet = rng.choice(FACETS)
-            add(
-                6,
-                split,
-                Modality.IMAGE_TEXT,
-                rng.choice(QA[facet]),
-                p.img_path,
-                [passages[(p.brand, facet)].did],
-            )
-        # task 7: (image, instruction) -> modified product photo
-        made = 0
-        for p in rng.sample(split_products, len(split_products)):
-            if made >= n_q:
-                break
-            options = []
-            for c in COLOURS:
-                if c != p.colour and by_combo.get((p.shape, c, p.brand)):
-                    options.append(("colour", (p.shape, c, p.brand), {"colour": c}))
-            for s in SHAPES:
-                if s != p.shape and by_combo.get((s, p.colour, p.brand)):
-                    options.append(("shape", (s, p.colour, p.brand), {"shape": s}))
-            for b in BRANDS:
-                if b.name != p.brand and by_combo.get((p.shape, p.colour, b.name)):
-                    options.append(("brand", (p.shape, p.colour, b.name), {"brand": b.title}))
-            if not options:
-                continue
-            kind, target, values = rng.choice(options)
-            text = rng.choice(MOD[kind]).format(**values)
-            add(
-                7,
-                split,
-                Modality.IMAGE_TEXT,
-                text,
-                p.img_path,
-                [photo[o.key].did for o in by_combo[target]],
-            )
-            made += 1
-
-    # pools: test candidates per task (local), train candidates in the union train pool
-    def split_photos(split: str) -> list[Candidate]:
-        return [photo[p.key] for p in products if p.split == split]
-
-    def split_listings(split: str) -> list[Candidate]:
-        return [listing[p.key] for p in products if p.split == split]
-
-    local_pools = {
-        0: split_photos("test"),
-        1: list(passages.values()),
-        2: split_listings("test"),
-        3: list(catalogue.values()),
-        6: list(passages.values()),
-        7: split_photos("test"),
-    }
-    union_train = (
-        split_photos("train")
-        + split_listings("train")
-        + list(passages.values())
-        + list(catalogue.values())
-    )
-    union_test: dict[str, Candidate] = {}
-    for pool in local_pools.values():
-        union_test.update({c.did: c for c in pool})
+    _write_images(out, products, cfg.seed, progress)
+    items = _make_items(products, rng)
+    queries = _make_queries(cfg, products, items, rng)
 
     summary: dict = {"data_root": str(out), "tasks": {}, "pools": {}}
-    for task, pool in local_pools.items():
-        name = f"mbeir_{DATASET}_task{task}_cand_pool"
-        write_jsonl(out / "cand_pool" / "local" / f"{name}.jsonl", map(candidate_to_json, pool))
-        summary["pools"][name] = len(pool)
-    for split, pool in (("train", union_train), ("test", list(union_test.values()))):
-        name = f"mbeir_union_{split}_cand_pool"
-        write_jsonl(out / "cand_pool" / "global" / f"{name}.jsonl", map(candidate_to_json, pool))
+    for (scope, name), pool in _pools(products, items).items():
+        write_jsonl(pool_file(out, name, scope), map(candidate_to_json, pool))
         summary["pools"][name] = len(pool)
     for task, by_split in sorted(queries.items()):
+        name = f"mbeir_{DATASET}_task{task}"
         for split, rows in by_split.items():
-            stem = f"mbeir_{DATASET}_task{task}_{split}"
-            write_jsonl(out / "query" / split / f"{stem}.jsonl", map(query_to_json, rows))
+            write_jsonl(query_file(out, name, split), map(query_to_json, rows))
             if split != "train":
-                write_qrels(out / "qrels" / split / f"{stem}_qrels.txt", qrels_from_queries(rows))
-            summary["tasks"].setdefault(f"mbeir_{DATASET}_task{task}", {})[split] = len(rows)
-    _write_instructions(out / "instructions" / "query_instructions.tsv")
+                write_qrels(qrels_file(out, name, split), qrels_from_queries(rows))
+            summary["tasks"].setdefault(name, {})[split] = len(rows)
+    _write_instructions(instructions_file(out))
 
-    truth = out.parent / f"{out.name}_truth" / "products.jsonl"
+    truth = demo_truth_file(out)
     write_jsonl(truth, (asdict(p) for p in products))
     summary.update(
         products=len(products),
@@ -589,7 +391,10 @@ def build_demo_corpus(
             1 for p in products if p.split == "test" and (p.shape, p.colour, p.brand) in held_out
         ),
         truth_file=str(truth),
-        fingerprint=_fingerprint(out),
+        content_hash=files_hash(
+            sorted(p for p in out.rglob("*") if p.suffix in {".jsonl", ".txt", ".tsv"}),
+            relative_to=out,
+        ),
     )
     marker.write_text(json.dumps({"stamp": stamp, "summary": summary}, indent=2))
     return {**summary, "rebuilt": True}
@@ -609,54 +414,3 @@ def _write_instructions(path: Path) -> None:
         fh.write("query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n")
         for qm, cm, prompt in rows:
             fh.write(f"{qm}\t{cm}\t{DATASET}\t{DATASET_ID}\t{prompt}\n")
-
-
-def _fingerprint(root: Path) -> str:
-    """A hash of every JSON/TSV/qrels file: changes whenever the corpus text changes."""
-    digest = hashlib.sha256()
-    for path in sorted(root.rglob("*")):
-        if path.suffix in {".jsonl", ".txt", ".tsv"} and path.is_file():
-            digest.update(path.relative_to(root).as_posix().encode())
-            digest.update(path.read_bytes())
-    return digest.hexdigest()[:16]
-
-
-def truth_file_for(data_root: Path) -> Path:
-    """Where the builder writes ground truth for a demo data root (outside it)."""
-    return Path(data_root).parent / f"{Path(data_root).name}_truth" / "products.jsonl"
-
-
-def caption_accuracy(captions: dict[str, str], truth_file: Path, split: str = "test") -> dict:
-    """Share of a split's product captions that name the right shape, colour and label.
-
-    Evaluation only: it runs after captioning and nothing it reads flows back into any
-    enhancement. A caption "names" an attribute when the first shape word / first colour
-    word it contains is the right one (so naming every colour does not score), and the
-    brand label text appears in it.
-
-    Args:
-        captions: image path (relative to the data root) -> caption.
-        truth_file: the builder's products.jsonl.
-        split: which split's products to score.
-
-    Returns:
-        n, and the shares for shape, colour, label and all three.
-    """
-    products = [json.loads(line) for line in truth_file.read_text().splitlines()]
-    scored = [
-        (p, captions[p["img_path"]])
-        for p in products
-        if p["split"] == split and p["img_path"] in captions
-    ]
-    hits = {"shape": 0, "colour": 0, "label": 0, "all": 0}
-    for p, caption in scored:
-        found = re.findall(r"[a-z]+", (caption or "").lower())
-        shape = next((w for w in found if w in SHAPES), None) == p["shape"]
-        colour = next((w for w in found if w in COLOURS), None) == p["colour"]
-        label = p["brand"].lower() in (caption or "").lower()
-        hits["shape"] += shape
-        hits["colour"] += colour
-        hits["label"] += label
-        hits["all"] += shape and colour and label
-    n = len(scored)
-    return {"n": n, **{k: round(v / n, 4) if n else 0.0 for k, v in hits.items()}}

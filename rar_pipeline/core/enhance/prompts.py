@@ -14,8 +14,12 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
+from rar_pipeline.core.enhance.classify import CandidateType, QueryType
 from rar_pipeline.core.enhance.vlm.base import SamplingParams, VLMRequest
+
+Side = Literal["corpus", "query"]
 
 
 @dataclass(frozen=True)
@@ -23,7 +27,7 @@ class PromptSpec:
     """One prompt: its instructions, how the item is wrapped, caps and sampling.
 
     Attributes:
-        name: the request kind the backends see.
+        name: the prompt's name; requests carry it so backends know which contract to honour.
         system: the instructions.
         user_template: the user message; `{text}` is replaced by the item's delimited text.
         sends_image: whether the item's image goes to the model with this prompt.
@@ -62,7 +66,7 @@ class PromptSpec:
         The image goes only if the prompt sends images (never for modification distillation).
         """
         return VLMRequest(
-            kind=self.name,
+            prompt=self.name,
             system=self.system,
             user=self.user(text),
             image_path=image_path if self.sends_image else None,
@@ -152,9 +156,39 @@ MODIFICATION = PromptSpec(
 # How an image+text candidate's text and its caption are merged (the method's format).
 VISUAL_CONTEXT_TEMPLATE = "{text}\nVisual Context: {caption}"
 
-CORPUS_PROMPTS = (CORPUS_CAPTION,)
-QUERY_PROMPTS = (QUERY_CAPTION, QA_REWRITE, MODIFICATION)
-ALL_PROMPTS = {p.name: p for p in (*CORPUS_PROMPTS, *QUERY_PROMPTS)}
+# Every prompt by name. Routing names prompts rather than holding them, so replacing an
+# entry here (an edit) reaches routing, cache keys and asset versions alike.
+PROMPTS: dict[str, PromptSpec] = {
+    p.name: p for p in (CORPUS_CAPTION, QUERY_CAPTION, QA_REWRITE, MODIFICATION)
+}
+
+# The routing table: which prompt serves which item type; None passes the item through
+# unchanged (never sent to a VLM). Planning (`engine.plan_*`), cache keys and the
+# enhancement assets' code versions all derive from these two tables.
+CORPUS_ROUTES: dict[CandidateType, str | None] = {
+    CandidateType.TEXT: None,
+    CandidateType.IMAGE: CORPUS_CAPTION.name,
+    CandidateType.IMAGE_TEXT: CORPUS_CAPTION.name,
+}
+QUERY_ROUTES: dict[QueryType, str | None] = {
+    QueryType.TEXT: None,
+    QueryType.IMAGE: QUERY_CAPTION.name,
+    QueryType.QA: QA_REWRITE.name,
+    QueryType.MODIFICATION: MODIFICATION.name,
+}
+
+
+def prompt_for(item_type: CandidateType | QueryType) -> PromptSpec | None:
+    """The prompt that enhances an item type (None: it passes through unchanged)."""
+    routes: dict = CORPUS_ROUTES if isinstance(item_type, CandidateType) else QUERY_ROUTES
+    name = routes[item_type]
+    return PROMPTS[name] if name is not None else None
+
+
+def routed_prompts(side: Side) -> tuple[PromptSpec, ...]:
+    """The prompts one side of retrieval uses, by name: what its assets' versions hash."""
+    routes: dict = CORPUS_ROUTES if side == "corpus" else QUERY_ROUTES
+    return tuple(PROMPTS[name] for name in sorted({n for n in routes.values() if n}))
 
 
 def prompt_version(spec: PromptSpec) -> str:
@@ -172,7 +206,7 @@ def prompt_version(spec: PromptSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def versions_of(specs: tuple[PromptSpec, ...], *extra: str) -> str:
-    """One version string for a set of prompts plus anything else that shapes the output."""
-    payload = json.dumps([[s.name, s.version] for s in specs] + list(extra))
+def side_version(side: Side, *extra: str) -> str:
+    """One version for the prompts a side routes to, plus anything else shaping its output."""
+    payload = json.dumps([[s.name, s.version] for s in routed_prompts(side)] + list(extra))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]

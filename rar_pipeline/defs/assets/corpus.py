@@ -1,6 +1,5 @@
-"""Corpus assets: the demo corpus, then validated candidate pools and queries."""
+"""Corpus assets: validated candidate pools and query tasks, with what was quarantined."""
 
-from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -13,56 +12,9 @@ from rar_pipeline.core.corpus.ingest import (
     ingest_queries,
     known_candidate_ids,
 )
-from rar_pipeline.core.corpus.mbeir import discover
-from rar_pipeline.core.demo.builder import BUILDER_VERSION, DemoConfig, build_demo_corpus
 from rar_pipeline.defs.checks import quarantine_rate_result, quarantine_rate_spec
-from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
+from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource
-
-
-class DemoCorpusConfig(dg.Config):
-    """Sizes and seed of the demo corpus (see `core.demo_data.DemoConfig`)."""
-
-    n_train_products: int = DemoConfig.n_train_products
-    n_test_products: int = DemoConfig.n_test_products
-    train_queries_per_task: int = DemoConfig.train_queries_per_task
-    test_queries_per_task: int = DemoConfig.test_queries_per_task
-    holdout_fraction: float = DemoConfig.holdout_fraction
-    seed: int = DemoConfig.seed
-    force: bool = False
-
-
-@dg.asset(
-    group_name="demo",
-    code_version=f"demo-builder-{BUILDER_VERSION}",
-    kinds={"python", "parquet"},
-)
-def demo_corpus(
-    context: dg.AssetExecutionContext, config: DemoCorpusConfig, corpus: CorpusResource
-) -> dg.MaterializeResult:
-    """The shapeshop demo corpus in M-BEIR layout, composed from easy-vqa's images."""
-    cfg = DemoConfig(**config.model_dump(exclude={"force"}))
-    summary = build_demo_corpus(Path(corpus.data_root), cfg, force=config.force)
-    added = register_corpus_partitions(context.instance, discover(corpus.data_root))
-    tasks_md = "\n".join(
-        f"| {task} | {counts.get('train', 0)} | {counts.get('test', 0)} |"
-        for task, counts in summary["tasks"].items()
-    )
-    return dg.MaterializeResult(
-        metadata={
-            "data_root": dg.MetadataValue.path(summary["data_root"]),
-            "rebuilt": summary["rebuilt"],
-            "products": summary["products"],
-            "held_out_combinations": summary["held_out_combinations"],
-            "test_products_with_unseen_combination": summary[
-                "test_products_with_unseen_combination"
-            ],
-            "pools": summary["pools"],
-            "tasks": dg.MetadataValue.md("| task | train | test |\n|---|---|---|\n" + tasks_md),
-            "partitions_added": added,
-        },
-        data_version=dg.DataVersion(summary["fingerprint"]),
-    )
 
 
 def _warn_quarantine(context: dg.AssetExecutionContext, report: IngestReport) -> None:

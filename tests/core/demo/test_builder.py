@@ -133,8 +133,8 @@ def test_builder_is_idempotent_and_guards_foreign_folders(tmp_path: Path):
     first = build_demo_corpus(root, cfg)
     assert first["rebuilt"] and (root / MARKER).is_file()
     again = build_demo_corpus(root, cfg)
-    assert not again["rebuilt"] and again["fingerprint"] == first["fingerprint"]
-    assert build_demo_corpus(root, cfg, force=True)["fingerprint"] == first["fingerprint"]
+    assert not again["rebuilt"] and again["content_hash"] == first["content_hash"]
+    assert build_demo_corpus(root, cfg, force=True)["content_hash"] == first["content_hash"]
 
     foreign = tmp_path / "mine"
     foreign.mkdir()

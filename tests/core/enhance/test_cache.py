@@ -15,10 +15,10 @@ from rar_pipeline.core.enhance.cache import (
     ParquetStore,
     cache_key,
     content_hash,
-    file_sha256,
 )
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, QUERY_CAPTION
 from rar_pipeline.core.enhance.vlm.base import SamplingParams
+from rar_pipeline.core.files import file_hash
 
 # flushes only when asked to
 MANUAL = {"flush_every": 10_000, "flush_seconds": 1e9}
@@ -173,10 +173,10 @@ def test_compact_merges_parts_into_one_keeping_newest_values(tmp_path: Path):
 
 def _entry(status: str = "ok", text: str | None = "a teal triangle", error: str | None = None):
     return CacheEntry(
-        text=text,
+        generated=text,
         status=status,
         error=error,
-        kind="corpus_caption",
+        prompt="corpus_caption",
         prompt_version=CORPUS_CAPTION.version,
         backend="fake",
         model_id="fake-vlm",
@@ -184,26 +184,34 @@ def _entry(status: str = "ok", text: str | None = "a teal triangle", error: str 
     )
 
 
+def _failure(cache: EnhancementCache, key: str) -> CacheEntry | None:
+    """The failure recorded for a key, read from the store as a later run would see it."""
+    row = cache.store.get(key)
+    if row is None or row["status"] == "ok":
+        return None
+    return CacheEntry(**{k: row[k] for k in CacheEntry.__dataclass_fields__})
+
+
 def test_ok_entries_are_hits(tmp_path: Path):
     cache = EnhancementCache(tmp_path)
     cache.put("k", _entry())
     hit = cache.get("k")
-    assert hit is not None and hit.ok and hit.text == "a teal triangle"
-    assert cache.failed("k") is None
+    assert hit is not None and hit.ok and hit.generated == "a teal triangle"
+    assert _failure(cache, "k") is None
 
 
 def test_failed_entries_are_not_hits(tmp_path: Path):
     cache = EnhancementCache(tmp_path)
     cache.put("k", _entry("failed", None, "timeout (after 3 attempts)"))
     assert cache.get("k") is None
-    failed = cache.failed("k")
+    failed = _failure(cache, "k")
     assert failed is not None and not failed.ok
     assert failed.status == "failed" and failed.error == "timeout (after 3 attempts)"
 
 
 def test_unknown_keys_are_neither_hits_nor_failures(tmp_path: Path):
     cache = EnhancementCache(tmp_path)
-    assert cache.get("nope") is None and cache.failed("nope") is None
+    assert cache.get("nope") is None and _failure(cache, "nope") is None
 
 
 def test_hits_and_failures_survive_a_new_cache_instance(tmp_path: Path):
@@ -212,9 +220,9 @@ def test_hits_and_failures_survive_a_new_cache_instance(tmp_path: Path):
     cache.put("bad", _entry("failed", None, "boom"))
     cache.flush()
     again = EnhancementCache(tmp_path)
-    assert again.get("ok").text == "a teal triangle"
+    assert again.get("ok").generated == "a teal triangle"
     assert again.get("bad") is None
-    assert again.failed("bad").error == "boom"
+    assert _failure(again, "bad").error == "boom"
     assert len(again) == 2
 
 
@@ -226,8 +234,8 @@ def test_a_later_success_replaces_a_failure(tmp_path: Path):
     retry.put("k", _entry())
     retry.flush()
     final = EnhancementCache(tmp_path)
-    assert final.get("k").text == "a teal triangle"
-    assert final.failed("k") is None
+    assert final.get("k").generated == "a teal triangle"
+    assert _failure(final, "k") is None
 
 
 def test_entries_read_back_exactly_as_stored(tmp_path: Path):
@@ -239,7 +247,7 @@ def test_entries_read_back_exactly_as_stored(tmp_path: Path):
     cache.flush()
     again = EnhancementCache(tmp_path)
     assert again.get("ok") == ok
-    assert again.failed("bad") == failed
+    assert _failure(again, "bad") == failed
 
 
 # ---------------------------------------------------------------------------
@@ -313,13 +321,13 @@ def test_content_hash_depends_on_text_and_image_bytes_not_on_paths(tmp_path: Pat
     b.write_bytes(a.read_bytes())
     other = _png_bytes(tmp_path / "one" / "c.png", (10, 10, 200))
 
-    assert file_sha256(a) == file_sha256(b)
-    same = content_hash("Listing 1001.", file_sha256(a))
-    assert content_hash("Listing 1001.", file_sha256(b)) == same
-    assert content_hash("Listing 1002.", file_sha256(a)) != same
-    assert content_hash("Listing 1001.", file_sha256(other)) != same
+    assert file_hash(a) == file_hash(b)
+    same = content_hash("Listing 1001.", file_hash(a))
+    assert content_hash("Listing 1001.", file_hash(b)) == same
+    assert content_hash("Listing 1002.", file_hash(a)) != same
+    assert content_hash("Listing 1001.", file_hash(other)) != same
     assert content_hash("Listing 1001.", None) != same
-    assert content_hash(None, file_sha256(a)) != content_hash("", file_sha256(a))
+    assert content_hash(None, file_hash(a)) != content_hash("", file_hash(a))
 
 
 def test_a_fresh_store_looks_up_only_what_it_is_asked_for(tmp_path: Path):

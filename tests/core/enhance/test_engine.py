@@ -15,16 +15,16 @@ from PIL import Image
 
 from rar_pipeline.core.corpus.records import Candidate, Modality, Query
 from rar_pipeline.core.enhance.cache import EnhancementCache
-from rar_pipeline.core.enhance.classify import QueryType, classify_query
+from rar_pipeline.core.enhance.classify import QueryType, classify_candidate, classify_query
 from rar_pipeline.core.enhance.engine import (
+    EnhanceOptions,
     WorkItem,
     build_request,
-    candidate_text,
     plan_candidate,
     plan_query,
-    query_text,
     run_enhancement,
 )
+from rar_pipeline.core.enhance.merge import candidate_text, query_text
 from rar_pipeline.core.enhance.prompts import (
     CORPUS_CAPTION,
     MODIFICATION,
@@ -109,8 +109,14 @@ def corpus(tmp_path: Path) -> Corpus:
     return Corpus(root, {c.did: c for c in candidates}, {q.qid: q for q in queries})
 
 
-def _run(items, vlm, cache_dir: Path, **kwargs):
-    return run_enhancement(items, vlm, EnhancementCache(cache_dir), **kwargs)
+def _run(items, vlm, cache_dir: Path, progress=None, **options):
+    return run_enhancement(
+        items, vlm, EnhancementCache(cache_dir), EnhanceOptions(**options), progress=progress
+    )
+
+
+def _candidate_text(candidate: Candidate, caption: str | None) -> str | None:
+    return candidate_text(classify_candidate(candidate), candidate.txt, caption)
 
 
 def _requests_for(fake: FakeVLM, corpus: Corpus, item_id: str) -> list[VLMRequest]:
@@ -144,11 +150,11 @@ def test_planning_routes_each_type_to_its_prompt(corpus: Corpus):
 
 def test_a_modification_request_never_carries_an_image_even_if_one_is_planned(corpus: Corpus):
     image = corpus.image("q-mod")
-    item = WorkItem("q-mod", "modification", MODIFICATION, INSTRUCTION, image)
+    item = WorkItem("q-mod", QueryType.MODIFICATION, MODIFICATION, INSTRUCTION, image)
     request = build_request(item)
     assert request.image_path is None
-    assert request.kind == "modification" and request.max_words == MODIFICATION.max_words
-    qa = build_request(WorkItem("q-qa", "qa", QA_REWRITE, QUESTION, corpus.image("q-qa")))
+    assert request.prompt == "modification" and request.max_words == MODIFICATION.max_words
+    qa = build_request(WorkItem("q-qa", QueryType.QA, QA_REWRITE, QUESTION, corpus.image("q-qa")))
     assert qa.image_path == corpus.image("q-qa")
 
 
@@ -167,8 +173,8 @@ def test_text_only_items_are_never_sent_to_the_vlm(corpus: Corpus, tmp_path: Pat
     assert corpus.queries["q-text"].txt not in sent_texts
     for item_id in TEXT_ITEMS:
         assert outputs[item_id].status == "passthrough"
-    assert candidate_text(corpus.candidates["c-text"], None) == "Quorble opened in 1962."
-    assert query_text(corpus.queries["q-text"], QueryType.TEXT, None) == (
+    assert _candidate_text(corpus.candidates["c-text"], None) == "Quorble opened in 1962."
+    assert query_text(QueryType.TEXT, corpus.queries["q-text"].txt, None) == (
         "Which brand opened in 1962?"
     )
     assert stats.items == len(VLM_ITEMS) + len(TEXT_ITEMS)
@@ -180,19 +186,19 @@ def test_requests_use_each_prompt_and_only_modification_goes_without_the_image(
 ):
     fake = FakeVLM()
     _run(corpus.items(), fake, tmp_path / "cache")
-    by_kind = {r.kind: r for r in fake.requests}
-    assert sorted(r.kind for r in fake.requests) == sorted(
+    by_prompt = {r.prompt: r for r in fake.requests}
+    assert sorted(r.prompt for r in fake.requests) == sorted(
         ["corpus_caption", "corpus_caption", "query_caption", "qa_rewrite", "modification"]
     )
-    mod = by_kind["modification"]
+    mod = by_prompt["modification"]
     assert mod.image_path is None
     assert mod.system == MODIFICATION.system
     assert INSTRUCTION in mod.user and mod.item_text == INSTRUCTION
-    assert by_kind["qa_rewrite"].image_path == corpus.image("q-qa")
-    assert by_kind["query_caption"].image_path == corpus.image("q-img")
-    assert by_kind["query_caption"].sampling.max_tokens == 128
+    assert by_prompt["qa_rewrite"].image_path == corpus.image("q-qa")
+    assert by_prompt["query_caption"].image_path == corpus.image("q-img")
+    assert by_prompt["query_caption"].sampling.max_tokens == 128
     for r in fake.requests:
-        if r.kind == "corpus_caption":
+        if r.prompt == "corpus_caption":
             assert r.image_path is not None and r.image_path.is_file()
             assert r.sampling.max_tokens == 512
 
@@ -201,44 +207,44 @@ def test_image_text_candidate_keeps_its_text_and_gains_visual_context(
     corpus: Corpus, tmp_path: Path
 ):
     outputs, _ = _run(corpus.items(), FakeVLM(), tmp_path / "cache")
-    caption = outputs["c-imgtxt"].text
+    caption = outputs["c-imgtxt"].generated
     assert caption and caption.startswith("A picture of listing1.")
     listing = corpus.candidates["c-imgtxt"]
-    assert candidate_text(listing, caption) == (
+    assert _candidate_text(listing, caption) == (
         f"Listing 1001. Price $9.99, in stock.\nVisual Context: {caption}"
     )
     # image-only: the caption replaces the missing text
-    assert candidate_text(corpus.candidates["c-img"], outputs["c-img"].text) == (
-        outputs["c-img"].text
+    assert _candidate_text(corpus.candidates["c-img"], outputs["c-img"].generated) == (
+        outputs["c-img"].generated
     )
 
 
 def test_failed_captions_fall_back_to_what_the_item_has(corpus: Corpus):
-    assert candidate_text(corpus.candidates["c-imgtxt"], None) == (
+    assert _candidate_text(corpus.candidates["c-imgtxt"], None) == (
         "Listing 1001. Price $9.99, in stock."
     )
-    assert candidate_text(corpus.candidates["c-img"], None) is None
+    assert _candidate_text(corpus.candidates["c-img"], None) is None
 
 
 def test_captions_are_capped_at_the_prompts_word_cap(corpus: Corpus, tmp_path: Path):
     fake = FakeVLM()
     outputs, _ = _run(corpus.items(), fake, tmp_path / "cache")
     assert all(r.max_words for r in fake.requests)
-    assert len(outputs["c-img"].text.split()) == CORPUS_CAPTION.max_words == 100
-    assert len(outputs["c-imgtxt"].text.split()) == 100
-    assert len(outputs["q-img"].text.split()) == QUERY_CAPTION.max_words == 50
-    assert query_text(corpus.queries["q-img"], "image", outputs["q-img"].text) == (
-        outputs["q-img"].text
+    assert len(outputs["c-img"].generated.split()) == CORPUS_CAPTION.max_words == 100
+    assert len(outputs["c-imgtxt"].generated.split()) == 100
+    assert len(outputs["q-img"].generated.split()) == QUERY_CAPTION.max_words == 50
+    assert query_text("image", corpus.queries["q-img"].txt, outputs["q-img"].generated) == (
+        outputs["q-img"].generated
     )
 
 
 def test_rewrites_become_the_query_text(corpus: Corpus, tmp_path: Path):
     outputs, _ = _run(corpus.items(), FakeVLM(), tmp_path / "cache")
     qa = corpus.queries["q-qa"]
-    rewritten = query_text(qa, classify_query(qa), outputs["q-qa"].text)
+    rewritten = query_text(classify_query(qa), qa.txt, outputs["q-qa"].generated)
     assert rewritten == "who makes this (seen in query2)?"
     mod = corpus.queries["q-mod"]
-    assert query_text(mod, classify_query(mod), outputs["q-mod"].text) == "but in red"
+    assert query_text(classify_query(mod), mod.txt, outputs["q-mod"].generated) == "but in red"
 
 
 # ---------------------------------------------------------------------------
@@ -254,7 +260,7 @@ def test_a_second_run_makes_no_backend_calls(corpus: Corpus, tmp_path: Path):
     assert stats.generated == 0 and stats.failures == 0
     for item_id in VLM_ITEMS:
         assert second[item_id].status == "cached"
-        assert second[item_id].text == first[item_id].text
+        assert second[item_id].generated == first[item_id].generated
 
 
 class _KilledAfter(FakeVLM):
@@ -276,10 +282,15 @@ def test_a_run_killed_mid_partition_resumes_where_it_stopped(corpus: Corpus, tmp
     cache_dir = tmp_path / "cache"
     with pytest.raises(KeyboardInterrupt):
         run_enhancement(
-            items, _KilledAfter(batches=2), EnhancementCache(cache_dir, flush_every=1), batch_size=1
+            items,
+            _KilledAfter(batches=2),
+            EnhancementCache(cache_dir, flush_every=1),
+            EnhanceOptions(batch_size=1),
         )
     resumed = FakeVLM()
-    outputs, stats = run_enhancement(items, resumed, EnhancementCache(cache_dir), batch_size=1)
+    outputs, stats = run_enhancement(
+        items, resumed, EnhancementCache(cache_dir), EnhanceOptions(batch_size=1)
+    )
     assert stats.cache_hits == 2  # the two batches finished before the kill
     assert stats.backend_calls == len(VLM_ITEMS) - 2
     assert all(outputs[i].status in ("cached", "generated") for i in VLM_ITEMS)
@@ -316,7 +327,7 @@ def test_changing_the_corpus_prompt_recomputes_exactly_the_corpus_items(
     outputs, stats = _run(corpus.items(edited), fake, tmp_path / "cache")
     corpus_vlm_items = {"c-img", "c-imgtxt"}
     assert stats.backend_calls == len(corpus_vlm_items)
-    assert {r.kind for r in fake.requests} == {"corpus_caption"}
+    assert {r.prompt for r in fake.requests} == {"corpus_caption"}
     assert all(r.system == edited.system for r in fake.requests)
     assert stats.cache_hits == len(VLM_ITEMS - corpus_vlm_items)
     for item_id in VLM_ITEMS - corpus_vlm_items:
@@ -345,7 +356,7 @@ def test_transient_failures_are_retried_until_they_succeed(corpus: Corpus, tmp_p
     assert stats.backend_calls == len(VLM_ITEMS) + 2
     assert outputs["c-img"].status == "generated"
     assert outputs["c-img"].attempts == 3
-    assert outputs["c-img"].text.startswith("A picture of photo1.")
+    assert outputs["c-img"].generated.startswith("A picture of photo1.")
     assert all(outputs[i].status == "generated" for i in VLM_ITEMS)
 
 
@@ -374,7 +385,7 @@ def test_permanent_failures_fail_only_their_item_and_are_retried_next_run(
     fake = FakeVLM(fail_first={"photo1": 1000})
     outputs, stats = _run(corpus.items(), fake, tmp_path / "cache", max_attempts=3)
     failed = outputs["c-img"]
-    assert failed.status == "failed" and failed.text is None
+    assert failed.status == "failed" and failed.generated is None
     assert failed.error and "scripted failure" in failed.error and "3 attempts" in failed.error
     assert failed.attempts == 3
     assert stats.failures == 1 and sum(stats.failure_reasons.values()) == 1
@@ -395,21 +406,21 @@ def test_an_answer_instead_of_a_rewrite_is_a_contract_failure_without_retries(
     fake = FakeVLM(answer_questions=True)
     outputs, stats = _run(corpus.items(), fake, tmp_path / "cache", max_attempts=3)
     qa = outputs["q-qa"]
-    assert qa.status == "failed" and qa.text is None
+    assert qa.status == "failed" and qa.generated is None
     assert qa.error and qa.error.startswith("contract")
     assert qa.attempts == 1
-    assert [r.kind for r in fake.requests].count("qa_rewrite") == 1
+    assert [r.prompt for r in fake.requests].count("qa_rewrite") == 1
     assert stats.failures == 1
     # the retriever falls back to the original question, never the answer
     query = corpus.queries["q-qa"]
-    assert query_text(query, classify_query(query), qa.text) == QUESTION
+    assert query_text(classify_query(query), query.txt, qa.generated) == QUESTION
     assert all(outputs[i].status == "generated" for i in VLM_ITEMS - {"q-qa"})
 
 
 def test_a_rewrite_that_adds_too_many_words_is_rejected(corpus: Corpus, tmp_path: Path):
     class Verbose(FakeVLM):
         def _one(self, request: VLMRequest) -> VLMResult:
-            if request.kind == "qa_rewrite":
+            if request.prompt == "qa_rewrite":
                 return VLMResult("who makes this small shiny yellow square toy with a label?")
             return super()._one(request)
 

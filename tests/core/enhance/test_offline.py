@@ -92,7 +92,7 @@ def test_distillation_respects_its_word_limit_and_never_returns_nothing():
 
 def test_offline_modification_reads_no_image():
     request = VLMRequest(
-        kind=MODIFICATION.name,
+        prompt=MODIFICATION.name,
         system=MODIFICATION.system,
         user=MODIFICATION.user("I want it in red instead"),
         image_path=None,
@@ -387,4 +387,4 @@ def test_caption_memory_round_trips_through_disk(tmp_path: Path):
     memory = CaptionMemory(rng.standard_normal((2, 1280)).astype(np.float32), ["a", "b"])
     memory.save(tmp_path / "memory")
     loaded = CaptionMemory.load(tmp_path / "memory")
-    assert loaded.fingerprint == memory.fingerprint and loaded.texts == ["a", "b"]
+    assert loaded.content_hash == memory.content_hash and loaded.texts == ["a", "b"]

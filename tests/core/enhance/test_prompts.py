@@ -7,27 +7,65 @@ import re
 
 import pytest
 
+from rar_pipeline.core.enhance import prompts as prompts_module
+from rar_pipeline.core.enhance.classify import CandidateType, QueryType
 from rar_pipeline.core.enhance.prompts import (
-    ALL_PROMPTS,
     CORPUS_CAPTION,
-    CORPUS_PROMPTS,
+    CORPUS_ROUTES,
     MODIFICATION,
     QA_REWRITE,
     QUERY_CAPTION,
-    QUERY_PROMPTS,
+    QUERY_ROUTES,
     PromptSpec,
     delimit,
-    versions_of,
+    prompt_for,
+    routed_prompts,
+    side_version,
 )
 
-PROMPTS = list(ALL_PROMPTS.values())
-IDS = list(ALL_PROMPTS)
+PROMPTS = list(prompts_module.PROMPTS.values())
+IDS = list(prompts_module.PROMPTS)
 
 
 def test_all_four_prompts_of_the_method_are_named():
-    assert set(ALL_PROMPTS) == {"corpus_caption", "query_caption", "qa_rewrite", "modification"}
-    assert ALL_PROMPTS["corpus_caption"] is CORPUS_CAPTION
-    assert set(CORPUS_PROMPTS) | set(QUERY_PROMPTS) == set(PROMPTS)
+    assert set(prompts_module.PROMPTS) == {
+        "corpus_caption",
+        "query_caption",
+        "qa_rewrite",
+        "modification",
+    }
+    assert prompts_module.PROMPTS["corpus_caption"] is CORPUS_CAPTION
+    assert set(routed_prompts("corpus")) | set(routed_prompts("query")) == set(PROMPTS)
+
+
+# ---------------------------------------------------------------------------
+# routing: one table says which prompt serves which item type
+
+
+def test_every_item_type_has_a_route_and_text_only_items_pass_through():
+    assert set(CORPUS_ROUTES) == set(CandidateType) and set(QUERY_ROUTES) == set(QueryType)
+    assert prompt_for(CandidateType.TEXT) is None and prompt_for(QueryType.TEXT) is None
+    assert prompt_for(CandidateType.IMAGE) is CORPUS_CAPTION
+    assert prompt_for(CandidateType.IMAGE_TEXT) is CORPUS_CAPTION
+    assert prompt_for(QueryType.IMAGE) is QUERY_CAPTION
+    assert prompt_for(QueryType.QA) is QA_REWRITE
+    assert prompt_for(QueryType.MODIFICATION) is MODIFICATION
+
+
+def test_an_edit_in_the_prompt_table_reaches_routing_and_the_sides_version(monkeypatch):
+    before = {side: side_version(side) for side in ("corpus", "query")}
+    edited = dataclasses.replace(CORPUS_CAPTION, system=CORPUS_CAPTION.system + " Be brief.")
+    monkeypatch.setitem(prompts_module.PROMPTS, "corpus_caption", edited)
+    assert prompt_for(CandidateType.IMAGE) is edited
+    assert side_version("corpus") != before["corpus"]
+    assert side_version("query") == before["query"]
+
+
+def test_rerouting_a_type_changes_the_version_of_its_side_only(monkeypatch):
+    before = {side: side_version(side) for side in ("corpus", "query")}
+    monkeypatch.setitem(QUERY_ROUTES, QueryType.QA, None)  # QA queries would pass through
+    assert side_version("query") != before["query"]
+    assert side_version("corpus") == before["corpus"]
 
 
 # ---------------------------------------------------------------------------
@@ -69,19 +107,22 @@ def test_prompts_have_distinct_versions():
     assert len({p.version for p in PROMPTS}) == len(PROMPTS)
 
 
-@pytest.mark.parametrize("index", range(len(QUERY_PROMPTS)))
-def test_versions_of_changes_when_one_prompt_changes(index: int):
-    before = versions_of(QUERY_PROMPTS)
-    specs = list(QUERY_PROMPTS)
-    specs[index] = dataclasses.replace(specs[index], system=specs[index].system + " Be brief.")
-    assert versions_of(tuple(specs)) != before
-    assert versions_of(QUERY_PROMPTS) == before
+@pytest.mark.parametrize("name", ["query_caption", "qa_rewrite", "modification"])
+def test_the_query_sides_version_changes_when_any_of_its_prompts_changes(name: str, monkeypatch):
+    before = side_version("query")
+    spec = prompts_module.PROMPTS[name]
+    monkeypatch.setitem(
+        prompts_module.PROMPTS, name, dataclasses.replace(spec, system=spec.system + " Be brief.")
+    )
+    assert side_version("query") != before
+    monkeypatch.undo()
+    assert side_version("query") == before
 
 
-def test_versions_of_is_stable_and_includes_extras():
-    assert versions_of(CORPUS_PROMPTS) == versions_of((dataclasses.replace(CORPUS_CAPTION),))
-    assert versions_of(CORPUS_PROMPTS, "model-a") != versions_of(CORPUS_PROMPTS, "model-b")
-    assert versions_of(CORPUS_PROMPTS) != versions_of(QUERY_PROMPTS)
+def test_side_versions_are_stable_and_include_extras():
+    assert side_version("corpus") == side_version("corpus")
+    assert side_version("corpus", "model-a") != side_version("corpus", "model-b")
+    assert side_version("corpus") != side_version("query")
 
 
 # ---------------------------------------------------------------------------

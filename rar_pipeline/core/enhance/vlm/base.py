@@ -37,7 +37,7 @@ class VLMRequest:
     """One generation request.
 
     Attributes:
-        kind: which prompt this is (`prompts.PromptSpec.name`): corpus_caption,
+        prompt: which prompt this is (`prompts.PromptSpec.name`): corpus_caption,
             query_caption, qa_rewrite or modification.
         system: the system prompt (the instructions).
         user: the user message text (the item's text, delimited as data).
@@ -49,7 +49,7 @@ class VLMRequest:
         sampling: decoding settings.
     """
 
-    kind: str
+    prompt: str
     system: str
     user: str
     image_path: Path | None = None

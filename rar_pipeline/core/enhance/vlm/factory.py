@@ -1,81 +1,84 @@
-"""`create_vlm`: build any backend from plain settings (config, CLI, resources)."""
+"""`create_vlm`: build any backend from a `VLMConfig` (or a backend name and knobs)."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from rar_pipeline.core.enhance.vlm.base import VLM
-
-BACKENDS = ("offline", "transformers", "openai", "vllm")
-DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
-
-
-def default_model_id(backend: str) -> str:
-    """The model a backend uses when none is named."""
-    if backend == "offline":
-        return "offline"
-    if backend in ("transformers", "vllm", "openai"):
-        return DEFAULT_MODEL
-    raise ValueError(f"unknown VLM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+from rar_pipeline.core.enhance.vlm.config import VLMConfig
 
 
 def create_vlm(
-    backend: str,
+    config: VLMConfig | str,
     *,
-    model_id: str | None = None,
-    memory_dir: Path | None = None,
+    captioner_dir: Path | None = None,
     perception_cache_dir: Path | None = None,
-    base_url: str = "http://127.0.0.1:8000/v1",
-    api_key_env: str = "OPENAI_API_KEY",
-    max_concurrency: int = 8,
-    timeout_s: float = 120.0,
-    device: str = "auto",
-    batch_size: int = 8,
-    trust_remote_code: bool = False,
+    seed: int = 0,
+    **knobs: Any,
 ) -> VLM:
     """Build a VLM backend.
 
     Args:
-        backend: offline | transformers | openai | vllm.
-        model_id: the model (default: Qwen/Qwen2.5-VL-7B-Instruct for the model backends).
-        memory_dir: offline only: the caption memory fitted on the train split.
+        config: the backend and its settings, or a backend name (then `knobs` are
+            `VLMConfig` fields, e.g. ``create_vlm("openai", base_url=...)``).
+        captioner_dir: offline only: the caption memory fitted on the train split.
         perception_cache_dir: offline only: where image features and OCR are cached.
-        base_url: openai only: the server's /v1 URL.
-        api_key_env: openai only: the env var holding the API key.
-        max_concurrency: openai only: requests in flight.
-        timeout_s: openai only: per-request timeout.
-        device: transformers only: auto | cpu | cuda.
-        batch_size: transformers only: requests per forward pass.
-        trust_remote_code: transformers / vllm: run model code from the hub (off by default).
+        seed: vllm only: the engine's seed (sampling seeds travel with each request).
+        **knobs: `VLMConfig` fields, when `config` is a name.
+
+    Raises:
+        ValueError: an unknown backend or knob.
+        FileNotFoundError: the offline backend's caption memory has not been fitted.
     """
-    model = model_id or default_model_id(backend)
-    if backend == "offline":
+    if isinstance(config, str):
+        config = VLMConfig(backend=config, **knobs)
+    elif knobs:
+        raise ValueError("pass knobs inside the VLMConfig, not beside it")
+    model = config.resolved_model_id
+    if config.backend == "offline":
         from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM, Perceiver
 
-        if memory_dir is None or not (memory_dir / "texts.json").is_file():
+        if captioner_dir is None or not CaptionMemory.exists(captioner_dir):
             raise FileNotFoundError(
-                f"the offline backend needs its caption memory at {memory_dir}: materialize "
+                f"the offline backend needs its caption memory at {captioner_dir}: materialize "
                 "the offline_captioner asset first"
             )
-        return OfflineVLM(CaptionMemory.load(memory_dir), Perceiver(perception_cache_dir))
-    if backend == "transformers":
+        return OfflineVLM(CaptionMemory.load(captioner_dir), Perceiver(perception_cache_dir))
+    if config.backend == "transformers":
         from rar_pipeline.core.enhance.vlm.transformers import TransformersVLM
 
         return TransformersVLM(
-            model, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+            model,
+            device=config.device,
+            dtype=config.dtype,
+            batch_size=config.device_batch_size,
+            trust_remote_code=config.trust_remote_code,
+            local_files_only=config.local_files_only,
+            revision=config.revision or None,
         )
-    if backend == "openai":
+    if config.backend == "openai":
         from rar_pipeline.core.enhance.vlm.openai import OpenAIVLM
 
         return OpenAIVLM(
-            base_url=base_url,
+            base_url=config.base_url,
             model=model,
-            api_key_env=api_key_env,
-            max_concurrency=max_concurrency,
-            timeout_s=timeout_s,
+            api_key_env=config.api_key_env,
+            max_concurrency=config.max_concurrency,
+            timeout_s=config.timeout_s,
+            max_retries=config.max_retries,
+            backoff_s=config.backoff_s,
         )
-    if backend == "vllm":
-        from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM
+    from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM  # config checked the name
 
-        return VLLMVLM(model, trust_remote_code=trust_remote_code)
-    raise ValueError(f"unknown VLM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return VLLMVLM(
+        model,
+        max_model_len=config.max_model_len,
+        gpu_memory_utilization=config.gpu_memory_utilization,
+        tensor_parallel_size=config.tensor_parallel_size,
+        dtype=config.dtype,
+        trust_remote_code=config.trust_remote_code,
+        seed=seed,
+        max_num_seqs=config.max_num_seqs or None,
+        batch_size=config.engine_batch_size,
+    )

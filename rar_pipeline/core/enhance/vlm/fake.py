@@ -49,13 +49,13 @@ class FakeVLM:
                 self._failures[marker] += 1
                 return VLMResult(None, f"scripted failure for {marker!r}")
         image = request.image_path.stem if request.image_path else "no-image"
-        if request.kind == "qa_rewrite":
+        if request.prompt == "qa_rewrite":
             question = (request.item_text or "").strip()
             if self.answer_questions:
                 return VLMResult("It was founded in 1962.")
             if question.endswith("?"):
                 return VLMResult(f"{question[:-1]} (seen in {image})?")
             return VLMResult(f"{question} (seen in {image})")
-        if request.kind == "modification":
+        if request.prompt == "modification":
             return VLMResult(" ".join((request.item_text or "").split()[-3:]))
         return VLMResult(f"A picture of {image}. " + "word " * (request.max_words + 20))

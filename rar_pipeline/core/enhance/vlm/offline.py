@@ -24,14 +24,13 @@ import json
 import re
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.enhance.cache import ParquetStore, file_sha256
-from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult, load_image
+from rar_pipeline.core.enhance.perception import FEATURE_DIM, Perceiver, Perception
+from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult
 
 OFFLINE_VERSION = "offline-2"
 SELF_SIMILARITY = 0.9999  # cosine at or above which two images count as the same image
@@ -117,94 +116,6 @@ def resolve_references(question: str, detail: list[str]) -> str:
 
 
 # ---------------------------------------------------------------------------
-# perception with a durable cache (image sha -> features / OCR / colours)
-
-
-@dataclass(frozen=True)
-class Perception:
-    """What the shipped models read off one image."""
-
-    features: np.ndarray  # (1280,) L2-normalised
-    text: tuple[str, ...]  # OCR lines, most confident first
-    colours: tuple[str, ...]  # main object colours, label masked out
-
-
-class Perceiver:
-    """Runs and caches features and OCR per image content hash."""
-
-    def __init__(self, cache_dir: Path | None = None, *, ocr: bool = True) -> None:
-        self.ocr = ocr
-        self.features_store = ParquetStore(cache_dir / "features") if cache_dir else None
-        self.read_store = ParquetStore(cache_dir / "ocr") if cache_dir else None
-        self._memo: dict[str, Any] = {}
-
-    def features(self, paths: Sequence[Path]) -> np.ndarray:
-        """(n, 1280) features, computed once per image content."""
-        from rar_pipeline.core.enhance.perception import image_features
-
-        shas = [file_sha256(p) for p in paths]
-        if self.features_store is not None:
-            self.features_store.prefetch(f"{OFFLINE_VERSION}:{sha}" for sha in shas)
-        missing = [
-            (sha, p)
-            for sha, p in dict(zip(shas, paths, strict=True)).items()
-            if self._feature(sha) is None
-        ]
-        if missing:
-            feats = image_features([load_image(p) for _, p in missing])
-            for (sha, _), f in zip(missing, feats, strict=True):
-                self._memo[f"f:{sha}"] = f
-                if self.features_store is not None:
-                    self.features_store.put(f"{OFFLINE_VERSION}:{sha}", {"v": f.tobytes()})
-        return np.stack([self._feature(sha) for sha in shas]) if shas else np.zeros((0, 1280))
-
-    def _feature(self, sha: str) -> np.ndarray | None:
-        if f"f:{sha}" in self._memo:
-            return self._memo[f"f:{sha}"]
-        row = (
-            self.features_store.get(f"{OFFLINE_VERSION}:{sha}")
-            if self.features_store is not None
-            else None
-        )
-        if row is None:
-            return None
-        value = np.frombuffer(row["v"], dtype=np.float32)
-        self._memo[f"f:{sha}"] = value
-        return value
-
-    def perceive(self, paths: Sequence[Path]) -> list[Perception]:
-        """Features, printed text and colours of each image."""
-        from rar_pipeline.core.enhance.perception import dominant_colours, read_text
-
-        feats = self.features(paths)
-        keys = [f"{OFFLINE_VERSION}:ocr={self.ocr}:{file_sha256(p)}" for p in paths]
-        if self.read_store is not None:
-            self.read_store.prefetch(keys)
-        out = []
-        for path, f, key in zip(paths, feats, keys, strict=True):
-            row = self.read_store.get(key) if self.read_store is not None else self._memo.get(key)
-            if row is None:
-                image = load_image(path)
-                boxes = read_text(image) if self.ocr else []
-                row = {
-                    "text": json.dumps([b.text for b in boxes]),
-                    "colours": json.dumps(dominant_colours(image, boxes)),
-                }
-                self._memo[key] = row
-                if self.read_store is not None:
-                    self.read_store.put(key, row)
-            out.append(
-                Perception(f, tuple(json.loads(row["text"])), tuple(json.loads(row["colours"])))
-            )
-        return out
-
-    def flush(self) -> None:
-        for store in (self.features_store, self.read_store):
-            if store is not None:
-                store.flush()
-
-
-# ---------------------------------------------------------------------------
 # the caption memory learned from the train split
 
 
@@ -218,7 +129,7 @@ class CaptionMemory:
         self.texts = list(texts)
         digest = hashlib.sha256(self.features.tobytes())
         digest.update(json.dumps(self.texts).encode())
-        self.fingerprint = digest.hexdigest()[:12]  # the memory never changes after this
+        self.content_hash = digest.hexdigest()[:12]  # the memory never changes after this
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -227,10 +138,31 @@ class CaptionMemory:
     def fit(cls, pairs: Sequence[tuple[Path, str]], perceiver: Perceiver) -> CaptionMemory:
         """Featurize every pair's image (each distinct image once)."""
         if not pairs:
-            return cls(np.zeros((0, 1280), dtype=np.float32), [])
+            return cls(np.zeros((0, FEATURE_DIM), dtype=np.float32), [])
         feats = perceiver.features([p for p, _ in pairs])
         perceiver.flush()
         return cls(feats, [t for _, t in pairs])
+
+    @classmethod
+    def from_train_split(
+        cls,
+        queries: Sequence[Any],
+        candidates: dict[str, Any],
+        root: Path,
+        perceiver: Perceiver,
+    ) -> tuple[CaptionMemory, list[tuple[Path, str]]]:
+        """Fit on the pairs the train split's labels assert (see `train_pairs`).
+
+        Returns:
+            The memory and the pairs it was fitted on.
+        """
+        pairs = train_pairs(queries, candidates, root)
+        return cls.fit(pairs, perceiver), pairs
+
+    @staticmethod
+    def exists(directory: Path) -> bool:
+        """Whether a memory was saved in `directory`."""
+        return (Path(directory) / "texts.json").is_file()
 
     def save(self, directory: Path) -> None:
         """Safetensors for the matrix, JSON for the texts: no pickle."""
@@ -283,14 +215,14 @@ class OfflineVLM:
     def __init__(
         self, memory: CaptionMemory | None = None, perceiver: Perceiver | None = None, k: int = 10
     ) -> None:
-        self.memory = memory or CaptionMemory(np.zeros((0, 1280), dtype=np.float32), [])
+        self.memory = memory or CaptionMemory(np.zeros((0, FEATURE_DIM), dtype=np.float32), [])
         self.perceiver = perceiver or Perceiver()
         self.k = k
 
     @property
     def model_id(self) -> str:
         ocr = "ocr" if self.perceiver.ocr else "no-ocr"
-        return f"{OFFLINE_VERSION}:{ocr}:k{self.k}:memory-{self.memory.fingerprint}"
+        return f"{OFFLINE_VERSION}:{ocr}:k{self.k}:memory-{self.memory.content_hash}"
 
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMResult]:
         """One result per request; an unreadable image fails only its own request."""
@@ -314,16 +246,16 @@ class OfflineVLM:
         return [r for r in results if r is not None]
 
     def _one(self, request: VLMRequest, seen: Perception | None) -> VLMResult:
-        if request.kind == "modification":
+        if request.prompt == "modification":
             return VLMResult(distill_modification(request.item_text or "", request.max_words))
         if seen is None:
-            return VLMResult(None, f"{request.kind} needs an image and the request has none")
+            return VLMResult(None, f"{request.prompt} needs an image and the request has none")
         words = self.memory.describe(seen.features, self.k)
-        if request.kind == "qa_rewrite":
+        if request.prompt == "qa_rewrite":
             return VLMResult(resolve_references(request.item_text or "", self._detail(seen, words)))
-        if request.kind in ("corpus_caption", "query_caption"):
+        if request.prompt in ("corpus_caption", "query_caption"):
             return VLMResult(self._caption(seen, words, request.max_words))
-        return VLMResult(None, f"the offline backend has no rule for prompt {request.kind!r}")
+        return VLMResult(None, f"the offline backend has no rule for prompt {request.prompt!r}")
 
     @staticmethod
     def _object(seen: Perception, words: list[str]) -> list[str]:

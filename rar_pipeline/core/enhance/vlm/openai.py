@@ -25,6 +25,7 @@ from http.client import HTTPException
 from typing import Any
 
 from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult, chat_messages, image_data_url
+from rar_pipeline.core.enhance.vlm.config import DEFAULTS
 
 logger = logging.getLogger(__name__)
 
@@ -109,11 +110,11 @@ class OpenAIVLM:
         *,
         base_url: str,
         model: str,
-        api_key_env: str = "OPENAI_API_KEY",
-        max_concurrency: int = 8,
-        timeout_s: float = 60.0,
-        max_retries: int = 3,
-        backoff_s: float = 1.0,
+        api_key_env: str = DEFAULTS.api_key_env,
+        max_concurrency: int = DEFAULTS.max_concurrency,
+        timeout_s: float = DEFAULTS.timeout_s,
+        max_retries: int = DEFAULTS.max_retries,
+        backoff_s: float = DEFAULTS.backoff_s,
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
         roots = [u.strip() for u in base_url.split(",") if u.strip()]

@@ -36,8 +36,7 @@ from rar_pipeline.core.enhance.vlm.base import (
     load_image,
     results_for_batch_error,
 )
-
-DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
+from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, DEFAULTS
 
 # Accepted `dtype` names and the torch dtype each means; checked in the constructor so a typo
 # fails at configuration time, not minutes later when the model loads.
@@ -112,13 +111,13 @@ class TransformersVLM:
 
     def __init__(
         self,
-        model_id: str = DEFAULT_MODEL_ID,
+        model_id: str = DEFAULT_MODEL,
         *,
-        device: str = "auto",
-        dtype: str = "auto",
-        batch_size: int = 4,
-        trust_remote_code: bool = False,
-        local_files_only: bool = False,
+        device: str = DEFAULTS.device,
+        dtype: str = DEFAULTS.dtype,
+        batch_size: int = DEFAULTS.device_batch_size,
+        trust_remote_code: bool = DEFAULTS.trust_remote_code,
+        local_files_only: bool = DEFAULTS.local_files_only,
         revision: str | None = None,
     ) -> None:
         if batch_size < 1:

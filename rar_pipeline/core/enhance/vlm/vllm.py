@@ -39,8 +39,7 @@ from rar_pipeline.core.enhance.vlm.base import (
     image_data_url,
     results_for_batch_error,
 )
-
-DEFAULT_MODEL_ID = "Qwen/Qwen2.5-VL-7B-Instruct"
+from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, DEFAULTS
 
 _INSTALL_HINT = (
     "the vllm backend needs vLLM, which is not installed: install the [gpu] extra on a "
@@ -73,17 +72,17 @@ class VLLMVLM:
 
     def __init__(
         self,
-        model_id: str = DEFAULT_MODEL_ID,
+        model_id: str = DEFAULT_MODEL,
         *,
-        max_model_len: int = 8192,
-        gpu_memory_utilization: float = 0.85,
-        tensor_parallel_size: int = 1,
+        max_model_len: int = DEFAULTS.max_model_len,
+        gpu_memory_utilization: float = DEFAULTS.gpu_memory_utilization,
+        tensor_parallel_size: int = DEFAULTS.tensor_parallel_size,
         max_images_per_prompt: int = 1,
-        dtype: str = "auto",
-        trust_remote_code: bool = False,
+        dtype: str = DEFAULTS.dtype,
+        trust_remote_code: bool = DEFAULTS.trust_remote_code,
         seed: int = 0,
         max_num_seqs: int | None = None,
-        batch_size: int = 256,
+        batch_size: int = DEFAULTS.engine_batch_size,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")

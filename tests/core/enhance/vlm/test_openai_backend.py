@@ -182,7 +182,7 @@ def make_vlm(server: ScriptedServer, **overrides: Any) -> OpenAIVLM:
 
 def request(user: str = "a red cube", image_path: Path | None = None, **kw: Any) -> VLMRequest:
     return VLMRequest(
-        kind="corpus_caption",
+        prompt="corpus_caption",
         system="Describe the item in at most 20 words.",
         user=user,
         image_path=image_path,

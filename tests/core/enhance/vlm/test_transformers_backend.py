@@ -21,11 +21,11 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from rar_pipeline.core.enhance.prompts import ALL_PROMPTS, CORPUS_CAPTION, MODIFICATION
+from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, MODIFICATION, PROMPTS
 from rar_pipeline.core.enhance.vlm.base import VLM, SamplingParams, VLMRequest
 from rar_pipeline.core.enhance.vlm.transformers import TransformersVLM
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 ITEM_TEXTS = [
     "a red ceramic mug with a blue logo on a wooden table",
@@ -59,7 +59,7 @@ def build_tiny_llava(out: Path) -> None:
 
     # A Llama-style (Metaspace) BPE trained on the prompts the backend will see, so the
     # prompts tokenize compactly and the vocabulary holds plenty of whole words.
-    corpus = [spec.system for spec in ALL_PROMPTS.values()] + ITEM_TEXTS
+    corpus = [spec.system for spec in PROMPTS.values()] + ITEM_TEXTS
     bpe = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     bpe.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
     specials = ["<unk>", "<s>", "</s>", "<pad>", "<image>"]

@@ -25,7 +25,7 @@ from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, MODIFICATION, QUER
 from rar_pipeline.core.enhance.vlm.base import VLM, SamplingParams, VLMRequest, VLMResult
 from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[4]
 
 
 # --- the fake vllm module ------------------------------------------------------------------
@@ -255,7 +255,7 @@ def test_text_only_request_carries_no_image_part(fake_vllm: Recorder) -> None:
 def test_sampling_params_follow_each_request(fake_vllm: Recorder, tmp_path: Path) -> None:
     image = make_png(tmp_path / "a.png")
     seeded = VLMRequest(
-        kind="query_caption",
+        prompt="query_caption",
         system="s",
         user="u",
         image_path=image,

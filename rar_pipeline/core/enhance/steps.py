@@ -1,0 +1,167 @@
+"""One function per enhancement asset: what the asset computes, on records, without Dagster.
+
+    fit_captioner       train-split queries + pools  -> the offline caption memory
+    caption_candidates  one pool shard               -> captions (corpus_captions)
+    merge_corpus        shard + its captions         -> enhanced_corpus   (in `merge`)
+    rewrite_queries     one query task               -> enhanced_queries
+
+`code_versions` says which prompts and settings shape each asset's output: the routing
+table (`prompts.CORPUS_ROUTES` / `QUERY_ROUTES`) decides it, as it decides cache keys.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from rar_pipeline.core.corpus.records import Candidate, Query
+from rar_pipeline.core.enhance.cache import EnhancementCache
+from rar_pipeline.core.enhance.engine import (
+    EnhanceOptions,
+    EnhanceStats,
+    plan_candidate,
+    plan_query,
+    run_enhancement,
+)
+from rar_pipeline.core.enhance.merge import Merged, merge_queries
+from rar_pipeline.core.enhance.perception import Perceiver
+from rar_pipeline.core.enhance.prompts import VISUAL_CONTEXT_TEMPLATE, side_version
+from rar_pipeline.core.enhance.vlm.base import VLM
+from rar_pipeline.core.enhance.vlm.offline import OFFLINE_VERSION, CaptionMemory
+
+CAPTION_COLUMNS = ["did", "item_type", "caption", "status", "error"]
+
+
+def code_versions(backend: str, model_id: str, options: EnhanceOptions) -> dict[str, str]:
+    """Each enhancement asset's code version for a backend, model and options.
+
+    Args:
+        backend: the backend name.
+        model_id: the model id the backend resolves to.
+        options: sampling, guard policy and query-type overrides.
+    """
+    shaping = [
+        f"backend={backend}",
+        f"model={model_id}",
+        f"temperature={options.temperature}",
+        f"seed={options.seed}",
+    ]
+    guard = f"guard={options.guard.value}"
+    overrides = json.dumps(dict(options.query_type_overrides), sort_keys=True)
+    return {
+        "offline_captioner": OFFLINE_VERSION,
+        "corpus_captions": side_version("corpus", *shaping),
+        # The merge "uses" the caption prompt through its input: including it makes a prompt
+        # edit mark enhanced_corpus stale at once (Dagster propagates code-version staleness
+        # to descendants only after the upstream is rematerialized).
+        "enhanced_corpus": side_version("corpus", *shaping, VISUAL_CONTEXT_TEMPLATE, guard),
+        "enhanced_queries": side_version("query", *shaping, f"overrides={overrides}", guard),
+    }
+
+
+@dataclass
+class Captioned:
+    """Captions of one pool shard and what producing them cost."""
+
+    frame: pd.DataFrame  # CAPTION_COLUMNS, one row per candidate
+    stats: EnhanceStats
+    samples: list[tuple[str, Any, Any]] = field(default_factory=list)
+
+
+def caption_candidates(
+    candidates: Sequence[Candidate],
+    root: Path,
+    vlm: VLM,
+    cache: EnhancementCache,
+    options: EnhanceOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+    n_samples: int = 5,
+) -> Captioned:
+    """Caption a shard's image and image+text candidates; text-only ones pass through.
+
+    Args:
+        candidates: the shard's candidates.
+        root: the data root image paths are relative to.
+        vlm: the backend.
+        cache: read first, written as work proceeds.
+        options: batch size, attempts, sampling.
+        progress: called with the number of items finished.
+        n_samples: how many captioned items to keep as samples.
+    """
+    items = [plan_candidate(c, root) for c in candidates]
+    outputs, stats = run_enhancement(items, vlm, cache, options, progress=progress)
+    rows = [
+        [c.did, outputs[c.did].item_type.value, outputs[c.did].generated]
+        + [outputs[c.did].status, outputs[c.did].error]
+        for c in candidates
+    ]
+    samples = [
+        (c.did, c.img_path, outputs[c.did].generated)
+        for c in candidates
+        if outputs[c.did].generated
+    ][:n_samples]
+    return Captioned(pd.DataFrame(rows, columns=CAPTION_COLUMNS), stats, samples)
+
+
+@dataclass
+class Rewritten:
+    """One query task as the retriever embeds it, and what producing it cost."""
+
+    merged: Merged
+    stats: EnhanceStats
+
+
+def rewrite_queries(
+    queries: Sequence[Query],
+    root: Path,
+    vlm: VLM,
+    cache: EnhancementCache,
+    options: EnhanceOptions,
+    *,
+    task: str,
+    progress: Callable[[int], None] | None = None,
+) -> Rewritten:
+    """Caption, rewrite or distil each query by its type, then guard and merge.
+
+    Args:
+        queries: the task's queries (every split).
+        root: the data root image paths are relative to.
+        vlm: the backend.
+        cache: read first, written as work proceeds.
+        options: batch size, attempts, sampling, guard policy, query-type overrides.
+        task: the task's name (its override, if any, applies).
+        progress: called with the number of items finished.
+    """
+    override = options.query_type_overrides.get(task)
+    items = [plan_query(q, root, override) for q in queries]
+    outputs, stats = run_enhancement(items, vlm, cache, options, progress=progress)
+    return Rewritten(merge_queries(queries, outputs, options.guard), stats)
+
+
+def fit_captioner(
+    queries: Sequence[Query],
+    candidates: dict[str, Candidate],
+    root: Path,
+    perceiver: Perceiver,
+) -> tuple[CaptionMemory, dict[str, Any]]:
+    """Fit the offline caption memory on the train split's (image, text) pairs.
+
+    Only train-split queries are read; test items never reach the memory.
+
+    Returns:
+        The memory and what it was fitted on (counts for metadata).
+    """
+    train = [q for q in queries if q.split == "train"]
+    memory, pairs = CaptionMemory.from_train_split(train, candidates, root, perceiver)
+    return memory, {
+        "pairs": len(memory),
+        "train_queries": len(train),
+        "distinct_images": len({str(p) for p, _ in pairs}),
+        "content_hash": memory.content_hash,
+    }

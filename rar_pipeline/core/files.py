@@ -1,0 +1,73 @@
+"""File primitives every stage shares: atomic writes and content hashes.
+
+One word for one idea: a *hash* is a sha256 of content (bytes, texts, values), never of
+ids or timestamps. `file_hash` is the full hex digest (cache keys, weight pins);
+`files_hash` and `values_hash` are 16-hex short forms used as Dagster data versions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+_CHUNK = 1 << 20
+
+
+def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp)` on a temp file beside `path`, then rename it into place.
+
+    A reader never sees a half-written file, and a crash leaves no partial output.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def _update_with_file(digest: Any, path: Path) -> None:
+    with Path(path).open("rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK), b""):
+            digest.update(chunk)
+
+
+def file_hash(path: Path) -> str:
+    """Hex sha256 of a file's bytes."""
+    digest = hashlib.sha256()
+    _update_with_file(digest, path)
+    return digest.hexdigest()
+
+
+def files_hash(paths: Iterable[Path], *, salt: str = "", relative_to: Path | None = None) -> str:
+    """A short hash over several files' names and bytes (in the order given).
+
+    Args:
+        paths: the files.
+        salt: mixed in first (e.g. a reader version, so a rule change changes the hash).
+        relative_to: name each file by its path relative to this folder (default: its name).
+    """
+    digest = hashlib.sha256(salt.encode())
+    for path in paths:
+        name = Path(path).relative_to(relative_to).as_posix() if relative_to else Path(path).name
+        digest.update(name.encode())
+        _update_with_file(digest, path)
+    return digest.hexdigest()[:16]
+
+
+def values_hash(values: Iterable[Any]) -> str:
+    """A short hash of a sequence of values (their `str`), e.g. an output column."""
+    digest = hashlib.sha256()
+    for value in values:
+        digest.update(str(value).encode())
+        digest.update(b"\0")
+    return digest.hexdigest()[:16]

@@ -1,0 +1,129 @@
+"""Every path the project writes, in one place.
+
+- `ProjectLayout`: the defaults under the project folder (the demo corpus, per-corpus
+  artifacts, MLflow, the Dagster instance).
+- `ArtifactLayout`: one corpus' outputs, by stage. An asset asks it where to read and
+  write; no other module joins output path strings.
+- `demo_truth_file`: where the demo builder writes ground truth (outside the data root).
+
+Where a data root's own files live (query/, cand_pool/, qrels/) is the M-BEIR data
+contract, owned by `core.corpus.mbeir`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProjectLayout:
+    """Default locations under the project folder."""
+
+    root: Path
+
+    @property
+    def demo_data(self) -> Path:
+        return self.root / "data" / "demo"
+
+    def artifacts_for(self, data_root: Path) -> Path:
+        """A corpus' artifacts folder: artifacts/<data root folder name>."""
+        return self.root / "artifacts" / Path(data_root).name
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.root / "mlruns" / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlruns" / "artifacts"
+
+    @property
+    def dagster_home(self) -> Path:
+        return self.root / "dagster_home"
+
+
+def demo_truth_file(data_root: Path) -> Path:
+    """The demo's ground truth for a data root: <root>_truth/products.jsonl, beside it."""
+    data_root = Path(data_root)
+    return data_root.parent / f"{data_root.name}_truth" / "products.jsonl"
+
+
+@dataclass(frozen=True)
+class ArtifactLayout:
+    """Where one corpus' pipeline outputs live, by stage.
+
+    Partitioned outputs are one file per partition key (a pool shard or a query task, or an
+    ablation config for the training, index and evaluation stages).
+    """
+
+    root: Path
+
+    # -- corpus: validated inputs and what was quarantined
+    def pool(self, shard: str) -> Path:
+        return self.root / "candidate_pool" / f"{shard}.parquet"
+
+    def queries(self, task: str) -> Path:
+        return self.root / "queries" / f"{task}.parquet"
+
+    def qrels(self, task: str) -> Path:
+        return self.root / "qrels" / f"{task}.parquet"
+
+    def quarantine(self, step: str, key: str) -> Path:
+        return self.root / "quarantine" / step / f"{key}.jsonl"
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    # -- enhancement
+    def captions(self, shard: str) -> Path:
+        return self.root / "corpus_captions" / f"{shard}.parquet"
+
+    def enhanced_corpus(self, shard: str) -> Path:
+        return self.root / "enhanced_corpus" / f"{shard}.parquet"
+
+    def enhanced_queries(self, task: str) -> Path:
+        return self.root / "enhanced_queries" / f"{task}.parquet"
+
+    @property
+    def captioner(self) -> Path:
+        """The offline backend's caption memory (a folder)."""
+        return self.root / "offline_captioner"
+
+    @property
+    def cache_dir(self) -> Path:
+        """Every cache store lives under here (`rar compact-cache` walks it)."""
+        return self.root / "cache"
+
+    @property
+    def enhancement_cache(self) -> Path:
+        return self.cache_dir / "enhancements"
+
+    @property
+    def perception_cache(self) -> Path:
+        return self.cache_dir / "perception"
+
+    # -- retrieval, index and evaluation (per ablation config)
+    def training_pairs(self, config: str) -> Path:
+        return self.root / "training_pairs" / f"{config}.parquet"
+
+    def checkpoint(self, config: str) -> Path:
+        """A fine-tuned retriever (a folder of safetensors and its config)."""
+        return self.root / "checkpoints" / config
+
+    @property
+    def lancedb(self) -> Path:
+        return self.root / "lancedb"
+
+    @property
+    def evaluation_dir(self) -> Path:
+        return self.root / "evaluation"
+
+    def run_file(self, config: str, task: str) -> Path:
+        """A TREC run file (`qid Q0 did rank score run_id`)."""
+        return self.evaluation_dir / "runs" / config / f"{task}.trec"
+
+    def trec_qrels(self, task: str) -> Path:
+        """Qrels in trec_eval's four columns."""
+        return self.evaluation_dir / "qrels" / f"{task}.qrels"

@@ -1,0 +1,50 @@
+"""One resource per external system, each with a real and a fake implementation.
+
+| module    | real              | fake              | system                                  |
+|-----------|-------------------|-------------------|-----------------------------------------|
+| corpus    | `CorpusResource`  | (itself, on temp dirs) | the data root and the artifacts folder |
+| vlm       | `VLMResource`     | `FakeVLMResource` | the VLM backend that enhances items     |
+| lancedb   | `LanceDBResource` | `FakeVectorStore` | vector tables                           |
+| mlflow    | `MlflowResource`  | `FakeMlflow`      | run tracking                            |
+
+`resources_from_settings` builds the real ones; `definitions.py` binds them, tests pass
+fakes or real ones on temp dirs.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rar_pipeline.core.settings import Settings
+from rar_pipeline.defs.resources.corpus import CorpusResource
+from rar_pipeline.defs.resources.lancedb import FakeVectorStore, LanceDBResource
+from rar_pipeline.defs.resources.mlflow import FakeMlflow, MlflowResource
+from rar_pipeline.defs.resources.vlm import FakeVLMResource, VLMResource
+
+__all__ = [
+    "CorpusResource",
+    "FakeMlflow",
+    "FakeVLMResource",
+    "FakeVectorStore",
+    "LanceDBResource",
+    "MlflowResource",
+    "VLMResource",
+    "resources_from_settings",
+]
+
+
+def resources_from_settings(settings: Settings) -> dict[str, Any]:
+    """The real resources for resolved settings, by resource key."""
+    return {
+        "corpus": CorpusResource(
+            data_root=str(settings.data_root),
+            artifacts_dir=str(settings.artifacts_dir),
+            image_check=settings.image_check,
+        ),
+        "lancedb": LanceDBResource(uri=settings.lancedb_uri),
+        "mlflow": MlflowResource(
+            tracking_uri=settings.mlflow_tracking_uri,
+            artifact_location=str(settings.mlflow_artifacts),
+        ),
+        "vlm": VLMResource.from_settings(settings),
+    }
