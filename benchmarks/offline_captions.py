@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from rar_pipeline.core.corpus.mbeir import discover, read_candidates, read_queries
+from rar_pipeline.core.corpus.mbeir import discover
+from rar_pipeline.core.corpus.readers import read_candidates, read_queries
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.evaluate import caption_accuracy
 from rar_pipeline.core.enhance.engine import build_request, plan_candidate

@@ -20,7 +20,7 @@ from typing import Any
 from rar_pipeline.core.corpus.images import ImageCheckLevel
 from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.vlm.config import BACKENDS, DEFAULTS, VLMConfig
-from rar_pipeline.core.layout import ProjectLayout
+from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
 
 
 @dataclass(frozen=True)
@@ -126,7 +126,8 @@ SETTINGS: tuple[Setting, ...] = (
         "where MLflow keeps run artifacts", kind=Path,
     ),
     Setting(
-        "lancedb_uri", "RAR_LANCEDB_URI", None, lambda s: str(Path(s["artifacts_dir"]) / "lancedb"),
+        "lancedb_uri", "RAR_LANCEDB_URI", None,
+        lambda s: str(ArtifactLayout(s["artifacts_dir"]).lancedb),
         "the LanceDB database (a folder, or an s3:// URI)",
     ),
     Setting(

@@ -11,16 +11,15 @@ from typing import Any
 import dagster as dg
 
 QUARANTINE_RATE = "quarantine_rate"
+_QUARANTINE_RATE = (
+    "Share of rows quarantined stays at or below max_quarantine_rate "
+    "(a WARN, never a failed run: the good rows go on)."
+)
 
 
 def quarantine_rate_spec(asset: str) -> dg.AssetCheckSpec:
     """The check that an asset's quarantine rate stays under the corpus' threshold."""
-    return dg.AssetCheckSpec(
-        name=QUARANTINE_RATE,
-        asset=asset,
-        description="Share of rows quarantined stays at or below max_quarantine_rate "
-        "(a WARN, never a failed run: the good rows go on).",
-    )
+    return dg.AssetCheckSpec(name=QUARANTINE_RATE, asset=asset, description=_QUARANTINE_RATE)
 
 
 def quarantine_rate_result(
@@ -44,16 +43,15 @@ def quarantine_rate_result(
 
 
 FAILURE_RATE = "failure_rate"
+_FAILURE_RATE = (
+    "Share of VLM items that failed after retries stays at or below max_failure_rate "
+    "(a WARN: failed items keep their own text and are retried next run)."
+)
 
 
 def failure_rate_spec(asset: str) -> dg.AssetCheckSpec:
     """The check that an enhancement asset's share of failed items stays under a threshold."""
-    return dg.AssetCheckSpec(
-        name=FAILURE_RATE,
-        asset=asset,
-        description="Share of VLM items that failed after retries stays at or below "
-        "max_failure_rate (a WARN: failed items keep their own text and are retried next run).",
-    )
+    return dg.AssetCheckSpec(name=FAILURE_RATE, asset=asset, description=_FAILURE_RATE)
 
 
 def failure_rate_result(failures: int, attempted: int, max_rate: float) -> dg.AssetCheckResult:

@@ -90,9 +90,6 @@ class PipelineResult:
 
     steps: list[StepResult] = field(default_factory=list)
 
-    def for_asset(self, asset: str) -> list[StepResult]:
-        return [s for s in self.steps if s.asset == asset]
-
 
 def get_instance(settings: Settings) -> dg.DagsterInstance:
     """The project's persistent instance (DAGSTER_HOME, default <project>/dagster_home)."""

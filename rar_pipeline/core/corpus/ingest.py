@@ -15,8 +15,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rar_pipeline.core.corpus.images import ImageCheck
-from rar_pipeline.core.corpus.mbeir import (
-    CorpusLayout,
+from rar_pipeline.core.corpus.mbeir import CorpusLayout
+from rar_pipeline.core.corpus.readers import (
     read_candidates,
     read_instructions,
     read_qrels,

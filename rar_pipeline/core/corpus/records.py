@@ -25,20 +25,6 @@ class Modality(StrEnum):
         return self in (Modality.IMAGE, Modality.IMAGE_TEXT)
 
 
-# UniIR's task ids: what the query is and what it retrieves.
-TASKS: dict[int, str] = {
-    0: "text -> image",
-    1: "text -> text",
-    2: "text -> (image, text)",
-    3: "image -> text",
-    4: "image -> image",
-    5: "image -> (image, text)",
-    6: "(image, text) -> text",
-    7: "(image, text) -> image",
-    8: "(image, text) -> (image, text)",
-}
-
-
 # (query modality, candidate modality) of each task id, as in UniIR's instruction file.
 TASK_MODALITIES: dict[int, tuple[str, str]] = {
     0: ("text", "image"),

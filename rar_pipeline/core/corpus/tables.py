@@ -38,11 +38,8 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 
 def write_quarantine(rows: Sequence[QuarantinedRow], path: Path) -> Path:
     """One JSON object per quarantined row: source, line, row_id, reason, detail, raw."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", encoding="utf-8") as fh:
-        for r in rows:
-            fh.write(json.dumps({k: _plain(v) for k, v in asdict(r).items()}) + "\n")
-    return path
+    lines = "".join(json.dumps({k: _plain(v) for k, v in asdict(r).items()}) + "\n" for r in rows)
+    return write_atomic(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
 
 
 def modality_counts(rows: Sequence[Any]) -> dict[str, int]:

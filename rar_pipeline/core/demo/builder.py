@@ -75,7 +75,6 @@ from rar_pipeline.core.layout import demo_truth_file
 BUILDER_VERSION = 2
 MARKER = ".rar_demo.json"
 IMAGE_DIR = f"mbeir_images/{DATASET}_images"
-TASKS = (0, 1, 2, 3, 6, 7)
 
 
 @dataclass(frozen=True)

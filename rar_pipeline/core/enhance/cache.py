@@ -69,11 +69,6 @@ class ParquetStore:
         self._absent.update(wanted - found.keys())
         return len(found)
 
-    def reload(self) -> None:
-        """Forget what was looked up (another process may have written since)."""
-        self._rows = {r["key"]: r for r in self._pending}
-        self._absent = set()
-
     def keys(self) -> set[str]:
         """Every key on disk or pending (reads only the key column)."""
         on_disk = {
@@ -88,9 +83,6 @@ class ParquetStore:
 
     def __bool__(self) -> bool:
         return True  # an empty store is still a store (and truthiness must not scan)
-
-    def __contains__(self, key: str) -> bool:
-        return self.get(key) is not None
 
     def get(self, key: str) -> dict[str, Any] | None:
         if key not in self._rows and key not in self._absent:
@@ -161,10 +153,6 @@ class CacheEntry:
     model_id: str
     attempts: int
 
-    @property
-    def ok(self) -> bool:
-        return self.status == "ok"
-
 
 _RENAMED = {"kind": "prompt", "text": "generated"}
 
@@ -196,9 +184,6 @@ class EnhancementCache:
 
     def flush(self) -> None:
         self.store.flush()
-
-    def __len__(self) -> int:
-        return len(self.store)
 
 
 def content_hash(text: str | None, image_hash: str | None) -> str:

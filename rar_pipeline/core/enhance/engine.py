@@ -165,14 +165,9 @@ def build_request(item: WorkItem, options: EnhanceOptions = DEFAULT_OPTIONS) -> 
 # output rules
 
 
-def words(text: str) -> list[str]:
-    """Whitespace-separated words."""
-    return text.split()
-
-
 def cap_words(text: str, cap: int) -> str:
     """Keep at most `cap` words."""
-    parts = words(text)
+    parts = text.split()
     return text.strip() if len(parts) <= cap else " ".join(parts[:cap])
 
 
@@ -193,8 +188,8 @@ def check_output(item: WorkItem, raw: str) -> tuple[str | None, str | None]:
         return None, "empty output"
     if item.item_type == QueryType.QA:
         question = (item.txt or "").strip()
-        limit = len(words(question)) + spec.max_words
-        if len(words(text)) > limit:
+        limit = len(question.split()) + spec.max_words
+        if len(text.split()) > limit:
             return None, f"rewrite adds more than {spec.max_words} words to the question"
         if question.endswith("?") and "?" not in text:
             return None, "rewrite no longer asks the question (it may answer it)"

@@ -7,6 +7,7 @@ fresh. The cache then recomputes only the items whose key changed.
 """
 
 import time
+from pathlib import Path
 from typing import Any
 
 import dagster as dg
@@ -18,6 +19,7 @@ from rar_pipeline.core.enhance.engine import EnhanceStats
 from rar_pipeline.core.enhance.merge import merge_corpus
 from rar_pipeline.core.enhance.perception import Perceiver
 from rar_pipeline.core.enhance.steps import caption_candidates, fit_captioner, rewrite_queries
+from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import failure_rate_result, failure_rate_spec
 from rar_pipeline.defs.io import data_version, progress_bar, read_input, read_records, samples_table
@@ -32,9 +34,23 @@ def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult
     return failure_rate_result(stats.failures, attempted, vlm.max_failure_rate)
 
 
-def _warn_failures(context: dg.AssetExecutionContext, stats: EnhanceStats, what: str) -> None:
+def _enhanced(
+    context: dg.AssetExecutionContext,
+    backend: VLM,
+    stats: EnhanceStats,
+    path: Path,
+    samples: list[tuple[str, Any, Any]],
+) -> dict[str, Any]:
+    """Metadata every VLM-backed asset reports; failures are logged as a warning."""
     if stats.failures:
-        context.log.warning(f"{stats.failures} {what} failed: {dict(stats.failure_reasons)}")
+        context.log.warning(f"{stats.failures} items failed: {dict(stats.failure_reasons)}")
+    return {
+        **stats.as_metadata(),
+        "backend": backend.backend,
+        "model_id": backend.model_id,
+        "path": dg.MetadataValue.path(str(path)),
+        "samples": samples_table(samples),
+    }
 
 
 def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
@@ -111,15 +127,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 progress=progress,
             )
         path = write_parquet(result.frame, paths.captions(shard))
-        _warn_failures(context, result.stats, "captions")
         return dg.MaterializeResult(
-            metadata={
-                **result.stats.as_metadata(),
-                "backend": backend.backend,
-                "model_id": backend.model_id,
-                "path": dg.MetadataValue.path(str(path)),
-                "samples": samples_table(result.samples),
-            },
+            metadata=_enhanced(context, backend, result.stats, path, result.samples),
             data_version=data_version(result.frame, "caption"),
             check_results=[_failure_check(result.stats, vlm)],
         )
@@ -179,22 +188,17 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 task=task,
                 progress=progress,
             )
-        path = write_parquet(result.merged.frame, paths.enhanced_queries(task))
-        _warn_failures(context, result.stats, "queries")
-        metadata: dict[str, Any] = {
-            **result.stats.as_metadata(),
-            "dagster/row_count": len(result.merged.frame),
-            "backend": backend.backend,
-            "model_id": backend.model_id,
-            "query_type_override": vlm.query_type_overrides.get(task, ""),
-            "guard_policy": vlm.hallucination_policy,
-            "guard_flagged": result.merged.guard_flagged,
-            "path": dg.MetadataValue.path(str(path)),
-            "samples": samples_table(result.merged.samples),
-        }
+        merged = result.merged
+        path = write_parquet(merged.frame, paths.enhanced_queries(task))
         return dg.MaterializeResult(
-            metadata=metadata,
-            data_version=data_version(result.merged.frame, "enhanced_txt"),
+            metadata={
+                **_enhanced(context, backend, result.stats, path, merged.samples),
+                "dagster/row_count": len(merged.frame),
+                "query_type_override": vlm.query_type_overrides.get(task, ""),
+                "guard_policy": vlm.hallucination_policy,
+                "guard_flagged": merged.guard_flagged,
+            },
+            data_version=data_version(merged.frame, "enhanced_txt"),
             check_results=[_failure_check(result.stats, vlm)],
         )
 

@@ -13,12 +13,14 @@ from rar_pipeline.core.corpus.mbeir import (
     candidate_to_json,
     discover,
     query_to_json,
+    resolve_in_root,
+    write_jsonl,
+)
+from rar_pipeline.core.corpus.readers import (
     read_candidates,
     read_instructions,
     read_qrels,
     read_queries,
-    resolve_in_root,
-    write_jsonl,
 )
 from rar_pipeline.core.corpus.records import Candidate, Modality, Query, Reason
 from tests.conftest import MINI

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from rar_pipeline.core.corpus.ingest import validate_corpus
-from rar_pipeline.core.corpus.mbeir import discover, read_queries
+from rar_pipeline.core.corpus.mbeir import discover
+from rar_pipeline.core.corpus.readers import read_queries
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import (
     BRANDS,

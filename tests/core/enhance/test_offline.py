@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from rar_pipeline.core.corpus.mbeir import read_candidates, read_queries
+from rar_pipeline.core.corpus.readers import read_candidates, read_queries
 from rar_pipeline.core.corpus.records import Candidate, Modality, Query
 from rar_pipeline.core.demo.builder import BRANDS
 from rar_pipeline.core.enhance.prompts import (

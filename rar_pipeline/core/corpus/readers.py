@@ -1,0 +1,422 @@
+"""Read and validate the rows of an M-BEIR corpus' files.
+
+Every reader streams its file line by line and never raises on a bad row: a row that fails
+validation becomes a `QuarantinedRow` with its source file, line number and reason, and the
+good rows go on. Only a missing or unreadable *file* raises.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Collection, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from rar_pipeline.core.corpus.images import ImageCheck, check_image
+from rar_pipeline.core.corpus.mbeir import LayoutError, resolve_in_root, source_name
+from rar_pipeline.core.corpus.records import (
+    Candidate,
+    Instruction,
+    Modality,
+    Qrel,
+    QuarantinedRow,
+    Query,
+    ReadResult,
+    Reason,
+)
+
+T = TypeVar("T")
+_RAW_LIMIT = 500
+
+
+class _RowError(Exception):
+    def __init__(self, reason: Reason, detail: str, row_id: str | None = None) -> None:
+        super().__init__(detail)
+        self.reason = reason
+        self.detail = detail
+        self.row_id = row_id
+
+
+# ---------------------------------------------------------------------------
+# field validation
+
+
+def _require(obj: dict[str, Any], name: str, kinds: tuple[type, ...], optional: bool) -> Any:
+    if name not in obj:
+        if optional:
+            return None
+        raise _RowError(Reason.MISSING_FIELD, f"field {name!r} is missing")
+    value = obj[name]
+    if value is None and optional:
+        return None
+    if not isinstance(value, kinds) or isinstance(value, bool):
+        want = " or ".join(k.__name__ for k in kinds) + (" or null" if optional else "")
+        raise _RowError(
+            Reason.WRONG_TYPE, f"field {name!r} should be {want}, got {type(value).__name__}"
+        )
+    return value
+
+
+def _modality(value: Any) -> Modality:
+    if not isinstance(value, str):
+        raise _RowError(Reason.WRONG_TYPE, f"modality should be a string, got {value!r}")
+    try:
+        return Modality(value.strip().replace(" ", ""))
+    except ValueError:
+        allowed = ", ".join(repr(m.value) for m in Modality)
+        raise _RowError(
+            Reason.UNKNOWN_MODALITY, f"modality {value!r} is not one of {allowed}"
+        ) from None
+
+
+def _check_modality_fields(modality: Modality, txt: str | None, img_path: str | None) -> None:
+    has_txt = bool(txt and txt.strip())
+    has_img = bool(img_path and img_path.strip())
+    if modality.has_text and not has_txt:
+        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but no text")
+    if modality.has_image and not has_img:
+        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but no image")
+    if not modality.has_text and has_txt:
+        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but text present")
+    if not modality.has_image and has_img:
+        raise _RowError(
+            Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but an image path present"
+        )
+
+
+@dataclass(frozen=True)
+class _ItemFields:
+    """The field names one side of M-BEIR uses for an item's id, modality, text and image."""
+
+    id: str
+    modality: str
+    txt: str
+    img_path: str
+
+    def parse(self, obj: dict[str, Any]) -> tuple[str, Modality, str | None, str | None]:
+        """(id, modality, txt, img_path), validated; text or image absent per the modality."""
+        item_id = _require(obj, self.id, (str,), optional=False)
+        if not item_id.strip():
+            raise _RowError(Reason.MISSING_FIELD, f"field {self.id!r} is empty")
+        modality = _modality(_require(obj, self.modality, (str,), optional=False))
+        txt = _require(obj, self.txt, (str,), optional=True)
+        img_path = _require(obj, self.img_path, (str,), optional=True)
+        _check_modality_fields(modality, txt, img_path)
+        return (
+            item_id,
+            modality,
+            txt if modality.has_text else None,
+            img_path if modality.has_image else None,
+        )
+
+    @staticmethod
+    def check_image(
+        root: Path, modality: Modality, img_path: str | None, image_check: ImageCheck
+    ) -> None:
+        """Quarantine reasons for the item's image: outside the root, missing, broken."""
+        if not modality.has_image or img_path is None:
+            return
+        try:
+            path = resolve_in_root(root, img_path)
+        except ValueError as exc:
+            raise _RowError(Reason.PATH_ESCAPES_ROOT, str(exc)) from None
+        problem = check_image(path, image_check)
+        if problem is not None:
+            reason, detail = problem
+            raise _RowError(Reason(reason), f"{img_path}: {detail}")
+
+
+_CANDIDATE_FIELDS = _ItemFields("did", "modality", "txt", "img_path")
+_QUERY_FIELDS = _ItemFields("qid", "query_modality", "query_txt", "query_img_path")
+
+
+def _src_content(value: Any) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return json.dumps(value, sort_keys=True)
+
+
+def _cand_refs(obj: dict[str, Any], name: str) -> tuple[str, ...]:
+    """Accept both `"9:10"` and `{"did": "9:10", ...}` entries, as M-BEIR variants write."""
+    value = obj.get(name)
+    if value is None:
+        return ()
+    if not isinstance(value, list):
+        raise _RowError(Reason.WRONG_TYPE, f"field {name!r} should be a list")
+    refs: list[str] = []
+    for entry in value:
+        if isinstance(entry, str) and entry:
+            refs.append(entry)
+        elif isinstance(entry, dict) and isinstance(entry.get("did"), str) and entry["did"]:
+            refs.append(entry["did"])
+        else:
+            raise _RowError(
+                Reason.WRONG_TYPE,
+                f"{name} entries should be 'did' strings or objects with a 'did', got {entry!r}",
+            )
+    return tuple(refs)
+
+
+# ---------------------------------------------------------------------------
+# readers
+
+
+def _iter_json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
+    """Yield (line_no, raw, obj, error) for every non-blank line."""
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            if not raw.strip():
+                continue
+            try:
+                obj = json.loads(raw)
+            except json.JSONDecodeError as exc:
+                yield line_no, raw, None, f"bad JSON: {exc.msg} at column {exc.colno}"
+                continue
+            if not isinstance(obj, dict):
+                yield line_no, raw, None, f"expected a JSON object, got {type(obj).__name__}"
+                continue
+            yield line_no, raw, obj, None
+
+
+def _quarantine(
+    source: str, line_no: int, raw: str, reason: Reason, detail: str, row_id: str | None
+) -> QuarantinedRow:
+    return QuarantinedRow(
+        source=source,
+        line=line_no,
+        row_id=row_id,
+        reason=reason,
+        detail=detail,
+        raw=raw.rstrip("\n")[:_RAW_LIMIT],
+    )
+
+
+def _read_rows(
+    path: Path,
+    root: Path,
+    parse: Callable[[dict[str, Any]], T],
+    row_id: Callable[[T], str],
+    raw_id: Callable[[dict[str, Any]], str | None],
+    progress: Callable[[int], None] | None,
+) -> ReadResult[T]:
+    source = source_name(path, root)
+    rows: list[T] = []
+    quarantined: list[QuarantinedRow] = []
+    seen: dict[str, int] = {}
+    for line_no, raw, obj, error in _iter_json_lines(path):
+        if progress is not None:
+            progress(1)
+        if obj is None:
+            reason = (
+                Reason.BAD_JSON if error and error.startswith("bad JSON") else Reason.NOT_AN_OBJECT
+            )
+            quarantined.append(_quarantine(source, line_no, raw, reason, error or "", None))
+            continue
+        rid = raw_id(obj)
+        try:
+            row = parse(obj)
+        except _RowError as exc:
+            quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, rid))
+            continue
+        key = row_id(row)
+        if key in seen:
+            quarantined.append(
+                _quarantine(
+                    source,
+                    line_no,
+                    raw,
+                    Reason.DUPLICATE_ID,
+                    f"id {key!r} already defined on line {seen[key]}",
+                    key,
+                )
+            )
+            continue
+        seen[key] = line_no
+        rows.append(row)
+    return ReadResult(rows=rows, quarantined=quarantined)
+
+
+def _str_id(obj: dict[str, Any], name: str) -> str | None:
+    value = obj.get(name)
+    return value if isinstance(value, str) else None
+
+
+def read_candidates(
+    path: Path,
+    root: Path,
+    *,
+    image_check: ImageCheck | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReadResult[Candidate]:
+    """Read and validate one candidate pool file.
+
+    Args:
+        path: the pool JSONL file.
+        root: the data root that `img_path` values are relative to.
+        image_check: how hard to look at images (default: decode them fully).
+        progress: called with 1 per line read, for progress bars.
+
+    Returns:
+        Valid candidates and quarantined rows. Duplicate `did`s after the first are
+        quarantined.
+    """
+    image_check = image_check or ImageCheck()
+
+    def parse(obj: dict[str, Any]) -> Candidate:
+        did, modality, txt, img_path = _CANDIDATE_FIELDS.parse(obj)
+        _CANDIDATE_FIELDS.check_image(root, modality, img_path, image_check)
+        return Candidate(
+            did=did,
+            modality=modality,
+            txt=txt,
+            img_path=img_path,
+            src_content=_src_content(obj.get("src_content")),
+        )
+
+    return _read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
+
+
+def read_queries(
+    path: Path,
+    root: Path,
+    *,
+    split: str,
+    known_dids: Collection[str] | None = None,
+    image_check: ImageCheck | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> ReadResult[Query]:
+    """Read and validate one query file.
+
+    Args:
+        path: the query JSONL file.
+        root: the data root that `query_img_path` values are relative to.
+        split: the split this file belongs to (train / val / test).
+        known_dids: every candidate id the corpus defines; a query whose positive or
+            negative points outside it is quarantined. None skips the check.
+        image_check: how hard to look at images (default: decode them fully).
+        progress: called with 1 per line read, for progress bars.
+
+    Returns:
+        Valid queries and quarantined rows.
+    """
+    image_check = image_check or ImageCheck()
+
+    def parse(obj: dict[str, Any]) -> Query:
+        qid, modality, txt, img_path = _QUERY_FIELDS.parse(obj)
+        if "pos_cand_list" not in obj:
+            raise _RowError(Reason.MISSING_FIELD, "field 'pos_cand_list' is missing")
+        positives = _cand_refs(obj, "pos_cand_list")
+        if not positives:
+            raise _RowError(Reason.MISSING_FIELD, "pos_cand_list is empty: nothing to retrieve")
+        negatives = _cand_refs(obj, "neg_cand_list")
+        if known_dids is not None:
+            unknown = [d for d in (*positives, *negatives) if d not in known_dids]
+            if unknown:
+                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+                raise _RowError(Reason.UNKNOWN_REFERENCE, f"candidates not in any pool: {shown}")
+        task_id = obj.get("task_id")
+        if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
+            if isinstance(task_id, str) and task_id.isdigit():
+                task_id = int(task_id)
+            else:
+                raise _RowError(Reason.WRONG_TYPE, f"task_id should be an integer, got {task_id!r}")
+        _QUERY_FIELDS.check_image(root, modality, img_path, image_check)
+        return Query(
+            qid=qid,
+            modality=modality,
+            txt=txt,
+            img_path=img_path,
+            pos_cand_list=positives,
+            neg_cand_list=negatives,
+            split=split,
+            task_id=task_id,
+            src_content=_src_content(obj.get("query_src_content")),
+        )
+
+    return _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+
+
+def read_qrels(
+    path: Path,
+    root: Path,
+    *,
+    known_qids: Collection[str] | None = None,
+    known_dids: Collection[str] | None = None,
+) -> ReadResult[Qrel]:
+    """Read and validate a qrels file (`qid 0 did relevance task_id`, space separated).
+
+    Lines whose qid or did is unknown (when the known sets are given) are quarantined, and
+    so are repeated (qid, did) pairs.
+    """
+    source = source_name(path, root)
+    rows: list[Qrel] = []
+    quarantined: list[QuarantinedRow] = []
+    seen: dict[tuple[str, str], int] = {}
+
+    def parse(parts: list[str]) -> Qrel:
+        if len(parts) != 5:
+            raise _RowError(
+                Reason.BAD_QREL_LINE,
+                f"expected 5 fields 'qid 0 did relevance task_id', got {len(parts)}",
+            )
+        qid, _, did, relevance, task_id = parts
+        if not (relevance.lstrip("-").isdigit() and task_id.isdigit()):
+            raise _RowError(Reason.BAD_QREL_LINE, "relevance and task_id must be integers")
+        problems = []
+        if known_qids is not None and qid not in known_qids:
+            problems.append(f"qid {qid!r} is not a valid query")
+        if known_dids is not None and did not in known_dids:
+            problems.append(f"did {did!r} is not in any pool")
+        if problems:
+            raise _RowError(Reason.UNKNOWN_REFERENCE, "; ".join(problems))
+        if (qid, did) in seen:
+            raise _RowError(
+                Reason.DUPLICATE_ID, f"pair ({qid}, {did}) already on line {seen[(qid, did)]}"
+            )
+        return Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(task_id))
+
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        for line_no, raw in enumerate(fh, start=1):
+            parts = raw.split()
+            if not parts:
+                continue
+            try:
+                qrel = parse(parts)
+            except _RowError as exc:
+                quarantined.append(
+                    _quarantine(source, line_no, raw, exc.reason, exc.detail, parts[0])
+                )
+                continue
+            seen[(qrel.qid, qrel.did)] = line_no
+            rows.append(qrel)
+    return ReadResult(rows=rows, quarantined=quarantined)
+
+
+def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
+    """Read UniIR's `query_instructions.tsv`.
+
+    The header is query_modality, cand_modality, dataset_name, dataset_id, then
+    prompt_1..prompt_n; rows without a prompt are quarantined.
+    """
+    source = source_name(path, root)
+    rows: list[Instruction] = []
+    quarantined: list[QuarantinedRow] = []
+    with path.open("r", encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().rstrip("\n").split("\t")
+        required = ["query_modality", "cand_modality", "dataset_name", "dataset_id"]
+        if header[:4] != required:
+            raise LayoutError(f"{source}: header should start with {required}, got {header[:4]}")
+        for line_no, raw in enumerate(fh, start=2):
+            if not raw.strip():
+                continue
+            parts = raw.rstrip("\n").split("\t")
+            prompts = tuple(p.strip() for p in parts[4:] if p.strip())
+            if len(parts) < 5 or not prompts:
+                detail = "expected 4 key columns and at least one prompt"
+                quarantined.append(
+                    _quarantine(source, line_no, raw, Reason.BAD_INSTRUCTION_LINE, detail, None)
+                )
+                continue
+            rows.append(Instruction(*(p.strip() for p in parts[:4]), prompts=prompts))
+    return ReadResult(rows=rows, quarantined=quarantined)
