@@ -120,7 +120,7 @@ class FakeVLMResource(VLMResource):
     @property
     def fake(self) -> FakeVLM:
         if self._vlm is None:
-            self._vlm = FakeVLM(model=self.model_id, fail_first=dict(self.fail_first))
+            self._vlm = FakeVLM(model_id=self.model_id, fail_first=dict(self.fail_first))
         return self._vlm
 
     def create(self, artifacts: ArtifactLayout) -> VLM:

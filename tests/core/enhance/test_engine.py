@@ -340,8 +340,8 @@ def test_changing_the_corpus_prompt_recomputes_exactly_the_corpus_items(
 
 
 def test_a_different_model_is_not_served_another_models_outputs(corpus: Corpus, tmp_path: Path):
-    _run(corpus.items(), FakeVLM(model="model-a"), tmp_path / "cache")
-    _, stats = _run(corpus.items(), FakeVLM(model="model-b"), tmp_path / "cache")
+    _run(corpus.items(), FakeVLM(model_id="model-a"), tmp_path / "cache")
+    _, stats = _run(corpus.items(), FakeVLM(model_id="model-b"), tmp_path / "cache")
     assert stats.cache_hits == 0 and stats.backend_calls == len(VLM_ITEMS)
 
 

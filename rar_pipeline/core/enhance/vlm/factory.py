@@ -62,7 +62,7 @@ def create_vlm(
 
         return OpenAIVLM(
             base_url=config.base_url,
-            model=model,
+            model_id=model,
             api_key_env=config.api_key_env,
             max_concurrency=config.max_concurrency,
             timeout_s=config.timeout_s,

@@ -18,24 +18,20 @@ class FakeVLM:
     """Deterministic stand-in for a VLM.
 
     Attributes:
-        model: reported as `model_id` (part of cache keys).
+        model_id: part of cache keys.
         fail_first: marker -> how many times requests containing it (in the user text or the
             image file name) fail before succeeding; a large number fails them for good.
         answer_questions: misbehave on QA prompts by answering instead of rewriting.
         requests: every request received, in order.
     """
 
-    model: str = "fake-vlm"
+    model_id: str = "fake-vlm"
     fail_first: dict[str, int] = field(default_factory=dict)
     answer_questions: bool = False
     requests: list[VLMRequest] = field(default_factory=list)
     _failures: Counter = field(default_factory=Counter)
 
     backend = "fake"
-
-    @property
-    def model_id(self) -> str:
-        return self.model
 
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMResult]:
         """One scripted result per request."""

@@ -86,7 +86,7 @@ class OpenAIVLM:
             `{base_url}/chat/completions`. Several roots separated by commas form a fleet:
             requests are spread round-robin over them, and a retry goes to the next one
             (so one server down or overloaded only costs its share of attempts).
-        model: the model name the server knows; also this backend's `model_id`.
+        model_id: the model name the server knows.
         api_key_env: environment variable holding the API key. Unset or empty sends no
             Authorization header (local servers usually need none).
         max_concurrency: most requests in flight at once.
@@ -109,7 +109,7 @@ class OpenAIVLM:
         self,
         *,
         base_url: str,
-        model: str,
+        model_id: str,
         api_key_env: str = DEFAULTS.api_key_env,
         max_concurrency: int = DEFAULTS.max_concurrency,
         timeout_s: float = DEFAULTS.timeout_s,
@@ -122,8 +122,8 @@ class OpenAIVLM:
         bad = [u for u in roots if not u.lower().startswith(("http://", "https://"))]
         if not roots or bad:
             raise ValueError(f"base_url must be http(s) URLs, got {base_url!r}")
-        if not model:
-            raise ValueError("model must be a non-empty model name")
+        if not model_id:
+            raise ValueError("model_id must be a non-empty model name")
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         if not timeout_s > 0:
@@ -144,7 +144,7 @@ class OpenAIVLM:
         self._base_url = base_url
         self._urls = [f"{u.rstrip('/')}/chat/completions" for u in roots]
         self._next = itertools.count()  # next() on a count is atomic under the GIL
-        self._model = model
+        self._model_id = model_id
         self.api_key_env = api_key_env
         self.max_concurrency = max_concurrency
         self.timeout_s = float(timeout_s)
@@ -154,7 +154,7 @@ class OpenAIVLM:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(base_url={self._base_url!r}, model={self._model!r}, "
+            f"{type(self).__name__}(base_url={self._base_url!r}, model_id={self._model_id!r}, "
             f"api_key_env={self.api_key_env!r}, max_concurrency={self.max_concurrency})"
         )
 
@@ -164,7 +164,7 @@ class OpenAIVLM:
 
     @property
     def model_id(self) -> str:
-        return self._model
+        return self._model_id
 
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMResult]:
         """Send every request to the server and collect the replies.
@@ -219,7 +219,7 @@ class OpenAIVLM:
         sampling = request.sampling
         body = {
             **self._extra_body,
-            "model": self._model,
+            "model": self._model_id,
             "messages": messages,
             "temperature": sampling.temperature,
             "top_p": sampling.top_p,

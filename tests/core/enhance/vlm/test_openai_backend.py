@@ -170,7 +170,7 @@ def png(tmp_path: Path) -> Path:
 def make_vlm(server: ScriptedServer, **overrides: Any) -> OpenAIVLM:
     options: dict[str, Any] = {
         "base_url": server.base_url,
-        "model": "test-vlm",
+        "model_id": "test-vlm",
         "api_key_env": KEY_ENV,
         "timeout_s": 5.0,
         "max_retries": 3,
@@ -373,7 +373,9 @@ def test_connection_errors_are_retried_then_reported() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     # nothing listens on the port any more: every connect is refused
-    vlm = OpenAIVLM(base_url=f"http://127.0.0.1:{port}/v1", model="m", max_retries=1, backoff_s=0)
+    vlm = OpenAIVLM(
+        base_url=f"http://127.0.0.1:{port}/v1", model_id="m", max_retries=1, backoff_s=0
+    )
 
     [result] = vlm.generate([request()])
 
@@ -508,4 +510,4 @@ def test_a_retry_goes_to_the_next_server_of_the_fleet(server: ScriptedServer) ->
 
 def test_a_fleet_of_non_http_urls_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
-        OpenAIVLM(base_url="http://127.0.0.1:1/v1,file:///etc/passwd", model="m")
+        OpenAIVLM(base_url="http://127.0.0.1:1/v1,file:///etc/passwd", model_id="m")
