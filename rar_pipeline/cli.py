@@ -27,7 +27,8 @@ GRAPH_FLAGS = [s for s in SETTINGS if s.flag and s.name not in ("data_root", "ar
 
 def _add_setting(parser: argparse._ActionsContainer, setting: Setting, **overrides) -> None:
     """A flag for a setting: unset (None) unless given, so the environment can decide."""
-    default_help = f" (default: ${setting.env}, else the project default)"
+    fallback = "the project default" if callable(setting.default) else repr(setting.default)
+    default_help = f" (default: ${setting.env}, else {fallback})"
     parser.add_argument(
         setting.flag,
         dest=setting.name,

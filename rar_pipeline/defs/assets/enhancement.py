@@ -7,6 +7,7 @@ fresh. The cache then recomputes only the items whose key changed.
 """
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,25 @@ GROUP = "enhancement"
 def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult:
     attempted = stats.items - stats.items_by_type.get("text", 0)
     return failure_rate_result(stats.failures, attempted, vlm.max_failure_rate)
+
+
+def _run_step(
+    step: Callable[..., Any],
+    records: list[Any],
+    corpus: CorpusResource,
+    vlm: VLMResource,
+    desc: str,
+    **kwargs: Any,
+) -> tuple[VLM, Any]:
+    """Run a VLM-backed core step over records with the configured backend and the cache."""
+    paths = corpus.artifacts()
+    backend = vlm.create(paths)
+    cache = EnhancementCache(paths.enhancement_cache)
+    with progress_bar(desc, len(records)) as progress:
+        result = step(
+            records, corpus.root, backend, cache, vlm.options(), progress=progress, **kwargs
+        )
+    return backend, result
 
 
 def _enhanced(
@@ -116,16 +136,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         """Dense captions of the shard's image and image+text candidates (cached)."""
         shard, paths = context.partition_key, corpus.artifacts()
         cands = read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
-        backend = vlm.create(paths)
-        with progress_bar(f"captions {shard}", len(cands)) as progress:
-            result = caption_candidates(
-                cands,
-                corpus.root,
-                backend,
-                EnhancementCache(paths.enhancement_cache),
-                vlm.options(),
-                progress=progress,
-            )
+        backend, result = _run_step(caption_candidates, cands, corpus, vlm, f"captions {shard}")
         path = write_parquet(result.frame, paths.captions(shard))
         return dg.MaterializeResult(
             metadata=_enhanced(context, backend, result.stats, path, result.samples),
@@ -177,17 +188,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         """Queries as the retriever embeds them: caption, QA rewrite or distilled constraints."""
         task, paths = context.partition_key, corpus.artifacts()
         qs = read_records(paths.queries(task), Query, f"queries[{task}]")
-        backend = vlm.create(paths)
-        with progress_bar(f"queries {task}", len(qs)) as progress:
-            result = rewrite_queries(
-                qs,
-                corpus.root,
-                backend,
-                EnhancementCache(paths.enhancement_cache),
-                vlm.options(),
-                task=task,
-                progress=progress,
-            )
+        backend, result = _run_step(rewrite_queries, qs, corpus, vlm, f"queries {task}", task=task)
         merged = result.merged
         path = write_parquet(merged.frame, paths.enhanced_queries(task))
         return dg.MaterializeResult(
