@@ -6,6 +6,7 @@ These are the pure steps behind the `candidate_pool` and `queries` assets and be
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,10 @@ def ingest_queries(
             "qrels_rows": len(qrels),
             "instructions": [list(i.prompts) for i in instructions],
             "instructions_quarantined": bad_instructions,
+            # kept apart by split (`Query.key`), but worth knowing: a leak risk upstream
+            "qids_in_several_splits": sorted(
+                qid for qid, n in Counter(q.qid for q in rows).items() if n > 1
+            ),
         },
     )
 

@@ -75,6 +75,11 @@ class Query:
     task_id: int | None = None
     src_content: str | None = None
 
+    @property
+    def key(self) -> str:
+        """Unique within a task: a qid may recur in another split with other text."""
+        return f"{self.split}/{self.qid}"
+
 
 @dataclass(frozen=True)
 class Qrel:

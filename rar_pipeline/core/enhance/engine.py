@@ -66,7 +66,7 @@ class WorkItem:
     """One item to enhance.
 
     Attributes:
-        item_id: the did or qid.
+        item_id: the did, or the query's `key` (split and qid): unique within a run.
         item_type: the candidate or query type.
         spec: the prompt; None for items that pass through unchanged (text-only).
         txt: the item's own text.
@@ -148,7 +148,7 @@ def plan_candidate(candidate: Candidate, root: Path) -> WorkItem:
 
 def plan_query(query: Query, root: Path, override: QueryType | str | None = None) -> WorkItem:
     """Route a query to its prompt; prompts that do not send images (modification) get none."""
-    return _plan(query.qid, classify_query(query, override), query.txt, query.img_path, root)
+    return _plan(query.key, classify_query(query, override), query.txt, query.img_path, root)
 
 
 def build_request(item: WorkItem, options: EnhanceOptions = DEFAULT_OPTIONS) -> VLMRequest:
@@ -233,7 +233,13 @@ def run_enhancement(
 
     Returns:
         Output per item id, and the statistics.
+
+    Raises:
+        ValueError: two items share an id (one would silently get the other's output).
     """
+    repeated = [i for i, n in Counter(item.item_id for item in items).items() if n > 1]
+    if repeated:
+        raise ValueError(f"item ids must be unique in a run; repeated: {repeated[:5]}")
     started = time.perf_counter()
     stats = EnhanceStats()
     outputs: dict[str, ItemOutput] = {}

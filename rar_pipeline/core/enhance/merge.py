@@ -160,14 +160,14 @@ def merge_queries(
 
     Args:
         queries: one task's queries, every split.
-        outputs: `run_enhancement`'s output per qid (it carries the query type).
+        outputs: `run_enhancement`'s output per query key (it carries the query type).
         policy: the guard's policy for rewrites that contradict the question.
         n_samples: how many enhanced items to keep as samples.
     """
     merged = Merged(frame=pd.DataFrame(columns=QUERY_COLUMNS))
     rows = []
     for q in queries:
-        out = outputs[q.qid]
+        out = outputs[q.key]
         query_type = QueryType(out.item_type)
         generated, flags = out.generated, ()
         if generated and query_type is QueryType.QA:

@@ -121,8 +121,14 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
             "qrels_rows": report.extra["qrels_rows"],
             "instructions": report.extra["instructions"],
             "instructions_quarantined": len(report.extra["instructions_quarantined"]),
+            "qids_in_several_splits": len(shared := report.extra["qids_in_several_splits"]),
         }
     )
+    if shared:
+        context.log.warning(
+            f"{len(shared)} qids appear in more than one split (e.g. {shared[:3]}); each split's "
+            "query keeps its own text and rewrite, but check the corpus for a train/test leak"
+        )
     return dg.MaterializeResult(
         metadata=metadata,
         data_version=dg.DataVersion(report.data_version),

@@ -405,3 +405,17 @@ def test_a_query_data_version_follows_its_qrels_too(corpus):
     qrels = corpus.qrels[TASK6]["test"]
     qrels.write_text(qrels.read_text().replace("77:22 1 6", "77:22 2 6"))
     assert ingest_queries(corpus, TASK6, None, known_dids=None).data_version != first
+
+
+def test_a_qid_in_two_splits_is_kept_in_both_and_reported(mini_corpus: Path):
+    from rar_pipeline.core.corpus.mbeir import query_file
+
+    test_file = discover(mini_corpus).queries["mbeir_mini_task6"]["test"]
+    first = test_file.read_text().splitlines()[0]
+    query_file(mini_corpus, "mbeir_mini_task6", "train").parent.mkdir(parents=True, exist_ok=True)
+    query_file(mini_corpus, "mbeir_mini_task6", "train").write_text(first + "\n")
+    layout = discover(mini_corpus)
+    known = {d for shard in layout.pools for d in ingest_pool(layout, shard, None).ids}
+    report = ingest_queries(layout, "mbeir_mini_task6", None, known_dids=known)
+    qid = report.extra["qids_in_several_splits"]
+    assert len(qid) == 1 and report.ids.count(qid[0]) == 2

@@ -71,8 +71,8 @@ class Corpus:
 
 
 # ids of the items a VLM sees, and of those that pass through
-VLM_ITEMS = {"c-img", "c-imgtxt", "q-img", "q-qa", "q-mod"}
-TEXT_ITEMS = {"c-text", "q-text"}
+VLM_ITEMS = {"c-img", "c-imgtxt", "test/q-img", "test/q-qa", "test/q-mod"}
+TEXT_ITEMS = {"c-text", "test/q-text"}
 
 
 @pytest.fixture
@@ -137,15 +137,15 @@ def _requests_for(fake: FakeVLM, corpus: Corpus, item_id: str) -> list[VLMReques
 
 def test_planning_routes_each_type_to_its_prompt(corpus: Corpus):
     planned = {w.item_id: w for w in corpus.items()}
-    assert planned["c-text"].spec is None and planned["q-text"].spec is None
+    assert planned["c-text"].spec is None and planned["test/q-text"].spec is None
     assert planned["c-img"].spec is CORPUS_CAPTION
     assert planned["c-imgtxt"].spec is CORPUS_CAPTION
-    assert planned["q-img"].spec is QUERY_CAPTION
-    assert planned["q-qa"].spec is QA_REWRITE
-    assert planned["q-mod"].spec is MODIFICATION
+    assert planned["test/q-img"].spec is QUERY_CAPTION
+    assert planned["test/q-qa"].spec is QA_REWRITE
+    assert planned["test/q-mod"].spec is MODIFICATION
     assert planned["c-imgtxt"].image_path == corpus.image("c-imgtxt")
-    assert planned["q-qa"].image_path == corpus.image("q-qa")
-    assert planned["q-mod"].image_path is None  # the image is never sent for modification
+    assert planned["test/q-qa"].image_path == corpus.image("q-qa")
+    assert planned["test/q-mod"].image_path is None  # the image is never sent for modification
 
 
 def test_a_modification_request_never_carries_an_image_even_if_one_is_planned(corpus: Corpus):
@@ -232,19 +232,19 @@ def test_captions_are_capped_at_the_prompts_word_cap(corpus: Corpus, tmp_path: P
     assert all(r.max_words for r in fake.requests)
     assert len(outputs["c-img"].generated.split()) == CORPUS_CAPTION.max_words == 100
     assert len(outputs["c-imgtxt"].generated.split()) == 100
-    assert len(outputs["q-img"].generated.split()) == QUERY_CAPTION.max_words == 50
-    assert query_text("image", corpus.queries["q-img"].txt, outputs["q-img"].generated) == (
-        outputs["q-img"].generated
+    assert len(outputs["test/q-img"].generated.split()) == QUERY_CAPTION.max_words == 50
+    assert query_text("image", corpus.queries["q-img"].txt, outputs["test/q-img"].generated) == (
+        outputs["test/q-img"].generated
     )
 
 
 def test_rewrites_become_the_query_text(corpus: Corpus, tmp_path: Path):
     outputs, _ = _run(corpus.items(), FakeVLM(), tmp_path / "cache")
     qa = corpus.queries["q-qa"]
-    rewritten = query_text(classify_query(qa), qa.txt, outputs["q-qa"].generated)
+    rewritten = query_text(classify_query(qa), qa.txt, outputs["test/q-qa"].generated)
     assert rewritten == "who makes this (seen in query2)?"
     mod = corpus.queries["q-mod"]
-    assert query_text(classify_query(mod), mod.txt, outputs["q-mod"].generated) == "but in red"
+    assert query_text(classify_query(mod), mod.txt, outputs["test/q-mod"].generated) == "but in red"
 
 
 # ---------------------------------------------------------------------------
@@ -405,7 +405,7 @@ def test_an_answer_instead_of_a_rewrite_is_a_contract_failure_without_retries(
 ):
     fake = FakeVLM(answer_questions=True)
     outputs, stats = _run(corpus.items(), fake, tmp_path / "cache", max_attempts=3)
-    qa = outputs["q-qa"]
+    qa = outputs["test/q-qa"]
     assert qa.status == "failed" and qa.generated is None
     assert qa.error and qa.error.startswith("contract")
     assert qa.attempts == 1
@@ -414,7 +414,7 @@ def test_an_answer_instead_of_a_rewrite_is_a_contract_failure_without_retries(
     # the retriever falls back to the original question, never the answer
     query = corpus.queries["q-qa"]
     assert query_text(classify_query(query), query.txt, qa.generated) == QUESTION
-    assert all(outputs[i].status == "generated" for i in VLM_ITEMS - {"q-qa"})
+    assert all(outputs[i].status == "generated" for i in VLM_ITEMS - {"test/q-qa"})
 
 
 def test_a_rewrite_that_adds_too_many_words_is_rejected(corpus: Corpus, tmp_path: Path):
@@ -425,8 +425,8 @@ def test_a_rewrite_that_adds_too_many_words_is_rejected(corpus: Corpus, tmp_path
             return super()._one(request)
 
     outputs, _ = _run(corpus.items(), Verbose(), tmp_path / "cache")
-    assert outputs["q-qa"].status == "failed"
-    assert "5 words" in (outputs["q-qa"].error or "")
+    assert outputs["test/q-qa"].status == "failed"
+    assert "5 words" in (outputs["test/q-qa"].error or "")
 
 
 def test_an_unreadable_image_fails_only_its_item(corpus: Corpus, tmp_path: Path):

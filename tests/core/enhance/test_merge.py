@@ -298,10 +298,10 @@ def test_merge_queries_merges_every_query_type_with_its_output():
         _query("6:4", Modality.IMAGE_TEXT, "same one but in red", "img/q4.png"),
     ]
     outputs = {
-        "6:1": _out("6:1", QueryType.TEXT, None, "passthrough"),
-        "6:2": _out("6:2", QueryType.IMAGE, "a lake at dusk"),
-        "6:3": _out("6:3", QueryType.QA, "what lake is near Geneva in this photo?"),
-        "6:4": _out("6:4", QueryType.MODIFICATION, "colour: red"),
+        "test/6:1": _out("6:1", QueryType.TEXT, None, "passthrough"),
+        "test/6:2": _out("6:2", QueryType.IMAGE, "a lake at dusk"),
+        "test/6:3": _out("6:3", QueryType.QA, "what lake is near Geneva in this photo?"),
+        "test/6:4": _out("6:4", QueryType.MODIFICATION, "colour: red"),
     }
     merged = merge_queries(queries, outputs, GuardPolicy.KEEP)
     frame = merged.frame
@@ -322,7 +322,7 @@ def test_merge_queries_merges_every_query_type_with_its_output():
 
 def test_a_failed_rewrite_falls_back_to_the_question_and_keeps_the_error():
     queries = [_query("6:3", Modality.IMAGE_TEXT, QUESTION, "img/q3.png")]
-    outputs = {"6:3": _out("6:3", QueryType.QA, None, "failed")}
+    outputs = {"test/6:3": _out("6:3", QueryType.QA, None, "failed")}
     row = _row(merge_queries(queries, outputs, GuardPolicy.KEEP).frame, "qid", "6:3")
     assert row["enhanced_txt"] == QUESTION
     assert row["status"] == "failed"
@@ -332,7 +332,7 @@ def test_a_failed_rewrite_falls_back_to_the_question_and_keeps_the_error():
 def test_the_query_type_comes_from_the_output_not_from_the_query_text():
     # a task override planned this question as a modification: no QA guard, no QA routing
     queries = [_query("6:3", Modality.IMAGE_TEXT, QUESTION, "img/q3.png")]
-    outputs = {"6:3": _out("6:3", QueryType.MODIFICATION, CONTRADICTING_REWRITE)}
+    outputs = {"test/6:3": _out("6:3", QueryType.MODIFICATION, CONTRADICTING_REWRITE)}
     merged = merge_queries(queries, outputs, GuardPolicy.DROP)
     row = _row(merged.frame, "qid", "6:3")
     assert row["query_type"] == "modification"
@@ -347,7 +347,7 @@ def test_the_query_type_comes_from_the_output_not_from_the_query_text():
 )
 def test_the_guard_checks_qa_rewrites_against_the_question(policy, expected_dropped):
     queries = [_query("6:3", Modality.IMAGE_TEXT, QUESTION, "img/q3.png")]
-    outputs = {"6:3": _out("6:3", QueryType.QA, CONTRADICTING_REWRITE)}
+    outputs = {"test/6:3": _out("6:3", QueryType.QA, CONTRADICTING_REWRITE)}
     merged = merge_queries(queries, outputs, policy)
     row = _row(merged.frame, "qid", "6:3")
     assert row["guard_flagged"] == ["como"]
@@ -370,8 +370,8 @@ def test_the_guard_leaves_image_captions_and_modifications_alone():
         _query("6:4", Modality.IMAGE_TEXT, "Same as Geneva one but $9.99", "img/q4.png"),
     ]
     outputs = {
-        "6:2": _out("6:2", QueryType.IMAGE, "Lake Como, priced $4.99"),
-        "6:4": _out("6:4", QueryType.MODIFICATION, "Lake Como style, price $4.99"),
+        "test/6:2": _out("6:2", QueryType.IMAGE, "Lake Como, priced $4.99"),
+        "test/6:4": _out("6:4", QueryType.MODIFICATION, "Lake Como style, price $4.99"),
     }
     merged = merge_queries(queries, outputs, GuardPolicy.DROP)
     assert list(merged.frame["enhanced_txt"]) == [
@@ -395,9 +395,9 @@ def test_merge_queries_samples_enhanced_queries_only():
         _query("6:3", Modality.IMAGE_TEXT, QUESTION, "img/q3.png"),
     ]
     outputs = {
-        "6:1": _out("6:1", QueryType.TEXT, None, "passthrough"),
-        "6:2": _out("6:2", QueryType.IMAGE, "a lake at dusk"),
-        "6:3": _out("6:3", QueryType.QA, "what lake is near Geneva here?"),
+        "test/6:1": _out("6:1", QueryType.TEXT, None, "passthrough"),
+        "test/6:2": _out("6:2", QueryType.IMAGE, "a lake at dusk"),
+        "test/6:3": _out("6:3", QueryType.QA, "what lake is near Geneva here?"),
     }
     merged = merge_queries(queries, outputs, GuardPolicy.KEEP, n_samples=5)
     assert merged.samples == [
@@ -418,7 +418,7 @@ def test_merging_no_queries_gives_an_empty_frame_with_the_query_columns():
 
 def test_an_image_query_whose_caption_failed_counts_as_without_enhanced_text():
     queries = [_query("6:2", Modality.IMAGE, None, "img/q2.png")]
-    outputs = {"6:2": _out("6:2", QueryType.IMAGE, None, "failed")}
+    outputs = {"test/6:2": _out("6:2", QueryType.IMAGE, None, "failed")}
     merged = merge_queries(queries, outputs, GuardPolicy.KEEP)
     assert pd.isna(_row(merged.frame, "qid", "6:2")["enhanced_txt"])
     assert merged.without_enhanced_txt == 1

@@ -125,3 +125,25 @@ def test_code_versions_name_every_enhancement_asset():
     assert strict["corpus_captions"] == versions["corpus_captions"]
     assert strict["enhanced_corpus"] != versions["enhanced_corpus"]
     assert strict["enhanced_queries"] != versions["enhanced_queries"]
+
+
+def test_a_qid_in_two_splits_keeps_each_splits_own_rewrite(root: Path, tmp_path: Path):
+    """Results are keyed by split and qid: train text never reaches the test query."""
+    train = Query(
+        "7:1", Modality.IMAGE_TEXT, "who sells this one?", "img/a.png", ("c1",), split="train"
+    )
+    test = Query("7:1", Modality.IMAGE_TEXT, "who makes this?", "img/b.png", ("c1",), split="test")
+    result = rewrite_queries(
+        [train, test], root, FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions(), task="t"
+    )
+    frame = result.merged.frame.set_index("split")
+    assert frame.loc["train", "enhanced_txt"] == "who sells this one (seen in a)?"
+    assert frame.loc["test", "enhanced_txt"] == "who makes this (seen in b)?"
+
+
+def test_two_items_with_one_id_are_refused(root: Path, tmp_path: Path):
+    twice = [CANDIDATES[1], CANDIDATES[1]]
+    with pytest.raises(ValueError, match="unique"):
+        caption_candidates(
+            twice, root, FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions()
+        )
