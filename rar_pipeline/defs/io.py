@@ -43,13 +43,25 @@ def data_version(frame: pd.DataFrame, column: str) -> dg.DataVersion:
     return dg.DataVersion(values_hash(frame[column].tolist()))
 
 
+# Metadata is stored per event in run and event storage and shown in the UI: item text
+# (which may be megabytes per row) is clipped to this many characters wherever it is shown.
+CELL_CHARS = 200
+
+
+def clip(value: Any, limit: int = CELL_CHARS) -> str:
+    """A value as one short line for a table cell or a log message."""
+    text = str(value if value is not None else "")
+    text = text[: limit + 1].replace("|", "/").replace("\n", " ⏎ ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> dg.MetadataValue:
+    """A markdown table whose every cell is clipped."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(clip(cell) for cell in row) + " |" for row in rows]
+    return dg.MetadataValue.md("\n".join(lines))
+
+
 def samples_table(rows: list[tuple[str, Any, Any]]) -> dg.MetadataValue:
     """A markdown table of (id, before, after) samples."""
-
-    def cell(value: Any) -> str:
-        text = str(value if value is not None else "")
-        return text.replace("|", "/").replace("\n", " ⏎ ")[:200]
-
-    lines = ["| id | before | after |", "|---|---|---|"]
-    lines += [f"| {i} | {cell(before)} | {cell(after)} |" for i, before, after in rows]
-    return dg.MetadataValue.md("\n".join(lines))
+    return markdown_table(["id", "before", "after"], [list(row) for row in rows])

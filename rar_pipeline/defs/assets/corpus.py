@@ -13,6 +13,7 @@ from rar_pipeline.core.corpus.ingest import (
     known_candidate_ids,
 )
 from rar_pipeline.defs.checks import quarantine_rate_result, quarantine_rate_spec
+from rar_pipeline.defs.io import clip, markdown_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource
 
@@ -37,7 +38,9 @@ def _report_metadata(report: IngestReport) -> dict[str, Any]:
         "quarantine_rate": summary["quarantine_rate"],
         "quarantined_by_reason": summary["by_reason"],
         "sources": report.sources,
-        "preview": dg.MetadataValue.md(report.preview.head(5).to_markdown(index=False))
+        "preview": markdown_table(
+            list(report.preview.columns), report.preview.head(5).values.tolist()
+        )
         if not report.preview.empty
         else "(no rows)",
     }
@@ -46,14 +49,12 @@ def _report_metadata(report: IngestReport) -> dict[str, Any]:
     if report.quarantine_file is not None:
         metadata["quarantine_file"] = dg.MetadataValue.path(str(report.quarantine_file))
     if report.quarantined:
-        sample = report.quarantined[:10]
-        metadata["quarantine_sample"] = dg.MetadataValue.md(
-            "| source | line | id | reason | detail |\n|---|---|---|---|---|\n"
-            + "\n".join(
-                f"| {q.source} | {q.line} | {q.row_id or ''} | {q.reason.value} | "
-                f"{q.detail.replace('|', '/')[:120]} |"
-                for q in sample
-            )
+        metadata["quarantine_sample"] = markdown_table(
+            ["source", "line", "id", "reason", "detail"],
+            [
+                [q.source, q.line, q.row_id, q.reason.value, q.detail]
+                for q in report.quarantined[:10]
+            ],
         )
     return metadata
 
@@ -119,15 +120,16 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
         {
             "rows_per_split": {s: v["rows"] for s, v in report.extra["splits"].items()},
             "qrels_rows": report.extra["qrels_rows"],
-            "instructions": report.extra["instructions"],
+            "instructions": [[clip(p) for p in ps] for ps in report.extra["instructions"][:20]],
             "instructions_quarantined": len(report.extra["instructions_quarantined"]),
             "qids_in_several_splits": len(shared := report.extra["qids_in_several_splits"]),
         }
     )
     if shared:
         context.log.warning(
-            f"{len(shared)} qids appear in more than one split (e.g. {shared[:3]}); each split's "
-            "query keeps its own text and rewrite, but check the corpus for a train/test leak"
+            f"{len(shared)} qids appear in more than one split (e.g. "
+            f"{[clip(q, 60) for q in shared[:3]]}); each split's query keeps its own text and "
+            "rewrite, but check the corpus for a train/test leak"
         )
     return dg.MaterializeResult(
         metadata=metadata,
