@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,15 +77,42 @@ class PromptSpec:
         )
 
 
+# Bump when `delimit` changes what reaches the model: it is part of every prompt's version.
+DELIMITING = "2"
+# Any tag naming the data block, whatever its case, spacing, separators or attributes.
+_BLOCK_TAG = re.compile(r"<\s*(/?)\s*item[\s_\-]*text\b[^>]*>", re.IGNORECASE)
+# Chat-template control tokens of the model families the backends run (Qwen/ChatML,
+# Llama 2 and 3, Mistral, LLaVA, Gemma, Phi) and image placeholders: a tokenizer turns
+# these exact strings into control tokens, so item text must never carry them verbatim.
+_CONTROL_TOKEN = re.compile(
+    r"<\|[^<>|\s]{1,40}\|>"  # <|im_start|> <|im_end|> <|eot_id|> <|image_pad|> <|user|>
+    r"|\[/?(?:INST|SYS)\]|<</?SYS>>"  # Llama 2 / Mistral
+    r"|</?s>|<(?:start|end)_of_turn>|<(?:bos|eos|pad|unk)>"  # sentencepiece, Gemma
+    r"|<(?:image|video)>",  # LLaVA-style placeholders
+    re.IGNORECASE,
+)
+
+
+def _neutral(token: str) -> str:
+    """A visible, harmless spelling of a control token: <|im_end|> -> (im_end)."""
+    return "(" + token.strip("<>[]|/ ") + ")"
+
+
 def delimit(text: str | None) -> str:
     """Wrap item text as data.
 
-    Tag look-alikes inside it are neutralised so it cannot close the block and smuggle
-    instructions after it.
+    Before wrapping, the text is NFKC-normalised (so full-width look-alikes such as
+    "＜/item_text＞" become plain characters) and stripped of invisible format characters
+    (zero-width spaces and joiners, bidi controls), then every tag that names the block and
+    every chat-template control token is neutralised. Item text can neither close the block
+    nor open a new turn.
     """
     if not text:
         return "<item_text>\n(none)\n</item_text>"
-    cleaned = re.sub(r"<\s*(/?)\s*item_text\s*>", r"(\1item_text)", text, flags=re.IGNORECASE)
+    cleaned = unicodedata.normalize("NFKC", text)
+    cleaned = "".join(ch for ch in cleaned if unicodedata.category(ch) != "Cf")
+    cleaned = _BLOCK_TAG.sub(lambda m: f"({m.group(1)}item_text)", cleaned)
+    cleaned = _CONTROL_TOKEN.sub(lambda m: _neutral(m.group(0)), cleaned)
     return f"<item_text>\n{cleaned}\n</item_text>"
 
 
@@ -195,6 +223,7 @@ def prompt_version(spec: PromptSpec) -> str:
     """A short hash of everything in the prompt that can change the model's output."""
     payload = json.dumps(
         [
+            DELIMITING,
             spec.name,
             spec.system,
             spec.user_template,
