@@ -169,6 +169,7 @@ def _validate(args: argparse.Namespace) -> int:
             json.dumps(
                 {
                     "data_root": str(layout.root),
+                    "skipped": layout.skipped,
                     "rows": total_rows,
                     "quarantined": total_bad,
                     "files": {r.key: r.summary for r in reports},
@@ -188,6 +189,8 @@ def _validate(args: argparse.Namespace) -> int:
         )
     else:
         print(f"{layout.root}: {len(layout.pools)} pool shards, {len(layout.queries)} tasks")
+        for path, why in layout.skipped.items():
+            print(f"  skipped {path}: {why}")
         print(f"{'shard / task':<48} {'rows':>9} {'quarantined':>12}  reasons")
         for r in reports:
             reasons = ", ".join(f"{k}={v}" for k, v in r.summary["by_reason"].items())
@@ -243,7 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "force": args.force,
             }
             return _run_graph(settings, args, build_demo=demo_config)
-    except (LayoutError, FileExistsError, ValueError, KeyError) as exc:
+    except (LayoutError, OSError, ValueError, KeyError) as exc:
         print(f"rar: error: {exc}", file=sys.stderr)
         return 2
     except RuntimeError as exc:  # a failed step (defs.launch.StepFailed)

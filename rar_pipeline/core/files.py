@@ -42,7 +42,13 @@ def _update_with_file(digest: Any, path: Path) -> None:
 
 
 def file_hash(path: Path) -> str:
-    """Hex sha256 of a file's bytes."""
+    """Hex sha256 of a file's bytes.
+
+    Raises:
+        OSError: the path is not a regular file (reading a FIFO or a device would block).
+    """
+    if not Path(path).is_file():
+        raise OSError(f"{path} is not a regular file")
     digest = hashlib.sha256()
     _update_with_file(digest, path)
     return digest.hexdigest()

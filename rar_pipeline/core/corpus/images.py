@@ -41,6 +41,8 @@ def check_image(path: Path, check: ImageCheck) -> tuple[str, str] | None:
     if check.level == ImageCheckLevel.OFF:
         return None
     if not path.is_file():
+        if path.exists():  # a directory, FIFO or device: opening it could block forever
+            return "image_unreadable", "not a regular file"
         return "image_missing", "file not found"
     if check.level == ImageCheckLevel.EXISTS:
         return None

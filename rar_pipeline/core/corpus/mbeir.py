@@ -41,6 +41,7 @@ class CorpusLayout:
         queries: task name (e.g. ``mbeir_cirr_task7``) -> split -> query file.
         qrels: task name -> split -> qrels file.
         instructions: the instructions TSV, when the corpus has one.
+        skipped: paths named like data files that are not files, with why they were skipped.
     """
 
     root: Path
@@ -48,6 +49,7 @@ class CorpusLayout:
     queries: dict[str, dict[str, Path]] = field(default_factory=dict)
     qrels: dict[str, dict[str, Path]] = field(default_factory=dict)
     instructions: Path | None = None
+    skipped: dict[str, str] = field(default_factory=dict)
 
     def rel(self, path: Path) -> str:
         """`path` relative to the data root, as quarantine records name it."""
@@ -96,20 +98,31 @@ def discover(root: str | os.PathLike[str]) -> CorpusLayout:
     root = Path(root).resolve()
     if not root.is_dir():
         raise LayoutError(f"data root {root} is not a directory")
+    skipped: dict[str, str] = {}
+
+    def files(folder: str, pattern: str) -> list[Path]:
+        found = []
+        for path in sorted((root / folder).rglob(pattern)):
+            if path.is_file():
+                found.append(path)
+            else:  # a folder (or FIFO, device) named like a data file: say so, read nothing
+                skipped[source_name(path, root)] = "not a regular file"
+        return found
+
     pools: dict[str, Path] = {}
-    for path in sorted((root / "cand_pool").rglob("*.jsonl")):
+    for path in files("cand_pool", "*.jsonl"):
         if path.stem in pools:
             raise LayoutError(
                 f"two candidate pools are both named {path.stem!r}: {pools[path.stem]} and {path}"
             )
         pools[path.stem] = path
     queries: dict[str, dict[str, Path]] = {}
-    for path in sorted((root / "query").rglob("*.jsonl")):
+    for path in files("query", "*.jsonl"):
         m = _QUERY_FILE.match(path.name)
         if m:
             queries.setdefault(f"mbeir_{m['task']}", {})[m["split"]] = path
     qrels: dict[str, dict[str, Path]] = {}
-    for path in sorted((root / "qrels").rglob("*.txt")):
+    for path in files("qrels", "*.txt"):
         m = _QRELS_FILE.match(path.name)
         if m:
             qrels.setdefault(f"mbeir_{m['task']}", {})[m["split"]] = path
@@ -125,6 +138,7 @@ def discover(root: str | os.PathLike[str]) -> CorpusLayout:
         queries=queries,
         qrels=qrels,
         instructions=instructions if instructions.is_file() else None,
+        skipped=skipped,
     )
 
 
@@ -140,6 +154,8 @@ def resolve_in_root(root: Path, rel_path: str) -> Path:
     """
     if not rel_path or rel_path.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", rel_path):
         raise ValueError(f"image path {rel_path!r} is absolute or empty")
+    if "\x00" in rel_path:
+        raise ValueError(f"image path {rel_path!r} has a NUL byte")
     normalized = os.path.normpath(rel_path)
     if normalized == ".." or normalized.startswith(".." + os.sep) or normalized == ".":
         raise ValueError(f"image path {rel_path!r} leaves the data root")

@@ -117,6 +117,8 @@ class _ItemFields:
         """Quarantine reasons for the item's image: outside the root, missing, broken."""
         if not modality.has_image or img_path is None:
             return
+        if any(ord(ch) < 32 or ord(ch) == 127 for ch in img_path):
+            raise _RowError(Reason.BAD_PATH, f"image path {img_path!r} has control characters")
         try:
             path = resolve_in_root(root, img_path)
         except ValueError as exc:
@@ -162,21 +164,47 @@ def _cand_refs(obj: dict[str, Any], name: str) -> tuple[str, ...]:
 # readers
 
 
-def _iter_json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any] | None, str | None]]:
-    """Yield (line_no, raw, obj, error) for every non-blank line."""
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            if not raw.strip():
-                continue
+_BOM = b"\xef\xbb\xbf"
+
+
+def _text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
+    """Yield (line_no, text, error) for every non-blank line, decoded as strict UTF-8.
+
+    A byte-order mark at the start of the file is dropped. A line that is not valid UTF-8
+    comes with an error (its text decoded with replacement characters, for the record):
+    silently replacing bytes could make two different ids collide.
+    """
+    with path.open("rb") as fh:
+        for line_no, data in enumerate(fh, start=1):
+            if line_no == 1 and data.startswith(_BOM):
+                data = data[len(_BOM) :]
             try:
-                obj = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                yield line_no, raw, None, f"bad JSON: {exc.msg} at column {exc.colno}"
-                continue
-            if not isinstance(obj, dict):
-                yield line_no, raw, None, f"expected a JSON object, got {type(obj).__name__}"
-                continue
-            yield line_no, raw, obj, None
+                text, error = data.decode("utf-8"), None
+            except UnicodeDecodeError as exc:
+                text = data.decode("utf-8", errors="replace")
+                error = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
+            if text.strip():
+                yield line_no, text, error
+
+
+def _iter_json_lines(
+    path: Path,
+) -> Iterator[tuple[int, str, dict[str, Any] | None, Reason | None, str]]:
+    """Yield (line_no, raw, obj, reason, detail) for every non-blank line."""
+    for line_no, raw, error in _text_lines(path):
+        if error is not None:
+            yield line_no, raw, None, Reason.BAD_ENCODING, error
+            continue
+        try:
+            obj = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            yield line_no, raw, None, Reason.BAD_JSON, f"bad JSON: {exc.msg} at column {exc.colno}"
+            continue
+        if not isinstance(obj, dict):
+            detail = f"expected a JSON object, got {type(obj).__name__}"
+            yield line_no, raw, None, Reason.NOT_AN_OBJECT, detail
+            continue
+        yield line_no, raw, obj, None, ""
 
 
 def _quarantine(
@@ -204,14 +232,12 @@ def _read_rows(
     rows: list[T] = []
     quarantined: list[QuarantinedRow] = []
     seen: dict[str, int] = {}
-    for line_no, raw, obj, error in _iter_json_lines(path):
+    for line_no, raw, obj, reason, detail in _iter_json_lines(path):
         if progress is not None:
             progress(1)
         if obj is None:
-            reason = (
-                Reason.BAD_JSON if error and error.startswith("bad JSON") else Reason.NOT_AN_OBJECT
-            )
-            quarantined.append(_quarantine(source, line_no, raw, reason, error or "", None))
+            assert reason is not None
+            quarantined.append(_quarantine(source, line_no, raw, reason, detail, None))
             continue
         rid = raw_id(obj)
         try:
@@ -376,20 +402,17 @@ def read_qrels(
             )
         return Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(task_id))
 
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        for line_no, raw in enumerate(fh, start=1):
-            parts = raw.split()
-            if not parts:
-                continue
-            try:
-                qrel = parse(parts)
-            except _RowError as exc:
-                quarantined.append(
-                    _quarantine(source, line_no, raw, exc.reason, exc.detail, parts[0])
-                )
-                continue
-            seen[(qrel.qid, qrel.did)] = line_no
-            rows.append(qrel)
+    for line_no, raw, error in _text_lines(path):
+        parts = raw.split()
+        try:
+            if error is not None:
+                raise _RowError(Reason.BAD_ENCODING, error)
+            qrel = parse(parts)
+        except _RowError as exc:
+            quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, parts[0]))
+            continue
+        seen[(qrel.qid, qrel.did)] = line_no
+        rows.append(qrel)
     return ReadResult(rows=rows, quarantined=quarantined)
 
 
@@ -402,21 +425,19 @@ def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
     source = source_name(path, root)
     rows: list[Instruction] = []
     quarantined: list[QuarantinedRow] = []
-    with path.open("r", encoding="utf-8", errors="replace") as fh:
-        header = fh.readline().rstrip("\n").split("\t")
-        required = ["query_modality", "cand_modality", "dataset_name", "dataset_id"]
-        if header[:4] != required:
-            raise LayoutError(f"{source}: header should start with {required}, got {header[:4]}")
-        for line_no, raw in enumerate(fh, start=2):
-            if not raw.strip():
-                continue
-            parts = raw.rstrip("\n").split("\t")
-            prompts = tuple(p.strip() for p in parts[4:] if p.strip())
-            if len(parts) < 5 or not prompts:
-                detail = "expected 4 key columns and at least one prompt"
-                quarantined.append(
-                    _quarantine(source, line_no, raw, Reason.BAD_INSTRUCTION_LINE, detail, None)
-                )
-                continue
-            rows.append(Instruction(*(p.strip() for p in parts[:4]), prompts=prompts))
+    lines = _text_lines(path)
+    _, first, _ = next(lines, (1, "", None))
+    header = first.rstrip("\r\n").split("\t")
+    required = ["query_modality", "cand_modality", "dataset_name", "dataset_id"]
+    if header[:4] != required:
+        raise LayoutError(f"{source}: header should start with {required}, got {header[:4]}")
+    for line_no, raw, error in lines:
+        parts = raw.rstrip("\r\n").split("\t")
+        prompts = tuple(p.strip() for p in parts[4:] if p.strip())
+        if error is not None or len(parts) < 5 or not prompts:
+            reason = Reason.BAD_ENCODING if error else Reason.BAD_INSTRUCTION_LINE
+            detail = error or "expected 4 key columns and at least one prompt"
+            quarantined.append(_quarantine(source, line_no, raw, reason, detail, None))
+            continue
+        rows.append(Instruction(*(p.strip() for p in parts[:4]), prompts=prompts))
     return ReadResult(rows=rows, quarantined=quarantined)

@@ -105,6 +105,7 @@ class Instruction:
 class Reason(StrEnum):
     """Why a row was quarantined. The value is what quarantine files and metadata show."""
 
+    BAD_ENCODING = "bad_encoding"
     BAD_JSON = "bad_json"
     NOT_AN_OBJECT = "not_an_object"
     MISSING_FIELD = "missing_field"
@@ -112,6 +113,7 @@ class Reason(StrEnum):
     UNKNOWN_MODALITY = "unknown_modality"
     MODALITY_MISMATCH = "modality_mismatch"
     PATH_ESCAPES_ROOT = "path_escapes_root"
+    BAD_PATH = "bad_path"
     IMAGE_MISSING = "image_missing"
     IMAGE_UNREADABLE = "image_unreadable"
     IMAGE_TRUNCATED = "image_truncated"

@@ -126,10 +126,19 @@ def test_a_missing_file_passes_when_checks_are_off(missing):
     assert _check(missing, OFF) is None
 
 
-def test_a_folder_where_an_image_should_be_is_missing(tmp_path):
+def test_a_folder_where_an_image_should_be_is_unreadable(tmp_path):
     folder = tmp_path / "images.png"
     folder.mkdir()
-    assert _check(folder, EXISTS) == (Reason.IMAGE_MISSING, "file not found")
+    assert _check(folder, EXISTS) == (Reason.IMAGE_UNREADABLE, "not a regular file")
+
+
+def test_a_fifo_named_like_an_image_is_refused_without_opening_it(tmp_path):
+    import os
+
+    fifo = tmp_path / "photo.png"
+    os.mkfifo(fifo)  # opening it for reading would block until a writer came
+    for level in (EXISTS, HEADER, DECODE):
+        assert _check(fifo, level) == (Reason.IMAGE_UNREADABLE, "not a regular file")
 
 
 # ---------------------------------------------------------------------------
