@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from rar_pipeline.core.corpus.images import ImageCheck
 from rar_pipeline.core.corpus.mbeir import CorpusLayout
 from rar_pipeline.core.corpus.readers import (
+    KnownCandidates,
     read_candidates,
     read_instructions,
     read_qrels,
@@ -35,6 +36,7 @@ from rar_pipeline.core.corpus.records import (
     task_id_of,
 )
 from rar_pipeline.core.corpus.tables import (
+    read_quarantine,
     records_to_frame,
     summarize,
     write_parquet,
@@ -125,8 +127,8 @@ def ingest_pool(
     )
 
 
-def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> set[str]:
-    """Every valid candidate id across the given pool shards' outputs.
+def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> KnownCandidates:
+    """Every valid candidate id across the given pool shards' outputs, and the quarantined.
 
     Raises:
         MissingUpstreamError: naming the shards whose output does not exist yet.
@@ -138,9 +140,11 @@ def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> set
             "candidate_pool has not been materialized for: " + ", ".join(missing)
         )
     ids: set[str] = set()
+    quarantined: list[QuarantinedRow] = []
     for shard in shards:
         ids.update(pd.read_parquet(artifacts.pool(shard), columns=["did"])["did"])
-    return ids
+        quarantined += read_quarantine(artifacts.quarantine("candidate_pool", shard))
+    return KnownCandidates.of(ids, quarantined)
 
 
 def _instructions_for(
@@ -168,7 +172,7 @@ def ingest_queries(
     task: str,
     artifacts: ArtifactLayout | None,
     *,
-    known_dids: set[str] | None,
+    known_dids: KnownCandidates | set[str] | None,
     image_check: ImageCheck | None = None,
     progress: bool = False,
 ) -> IngestReport:
@@ -272,12 +276,13 @@ def validate_corpus(
     Returns:
         One report per pool shard, then one per query task.
     """
-    reports: list[IngestReport] = []
-    known: set[str] = set()
-    for shard in layout.pools:
-        report = ingest_pool(layout, shard, None, image_check=image_check, progress=progress)
-        reports.append(report)
-        known.update(report.ids)
+    reports = [
+        ingest_pool(layout, shard, None, image_check=image_check, progress=progress)
+        for shard in layout.pools
+    ]
+    known = KnownCandidates.of(
+        [i for r in reports for i in r.ids], [q for r in reports for q in r.quarantined]
+    )
     for task in tasks or layout.queries:
         reports.append(
             ingest_queries(

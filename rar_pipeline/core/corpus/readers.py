@@ -8,8 +8,8 @@ good rows go on. Only a missing or unreadable *file* raises.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Collection, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Collection, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -167,6 +167,45 @@ def _cand_refs(obj: dict[str, Any], name: str) -> tuple[str, ...]:
 _BOM = b"\xef\xbb\xbf"
 
 
+@dataclass(frozen=True)
+class KnownCandidates:
+    """The candidate ids queries may point at, and why others are missing.
+
+    Attributes:
+        valid: every candidate id that passed validation, across all pools.
+        quarantined: ids that were defined but quarantined -> "reason at source:line".
+    """
+
+    valid: frozenset[str]
+    quarantined: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def of(
+        cls, valid: Collection[str], quarantined: Iterable[QuarantinedRow] = ()
+    ) -> KnownCandidates:
+        rows = {
+            q.row_id: f"{q.reason.value} at {q.source}:{q.line}" for q in quarantined if q.row_id
+        }
+        return cls(frozenset(valid), {k: v for k, v in rows.items() if k not in valid})
+
+    def __contains__(self, did: object) -> bool:
+        return did in self.valid
+
+    def why_missing(self, did: str) -> str:
+        """Why a referenced id is not a valid candidate."""
+        if did in self.quarantined:
+            return f"{did} was quarantined ({self.quarantined[did]})"
+        return f"{did} is not in any pool"
+
+
+def _missing(known: Collection[str] | KnownCandidates, did: str) -> str:
+    return (
+        known.why_missing(did)
+        if isinstance(known, KnownCandidates)
+        else f"{did} is not in any pool"
+    )
+
+
 def _text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
     """Yield (line_no, text, error) for every non-blank line, decoded as strict UTF-8.
 
@@ -308,7 +347,7 @@ def read_queries(
     root: Path,
     *,
     split: str,
-    known_dids: Collection[str] | None = None,
+    known_dids: Collection[str] | KnownCandidates | None = None,
     image_check: ImageCheck | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ReadResult[Query]:
@@ -318,8 +357,9 @@ def read_queries(
         path: the query JSONL file.
         root: the data root that `query_img_path` values are relative to.
         split: the split this file belongs to (train / val / test).
-        known_dids: every candidate id the corpus defines; a query whose positive or
-            negative points outside it is quarantined. None skips the check.
+        known_dids: every valid candidate id (a `KnownCandidates` also says why the others
+            are missing); a query whose positive or negative points outside it is
+            quarantined. None skips the check.
         image_check: how hard to look at images (default: decode them fully).
         progress: called with 1 per line read, for progress bars.
 
@@ -337,10 +377,15 @@ def read_queries(
             raise _RowError(Reason.MISSING_FIELD, "pos_cand_list is empty: nothing to retrieve")
         negatives = _cand_refs(obj, "neg_cand_list")
         if known_dids is not None:
-            unknown = [d for d in (*positives, *negatives) if d not in known_dids]
+            unknown = [
+                f"{side} {_missing(known_dids, d)}"
+                for side, refs in (("positive", positives), ("negative", negatives))
+                for d in refs
+                if d not in known_dids
+            ]
             if unknown:
-                shown = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-                raise _RowError(Reason.UNKNOWN_REFERENCE, f"candidates not in any pool: {shown}")
+                more = f"; and {len(unknown) - 3} more" if len(unknown) > 3 else ""
+                raise _RowError(Reason.UNKNOWN_REFERENCE, "; ".join(unknown[:3]) + more)
         task_id = obj.get("task_id")
         if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
             if isinstance(task_id, str) and task_id.isdigit():
@@ -393,7 +438,7 @@ def read_qrels(
         if known_qids is not None and qid not in known_qids:
             problems.append(f"qid {qid!r} is not a valid query")
         if known_dids is not None and did not in known_dids:
-            problems.append(f"did {did!r} is not in any pool")
+            problems.append(f"did {_missing(known_dids, did)}")
         if problems:
             raise _RowError(Reason.UNKNOWN_REFERENCE, "; ".join(problems))
         if (qid, did) in seen:

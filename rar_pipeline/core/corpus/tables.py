@@ -12,7 +12,7 @@ from typing import Any
 
 import pandas as pd
 
-from rar_pipeline.core.corpus.records import Modality, QuarantinedRow, ReadResult
+from rar_pipeline.core.corpus.records import Modality, QuarantinedRow, ReadResult, Reason
 from rar_pipeline.core.files import write_atomic
 
 
@@ -40,6 +40,14 @@ def write_quarantine(rows: Sequence[QuarantinedRow], path: Path) -> Path:
     """One JSON object per quarantined row: source, line, row_id, reason, detail, raw."""
     lines = "".join(json.dumps({k: _plain(v) for k, v in asdict(r).items()}) + "\n" for r in rows)
     return write_atomic(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+
+
+def read_quarantine(path: Path) -> list[QuarantinedRow]:
+    """The rows `write_quarantine` wrote (none if the file does not exist)."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [QuarantinedRow(**{**r, "reason": Reason(r["reason"])}) for r in rows]
 
 
 def modality_counts(rows: Sequence[Any]) -> dict[str, int]:

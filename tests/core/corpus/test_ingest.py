@@ -18,6 +18,7 @@ from rar_pipeline.core.corpus.ingest import (
     validate_corpus,
 )
 from rar_pipeline.core.corpus.mbeir import CorpusLayout, discover
+from rar_pipeline.core.corpus.readers import KnownCandidates
 from rar_pipeline.core.corpus.records import Query, Reason
 from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.layout import ArtifactLayout
@@ -44,7 +45,7 @@ def artifacts(tmp_path: Path) -> ArtifactLayout:
     return ArtifactLayout(tmp_path / "artifacts")
 
 
-def _ingest_all_pools(corpus: CorpusLayout, artifacts: ArtifactLayout) -> set[str]:
+def _ingest_all_pools(corpus: CorpusLayout, artifacts: ArtifactLayout) -> KnownCandidates:
     for shard in corpus.pools:
         ingest_pool(corpus, shard, artifacts)
     return known_candidate_ids(artifacts, corpus.pools)
@@ -146,12 +147,17 @@ def test_a_pool_validated_without_artifacts_writes_nothing(corpus, tmp_path):
 
 
 def test_known_candidate_ids_are_the_valid_ids_of_every_shard(corpus, artifacts):
-    assert _ingest_all_pools(corpus, artifacts) == VALID_DIDS
+    known = _ingest_all_pools(corpus, artifacts)
+    assert known.valid == VALID_DIDS
+    # the quarantined ones are known too, with why: a query pointing at one says so
+    assert known.quarantined["77:13"].startswith("path_escapes_root at cand_pool/local/")
+    assert "77:13 was quarantined (path_escapes_root" in known.why_missing("77:13")
+    assert known.why_missing("77:99999") == "77:99999 is not in any pool"
 
 
 def test_known_candidate_ids_cover_only_the_shards_asked_for(corpus, artifacts):
     _ingest_all_pools(corpus, artifacts)
-    assert known_candidate_ids(artifacts, [POOL6]) == {"77:20", "77:21", "77:22"}
+    assert known_candidate_ids(artifacts, [POOL6]).valid == {"77:20", "77:21", "77:22"}
 
 
 def test_known_candidate_ids_name_every_shard_not_yet_materialized(corpus, artifacts):
@@ -419,3 +425,16 @@ def test_a_qid_in_two_splits_is_kept_in_both_and_reported(mini_corpus: Path):
     report = ingest_queries(layout, "mbeir_mini_task6", None, known_dids=known)
     qid = report.extra["qids_in_several_splits"]
     assert len(qid) == 1 and report.ids.count(qid[0]) == 2
+
+
+def test_a_query_whose_positive_was_quarantined_says_so(corpus, artifacts):
+    known = _ingest_all_pools(corpus, artifacts)
+    report = ingest_queries(corpus, "mbeir_mini_task0", None, known_dids=known)
+    details = {
+        q.row_id: q.detail for q in report.quarantined if q.reason is Reason.UNKNOWN_REFERENCE
+    }
+    assert details["77:2006"] == (
+        "positive 77:9 was quarantined "
+        "(image_unreadable at cand_pool/local/mbeir_mini_task0_cand_pool.jsonl:12)"
+    )
+    assert details["77:2003"] == "positive 77:999 is not in any pool"
