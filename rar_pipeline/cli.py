@@ -78,7 +78,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     compact = sub.add_parser(
         "compact-cache",
-        help="merge the cache's part files (run it while no pipeline run is writing)",
+        help="reclaim the caches' free space (run it while no pipeline run is writing)",
     )
     _add_setting(compact, data)
     _add_setting(compact, artifacts)
@@ -210,17 +210,19 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
-    from rar_pipeline.core.enhance.cache import ParquetStore
+    from rar_pipeline.core.enhance.store import SqliteStore
 
     root = ArtifactLayout(settings_from_args(args).artifacts_dir).cache_dir
-    stores = sorted({p.parent for p in root.rglob("part-*.parquet")}) if root.is_dir() else []
+    stores = sorted(root.rglob("*.sqlite")) if root.is_dir() else []
     if not stores:
         print(f"no cache under {root}")
         return 0
-    for directory in stores:
-        before = len(list(directory.glob("part-*.parquet")))
-        rows = ParquetStore(directory).compact()
-        print(f"{directory.relative_to(root)}: {before} part files -> 1 ({rows} entries)")
+    for path in stores:
+        before = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+        with SqliteStore(path, on_damage=lambda m: print(f"  {m}")) as store:
+            rows = store.compact()
+        after = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
+        print(f"{path.relative_to(root)}: {rows} entries, {before:,} -> {after:,} bytes")
     return 0
 
 

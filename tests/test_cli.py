@@ -238,18 +238,22 @@ def test_run_with_the_transformers_backend_on_a_tiny_model(
     assert len(generated) == 3 and generated.caption.str.len().min() > 0
 
 
-def test_compact_cache_merges_part_files_and_keeps_every_entry(project, capsys):
-    from rar_pipeline.core.enhance.cache import ParquetStore
+def test_compact_cache_reclaims_space_and_keeps_every_entry(project, capsys):
+    from rar_pipeline.core.enhance.store import SqliteStore
+    from rar_pipeline.core.layout import ArtifactLayout
 
-    cache = project / "artifacts" / "demo" / "cache" / "enhancements"
-    store = ParquetStore(cache, flush_every=2)
-    for i in range(5):
-        store.put(f"k{i}", {"text": f"t{i}"})
-    store.flush()
-    assert len(list(cache.glob("part-*.parquet"))) == 3
+    path = ArtifactLayout(project / "artifacts" / "demo").enhancement_cache
+    with SqliteStore(path, flush_every=2) as store:
+        for i in range(50):
+            store.put(f"k{i}", {"text": "t" * 2000})
+        for i in range(45):  # rewritten: the old versions are free space now
+            store.put(f"k{i}", {"text": f"t{i}"})
     assert main(["compact-cache"]) == 0
-    assert "enhancements: 3 part files -> 1 (5 entries)" in capsys.readouterr().out
-    assert ParquetStore(cache).get("k4")["text"] == "t4"
+    out = capsys.readouterr().out
+    assert "enhancements.sqlite: 50 entries" in out
+    before, after = (int(n.replace(",", "")) for n in out.split("bytes")[0].split()[-3::2])
+    assert after < before
+    assert SqliteStore(path).get("k49")["text"] == "t" * 2000
 
 
 def test_a_pool_split_into_part_files_validates_as_several_shards(mini_corpus, capsys):
@@ -267,3 +271,25 @@ def test_a_pool_split_into_part_files_validates_as_several_shards(mini_corpus, c
         "path_escapes_root": 1,
         "image_truncated": 1,
     }
+
+
+@pytest.mark.slow
+def test_a_run_after_every_cache_store_was_truncated_recomputes_and_succeeds(
+    project, mini_corpus, capsys
+):
+    """The offline backend on a corpus, every cache file cut short, then the same run."""
+    args = ["run", "--data", str(mini_corpus), "--tasks", "mbeir_mini_task6"]
+    assert main(args) == 0
+    artifacts = project / "artifacts" / "mbeir_mini"
+    before = pd.read_parquet(artifacts / "enhanced_corpus" / "mbeir_mini_task0_cand_pool.parquet")
+    stores = sorted((artifacts / "cache").rglob("*.sqlite"))
+    assert {p.name for p in stores} == {"enhancements.sqlite", "features.sqlite", "ocr.sqlite"}
+    for store in stores:
+        with store.open("r+b") as fh:
+            fh.truncate(store.stat().st_size // 2)
+    capsys.readouterr()
+    assert main(args) == 0
+    after = pd.read_parquet(artifacts / "enhanced_corpus" / "mbeir_mini_task0_cand_pool.parquet")
+    captions = pd.read_parquet(artifacts / "corpus_captions" / "mbeir_mini_task0_cand_pool.parquet")
+    assert (captions.status != "failed").all()
+    assert after.equals(before)  # recomputed where lost, identical to the first run

@@ -98,10 +98,12 @@ class ArtifactLayout:
 
     @property
     def enhancement_cache(self) -> Path:
-        return self.cache_dir / "enhancements"
+        """The enhancement cache's SQLite file."""
+        return self.cache_dir / "enhancements.sqlite"
 
     @property
     def perception_cache(self) -> Path:
+        """The offline backend's feature and OCR caches (a folder of SQLite files)."""
         return self.cache_dir / "perception"
 
     # -- retrieval, index and evaluation (per ablation config)

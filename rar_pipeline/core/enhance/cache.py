@@ -1,10 +1,7 @@
-"""Durable key-value stores on Parquet: the enhancement cache and the perception cache.
+"""The enhancement cache: outputs keyed by everything that can change them.
 
-A store is a folder of immutable part files. Writes are buffered and flushed to a new part
-(atomically: temp file, then rename) every `flush_every` entries or `flush_seconds`, so a run
-killed mid-partition loses at most one buffer and the next run resumes from the cache.
-Several processes may write one store at once (each writes its own parts); on read, the
-newest entry of a key wins.
+Entries live in a `store.SqliteStore` (atomic commits, concurrent writers, checksummed
+rows); a damaged entry or file is a miss, recomputed on the next request, never served.
 """
 
 from __future__ import annotations
@@ -12,129 +9,14 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-import pyarrow.parquet as pq
-
 from rar_pipeline.core.enhance.prompts import PromptSpec
+from rar_pipeline.core.enhance.store import SqliteStore
 from rar_pipeline.core.enhance.vlm.base import SamplingParams
-from rar_pipeline.core.files import write_atomic
-
-
-class ParquetStore:
-    """A durable map from string keys to rows of named columns.
-
-    Nothing is loaded up front: `prefetch` reads just the wanted keys from every part (a
-    columnar, filtered read), so a run over one partition costs memory for that partition,
-    not for everything ever cached. `get` of a key not prefetched looks it up on its own.
-    """
-
-    def __init__(
-        self, directory: Path, *, flush_every: int = 1024, flush_seconds: float = 30.0
-    ) -> None:
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
-        self.flush_every = flush_every
-        self.flush_seconds = flush_seconds
-        self._rows: dict[str, dict[str, Any]] = {}  # looked up or written by this process
-        self._absent: set[str] = set()  # looked up, not on disk
-        self._pending: list[dict[str, Any]] = []
-        self._last_flush = time.monotonic()
-
-    def _parts(self) -> list[Path]:
-        # Time-ordered names: reading in name order lets the newest entry of a key win.
-        return sorted(self.directory.glob("part-*.parquet"))
-
-    @staticmethod
-    def _clean(row: dict[str, Any]) -> dict[str, Any]:
-        # a null in a column that also holds text reads back as NaN: restore None
-        return {k: None if isinstance(v, float) and v != v else v for k, v in row.items()}
-
-    def prefetch(self, keys: Iterable[str]) -> int:
-        """Load these keys' newest entries from disk; returns how many were found."""
-        wanted = {k for k in keys if k not in self._rows and k not in self._absent}
-        if not wanted:
-            return 0
-        found: dict[str, dict[str, Any]] = {}
-        for part in self._parts():
-            table = pq.read_table(part, filters=[("key", "in", sorted(wanted))])
-            for row in table.to_pylist():
-                found[row["key"]] = self._clean(row)
-        self._rows.update(found)
-        self._absent.update(wanted - found.keys())
-        return len(found)
-
-    def keys(self) -> set[str]:
-        """Every key on disk or pending (reads only the key column)."""
-        on_disk = {
-            k
-            for part in self._parts()
-            for k in pq.read_table(part, columns=["key"]).column("key").to_pylist()
-        }
-        return on_disk | {r["key"] for r in self._pending}
-
-    def __len__(self) -> int:
-        return len(self.keys())  # a scan of every part's keys: not for hot paths
-
-    def __bool__(self) -> bool:
-        return True  # an empty store is still a store (and truthiness must not scan)
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        if key not in self._rows and key not in self._absent:
-            self.prefetch([key])
-        return self._rows.get(key)
-
-    def put(self, key: str, row: Mapping[str, Any]) -> None:
-        record = {**row, "key": key}
-        self._rows[key] = record
-        self._absent.discard(key)
-        self._pending.append(record)
-        if (
-            len(self._pending) >= self.flush_every
-            or time.monotonic() - self._last_flush >= self.flush_seconds
-        ):
-            self.flush()
-
-    def flush(self) -> Path | None:
-        """Write buffered entries to a new part file; returns it (None if nothing pending)."""
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return None
-        # Time-ordered names: reload() applies parts oldest first.
-        name = f"part-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
-        frame = pd.DataFrame(self._pending)
-        part = write_atomic(self.directory / name, lambda tmp: frame.to_parquet(tmp, index=False))
-        self._pending = []
-        return part
-
-    def compact(self) -> int:
-        """Merge all parts into one (only when no other process is writing); returns rows."""
-        self.flush()
-        parts = self._parts()
-        if len(parts) <= 1:
-            return len(self)
-        latest: dict[str, dict[str, Any]] = {}
-        for part in parts:
-            for row in pq.read_table(part).to_pylist():
-                latest[row["key"]] = self._clean(row)
-        self._pending = list(latest.values())
-        merged = self.flush()
-        for part in parts:
-            if part != merged:
-                part.unlink()
-        return len(latest)
-
-    def __enter__(self) -> ParquetStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.flush()
-
 
 # ---------------------------------------------------------------------------
 # enhancement cache
@@ -163,8 +45,10 @@ class EnhancementCache:
     Only successful entries are hits: a failed item is tried again on the next run.
     """
 
-    def __init__(self, directory: Path, **kwargs: Any) -> None:
-        self.store = ParquetStore(directory, **kwargs)
+    def __init__(
+        self, path: Path, *, on_damage: Callable[[str], None] | None = None, **kwargs: Any
+    ) -> None:
+        self.store = SqliteStore(path, on_damage=on_damage, **kwargs)
 
     def get(self, key: str) -> CacheEntry | None:
         row = self.store.get(key)

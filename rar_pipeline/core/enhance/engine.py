@@ -100,6 +100,7 @@ class EnhanceStats:
     items_by_type: Counter = field(default_factory=Counter)
     backend_calls: int = 0
     cache_hits: int = 0
+    cache_damaged: int = 0
     generated: int = 0
     failures: int = 0
     failure_reasons: Counter = field(default_factory=Counter)
@@ -115,6 +116,7 @@ class EnhanceStats:
             "items_by_type": dict(self.items_by_type),
             "backend_calls": self.backend_calls,
             "cache_hits": self.cache_hits,
+            "cache_damaged": self.cache_damaged,
             "generated": self.generated,
             "failures": self.failures,
             "failure_reasons": dict(self.failure_reasons.most_common(10)),
@@ -242,6 +244,7 @@ def run_enhancement(
         raise ValueError(f"item ids must be unique in a run; repeated: {repeated[:5]}")
     started = time.perf_counter()
     stats = EnhanceStats()
+    damaged_before = cache.store.damaged
     outputs: dict[str, ItemOutput] = {}
     hashes = _ImageHashes()
     backend, model_id = vlm.backend, vlm.model_id
@@ -319,6 +322,7 @@ def run_enhancement(
                     progress(1)
         pending = retry
     cache.flush()
+    stats.cache_damaged = cache.store.damaged - damaged_before
     stats.seconds = time.perf_counter() - started
     return outputs, stats
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.enhance.cache import ParquetStore
+from rar_pipeline.core.enhance.store import SqliteStore
 from rar_pipeline.core.enhance.vlm.base import load_image
 from rar_pipeline.core.files import file_hash
 
@@ -178,8 +178,8 @@ class Perceiver:
 
     def __init__(self, cache_dir: Path | None = None, *, ocr: bool = True) -> None:
         self.ocr = ocr
-        self.features_store = ParquetStore(cache_dir / "features") if cache_dir else None
-        self.read_store = ParquetStore(cache_dir / "ocr") if cache_dir else None
+        self.features_store = SqliteStore(cache_dir / "features.sqlite") if cache_dir else None
+        self.read_store = SqliteStore(cache_dir / "ocr.sqlite") if cache_dir else None
         self._memo: dict[str, Any] = {}
 
     def features(self, paths: Sequence[Path]) -> np.ndarray:
