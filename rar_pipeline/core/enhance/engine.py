@@ -98,7 +98,8 @@ class EnhanceStats:
     """Counts that asset metadata shows."""
 
     items_by_type: Counter = field(default_factory=Counter)
-    backend_calls: int = 0
+    backend_calls: int = 0  # items handed to the backend (each enhancer attempt counts)
+    requests_sent: int = 0  # requests the backend sent (HTTP retries included)
     cache_hits: int = 0
     cache_damaged: int = 0
     generated: int = 0
@@ -115,6 +116,7 @@ class EnhanceStats:
             "items": self.items,
             "items_by_type": dict(self.items_by_type),
             "backend_calls": self.backend_calls,
+            "requests_sent": self.requests_sent,
             "cache_hits": self.cache_hits,
             "cache_damaged": self.cache_damaged,
             "generated": self.generated,
@@ -245,6 +247,7 @@ def run_enhancement(
     started = time.perf_counter()
     stats = EnhanceStats()
     damaged_before = cache.store.damaged
+    sent_before = getattr(vlm, "requests_sent", None)
     outputs: dict[str, ItemOutput] = {}
     hashes = _ImageHashes()
     backend, model_id = vlm.backend, vlm.model_id
@@ -323,6 +326,12 @@ def run_enhancement(
         pending = retry
     cache.flush()
     stats.cache_damaged = cache.store.damaged - damaged_before
+    # What went over the wire (HTTP retries included) where the backend counts it;
+    # otherwise one request per item handed over.
+    sent_after = getattr(vlm, "requests_sent", None)
+    stats.requests_sent = (
+        sent_after - sent_before if sent_before is not None else stats.backend_calls
+    )
     stats.seconds = time.perf_counter() - started
     return outputs, stats
 
@@ -354,9 +363,10 @@ def _settle(
         reason = f"contract: {violation}"
     else:
         reason = result.error or "empty output"
-        if attempt < max_attempts:
+        if result.retryable and attempt < max_attempts:
             return None
-        reason = f"{reason} (after {attempt} attempts)"
+        if result.retryable:
+            reason = f"{reason} (after {attempt} attempts)"
     cache.put(key, _entry(item, None, "failed", reason, attempt, vlm))
     return _fail(item, reason, attempt, stats)
 

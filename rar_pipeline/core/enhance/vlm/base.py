@@ -64,6 +64,7 @@ class VLMResult:
 
     text: str | None
     error: str | None = None
+    retryable: bool = True  # False: the backend already retried, or retrying cannot help
 
     @property
     def ok(self) -> bool:

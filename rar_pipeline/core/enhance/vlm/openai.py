@@ -9,18 +9,20 @@ and the pipeline gains no HTTP dependency for it.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import logging
 import math
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 
@@ -32,6 +34,11 @@ logger = logging.getLogger(__name__)
 # Retry-After may legally say "come back in an hour"; holding a worker that long per item is
 # worse than failing the item and letting the enhancer retry it on a later run.
 MAX_RETRY_DELAY_S = 60.0
+# A chat completion for one item is a few KB; anything this large is a misbehaving server.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+# Consecutive connection failures (refused, reset, timed out) at every server of the fleet
+# after which the rest of a batch fails fast instead of paying each item's backoff.
+CIRCUIT_BREAKER_FAILURES = 5
 # Enough of an error body to show the server's reason without flooding logs and result tables.
 ERROR_SNIPPET_CHARS = 300
 # 408 and 429 are the only 4xx a retry can fix; every other 4xx means the request is wrong.
@@ -48,15 +55,41 @@ class _Failure:
     reason: str
     retryable: bool
     retry_after: float | None = None
+    connection: bool = False  # the server could not be reached or did not answer in time
 
 
-@dataclass(frozen=True)
+class _TooLarge(Exception):
+    """A response body over `MAX_RESPONSE_BYTES`."""
+
+
+@dataclass
 class _Call:
-    """What every request of one `generate` call shares."""
+    """What every request of one `generate` call shares, including the circuit breaker."""
 
     opener: urllib.request.OpenerDirector
     headers: dict[str, str]
     api_key: str
+    servers: int = 1
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    down: dict[str, int] = field(default_factory=dict)  # url -> consecutive failures
+
+    def record(self, url: str, failure: _Failure | None) -> None:
+        with self.lock:
+            if failure is not None and failure.connection:
+                self.down[url] = self.down.get(url, 0) + 1
+            else:
+                self.down.pop(url, None)
+
+    def open_circuit(self) -> str | None:
+        """Why to stop sending, once every server failed too often in a row; else None."""
+        with self.lock:
+            tripped = [u for u, n in self.down.items() if n >= CIRCUIT_BREAKER_FAILURES]
+            if len(tripped) < self.servers:
+                return None
+            return (
+                f"server unreachable: {CIRCUIT_BREAKER_FAILURES} or more consecutive connection "
+                f"failures at {', '.join(sorted(tripped))}; not sent"
+            )
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -90,8 +123,8 @@ class OpenAIVLM:
         api_key_env: environment variable holding the API key. Unset or empty sends no
             Authorization header (local servers usually need none).
         max_concurrency: most requests in flight at once.
-        timeout_s: socket timeout per attempt, in seconds (connecting, and each wait for
-            data; a server that keeps trickling bytes can take longer in total).
+        timeout_s: the deadline of one attempt, in seconds, from sending to the last byte
+            of the reply (a server that trickles bytes is cut off at it).
         max_retries: further attempts after the first, for timeouts, connection errors,
             HTTP 408, 429 and 5xx.
         backoff_s: base delay before a retry; doubles every attempt, with jitter, capped
@@ -151,6 +184,8 @@ class OpenAIVLM:
         self.max_retries = max_retries
         self.backoff_s = float(backoff_s)
         self._extra_body = extra
+        self.requests_sent = 0  # HTTP requests, retries included (the enhancer reports them)
+        self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
@@ -190,7 +225,9 @@ class OpenAIVLM:
         }
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
-        call = _Call(urllib.request.build_opener(_NoRedirect), headers, api_key)
+        call = _Call(
+            urllib.request.build_opener(_NoRedirect), headers, api_key, servers=len(self._urls)
+        )
         workers = min(self.max_concurrency, len(requests))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-vlm") as pool:
             return list(pool.map(lambda request: self._one(request, call), requests))
@@ -201,7 +238,7 @@ class OpenAIVLM:
         except Exception as exc:  # a bug or surprise in one item must not sink the batch
             result = VLMResult(text=None, error=f"{type(exc).__name__}: {exc}")
         if result.error is not None:
-            result = VLMResult(text=None, error=_redact(result.error, call.api_key))
+            result = dataclasses.replace(result, error=_redact(result.error, call.api_key))
         return result
 
     def _send(self, request: VLMRequest, call: _Call) -> VLMResult:
@@ -234,12 +271,17 @@ class OpenAIVLM:
         first = next(self._next)
         for attempt in range(1, attempts + 1):
             url = self._urls[(first + attempt - 1) % len(self._urls)]
+            if (circuit := call.open_circuit()) is not None:
+                return VLMResult(text=None, error=circuit, retryable=False)
+            with self._count_lock:
+                self.requests_sent += 1
             outcome = self._attempt(data, call, url)
+            call.record(url, outcome if isinstance(outcome, _Failure) else None)
             if isinstance(outcome, VLMResult):
                 return outcome
             reason = outcome.reason
             if not outcome.retryable:
-                return VLMResult(text=None, error=f"{reason} (not retried)")
+                return VLMResult(text=None, error=f"{reason} (not retried)", retryable=False)
             if attempt == attempts:
                 break
             delay = _retry_delay(attempt, self.backoff_s, outcome.retry_after)
@@ -253,14 +295,19 @@ class OpenAIVLM:
             )
             time.sleep(delay)
         plural = "s" if attempts > 1 else ""
-        return VLMResult(text=None, error=f"{reason}; gave up after {attempts} attempt{plural}")
+        # This backend retried already: the enhancer must not multiply the waits.
+        error = f"{reason}; gave up after {attempts} attempt{plural}"
+        return VLMResult(text=None, error=error, retryable=False)
 
     def _attempt(self, data: bytes, call: _Call, url: str) -> VLMResult | _Failure:
         http_request = urllib.request.Request(url, data=data, headers=call.headers, method="POST")
-        timeout = f"timeout (no response within {self.timeout_s:g} s)"
+        timeout = f"timeout (no complete response within {self.timeout_s:g} s)"
+        deadline = time.monotonic() + self.timeout_s
         try:
             with call.opener.open(http_request, timeout=self.timeout_s) as response:
-                payload = response.read()
+                payload = _read_body(response, deadline)
+        except _TooLarge:
+            return _Failure(f"response over {MAX_RESPONSE_BYTES:,} bytes", retryable=False)
         except urllib.error.HTTPError as exc:
             status = exc.code
             body = _read_error_body(exc)
@@ -269,16 +316,46 @@ class OpenAIVLM:
             retry_after = _retry_after(exc.headers) if retryable else None
             return _Failure(reason, retryable, retry_after)
         except TimeoutError:
-            return _Failure(timeout, retryable=True)
+            return _Failure(timeout, retryable=True, connection=True)
         except urllib.error.URLError as exc:
             # urllib wraps errors raised while connecting and sending, timeouts included.
             if isinstance(exc.reason, TimeoutError):
-                return _Failure(timeout, retryable=True)
-            return _Failure(f"connection error ({_describe(exc.reason)})", retryable=True)
+                return _Failure(timeout, retryable=True, connection=True)
+            reason = f"connection error ({_describe(exc.reason)})"
+            return _Failure(reason, retryable=True, connection=True)
         except (OSError, HTTPException) as exc:
             # Raised unwrapped while reading the reply: reset, closed early, truncated body.
-            return _Failure(f"connection error ({_describe(exc)})", retryable=True)
+            reason = f"connection error ({_describe(exc)})"
+            return _Failure(reason, retryable=True, connection=True)
         return _parse_completion(payload)
+
+
+def _read_body(response: Any, deadline: float) -> bytes:
+    """The reply's body, read against a total deadline and a size cap.
+
+    Each read waits at most the time left (a server trickling a byte a second is cut off
+    at the deadline, not after one socket timeout per byte).
+
+    Raises:
+        TimeoutError: the deadline passed before the body was complete.
+        _TooLarge: the body passed `MAX_RESPONSE_BYTES`.
+    """
+    sock = getattr(getattr(getattr(response, "fp", None), "raw", None), "_sock", None)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("deadline passed while reading the reply")
+        if sock is not None:
+            sock.settimeout(remaining)
+        chunk = response.read1(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise _TooLarge
+        chunks.append(chunk)
 
 
 def _parse_completion(payload: bytes) -> VLMResult:

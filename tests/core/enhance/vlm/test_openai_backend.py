@@ -511,3 +511,115 @@ def test_a_retry_goes_to_the_next_server_of_the_fleet(server: ScriptedServer) ->
 def test_a_fleet_of_non_http_urls_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
         OpenAIVLM(base_url="http://127.0.0.1:1/v1,file:///etc/passwd", model_id="m")
+
+
+# --- 8. a dying or hostile server costs little ------------------------------------------
+
+
+class _Trickle(BaseHTTPRequestHandler):
+    """Answers 200 with a long body, one byte at a time, forever (until the client leaves)."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        try:
+            for _ in range(200):  # bounded: stops by itself after ~10 s
+                self.wfile.write(b" ")
+                self.wfile.flush()
+                time.sleep(0.05)
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def test_a_trickling_server_is_cut_off_at_the_total_deadline() -> None:
+    httpd = _QuietServer(("127.0.0.1", 0), _Trickle)
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02})
+    thread.start()
+    try:
+        vlm = OpenAIVLM(
+            base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+            model_id="m",
+            timeout_s=0.5,  # each byte arrives well within it: only a total deadline stops it
+            max_retries=0,
+        )
+        started = time.monotonic()
+        [result] = vlm.generate([request()])
+        elapsed = time.monotonic() - started
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+    assert result.text is None and "timeout" in result.error
+    assert elapsed < 5  # not the ~10 s the trickle would take
+
+
+def test_an_oversized_response_fails_without_being_read_whole(
+    server: ScriptedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rar_pipeline.core.enhance.vlm import openai
+
+    monkeypatch.setattr(openai, "MAX_RESPONSE_BYTES", 1000)
+    server.respond = lambda seen, n: Reply(body=completion("x" * 5000))
+    [result] = make_vlm(server).generate([request()])
+    assert result.text is None and "over 1,000 bytes" in result.error
+    assert not result.retryable and server.attempts == 1
+
+
+def test_a_dead_server_trips_the_breaker_and_the_rest_fail_fast() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    vlm = OpenAIVLM(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model_id="m",
+        max_retries=3,
+        backoff_s=0.05,
+        max_concurrency=1,
+    )
+    results = vlm.generate([request(f"item {i}") for i in range(40)])
+    assert all(r.text is None and not r.retryable for r in results)
+    assert "server unreachable" in results[-1].error
+    # 5 failures trip it; the other 38 items send nothing
+    assert vlm.requests_sent <= 8
+
+
+def test_the_breaker_resets_with_each_batch(server: ScriptedServer) -> None:
+    vlm = make_vlm(server, max_retries=0)
+    assert [r.text for r in vlm.generate([request("a")])] == ["caption for a"]
+    assert vlm.requests_sent == 1
+
+
+def test_requests_sent_counts_every_http_attempt(server: ScriptedServer) -> None:
+    server.respond = lambda seen, n: Reply(status=503) if n <= 2 else echo(seen, n)
+    vlm = make_vlm(server, max_retries=3)
+    [result] = vlm.generate([request()])
+    assert result.text == "caption for a red cube"
+    assert vlm.requests_sent == server.attempts == 3
+
+
+def test_the_enhancer_does_not_retry_what_the_backend_already_retried(
+    server: ScriptedServer, tmp_path: Path
+) -> None:
+    """4 HTTP attempts x 3 enhancer attempts would be 12: it is 4."""
+    from rar_pipeline.core.corpus.records import Candidate, Modality
+    from rar_pipeline.core.enhance.cache import EnhancementCache
+    from rar_pipeline.core.enhance.engine import EnhanceOptions, plan_candidate, run_enhancement
+
+    server.respond = lambda seen, n: Reply(status=503, body=b"down")
+    image = tmp_path / "a.png"
+    Image.new("RGB", (8, 8)).save(image)
+    items = [plan_candidate(Candidate("d", Modality.IMAGE, None, "a.png"), tmp_path)]
+    outputs, stats = run_enhancement(
+        items,
+        make_vlm(server, max_retries=3),
+        EnhancementCache(tmp_path / "c.sqlite"),
+        EnhanceOptions(max_attempts=3),
+    )
+    assert outputs["d"].status == "failed" and "4 attempts" in outputs["d"].error
+    assert server.attempts == 4 and stats.requests_sent == 4 and stats.backend_calls == 1
