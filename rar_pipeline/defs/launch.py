@@ -8,6 +8,7 @@ afterwards exactly as if they had been launched from there.
 from __future__ import annotations
 
 import os
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,51 @@ from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+LAUNCHED_BY = {"rar/launched_by": "rar-cli"}
+_ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
+
+
+def _launch_tags() -> dict[str, str]:
+    """Tags on every run `rar` launches: who, and which process (to find it dead later)."""
+    return {**LAUNCHED_BY, "rar/pid": str(os.getpid()), "rar/host": socket.gethostname()}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's live process
+    return True
+
+
+def stale_runs(instance: dg.DagsterInstance) -> list[dg.DagsterRun]:
+    """Runs `rar` left STARTED in a process that no longer exists (kill -9, a crash).
+
+    Only runs launched on this host are judged; a reused pid counts as alive.
+    """
+    runs = instance.get_runs(filters=dg.RunsFilter(statuses=_ACTIVE, tags=LAUNCHED_BY))
+    host = socket.gethostname()
+    return [
+        run
+        for run in runs
+        if run.tags.get("rar/host") == host
+        and run.tags.get("rar/pid", "").isdigit()
+        and not _alive(int(run.tags["rar/pid"]))
+    ]
+
+
+def fail_stale_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Mark `stale_runs` failed, saying why; returns their ids."""
+    stale = stale_runs(instance)
+    for run in stale:
+        instance.report_run_failed(
+            run,
+            f"the rar process that ran this (pid {run.tags['rar/pid']}) is gone: it was killed "
+            "or crashed. Rerun it: work already committed to the cache is reused.",
+        )
+    return [run.run_id for run in stale]
 
 DEMO_GROUP = "demo"
 
@@ -125,7 +171,7 @@ def materialize_step(
         resources=resources,
         instance=instance,
         run_config={**QUIET, **(run_config or {})},
-        tags={"rar/launched_by": "rar-cli"},
+        tags=_launch_tags(),
         raise_on_error=False,
     )
     if not result.success:
@@ -172,6 +218,9 @@ def run_pipeline(
         The steps with their metadata.
     """
     out = PipelineResult()
+    stale = fail_stale_runs(instance)
+    if stale:
+        echo(f"marked {len(stale)} run(s) failed that a killed rar process left STARTED")
 
     def step(asset: str, partition: str | None, run_config: dict[str, Any] | None = None) -> None:
         res = materialize_step(
