@@ -191,6 +191,12 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{layout.root}: {len(layout.pools)} pool shards, {len(layout.queries)} tasks")
         for path, why in layout.skipped.items():
             print(f"  skipped {path}: {why}")
+        conflicts = sorted({d for r in reports for d in r.extra.get("conflicting_positives", [])})
+        if conflicts:
+            print(
+                f"  {len(conflicts)} positives have different content in different pools, "
+                f"e.g. {', '.join(conflicts[:3])}"
+            )
         print(f"{'shard / task':<48} {'rows':>9} {'quarantined':>12}  reasons")
         for r in reports:
             reasons = ", ".join(f"{k}={v}" for k, v in r.summary["by_reason"].items())

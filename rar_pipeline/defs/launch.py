@@ -67,6 +67,7 @@ def fail_stale_runs(instance: dg.DagsterInstance) -> list[str]:
         )
     return [run.run_id for run in stale]
 
+
 DEMO_GROUP = "demo"
 
 

@@ -42,7 +42,7 @@ from rar_pipeline.core.corpus.tables import (
     write_parquet,
     write_quarantine,
 )
-from rar_pipeline.core.files import files_hash
+from rar_pipeline.core.files import files_hash, values_hash
 from rar_pipeline.core.layout import ArtifactLayout
 
 # Bump when validation rules change: it is part of the assets' code_version.
@@ -124,6 +124,7 @@ def ingest_pool(
         data_version=file_digest([path]),
         preview=frame.head(5),
         ids=[c.did for c in result.rows],
+        extra={"content_hashes": _content_hashes(frame) if len(frame) else []},
     )
 
 
@@ -139,12 +140,32 @@ def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> Kno
         raise MissingUpstreamError(
             "candidate_pool has not been materialized for: " + ", ".join(missing)
         )
-    ids: set[str] = set()
+    content: dict[str, dict[str, list[str]]] = {}  # did -> content hash -> shards
     quarantined: list[QuarantinedRow] = []
     for shard in shards:
-        ids.update(pd.read_parquet(artifacts.pool(shard), columns=["did"])["did"])
+        frame = pd.read_parquet(artifacts.pool(shard), columns=list(_CONTENT))
+        for did, digest in zip(frame["did"], _content_hashes(frame), strict=True):
+            content.setdefault(did, {}).setdefault(digest, []).append(shard)
         quarantined += read_quarantine(artifacts.quarantine("candidate_pool", shard))
-    return KnownCandidates.of(ids, quarantined)
+    return KnownCandidates.of(content, quarantined, _conflicts(content))
+
+
+_CONTENT = ("did", "modality", "txt", "img_path")
+
+
+def _content_hashes(frame: pd.DataFrame) -> list[str]:
+    """One hash per row of what a candidate is: its modality, text and image path."""
+    rows = frame[list(_CONTENT[1:])].astype(object)
+    rows = rows.where(rows.notna(), None)
+    return [values_hash(row) for row in rows.itertuples(index=False, name=None)]
+
+
+def _conflicts(content: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
+    return {
+        did: sorted(s for shards in by_hash.values() for s in shards)
+        for did, by_hash in content.items()
+        if len(by_hash) > 1
+    }
 
 
 def _instructions_for(
@@ -250,6 +271,15 @@ def ingest_queries(
             "qrels_rows": len(qrels),
             "instructions": [list(i.prompts) for i in instructions],
             "instructions_quarantined": bad_instructions,
+            # positives that two pools define differently: which one gets indexed is undefined
+            "conflicting_positives": sorted(
+                {
+                    d
+                    for q in rows
+                    for d in q.pos_cand_list
+                    if isinstance(known_dids, KnownCandidates) and d in known_dids.conflicts
+                }
+            ),
             # kept apart by split (`Query.key`), but worth knowing: a leak risk upstream
             "qids_in_several_splits": sorted(
                 qid for qid, n in Counter(q.qid for q in rows).items() if n > 1
@@ -280,8 +310,12 @@ def validate_corpus(
         ingest_pool(layout, shard, None, image_check=image_check, progress=progress)
         for shard in layout.pools
     ]
+    content: dict[str, dict[str, list[str]]] = {}
+    for report in reports:
+        for did, digest in zip(report.ids, report.extra["content_hashes"], strict=True):
+            content.setdefault(did, {}).setdefault(digest, []).append(report.key)
     known = KnownCandidates.of(
-        [i for r in reports for i in r.ids], [q for r in reports for q in r.quarantined]
+        content, [q for r in reports for q in r.quarantined], _conflicts(content)
     )
     for task in tasks or layout.queries:
         reports.append(

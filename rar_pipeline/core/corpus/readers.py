@@ -174,19 +174,26 @@ class KnownCandidates:
     Attributes:
         valid: every candidate id that passed validation, across all pools.
         quarantined: ids that were defined but quarantined -> "reason at source:line".
+        conflicts: ids that pools define with different content -> the pools (which one a
+            retriever would index is undefined: the corpus should be fixed).
     """
 
     valid: frozenset[str]
     quarantined: dict[str, str] = field(default_factory=dict)
+    conflicts: dict[str, list[str]] = field(default_factory=dict)  # did -> shards that differ
 
     @classmethod
     def of(
-        cls, valid: Collection[str], quarantined: Iterable[QuarantinedRow] = ()
+        cls,
+        valid: Collection[str],
+        quarantined: Iterable[QuarantinedRow] = (),
+        conflicts: dict[str, list[str]] | None = None,
     ) -> KnownCandidates:
         rows = {
             q.row_id: f"{q.reason.value} at {q.source}:{q.line}" for q in quarantined if q.row_id
         }
-        return cls(frozenset(valid), {k: v for k, v in rows.items() if k not in valid})
+        missing = {k: v for k, v in rows.items() if k not in valid}
+        return cls(frozenset(valid), missing, dict(conflicts or {}))
 
     def __contains__(self, did: object) -> bool:
         return did in self.valid

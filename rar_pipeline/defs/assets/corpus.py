@@ -123,8 +123,15 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
             "instructions": [[clip(p) for p in ps] for ps in report.extra["instructions"][:20]],
             "instructions_quarantined": len(report.extra["instructions_quarantined"]),
             "qids_in_several_splits": len(shared := report.extra["qids_in_several_splits"]),
+            "conflicting_positives": len(conflicts := report.extra["conflicting_positives"]),
         }
     )
+    if conflicts:
+        context.log.warning(
+            f"{len(conflicts)} positives are defined with different content in different pools "
+            f"(e.g. {[clip(d, 60) for d in conflicts[:3]]}): fix the corpus; which one a "
+            "retriever indexes is undefined"
+        )
     if shared:
         context.log.warning(
             f"{len(shared)} qids appear in more than one split (e.g. "

@@ -440,3 +440,25 @@ def test_a_query_whose_positive_was_quarantined_says_so(corpus, artifacts):
         "(image_unreadable at cand_pool/local/mbeir_mini_task0_cand_pool.jsonl:12)"
     )
     assert details["77:2003"] == "positive 77:999 is not in any pool"
+
+
+def test_a_positive_defined_differently_by_two_pools_is_reported(mini_corpus: Path):
+    layout = discover(mini_corpus)
+    pool6 = layout.pools["mbeir_mini_task6_cand_pool"]
+    rows = [json.loads(line) for line in pool6.read_text().splitlines() if line.strip()]
+    changed = {**rows[0], "txt": (rows[0]["txt"] or "") + " (a different passage)"}
+    other = pool6.with_name("mbeir_other_task6_cand_pool.jsonl")
+    other.write_text(json.dumps(changed) + "\n" + json.dumps(rows[1]) + "\n")
+    layout = discover(mini_corpus)
+    paths = ArtifactLayout(mini_corpus.parent / "out")
+    for shard in layout.pools:
+        ingest_pool(layout, shard, paths)
+    known = known_candidate_ids(paths, layout.pools)
+    assert known.conflicts == {
+        rows[0]["did"]: ["mbeir_mini_task6_cand_pool", "mbeir_other_task6_cand_pool"]
+    }  # the same content in two pools (rows[1]) is fine
+    report = ingest_queries(layout, "mbeir_mini_task6", None, known_dids=known)
+    assert report.extra["conflicting_positives"] == ["77:20"]  # query 77:3000's positive
+    # rar validate sees it the same way
+    (task,) = [r for r in validate_corpus(layout) if r.key == "mbeir_mini_task6"]
+    assert task.extra["conflicting_positives"] == report.extra["conflicting_positives"]
