@@ -251,10 +251,12 @@ def ingest_queries(
         output = write_parquet(frame, artifacts.queries(task))
         write_parquet(records_to_frame(qrels, Qrel), artifacts.qrels(task))
         quarantine_file = write_quarantine(quarantined, artifacts.quarantine("queries", task))
-        if bad_instructions:
+        if layout.instructions is not None:  # rewritten each time: a fixed line leaves it
             write_quarantine(bad_instructions, artifacts.quarantine("instructions", "instructions"))
     total = summarize(ReadResult(rows=rows, quarantined=quarantined))
     sources = [*splits.values(), *layout.qrels.get(task, {}).values()]
+    if layout.instructions is not None:  # its prompts are part of this task's output
+        sources.append(layout.instructions)
     return IngestReport(
         key=task,
         sources=[layout.rel(p) for p in sources],
@@ -317,7 +319,7 @@ def validate_corpus(
     known = KnownCandidates.of(
         content, [q for r in reports for q in r.quarantined], _conflicts(content)
     )
-    for task in tasks or layout.queries:
+    for task in layout.queries if tasks is None else tasks:
         reports.append(
             ingest_queries(
                 layout, task, None, known_dids=known, image_check=image_check, progress=progress

@@ -309,6 +309,7 @@ def test_the_query_report_names_its_sources_relative_to_the_data_root(corpus, ar
         "query/test/mbeir_mini_task0_test.jsonl",
         "query/train/mbeir_mini_task0_train.jsonl",
         "qrels/test/mbeir_mini_task0_test_qrels.txt",
+        "instructions/query_instructions.tsv",  # its prompts are part of the task's output
     ]
     assert list(report.preview["qid"])[:2] == ["77:2000", "77:2001"]
 
@@ -462,3 +463,26 @@ def test_a_positive_defined_differently_by_two_pools_is_reported(mini_corpus: Pa
     # rar validate sees it the same way
     (task,) = [r for r in validate_corpus(layout) if r.key == "mbeir_mini_task6"]
     assert task.extra["conflicting_positives"] == report.extra["conflicting_positives"]
+
+
+def test_editing_the_instructions_changes_the_tasks_data_version(corpus, artifacts):
+    before = ingest_queries(corpus, TASK0, artifacts, known_dids=None).data_version
+    assert corpus.instructions is not None
+    corpus.instructions.write_text(corpus.instructions.read_text() + "\n")
+    assert ingest_queries(corpus, TASK0, artifacts, known_dids=None).data_version != before
+
+
+def test_a_fixed_instruction_line_leaves_no_stale_quarantine(corpus, artifacts):
+    ingest_queries(corpus, TASK0, artifacts, known_dids=None)
+    quarantine = artifacts.quarantine("instructions", "instructions")
+    assert quarantine.read_text()  # the fixture has a bad instruction line
+    assert corpus.instructions is not None
+    good = [line for line in corpus.instructions.read_text().splitlines() if line.count("\t") >= 4]
+    corpus.instructions.write_text("\n".join(good) + "\n")
+    ingest_queries(corpus, TASK0, artifacts, known_dids=None)
+    assert quarantine.read_text() == ""
+
+
+def test_validating_no_task_validates_no_task(corpus):
+    reports = validate_corpus(corpus, tasks=[])
+    assert {r.key for r in reports} == set(corpus.pools)
