@@ -13,12 +13,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from rar_pipeline.core.corpus.images import ImageCheck, check_image
-from rar_pipeline.core.corpus.mbeir import LayoutError, resolve_in_root, source_name
+from rar_pipeline.core.corpus.fields import (
+    CANDIDATE_FIELDS,
+    QUERY_FIELDS,
+    RowError,
+    cand_refs,
+    src_content,
+)
+from rar_pipeline.core.corpus.images import ImageCheck
+from rar_pipeline.core.corpus.mbeir import LayoutError, source_name
 from rar_pipeline.core.corpus.records import (
     Candidate,
     Instruction,
-    Modality,
     Qrel,
     QuarantinedRow,
     Query,
@@ -28,136 +34,6 @@ from rar_pipeline.core.corpus.records import (
 
 T = TypeVar("T")
 _RAW_LIMIT = 500
-
-
-class _RowError(Exception):
-    def __init__(self, reason: Reason, detail: str, row_id: str | None = None) -> None:
-        super().__init__(detail)
-        self.reason = reason
-        self.detail = detail
-        self.row_id = row_id
-
-
-# ---------------------------------------------------------------------------
-# field validation
-
-
-def _require(obj: dict[str, Any], name: str, kinds: tuple[type, ...], optional: bool) -> Any:
-    if name not in obj:
-        if optional:
-            return None
-        raise _RowError(Reason.MISSING_FIELD, f"field {name!r} is missing")
-    value = obj[name]
-    if value is None and optional:
-        return None
-    if not isinstance(value, kinds) or isinstance(value, bool):
-        want = " or ".join(k.__name__ for k in kinds) + (" or null" if optional else "")
-        raise _RowError(
-            Reason.WRONG_TYPE, f"field {name!r} should be {want}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _modality(value: Any) -> Modality:
-    if not isinstance(value, str):
-        raise _RowError(Reason.WRONG_TYPE, f"modality should be a string, got {value!r}")
-    try:
-        return Modality(value.strip().replace(" ", ""))
-    except ValueError:
-        allowed = ", ".join(repr(m.value) for m in Modality)
-        raise _RowError(
-            Reason.UNKNOWN_MODALITY, f"modality {value!r} is not one of {allowed}"
-        ) from None
-
-
-def _check_modality_fields(modality: Modality, txt: str | None, img_path: str | None) -> None:
-    has_txt = bool(txt and txt.strip())
-    has_img = bool(img_path and img_path.strip())
-    if modality.has_text and not has_txt:
-        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but no text")
-    if modality.has_image and not has_img:
-        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but no image")
-    if not modality.has_text and has_txt:
-        raise _RowError(Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but text present")
-    if not modality.has_image and has_img:
-        raise _RowError(
-            Reason.MODALITY_MISMATCH, f"modality {modality.value!r} but an image path present"
-        )
-
-
-@dataclass(frozen=True)
-class _ItemFields:
-    """The field names one side of M-BEIR uses for an item's id, modality, text and image."""
-
-    id: str
-    modality: str
-    txt: str
-    img_path: str
-
-    def parse(self, obj: dict[str, Any]) -> tuple[str, Modality, str | None, str | None]:
-        """(id, modality, txt, img_path), validated; text or image absent per the modality."""
-        item_id = _require(obj, self.id, (str,), optional=False)
-        if not item_id.strip():
-            raise _RowError(Reason.MISSING_FIELD, f"field {self.id!r} is empty")
-        modality = _modality(_require(obj, self.modality, (str,), optional=False))
-        txt = _require(obj, self.txt, (str,), optional=True)
-        img_path = _require(obj, self.img_path, (str,), optional=True)
-        _check_modality_fields(modality, txt, img_path)
-        return (
-            item_id,
-            modality,
-            txt if modality.has_text else None,
-            img_path if modality.has_image else None,
-        )
-
-    @staticmethod
-    def check_image(
-        root: Path, modality: Modality, img_path: str | None, image_check: ImageCheck
-    ) -> None:
-        """Quarantine reasons for the item's image: outside the root, missing, broken."""
-        if not modality.has_image or img_path is None:
-            return
-        if any(ord(ch) < 32 or ord(ch) == 127 for ch in img_path):
-            raise _RowError(Reason.BAD_PATH, f"image path {img_path!r} has control characters")
-        try:
-            path = resolve_in_root(root, img_path)
-        except ValueError as exc:
-            raise _RowError(Reason.PATH_ESCAPES_ROOT, str(exc)) from None
-        problem = check_image(path, image_check)
-        if problem is not None:
-            reason, detail = problem
-            raise _RowError(Reason(reason), f"{img_path}: {detail}")
-
-
-_CANDIDATE_FIELDS = _ItemFields("did", "modality", "txt", "img_path")
-_QUERY_FIELDS = _ItemFields("qid", "query_modality", "query_txt", "query_img_path")
-
-
-def _src_content(value: Any) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return json.dumps(value, sort_keys=True)
-
-
-def _cand_refs(obj: dict[str, Any], name: str) -> tuple[str, ...]:
-    """Accept both `"9:10"` and `{"did": "9:10", ...}` entries, as M-BEIR variants write."""
-    value = obj.get(name)
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise _RowError(Reason.WRONG_TYPE, f"field {name!r} should be a list")
-    refs: list[str] = []
-    for entry in value:
-        if isinstance(entry, str) and entry:
-            refs.append(entry)
-        elif isinstance(entry, dict) and isinstance(entry.get("did"), str) and entry["did"]:
-            refs.append(entry["did"])
-        else:
-            raise _RowError(
-                Reason.WRONG_TYPE,
-                f"{name} entries should be 'did' strings or objects with a 'did', got {entry!r}",
-            )
-    return tuple(refs)
 
 
 # ---------------------------------------------------------------------------
@@ -288,7 +164,7 @@ def _read_rows(
         rid = raw_id(obj)
         try:
             row = parse(obj)
-        except _RowError as exc:
+        except RowError as exc:
             quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, rid))
             continue
         key = row_id(row)
@@ -336,14 +212,14 @@ def read_candidates(
     image_check = image_check or ImageCheck()
 
     def parse(obj: dict[str, Any]) -> Candidate:
-        did, modality, txt, img_path = _CANDIDATE_FIELDS.parse(obj)
-        _CANDIDATE_FIELDS.check_image(root, modality, img_path, image_check)
+        did, modality, txt, img_path = CANDIDATE_FIELDS.parse(obj)
+        CANDIDATE_FIELDS.check_image(root, modality, img_path, image_check)
         return Candidate(
             did=did,
             modality=modality,
             txt=txt,
             img_path=img_path,
-            src_content=_src_content(obj.get("src_content")),
+            src_content=src_content(obj.get("src_content")),
         )
 
     return _read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
@@ -376,13 +252,13 @@ def read_queries(
     image_check = image_check or ImageCheck()
 
     def parse(obj: dict[str, Any]) -> Query:
-        qid, modality, txt, img_path = _QUERY_FIELDS.parse(obj)
+        qid, modality, txt, img_path = QUERY_FIELDS.parse(obj)
         if "pos_cand_list" not in obj:
-            raise _RowError(Reason.MISSING_FIELD, "field 'pos_cand_list' is missing")
-        positives = _cand_refs(obj, "pos_cand_list")
+            raise RowError(Reason.MISSING_FIELD, "field 'pos_cand_list' is missing")
+        positives = cand_refs(obj, "pos_cand_list")
         if not positives:
-            raise _RowError(Reason.MISSING_FIELD, "pos_cand_list is empty: nothing to retrieve")
-        negatives = _cand_refs(obj, "neg_cand_list")
+            raise RowError(Reason.MISSING_FIELD, "pos_cand_list is empty: nothing to retrieve")
+        negatives = cand_refs(obj, "neg_cand_list")
         if known_dids is not None:
             unknown = [
                 f"{side} {_missing(known_dids, d)}"
@@ -392,14 +268,14 @@ def read_queries(
             ]
             if unknown:
                 more = f"; and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-                raise _RowError(Reason.UNKNOWN_REFERENCE, "; ".join(unknown[:3]) + more)
+                raise RowError(Reason.UNKNOWN_REFERENCE, "; ".join(unknown[:3]) + more)
         task_id = obj.get("task_id")
         if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
             if isinstance(task_id, str) and task_id.isdigit():
                 task_id = int(task_id)
             else:
-                raise _RowError(Reason.WRONG_TYPE, f"task_id should be an integer, got {task_id!r}")
-        _QUERY_FIELDS.check_image(root, modality, img_path, image_check)
+                raise RowError(Reason.WRONG_TYPE, f"task_id should be an integer, got {task_id!r}")
+        QUERY_FIELDS.check_image(root, modality, img_path, image_check)
         return Query(
             qid=qid,
             modality=modality,
@@ -409,7 +285,7 @@ def read_queries(
             neg_cand_list=negatives,
             split=split,
             task_id=task_id,
-            src_content=_src_content(obj.get("query_src_content")),
+            src_content=src_content(obj.get("query_src_content")),
         )
 
     return _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
@@ -434,22 +310,22 @@ def read_qrels(
 
     def parse(parts: list[str]) -> Qrel:
         if len(parts) != 5:
-            raise _RowError(
+            raise RowError(
                 Reason.BAD_QREL_LINE,
                 f"expected 5 fields 'qid 0 did relevance task_id', got {len(parts)}",
             )
         qid, _, did, relevance, task_id = parts
         if not (relevance.lstrip("-").isdigit() and task_id.isdigit()):
-            raise _RowError(Reason.BAD_QREL_LINE, "relevance and task_id must be integers")
+            raise RowError(Reason.BAD_QREL_LINE, "relevance and task_id must be integers")
         problems = []
         if known_qids is not None and qid not in known_qids:
             problems.append(f"qid {qid!r} is not a valid query")
         if known_dids is not None and did not in known_dids:
             problems.append(f"did {_missing(known_dids, did)}")
         if problems:
-            raise _RowError(Reason.UNKNOWN_REFERENCE, "; ".join(problems))
+            raise RowError(Reason.UNKNOWN_REFERENCE, "; ".join(problems))
         if (qid, did) in seen:
-            raise _RowError(
+            raise RowError(
                 Reason.DUPLICATE_ID, f"pair ({qid}, {did}) already on line {seen[(qid, did)]}"
             )
         return Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(task_id))
@@ -458,9 +334,9 @@ def read_qrels(
         parts = raw.split()
         try:
             if error is not None:
-                raise _RowError(Reason.BAD_ENCODING, error)
+                raise RowError(Reason.BAD_ENCODING, error)
             qrel = parse(parts)
-        except _RowError as exc:
+        except RowError as exc:
             quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, parts[0]))
             continue
         seen[(qrel.qid, qrel.did)] = line_no

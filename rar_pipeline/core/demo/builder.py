@@ -24,6 +24,9 @@ task    query -> candidate       example
 Ground truth (shape, colour, brand of every product image) is written *outside* the data
 root (`core.layout.demo_truth_file`); the corpus itself holds only what a real corpus
 would: items, queries, qrels. Nothing that enhances an item needs or reads the truth file.
+
+(~410 lines: the task table above and one function per part of the corpus; the world it
+draws from is `world.py`, the images `compose.py`.)
 """
 
 from __future__ import annotations

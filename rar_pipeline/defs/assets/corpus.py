@@ -59,6 +59,35 @@ def _report_metadata(report: IngestReport) -> dict[str, Any]:
     return metadata
 
 
+def _query_metadata(report: IngestReport) -> dict[str, Any]:
+    extra = report.extra
+    return {
+        **_report_metadata(report),
+        "rows_per_split": {s: v["rows"] for s, v in extra["splits"].items()},
+        "qrels_rows": extra["qrels_rows"],
+        "instructions": [[clip(p) for p in ps] for ps in extra["instructions"][:20]],
+        "instructions_quarantined": len(extra["instructions_quarantined"]),
+        "qids_in_several_splits": len(extra["qids_in_several_splits"]),
+        "conflicting_positives": len(extra["conflicting_positives"]),
+    }
+
+
+def _warn_findings(context: dg.AssetExecutionContext, report: IngestReport) -> None:
+    """Warn about what the corpus should fix although every row was kept."""
+    if conflicts := report.extra["conflicting_positives"]:
+        context.log.warning(
+            f"{len(conflicts)} positives are defined with different content in different pools "
+            f"(e.g. {[clip(d, 60) for d in conflicts[:3]]}): fix the corpus; which one a "
+            "retriever indexes is undefined"
+        )
+    if shared := report.extra["qids_in_several_splits"]:
+        context.log.warning(
+            f"{len(shared)} qids appear in more than one split (e.g. "
+            f"{[clip(q, 60) for q in shared[:3]]}); each split's query keeps its own text and "
+            "rewrite, but check the corpus for a train/test leak"
+        )
+
+
 @dg.asset(
     partitions_def=pool_shards,
     group_name="corpus",
@@ -115,31 +144,9 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
         progress=True,
     )
     _warn_quarantine(context, report)
-    metadata = _report_metadata(report)
-    metadata.update(
-        {
-            "rows_per_split": {s: v["rows"] for s, v in report.extra["splits"].items()},
-            "qrels_rows": report.extra["qrels_rows"],
-            "instructions": [[clip(p) for p in ps] for ps in report.extra["instructions"][:20]],
-            "instructions_quarantined": len(report.extra["instructions_quarantined"]),
-            "qids_in_several_splits": len(shared := report.extra["qids_in_several_splits"]),
-            "conflicting_positives": len(conflicts := report.extra["conflicting_positives"]),
-        }
-    )
-    if conflicts:
-        context.log.warning(
-            f"{len(conflicts)} positives are defined with different content in different pools "
-            f"(e.g. {[clip(d, 60) for d in conflicts[:3]]}): fix the corpus; which one a "
-            "retriever indexes is undefined"
-        )
-    if shared:
-        context.log.warning(
-            f"{len(shared)} qids appear in more than one split (e.g. "
-            f"{[clip(q, 60) for q in shared[:3]]}); each split's query keeps its own text and "
-            "rewrite, but check the corpus for a train/test leak"
-        )
+    _warn_findings(context, report)
     return dg.MaterializeResult(
-        metadata=metadata,
+        metadata=_query_metadata(report),
         data_version=dg.DataVersion(report.data_version),
         check_results=[
             quarantine_rate_result(

@@ -4,6 +4,10 @@
 `POST {base_url}/chat/completions` protocol, so one small client covers them all. It uses the
 standard library only (urllib and a thread pool): bounded concurrent POSTs need nothing more,
 and the pipeline gains no HTTP dependency for it.
+
+Longer than most modules (~440 lines) on purpose: the client, its retry policy, its deadline
+and size cap and its circuit breaker decide together what one request costs, and read best
+side by side.
 """
 
 from __future__ import annotations
