@@ -59,6 +59,25 @@ def _report_metadata(report: IngestReport) -> dict[str, Any]:
     return metadata
 
 
+def _ingested(
+    context: dg.AssetExecutionContext,
+    report: IngestReport,
+    corpus: CorpusResource,
+    metadata: dict[str, Any],
+) -> dg.MaterializeResult:
+    """An ingest step's result: its metadata, data version and quarantine-rate check."""
+    _warn_quarantine(context, report)
+    return dg.MaterializeResult(
+        metadata=metadata,
+        data_version=dg.DataVersion(report.data_version),
+        check_results=[
+            quarantine_rate_result(
+                report.summary, corpus.max_quarantine_rate, partition=context.partition_key
+            )
+        ],
+    )
+
+
 def _query_metadata(report: IngestReport) -> dict[str, Any]:
     extra = report.extra
     return {
@@ -106,16 +125,7 @@ def candidate_pool(
         image_check=corpus.image_policy(),
         progress=True,
     )
-    _warn_quarantine(context, report)
-    return dg.MaterializeResult(
-        metadata=_report_metadata(report),
-        data_version=dg.DataVersion(report.data_version),
-        check_results=[
-            quarantine_rate_result(
-                report.summary, corpus.max_quarantine_rate, partition=context.partition_key
-            )
-        ],
-    )
+    return _ingested(context, report, corpus, _report_metadata(report))
 
 
 @dg.asset(
@@ -143,14 +153,5 @@ def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.Mat
         image_check=corpus.image_policy(),
         progress=True,
     )
-    _warn_quarantine(context, report)
     _warn_findings(context, report)
-    return dg.MaterializeResult(
-        metadata=_query_metadata(report),
-        data_version=dg.DataVersion(report.data_version),
-        check_results=[
-            quarantine_rate_result(
-                report.summary, corpus.max_quarantine_rate, partition=context.partition_key
-            )
-        ],
-    )
+    return _ingested(context, report, corpus, _query_metadata(report))
