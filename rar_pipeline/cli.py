@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
-from rar_pipeline.core.corpus.mbeir import LayoutError, discover
+from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, LayoutError, discover
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
@@ -191,6 +191,8 @@ def _validate(args: argparse.Namespace) -> int:
         print(f"{layout.root}: {len(layout.pools)} pool shards, {len(layout.queries)} tasks")
         for path, why in layout.skipped.items():
             print(f"  skipped {path}: {why}")
+        if not layout.train_tasks:
+            print("  warning: " + NO_TRAIN_SPLIT)
         conflicts = sorted({d for r in reports for d in r.extra.get("conflicting_positives", [])})
         if conflicts:
             print(

@@ -72,6 +72,10 @@ class ArtifactLayout:
     def quarantine(self, step: str, key: str) -> Path:
         return self.root / "quarantine" / step / f"{key}.jsonl"
 
+    def dropped_refs(self, task: str) -> Path:
+        """References a task's kept queries lost (one JSON object per reference)."""
+        return self.root / "quarantine" / "queries" / f"{task}.dropped_refs.jsonl"
+
     @property
     def quarantine_dir(self) -> Path:
         return self.root / "quarantine"

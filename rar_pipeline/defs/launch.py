@@ -16,7 +16,7 @@ from typing import Any
 
 import dagster as dg
 
-from rar_pipeline.core.corpus.mbeir import discover
+from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, discover
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 
@@ -262,6 +262,8 @@ def run_pipeline(
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; the corpus has {sorted(layout.queries)}")
     register_corpus_partitions(instance, layout)
+    if not layout.train_tasks:
+        echo("warning: " + NO_TRAIN_SPLIT)
     keys = {"shards": list(layout.pools), "tasks": selected, None: [None]}
     for asset, partitioned_by in stages(assets, demo=build_demo is not None):
         if asset == "demo_corpus":

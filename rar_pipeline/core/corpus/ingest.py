@@ -27,6 +27,7 @@ from rar_pipeline.core.corpus.readers import (
 from rar_pipeline.core.corpus.records import (
     TASK_MODALITIES,
     Candidate,
+    DroppedRef,
     Instruction,
     Qrel,
     QuarantinedRow,
@@ -39,6 +40,7 @@ from rar_pipeline.core.corpus.tables import (
     read_quarantine,
     records_to_frame,
     summarize,
+    write_dropped,
     write_parquet,
     write_quarantine,
 )
@@ -217,6 +219,7 @@ def ingest_queries(
     splits = layout.queries[task]
     rows: list[Query] = []
     quarantined: list[QuarantinedRow] = []
+    dropped: list[DroppedRef] = []
     per_split: dict[str, dict[str, Any]] = {}
     for split, path in sorted(splits.items()):
         with _bar(f"{task}/{split}", progress) as bar:
@@ -230,13 +233,20 @@ def ingest_queries(
             )
         rows.extend(result.rows)
         quarantined.extend(result.quarantined)
+        dropped.extend(result.dropped)
         per_split[split] = summarize(result)
 
     qrels: list[Qrel] = []
     qrels_summary: dict[str, Any] = {}
     for split, path in sorted(layout.qrels.get(task, {}).items()):
         split_qids = {q.qid for q in rows if q.split == split}
-        result = read_qrels(path, layout.root, known_qids=split_qids, known_dids=known_dids)
+        result = read_qrels(
+            path,
+            layout.root,
+            known_qids=split_qids,
+            known_dids=known_dids,
+            task_id=task_id_of(task),
+        )
         qrels.extend(result.rows)
         quarantined.extend(result.quarantined)
         qrels_summary[split] = summarize(result, with_modality=False)
@@ -251,6 +261,7 @@ def ingest_queries(
         output = write_parquet(frame, artifacts.queries(task))
         write_parquet(records_to_frame(qrels, Qrel), artifacts.qrels(task))
         quarantine_file = write_quarantine(quarantined, artifacts.quarantine("queries", task))
+        write_dropped(dropped, artifacts.dropped_refs(task))
         if layout.instructions is not None:  # rewritten each time: a fixed line leaves it
             write_quarantine(bad_instructions, artifacts.quarantine("instructions", "instructions"))
     total = summarize(ReadResult(rows=rows, quarantined=quarantined))
@@ -273,6 +284,9 @@ def ingest_queries(
             "qrels_rows": len(qrels),
             "instructions": [list(i.prompts) for i in instructions],
             "instructions_quarantined": bad_instructions,
+            # references kept queries lost (unknown negatives; positives in no pool, while
+            # another positive resolves): counted by side, listed in the dropped-refs file
+            "dropped_refs": dict(Counter(d.side for d in dropped)),
             # positives that two pools define differently: which one gets indexed is undefined
             "conflicting_positives": sorted(
                 {

@@ -5,6 +5,8 @@ Reading and validating rows is `core.corpus.readers`.
 Layout (paths relative to the data root)::
 
     query/{train,val,test}/mbeir_<dataset>_task<k>_<split>.jsonl
+    query/train/mbeir_<dataset>_train.jsonl                 (rows carry task_id)
+    query/union_train/mbeir_union_up_train.jsonl, query/union_val/mbeir_union_val.jsonl
     cand_pool/local/mbeir_<dataset>_task<k>_cand_pool.jsonl
     cand_pool/global/mbeir_union_{train,val,test}_cand_pool.jsonl
     qrels/{val,test}/mbeir_<dataset>_task<k>_<split>_qrels.txt
@@ -23,7 +25,15 @@ from typing import Any
 
 from rar_pipeline.core.corpus.records import Candidate, Qrel, Query
 
-_QUERY_FILE = re.compile(r"^mbeir_(?P<task>.+_task\d+)_(?P<split>train|val|test)\.jsonl$")
+# Test and val files name their task (mbeir_cirr_task7_test.jsonl); M-BEIR's training files
+# do not (query/train/mbeir_cirr_train.jsonl, whose rows carry task_id, and UniIR's
+# query/union_train/mbeir_union_up_train.jsonl): those are one partition per file, named
+# without the split (mbeir_cirr, mbeir_union_up).
+NO_TRAIN_SPLIT = (
+    "no train split in this data root (no query/train/, query/union_train/ or *_train.jsonl "
+    "files): the offline captioner learns nothing and training will have no pairs"
+)
+_QUERY_FILE = re.compile(r"^mbeir_(?P<task>.+?)_(?P<split>train|val|test)\.jsonl$")
 _QRELS_FILE = re.compile(r"^mbeir_(?P<task>.+_task\d+)_(?P<split>train|val|test)_qrels\.txt$")
 
 
@@ -50,6 +60,11 @@ class CorpusLayout:
     qrels: dict[str, dict[str, Path]] = field(default_factory=dict)
     instructions: Path | None = None
     skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def train_tasks(self) -> list[str]:
+        """The query partitions that have a train split."""
+        return sorted(t for t, splits in self.queries.items() if "train" in splits)
 
     def rel(self, path: Path) -> str:
         """`path` relative to the data root, as quarantine records name it."""

@@ -24,6 +24,7 @@ from rar_pipeline.core.corpus.images import ImageCheck
 from rar_pipeline.core.corpus.mbeir import LayoutError, source_name
 from rar_pipeline.core.corpus.records import (
     Candidate,
+    DroppedRef,
     Instruction,
     Qrel,
     QuarantinedRow,
@@ -241,15 +242,18 @@ def read_queries(
         root: the data root that `query_img_path` values are relative to.
         split: the split this file belongs to (train / val / test).
         known_dids: every valid candidate id (a `KnownCandidates` also says why the others
-            are missing); a query whose positive or negative points outside it is
-            quarantined. None skips the check.
+            are missing). References outside it are dropped and recorded in
+            `ReadResult.dropped` (negatives always; positives while at least one resolves,
+            as UniIR keeps INFOSEEK queries whose OVEN positives are in no pool); a query
+            with no positive left is quarantined. None skips the check.
         image_check: how hard to look at images (default: decode them fully).
         progress: called with 1 per line read, for progress bars.
 
     Returns:
-        Valid queries and quarantined rows.
+        Valid queries, quarantined rows, and the references dropped from kept queries.
     """
     image_check = image_check or ImageCheck()
+    dropped: list[DroppedRef] = []
 
     def parse(obj: dict[str, Any]) -> Query:
         qid, modality, txt, img_path = QUERY_FIELDS.parse(obj)
@@ -259,16 +263,21 @@ def read_queries(
         if not positives:
             raise RowError(Reason.MISSING_FIELD, "pos_cand_list is empty: nothing to retrieve")
         negatives = cand_refs(obj, "neg_cand_list")
+        missing: list[DroppedRef] = []
         if known_dids is not None:
-            unknown = [
-                f"{side} {_missing(known_dids, d)}"
+            missing = [
+                DroppedRef(qid, side, d, _missing(known_dids, d))
                 for side, refs in (("positive", positives), ("negative", negatives))
                 for d in refs
                 if d not in known_dids
             ]
-            if unknown:
-                more = f"; and {len(unknown) - 3} more" if len(unknown) > 3 else ""
-                raise RowError(Reason.UNKNOWN_REFERENCE, "; ".join(unknown[:3]) + more)
+            if {d.did for d in missing if d.side == "positive"} >= set(positives):
+                reasons = [f"{d.side} {d.why}" for d in missing]
+                more = f"; and {len(reasons) - 3} more" if len(reasons) > 3 else ""
+                raise RowError(Reason.UNKNOWN_REFERENCE, "; ".join(reasons[:3]) + more)
+            gone = {d.did for d in missing}
+            positives = tuple(d for d in positives if d not in gone)
+            negatives = tuple(d for d in negatives if d not in gone)
         task_id = obj.get("task_id")
         if task_id is not None and (isinstance(task_id, bool) or not isinstance(task_id, int)):
             if isinstance(task_id, str) and task_id.isdigit():
@@ -276,6 +285,7 @@ def read_queries(
             else:
                 raise RowError(Reason.WRONG_TYPE, f"task_id should be an integer, got {task_id!r}")
         QUERY_FIELDS.check_image(root, modality, img_path, image_check)
+        dropped.extend(missing)  # recorded only for a query that is kept
         return Query(
             qid=qid,
             modality=modality,
@@ -288,7 +298,10 @@ def read_queries(
             src_content=src_content(obj.get("query_src_content")),
         )
 
-    return _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+    result = _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+    kept = {q.qid for q in result.rows}  # a duplicate row's references were never kept
+    result.dropped = [d for d in dropped if d.qid in kept]
+    return result
 
 
 def read_qrels(
@@ -297,11 +310,13 @@ def read_qrels(
     *,
     known_qids: Collection[str] | None = None,
     known_dids: Collection[str] | None = None,
+    task_id: int | None = None,
 ) -> ReadResult[Qrel]:
     """Read and validate a qrels file (`qid 0 did relevance task_id`, space separated).
 
-    Lines whose qid or did is unknown (when the known sets are given) are quarantined, and
-    so are repeated (qid, did) pairs.
+    The 4-column form that IR toolkits ship (`qid 0 did relevance`) is accepted when
+    `task_id` (from the file's name) says which task it is. Lines whose qid or did is
+    unknown (when the known sets are given) are quarantined, and so are repeated pairs.
     """
     source = source_name(path, root)
     rows: list[Qrel] = []
@@ -309,13 +324,16 @@ def read_qrels(
     seen: dict[tuple[str, str], int] = {}
 
     def parse(parts: list[str]) -> Qrel:
+        if len(parts) == 4 and task_id is not None:
+            parts = [*parts, str(task_id)]
         if len(parts) != 5:
             raise RowError(
                 Reason.BAD_QREL_LINE,
-                f"expected 5 fields 'qid 0 did relevance task_id', got {len(parts)}",
+                f"expected 5 fields 'qid 0 did relevance task_id' (or 4 in a file named for "
+                f"its task), got {len(parts)}",
             )
-        qid, _, did, relevance, task_id = parts
-        if not (relevance.lstrip("-").isdigit() and task_id.isdigit()):
+        qid, _, did, relevance, line_task = parts
+        if not (relevance.lstrip("-").isdigit() and line_task.isdigit()):
             raise RowError(Reason.BAD_QREL_LINE, "relevance and task_id must be integers")
         problems = []
         if known_qids is not None and qid not in known_qids:
@@ -328,7 +346,7 @@ def read_qrels(
             raise RowError(
                 Reason.DUPLICATE_ID, f"pair ({qid}, {did}) already on line {seen[(qid, did)]}"
             )
-        return Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(task_id))
+        return Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(line_task))
 
     for line_no, raw, error in _text_lines(path):
         parts = raw.split()

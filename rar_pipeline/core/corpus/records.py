@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
 
@@ -136,12 +136,23 @@ class QuarantinedRow:
     raw: str  # the line as read, truncated
 
 
+@dataclass(frozen=True)
+class DroppedRef:
+    """A reference a kept query lost: its id is in no pool (or was quarantined)."""
+
+    qid: str
+    side: str  # "positive" or "negative"
+    did: str
+    why: str
+
+
 @dataclass
 class ReadResult(Generic[T]):
-    """Rows that passed validation and the ones quarantined, in file order."""
+    """Rows that passed validation, the ones quarantined, and references dropped from rows."""
 
     rows: list[T]
     quarantined: list[QuarantinedRow]
+    dropped: list[DroppedRef] = field(default_factory=list)
 
     @property
     def total(self) -> int:

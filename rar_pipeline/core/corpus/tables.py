@@ -12,7 +12,13 @@ from typing import Any
 
 import pandas as pd
 
-from rar_pipeline.core.corpus.records import Modality, QuarantinedRow, ReadResult, Reason
+from rar_pipeline.core.corpus.records import (
+    DroppedRef,
+    Modality,
+    QuarantinedRow,
+    ReadResult,
+    Reason,
+)
 from rar_pipeline.core.files import write_atomic
 
 
@@ -39,6 +45,12 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 def write_quarantine(rows: Sequence[QuarantinedRow], path: Path) -> Path:
     """One JSON object per quarantined row: source, line, row_id, reason, detail, raw."""
     lines = "".join(json.dumps({k: _plain(v) for k, v in asdict(r).items()}) + "\n" for r in rows)
+    return write_atomic(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
+
+
+def write_dropped(refs: Sequence[DroppedRef], path: Path) -> Path:
+    """One JSON object per reference a kept query lost: qid, side, did, why."""
+    lines = "".join(json.dumps(asdict(ref)) + "\n" for ref in refs)
     return write_atomic(path, lambda tmp: tmp.write_text(lines, encoding="utf-8"))
 
 

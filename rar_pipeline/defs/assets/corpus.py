@@ -88,6 +88,8 @@ def _query_metadata(report: IngestReport) -> dict[str, Any]:
         "instructions_quarantined": len(extra["instructions_quarantined"]),
         "qids_in_several_splits": len(extra["qids_in_several_splits"]),
         "conflicting_positives": len(extra["conflicting_positives"]),
+        "dropped_positives": extra["dropped_refs"].get("positive", 0),
+        "dropped_negatives": extra["dropped_refs"].get("negative", 0),
     }
 
 

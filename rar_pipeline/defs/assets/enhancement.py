@@ -109,6 +109,11 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             memory, counts = fit_captioner(
                 qs, candidates, corpus.root, Perceiver(paths.perception_cache)
             )
+            if not counts["pairs"]:
+                context.log.warning(
+                    "no train-split pairs: the caption memory is empty, so captions carry only "
+                    "what OCR and colours see. Add the corpus' train split to learn more."
+                )
             memory.save(paths.captioner)
             return dg.MaterializeResult(
                 metadata={

@@ -189,6 +189,7 @@ def test_a_query_task_writes_queries_qrels_and_quarantine_at_the_layout_paths(co
         artifacts.queries(TASK6),
         artifacts.qrels(TASK6),
         artifacts.quarantine("queries", TASK6),
+        artifacts.dropped_refs(TASK6),
         artifacts.quarantine("instructions", "instructions"),
     }
 
