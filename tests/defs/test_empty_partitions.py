@@ -15,12 +15,8 @@ from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
 
 
-def test_empty_and_all_quarantined_files_run_to_completion(mini_corpus: Path, tmp_path: Path):
-    pools, queries = mini_corpus / "cand_pool" / "local", mini_corpus / "query" / "test"
-    (pools / "mbeir_empty_task1_cand_pool.jsonl").write_text("")
-    (pools / "mbeir_allbad_task1_cand_pool.jsonl").write_text('{"did": \n[1, 2]\n')
-    (queries / "mbeir_empty_task1_test.jsonl").write_text("\n")
-    (queries / "mbeir_allbad_task1_test.jsonl").write_text("not json\n")
+def _run(mini_corpus: Path, tmp_path: Path):
+    """The whole graph on the corpus with a fake VLM."""
     corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"))
     vlm = FakeVLMResource()
     result = run_pipeline(
@@ -29,6 +25,16 @@ def test_empty_and_all_quarantined_files_run_to_completion(mini_corpus: Path, tm
         assets=build_assets(vlm),
         instance=dg.DagsterInstance.ephemeral(),
     )
+    return corpus, result
+
+
+def test_empty_and_all_quarantined_files_run_to_completion(mini_corpus: Path, tmp_path: Path):
+    pools, queries = mini_corpus / "cand_pool" / "local", mini_corpus / "query" / "test"
+    (pools / "mbeir_empty_task1_cand_pool.jsonl").write_text("")
+    (pools / "mbeir_allbad_task1_cand_pool.jsonl").write_text('{"did": \n[1, 2]\n')
+    (queries / "mbeir_empty_task1_test.jsonl").write_text("\n")
+    (queries / "mbeir_allbad_task1_test.jsonl").write_text("not json\n")
+    corpus, result = _run(mini_corpus, tmp_path)
     done = {(s.asset, s.partition): s.metadata for s in result.steps}
     paths = corpus.artifacts()
     for shard in ("mbeir_empty_task1_cand_pool", "mbeir_allbad_task1_cand_pool"):
@@ -53,14 +59,7 @@ def test_a_huge_valid_row_leaves_small_metadata(mini_corpus: Path, tmp_path: Pat
     pool = mini_corpus / "cand_pool" / "local" / "mbeir_mini_task6_cand_pool.jsonl"
     row = {"did": "77:9999", "txt": huge, "img_path": None, "modality": "text"}
     pool.write_text(pool.read_text() + json.dumps(row) + "\n")
-    corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"))
-    vlm = FakeVLMResource()
-    result = run_pipeline(
-        load_settings(data_root=mini_corpus, artifacts_dir=tmp_path / "out"),
-        resources={"corpus": corpus, "vlm": vlm},
-        assets=build_assets(vlm),
-        instance=dg.DagsterInstance.ephemeral(),
-    )
+    corpus, result = _run(mini_corpus, tmp_path)
     sizes = {(s.asset, s.partition): len(str(s.metadata)) for s in result.steps}
     assert max(sizes.values()) < 20_000, max(sizes.items(), key=lambda kv: kv[1])
     merged = pd.read_parquet(corpus.artifacts().enhanced_corpus("mbeir_mini_task6_cand_pool"))
