@@ -16,6 +16,7 @@ from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.demo import demo_caption_accuracy, demo_corpus
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
+from rar_pipeline.defs.assets.retrieval import build_retrieval_assets
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.resources import VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
@@ -29,6 +30,7 @@ def build_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         candidate_pool,
         queries,
         *build_enhancement_assets(vlm),
+        *build_retrieval_assets(vlm),
         demo_caption_accuracy,
     ]
 

@@ -1,0 +1,165 @@
+"""Training pairs per ablation config: (query, positive) in the representation each config names.
+
+| config | query side         | candidate side      |
+|--------|--------------------|---------------------|
+| none   | original text      | original text       |
+| corpus | original text      | enhanced text       |
+| query  | enhanced text      | original text       |
+| full   | enhanced text      | enhanced text       |
+
+Images stay on both sides wherever the item has one. One row per (query, positive) of the
+train split's labels; the corpus' val split becomes the validation pairs, or, when there is
+none, a seeded slice of train queries held out by query id. Hard negatives come from the
+corpus' own `neg_cand_list`, never a labelled positive of that query and never a candidate
+that only test queries point at. Test-split queries never produce a pair.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from rar_pipeline.core.corpus.records import Candidate, Query
+
+# Bump when the pair-building rules change: part of the training assets' code versions.
+PAIRS_VERSION = "pairs-1"
+
+
+@dataclass(frozen=True)
+class AblationConfig:
+    """Which sides of retrieval a config sees enhanced."""
+
+    name: str
+    enhanced_queries: bool
+    enhanced_corpus: bool
+
+
+CONFIGS: dict[str, AblationConfig] = {
+    c.name: c
+    for c in (
+        AblationConfig("none", enhanced_queries=False, enhanced_corpus=False),
+        AblationConfig("corpus", enhanced_queries=False, enhanced_corpus=True),
+        AblationConfig("query", enhanced_queries=True, enhanced_corpus=False),
+        AblationConfig("full", enhanced_queries=True, enhanced_corpus=True),
+    )
+}
+PAIR_COLUMNS = [
+    "qid",
+    "split",  # train | val
+    "task_id",
+    "query_txt",
+    "query_img_path",
+    "did",
+    "cand_txt",
+    "cand_img_path",
+    "neg_dids",
+]
+
+
+@dataclass
+class Pairs:
+    """The pairs of one config and what was left out, for metadata."""
+
+    frame: pd.DataFrame
+    counts: dict[str, Any] = field(default_factory=dict)
+
+
+def _held_out(qid: str, seed: int, fraction: float) -> bool:
+    """A stable coin per query id: the same queries are held out on every run."""
+    digest = hashlib.sha256(f"{seed}:{qid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64 < fraction
+
+
+def build_pairs(
+    config: AblationConfig,
+    queries: Sequence[Query],
+    candidates: Mapping[str, Candidate],
+    enhanced_queries: Mapping[str, str | None] | None = None,
+    enhanced_corpus: Mapping[str, str | None] | None = None,
+    *,
+    val_fraction: float = 0.1,
+    seed: int = 0,
+) -> Pairs:
+    """Training and validation pairs for one ablation config.
+
+    Args:
+        config: which sides are enhanced.
+        queries: every query of every task, all splits (test ones only to protect them).
+        candidates: did -> candidate, across all pools.
+        enhanced_queries: `Query.key` -> enhanced text (needed when the config enhances
+            queries); a query without one keeps its own text.
+        enhanced_corpus: did -> enhanced text (needed when the config enhances the corpus).
+        val_fraction: share of train queries held out when the corpus has no val split.
+        seed: which train queries are held out.
+
+    Returns:
+        The pairs (`PAIR_COLUMNS`) and counts of what went where.
+
+    Raises:
+        ValueError: an enhanced side was asked for without its texts.
+    """
+    if config.enhanced_queries and enhanced_queries is None:
+        raise ValueError(f"config {config.name!r} needs the enhanced queries")
+    if config.enhanced_corpus and enhanced_corpus is None:
+        raise ValueError(f"config {config.name!r} needs the enhanced corpus")
+    learn = [q for q in queries if q.split in ("train", "val")]
+    has_val = any(q.split == "val" for q in learn)
+    learned_positives = {d for q in learn for d in q.pos_cand_list}
+    test_only = {d for q in queries if q.split == "test" for d in q.pos_cand_list}
+    test_only -= learned_positives
+
+    def query_text(q: Query) -> str | None:
+        if config.enhanced_queries and enhanced_queries is not None:
+            return enhanced_queries.get(q.key) or q.txt
+        return q.txt
+
+    def cand_text(c: Candidate) -> str | None:
+        if config.enhanced_corpus and enhanced_corpus is not None:
+            return enhanced_corpus.get(c.did) or c.txt
+        return c.txt
+
+    rows: list[list[Any]] = []
+    missing_positives = dropped_negatives = 0
+    for q in learn:
+        split = q.split if has_val else ("val" if _held_out(q.qid, seed, val_fraction) else "train")
+        positives = set(q.pos_cand_list)
+        negatives = [
+            d
+            for d in q.neg_cand_list
+            if d in candidates and d not in positives and d not in test_only
+        ]
+        dropped_negatives += len(q.neg_cand_list) - len(negatives)
+        for did in q.pos_cand_list:
+            cand = candidates.get(did)
+            if cand is None:
+                missing_positives += 1
+                continue
+            rows.append(
+                [
+                    q.qid,
+                    split,
+                    q.task_id,
+                    query_text(q),
+                    q.img_path,
+                    did,
+                    cand_text(cand),
+                    cand.img_path,
+                    negatives,
+                ]
+            )
+    frame = pd.DataFrame(rows, columns=PAIR_COLUMNS)
+    return Pairs(
+        frame,
+        {
+            "pairs_train": int((frame["split"] == "train").sum()),
+            "pairs_val": int((frame["split"] == "val").sum()),
+            "queries": len({(q.split, q.qid) for q in learn}),
+            "validation": "the corpus' val split" if has_val else f"{val_fraction:.0%} of train",
+            "positives_in_no_pool": missing_positives,
+            "negatives_left_out": dropped_negatives,
+        },
+    )
