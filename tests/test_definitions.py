@@ -24,6 +24,8 @@ def test_definitions_load_with_the_graph():
         "corpus_captions",
         "enhanced_corpus",
         "enhanced_queries",
+        "training_pairs_none",
+        "training_pairs_full",
     } <= keys
     queries = graph.get(dg.AssetKey("queries"))
     assert dg.AssetKey("candidate_pool") in queries.parent_keys
@@ -33,6 +35,7 @@ def test_definitions_load_with_the_graph():
         "build_demo",
         "enhance_corpus",
         "enhance_queries",
+        "training_pairs",
     ):
         assert defs.resolve_job_def(name) is not None
     assert set(defs.resources) >= {"corpus", "lancedb", "mlflow", "vlm"}

@@ -34,10 +34,17 @@ enhance_queries_job = dg.define_asset_job(
     description="Rewrite query tasks: captions, QA rewrites, modification constraints.",
 )
 
+training_pairs_job = dg.define_asset_job(
+    "training_pairs",
+    selection=dg.AssetSelection.groups("retrieval"),
+    description="Build the training pairs of every ablation config (none, corpus, query, full).",
+)
+
 JOBS = [
     ingest_pools_job,
     ingest_queries_job,
     build_demo_job,
     enhance_corpus_job,
     enhance_queries_job,
+    training_pairs_job,
 ]
