@@ -62,30 +62,26 @@ def test_every_config_has_pairs_from_the_train_split(built):
     )
 
 
-def test_a_caption_prompt_edit_stales_corpus_and_full_only(built, monkeypatch):
+def test_before_any_edit_every_config_is_fresh(built):
     _, vlm, instance = built
     assert {c: _status(instance, vlm, c) for c in CONFIGS} == dict.fromkeys(
         CONFIGS, StaleStatus.FRESH
     )
-    edited = dataclasses.replace(prompts.CORPUS_CAPTION, system="Describe the image.")
-    monkeypatch.setitem(prompts.PROMPTS, "corpus_caption", edited)
-    assert {c: _status(instance, vlm, c) for c in CONFIGS} == {
-        "none": StaleStatus.FRESH,
-        "corpus": StaleStatus.STALE,
-        "query": StaleStatus.FRESH,
-        "full": StaleStatus.STALE,
-    }
 
 
-def test_a_query_prompt_edit_stales_query_and_full_only(built, monkeypatch):
+@pytest.mark.parametrize(
+    ("prompt", "stale"),
+    [
+        ("corpus_caption", {"corpus", "full"}),  # a caption edit: the corpus side
+        ("qa_rewrite", {"query", "full"}),  # a query prompt edit: the mirror image
+    ],
+)
+def test_a_prompt_edit_stales_exactly_the_configs_that_read_it(built, monkeypatch, prompt, stale):
     _, vlm, instance = built
-    edited = dataclasses.replace(prompts.QA_REWRITE, system="Rewrite the question.")
-    monkeypatch.setitem(prompts.PROMPTS, "qa_rewrite", edited)
+    spec = prompts.PROMPTS[prompt]
+    monkeypatch.setitem(prompts.PROMPTS, prompt, dataclasses.replace(spec, system="Edited."))
     assert {c: _status(instance, vlm, c) for c in CONFIGS} == {
-        "none": StaleStatus.FRESH,
-        "corpus": StaleStatus.FRESH,
-        "query": StaleStatus.STALE,
-        "full": StaleStatus.STALE,
+        c: StaleStatus.STALE if c in stale else StaleStatus.FRESH for c in CONFIGS
     }
 
 

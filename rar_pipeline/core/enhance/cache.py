@@ -36,9 +36,6 @@ class CacheEntry:
     attempts: int
 
 
-_RENAMED = {"kind": "prompt", "text": "generated"}
-
-
 class EnhancementCache:
     """Enhancement outputs keyed by item content, prompt version, backend, model, sampling.
 
@@ -54,9 +51,6 @@ class EnhancementCache:
         row = self.store.get(key)
         if row is None or row.get("status") != "ok":
             return None
-        for old, new in _RENAMED.items():  # entries written before a column was renamed
-            if new not in row and old in row:
-                row = {**row, new: row[old]}
         return CacheEntry(**{k: row[k] for k in CacheEntry.__dataclass_fields__})
 
     def put(self, key: str, entry: CacheEntry) -> None:

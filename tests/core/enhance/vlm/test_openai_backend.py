@@ -589,10 +589,32 @@ def test_a_dead_server_trips_the_breaker_and_the_rest_fail_fast() -> None:
     assert vlm.requests_sent <= 8
 
 
-def test_the_breaker_resets_with_each_batch(server: ScriptedServer) -> None:
-    vlm = make_vlm(server, max_retries=0)
-    assert [r.text for r in vlm.generate([request("a")])] == ["caption for a"]
-    assert vlm.requests_sent == 1
+def test_the_breaker_resets_with_each_batch() -> None:
+    """A server that comes back is used again by the next batch (the next run's retry)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    vlm = OpenAIVLM(
+        base_url=f"http://127.0.0.1:{port}/v1",
+        model_id="m",
+        max_retries=0,
+        backoff_s=0,
+        max_concurrency=1,
+    )
+    down = vlm.generate([request(f"item {i}") for i in range(10)])
+    assert "server unreachable" in down[-1].error
+    scripted = ScriptedServer()
+    scripted._httpd.server_close()  # rebind its handler on the port the fleet names
+    scripted._httpd = _QuietServer(("127.0.0.1", port), _handler_for(scripted))
+    scripted._thread = threading.Thread(
+        target=scripted._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+    )
+    scripted.start()
+    try:
+        up = vlm.generate([request("a"), request("b")])
+    finally:
+        scripted.stop()
+    assert [r.text for r in up] == ["caption for a", "caption for b"]
 
 
 def test_requests_sent_counts_every_http_attempt(server: ScriptedServer) -> None:
