@@ -1,7 +1,11 @@
-"""The protocol every retriever encoder implements: items of any modality in, unit vectors out.
+"""The protocols every retriever encoder implements: items of any modality in, unit vectors out.
 
 An item is a query or a candidate as the retriever sees it: text (original or enhanced),
 an image, or both. Queries and candidates share one space: retrieval is a dot product.
+
+`Encoder` is what index, search and evaluation need; `TrainableEncoder` adds what training
+needs, split as sentence-transformers splits a model: `inputs` prepares a batch (cached
+backbone features, token ids, pixels) outside autograd, `forward` embeds it with gradients.
 """
 
 from __future__ import annotations
@@ -9,9 +13,15 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
+
+# What training updates: the projection heads only (the CPU default), the whole backbone,
+# or LoRA adapters on the backbone's linear layers (heads train in every mode).
+Trained = Literal["heads", "full", "lora"]
+TRAINED: tuple[str, ...] = ("heads", "full", "lora")
+ENCODER_CONFIG = "encoder.json"  # every saved encoder: {"encoder": name, ...its settings}
 
 
 @dataclass(frozen=True)
@@ -42,4 +52,35 @@ class Encoder(Protocol):
 
     def embed(self, items: Sequence[EncodeItem]) -> np.ndarray:
         """(len(items), dim) float32 rows of unit length, in item order."""
+        ...
+
+
+@runtime_checkable
+class TrainableEncoder(Encoder, Protocol):
+    """An encoder the contrastive trainer can update, save and reload.
+
+    Attributes:
+        module: a `torch.nn.Module` holding every parameter `trained` names (and only
+            those require grad); the trainer's optimiser takes `module.parameters()` that
+            require grad, and calls `module.train()` / `module.eval()`.
+        trained: heads | full | lora.
+    """
+
+    module: Any
+    trained: str
+
+    def inputs(self, items: Sequence[EncodeItem]) -> Any:
+        """A batch prepared for `forward` (no gradients needed to build it)."""
+        ...
+
+    def forward(self, inputs: Any) -> Any:
+        """(n, dim) unit-length embeddings as a tensor with gradients."""
+        ...
+
+    def config(self) -> dict[str, Any]:
+        """JSON-able settings that rebuild this encoder's shape; "encoder" names it."""
+        ...
+
+    def save(self, directory: Path) -> None:
+        """Safetensors weights and `ENCODER_CONFIG` in `directory`: no pickle."""
         ...

