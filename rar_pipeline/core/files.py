@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -33,6 +34,41 @@ def write_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def write_dir_atomic(path: Path, write: Callable[[Path], Any]) -> Path:
+    """Call `write(tmp_dir)` on a temp folder beside `path`, then swap it into place.
+
+    The old folder is moved aside before the new one is renamed in, and removed after: a
+    crash leaves either the old folder, the new one, or the old one at `<name>.old` (which
+    `recover_dir` puts back), never a half-written folder at `path`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    old = path.with_name(f".{path.name}.old")
+    try:
+        write(tmp)
+        if old.exists():
+            shutil.rmtree(old)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return path
+
+
+def recover_dir(path: Path) -> Path | None:
+    """`path` if it exists, else the previous version a crashed `write_dir_atomic` left."""
+    path = Path(path)
+    old = path.with_name(f".{path.name}.old")
+    if not path.exists() and old.is_dir():
+        os.replace(old, path)
+    return path if path.is_dir() else None
 
 
 def _update_with_file(digest: Any, path: Path) -> None:

@@ -12,6 +12,10 @@ train split's labels; the corpus' val split becomes the validation pairs, or, wh
 none, a seeded slice of train queries held out by query id. Hard negatives come from the
 corpus' own `neg_cand_list`, never a labelled positive of that query and never a candidate
 that only test queries point at. Test-split queries never produce a pair.
+
+`represent_candidates` writes every pool's candidates in the config's representation
+beside the pairs: validation ranks against them and mining draws negatives from them (never
+from candidates that only test queries point at, flagged `test_only`).
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import pandas as pd
 from rar_pipeline.core.corpus.records import Candidate, Query
 
 # Bump when the pair-building rules change: part of the training assets' code versions.
-PAIRS_VERSION = "pairs-1"
+PAIRS_VERSION = "pairs-2"
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ PAIR_COLUMNS = [
     "cand_img_path",
     "neg_dids",
 ]
+CANDIDATE_COLUMNS = ["did", "pool", "modality", "txt", "img_path", "test_only"]
 
 
 @dataclass
@@ -108,9 +113,7 @@ def build_pairs(
         raise ValueError(f"config {config.name!r} needs the enhanced corpus")
     learn = [q for q in queries if q.split in ("train", "val")]
     has_val = any(q.split == "val" for q in learn)
-    learned_positives = {d for q in learn for d in q.pos_cand_list}
-    test_only = {d for q in queries if q.split == "test" for d in q.pos_cand_list}
-    test_only -= learned_positives
+    test_only = test_only_candidates(queries)
 
     def query_text(q: Query) -> str | None:
         if config.enhanced_queries and enhanced_queries is not None:
@@ -118,9 +121,7 @@ def build_pairs(
         return q.txt
 
     def cand_text(c: Candidate) -> str | None:
-        if config.enhanced_corpus and enhanced_corpus is not None:
-            return enhanced_corpus.get(c.did) or c.txt
-        return c.txt
+        return candidate_text(config, c, enhanced_corpus)
 
     rows: list[list[Any]] = []
     missing_positives = dropped_negatives = 0
@@ -163,3 +164,50 @@ def build_pairs(
             "negatives_left_out": dropped_negatives,
         },
     )
+
+
+def test_only_candidates(queries: Sequence[Query]) -> set[str]:
+    """Candidates that only test queries label positive: kept out of all training signal."""
+    learned = {d for q in queries if q.split in ("train", "val") for d in q.pos_cand_list}
+    return {d for q in queries if q.split == "test" for d in q.pos_cand_list} - learned
+
+
+def candidate_text(
+    config: AblationConfig, candidate: Candidate, enhanced_corpus: Mapping[str, str | None] | None
+) -> str | None:
+    """A candidate's text as `config` sees it (its own text when it has no enhanced one)."""
+    if config.enhanced_corpus and enhanced_corpus is not None:
+        return enhanced_corpus.get(candidate.did) or candidate.txt
+    return candidate.txt
+
+
+def represent_candidates(
+    config: AblationConfig,
+    pools: Mapping[str, Sequence[Candidate]],
+    queries: Sequence[Query],
+    enhanced_corpus: Mapping[str, str | None] | None = None,
+) -> pd.DataFrame:
+    """Every candidate of every pool in `config`'s representation (`CANDIDATE_COLUMNS`).
+
+    Args:
+        config: which sides are enhanced.
+        pools: pool shard -> its candidates.
+        queries: every query (to flag candidates only test queries point at).
+        enhanced_corpus: did -> enhanced text (needed when the config enhances the corpus).
+    """
+    if config.enhanced_corpus and enhanced_corpus is None:
+        raise ValueError(f"config {config.name!r} needs the enhanced corpus")
+    test_only = test_only_candidates(queries)
+    rows = [
+        [
+            c.did,
+            pool,
+            str(c.modality),
+            candidate_text(config, c, enhanced_corpus),
+            c.img_path,
+            c.did in test_only,
+        ]
+        for pool, candidates in pools.items()
+        for c in candidates
+    ]
+    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)

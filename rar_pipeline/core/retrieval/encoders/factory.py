@@ -13,6 +13,8 @@ from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, TrainableE
 # `load(directory, *, cache_dir=None)`. Imported lazily: torch-heavy modules load on use.
 ENCODERS: dict[str, str] = {
     "offline": "rar_pipeline.core.retrieval.encoders.offline:OfflineEncoder",
+    "clip": "rar_pipeline.core.retrieval.encoders.clip:ClipEncoder",
+    "vlm-embed": "rar_pipeline.core.retrieval.encoders.vlm_embed:VlmEmbedEncoder",
 }
 
 
@@ -42,12 +44,21 @@ def create_encoder(
 
 
 def load_encoder(directory: Path, *, cache_dir: Path | None = None) -> TrainableEncoder:
-    """Reload an encoder saved with `save` (or a checkpoint holding one): no pickle.
+    """Reload an encoder saved with `save`, or a retriever checkpoint's: no pickle.
+
+    A checkpoint folder (`checkpoint.CHECKPOINT_FILE`) is verified against its recorded
+    hashes first: a truncated or tampered checkpoint is never loaded.
 
     Raises:
         FileNotFoundError: no saved encoder in `directory`.
+        CheckpointError: a checkpoint whose files do not match their hashes.
         ValueError: the saved encoder's name is unknown.
     """
+    from rar_pipeline.core.retrieval import checkpoint
+
+    if (Path(directory) / checkpoint.CHECKPOINT_FILE).is_file():
+        checkpoint.read_checkpoint(directory)
+        directory = Path(directory) / checkpoint.ENCODER_DIR
     config_path = Path(directory) / ENCODER_CONFIG
     if not config_path.is_file():
         raise FileNotFoundError(f"no saved encoder in {directory} (no {ENCODER_CONFIG})")

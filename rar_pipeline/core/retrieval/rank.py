@@ -1,0 +1,46 @@
+"""Dense ranking: embed items in batches, take each query's top k by dot product.
+
+Embeddings are unit length, so the dot product is the cosine. Ties are broken by pool
+order, so a ranking is a pure function of the embeddings.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem, Encoder
+
+
+def embed_all(
+    encoder: Encoder,
+    items: Sequence[EncodeItem],
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """(len(items), dim) embeddings, computed `batch_size` items at a time."""
+    parts = []
+    for start in range(0, len(items), batch_size):
+        batch = items[start : start + batch_size]
+        parts.append(encoder.embed(batch))
+        if progress:
+            progress(len(batch))
+    return np.concatenate(parts) if parts else np.zeros((0, encoder.dim), dtype=np.float32)
+
+
+def top_k(queries: np.ndarray, candidates: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each query's k best candidates: (indices, scores), both (n, min(k, c)), best first."""
+    scores = queries @ candidates.T  # (n, c)
+    k = min(k, scores.shape[1])
+    # stable sort on -score: equal scores keep pool order
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(scores, order, axis=1)
+
+
+def hit_rate(ranked: Sequence[Sequence[str]], positives: Sequence[frozenset[str]], k: int) -> float:
+    """UniIR's Recall@k: the share of queries with any positive in their top k."""
+    if not ranked:
+        return 0.0
+    hits = sum(bool(set(r[:k]) & p) for r, p in zip(ranked, positives, strict=True))
+    return hits / len(ranked)
