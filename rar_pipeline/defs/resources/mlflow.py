@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import posixpath
 import re
 import uuid
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -18,6 +21,8 @@ class RunLogger(Protocol):
     """What the pipeline logs to one tracked run."""
 
     run_id: str
+    # A link a person can open to see the run, or None where none is known.
+    run_url: str | None
 
     def log_params(self, params: Mapping[str, Any]) -> None: ...
 
@@ -25,11 +30,122 @@ class RunLogger(Protocol):
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None: ...
 
+    def set_tags(self, tags: Mapping[str, str]) -> None: ...
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        """Upload one file, as `<artifact_path>/<its name>` (or `<its name>` at the root)."""
+        ...
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        """Upload the files under a folder (not the folder itself) to `artifact_path`."""
+        ...
+
+    def register_model(
+        self,
+        name: str,
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> str:
+        """Register this run's artifacts under `artifact_path` as a new version of `name`.
+
+        Creates the registered model if needed; returns the new version number ("1", "2", ...).
+        """
+        ...
+
+
+# ---------------------------------------------------------------------------
+# MLflow's naming rules, enforced by both implementations (the fake so that code tested
+# against it cannot log what real MLflow refuses; the real one up front so that a bad name
+# fails with the same `ValueError` before anything is half-written).
+
+# MLflow's rule for param, metric and tag names.
+_MLFLOW_NAME = re.compile(r"^[/\w.\- :]+$")
+_MAX_KEY_LENGTH = 250
+
+
+def _path_not_unique(name: str) -> bool:
+    """MLflow's `path_not_unique`: names are used as file paths and must be normalised ones."""
+    norm = posixpath.normpath(name)
+    return norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
+
+
+def _check_name(name: str) -> None:
+    """A param, metric or tag name MLflow accepts."""
+    if not _MLFLOW_NAME.match(name):
+        raise ValueError(
+            f"Invalid name {name!r}: names may only contain alphanumerics, underscores, "
+            "dashes, periods, spaces, colon and slashes"
+        )
+    if _path_not_unique(name):
+        raise ValueError(
+            f"Invalid name {name!r}: names are used as paths and must be normalised ones "
+            f"(this one would resolve to {posixpath.normpath(name)!r})"
+        )
+    if len(name) > _MAX_KEY_LENGTH:
+        raise ValueError(f"Invalid name {name[:40]!r}...: longer than {_MAX_KEY_LENGTH} chars")
+
+
+def _check_artifact_path(artifact_path: str | None) -> None:
+    """An artifact folder MLflow accepts: relative, normalised, no trailing slash."""
+    if artifact_path and _path_not_unique(artifact_path):
+        raise ValueError(
+            f"Invalid artifact path {artifact_path!r}: must be a relative, normalised posix "
+            f"path without a trailing slash (e.g. {posixpath.normpath(artifact_path)!r})"
+        )
+
+
+def _check_model_name(name: str) -> None:
+    """A registered model name MLflow accepts (its `_validate_model_name`)."""
+    if not name or not name.strip():
+        raise ValueError("Invalid registered model name: empty")
+    if "/" in name or ":" in name:
+        raise ValueError(
+            f"Invalid registered model name {name!r}: names cannot contain '/' or ':' "
+            "(see registered_model_name() to derive one from e.g. a Hugging Face id)"
+        )
+    if _path_not_unique(name):
+        raise ValueError(
+            f"Invalid registered model name {name!r}: names are used as paths and must not "
+            "start with '..' or resolve to another name"
+        )
+
+
+def registered_model_name(raw: str) -> str:
+    """A registered model name derived from `raw`: '/' and ':' become '-'.
+
+    E.g. "sentence-transformers/all-MiniLM-L6-v2" -> "sentence-transformers-all-MiniLM-L6-v2".
+    Raises `ValueError` if nothing valid is left.
+    """
+    name = re.sub(r"[/:]+", "-", raw).strip().strip("-")
+    _check_model_name(name)
+    return name
+
+
+def _check_local_file(local_path: Path) -> None:
+    if not Path(local_path).is_file():
+        raise FileNotFoundError(f"Not a file: {local_path}")
+
+
+def _check_local_dir(local_dir: Path) -> None:
+    if not Path(local_dir).is_dir():
+        raise NotADirectoryError(f"Not a folder: {local_dir}")
+
+
+def _join(artifact_path: str | None, name: str) -> str:
+    return f"{artifact_path}/{name}" if artifact_path else name
+
+
+# ---------------------------------------------------------------------------
+# real MLflow
+
 
 class _MlflowRun:
-    def __init__(self, client: Any, run_id: str) -> None:
+    def __init__(self, client: Any, run_id: str, artifact_uri: str, run_url: str | None) -> None:
         self._client = client
         self.run_id = run_id
+        self.run_url = run_url
+        self._artifact_uri = artifact_uri
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         for key, value in params.items():
@@ -42,6 +158,72 @@ class _MlflowRun:
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self._client.log_dict(self.run_id, dict(data), artifact_file)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        if tags:
+            # One batch: MLflow validates every tag before writing any.
+            self._client.log_batch(
+                self.run_id, tags=[RunTag(key, str(value)) for key, value in tags.items()]
+            )
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        _check_artifact_path(artifact_path)
+        _check_local_file(local_path)
+        self._client.log_artifact(self.run_id, str(local_path), artifact_path)
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        _check_artifact_path(artifact_path)
+        _check_local_dir(local_dir)
+        self._client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def _has_artifact(self, artifact_path: str) -> bool:
+        if self._client.list_artifacts(self.run_id, artifact_path):
+            return True  # a non-empty folder
+        parent = posixpath.dirname(artifact_path) or None
+        return any(
+            info.path == artifact_path and not info.is_dir
+            for info in self._client.list_artifacts(self.run_id, parent)
+        )
+
+    def register_model(
+        self,
+        name: str,
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> str:
+        from mlflow.exceptions import MlflowException
+
+        _check_model_name(name)
+        if not artifact_path:
+            raise ValueError("register_model needs the artifact path of what to register")
+        _check_artifact_path(artifact_path)
+        for key in tags or {}:
+            _check_name(key)
+        if not self._has_artifact(artifact_path):
+            raise ValueError(
+                f"Run {self.run_id} has no artifacts under {artifact_path!r} to register"
+            )
+        try:
+            self._client.create_registered_model(name)
+        except MlflowException as exc:
+            # Exists already, perhaps created a moment ago by a concurrent step.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+        # The run's own artifact location, not a `runs:/` URI: the sqlite/file registry keeps
+        # it as the version's storage location as is, and a tracking server accepts a source
+        # inside the run's artifact root when the run_id is given.
+        version = self._client.create_model_version(
+            name,
+            source=f"{self._artifact_uri.rstrip('/')}/{artifact_path}",
+            run_id=self.run_id,
+            tags={key: str(value) for key, value in (tags or {}).items()},
+            run_link=self.run_url,
+            description=description,
+        )
+        return str(version.version)
+
 
 class MlflowResource(dg.ConfigurableResource):
     """MLflow tracking. Defaults to a local sqlite store and artifact folder in the project.
@@ -53,6 +235,9 @@ class MlflowResource(dg.ConfigurableResource):
     tracking_uri: str
     artifact_location: str
     experiment: str = "rar_pipeline"
+    # Where `make mlflow-ui` serves a local (sqlite/file) store: the base of `run_url` for
+    # such stores. Empty: no link for them.
+    ui_url: str = "http://127.0.0.1:5000"
 
     def _client(self) -> Any:
         from mlflow.tracking import MlflowClient
@@ -61,6 +246,7 @@ class MlflowResource(dg.ConfigurableResource):
             Path(self.tracking_uri.removeprefix("sqlite:///")).parent.mkdir(
                 parents=True, exist_ok=True
             )
+        # The registry defaults to the tracking URI: models go to the same store.
         return MlflowClient(tracking_uri=self.tracking_uri)
 
     def _experiment_id(self, client: Any) -> str:
@@ -73,34 +259,88 @@ class MlflowResource(dg.ConfigurableResource):
             location = Path(location).resolve().as_uri()
         return client.create_experiment(self.experiment, artifact_location=location)
 
+    def run_url(self, experiment_id: str, run_id: str) -> str | None:
+        """The UI page of a run: on the tracking server, or on `ui_url` for a local store."""
+        scheme = urlparse(self.tracking_uri).scheme.lower()
+        if scheme in ("http", "https"):
+            base = self.tracking_uri
+        elif self.tracking_uri.lower().startswith("databricks"):
+            return None  # its UI has other addresses
+        else:  # sqlite, another database, or a file store: what `mlflow ui` serves
+            base = self.ui_url
+        if not base:
+            return None
+        return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
     @contextlib.contextmanager
     def start_run(
-        self, run_name: str, tags: Mapping[str, str] | None = None
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        run_id: str | None = None,
     ) -> Iterator[RunLogger]:
-        """A tracked run; marked FAILED if the body raises, FINISHED otherwise."""
+        """A tracked run; marked FAILED if the body raises, FINISHED otherwise.
+
+        With `run_id`, resumes that run of this experiment instead (e.g. a training resumed
+        after a kill): it is marked RUNNING again and `tags` are added to it. Its name must
+        be `run_name`. Params already logged cannot change value (MLflow's rule).
+        """
         client = self._client()
-        run = client.create_run(
-            self._experiment_id(client), run_name=run_name, tags=dict(tags or {})
+        experiment_id = self._experiment_id(client)
+        if run_id is None:
+            run = client.create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+        else:
+            run = client.get_run(run_id)  # MlflowException if there is no such run
+            if run.info.experiment_id != experiment_id:
+                raise ValueError(
+                    f"Run {run_id} belongs to experiment {run.info.experiment_id}, "
+                    f"not {self.experiment!r} ({experiment_id})"
+                )
+            if run.info.run_name != run_name:
+                raise ValueError(f"Run {run_id} is named {run.info.run_name!r}, not {run_name!r}")
+            client.update_run(run_id, status="RUNNING")
+        logger = _MlflowRun(
+            client,
+            run.info.run_id,
+            artifact_uri=run.info.artifact_uri,
+            run_url=self.run_url(experiment_id, run.info.run_id),
         )
+        if run_id is not None and tags:
+            logger.set_tags(tags)
         try:
-            yield _MlflowRun(client, run.info.run_id)
+            yield logger
         except BaseException:
             client.set_terminated(run.info.run_id, status="FAILED")
             raise
         client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-# MLflow's rule for param and metric names; the fake enforces it so that code tested against
-# the fake cannot log a name (e.g. "recall@10") that real MLflow refuses.
-_MLFLOW_NAME = re.compile(r"^[/\w.\- :]+$")
+# ---------------------------------------------------------------------------
+# the fake
 
 
-def _check_name(name: str) -> None:
-    if not _MLFLOW_NAME.match(name):
-        raise ValueError(
-            f"Invalid name {name!r}: names may only contain alphanumerics, underscores, "
-            "dashes, periods, spaces, colon and slashes"
-        )
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+@dataclass
+class RecordedModelVersion:
+    """One version of a registered model, as `FakeMlflow` recorded it."""
+
+    name: str
+    version: str
+    source: str  # `runs:/<run_id>/<artifact_path>`
+    run_id: str
+    artifact_path: str
+    tags: dict[str, str]
+    description: str | None
+    # What was registered: path relative to `artifact_path` -> sha256 of the contents.
+    files: dict[str, str]
 
 
 @dataclass
@@ -112,8 +352,14 @@ class RecordedRun:
     tags: dict[str, str]
     params: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    artifacts: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)  # log_dict: file -> content
+    files: dict[str, str] = field(default_factory=dict)  # log_artifact(s): path -> sha256
     status: str = "RUNNING"
+    run_url: str | None = None
+    # The owning FakeMlflow's registry (shared by its runs).
+    registry: dict[str, list[RecordedModelVersion]] = field(
+        default_factory=dict, repr=False, compare=False
+    )
 
     def log_params(self, params: Mapping[str, Any]) -> None:
         for key, value in params.items():
@@ -133,22 +379,117 @@ class RecordedRun:
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self.artifacts[artifact_file] = dict(data)
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        for key in tags:
+            _check_name(key)  # all checked before any is set, like MLflow's batch
+        self.tags.update({key: str(value) for key, value in tags.items()})
+
+    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
+        _check_artifact_path(artifact_path)
+        _check_local_file(local_path)
+        self.files[_join(artifact_path, Path(local_path).name)] = _sha256(Path(local_path))
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        _check_artifact_path(artifact_path)
+        _check_local_dir(local_dir)
+        for path in sorted(Path(local_dir).rglob("*")):
+            if path.is_file():
+                relative = path.relative_to(local_dir).as_posix()
+                self.files[_join(artifact_path, relative)] = _sha256(path)
+
+    def register_model(
+        self,
+        name: str,
+        artifact_path: str,
+        tags: Mapping[str, str] | None = None,
+        description: str | None = None,
+    ) -> str:
+        _check_model_name(name)
+        if not artifact_path:
+            raise ValueError("register_model needs the artifact path of what to register")
+        _check_artifact_path(artifact_path)
+        for key in tags or {}:
+            _check_name(key)
+        prefix = artifact_path + "/"
+        files = {
+            path.removeprefix(prefix): digest
+            for path, digest in self.files.items()
+            if path.startswith(prefix)
+        }
+        if artifact_path in self.files:  # a single file
+            files = {posixpath.basename(artifact_path): self.files[artifact_path]}
+        if not files and not any(
+            path == artifact_path or path.startswith(prefix) for path in self.artifacts
+        ):
+            raise ValueError(
+                f"Run {self.run_id} has no artifacts under {artifact_path!r} to register"
+            )
+        versions = self.registry.setdefault(name, [])
+        versions.append(
+            RecordedModelVersion(
+                name=name,
+                version=str(len(versions) + 1),
+                source=f"runs:/{self.run_id}/{artifact_path}",
+                run_id=self.run_id,
+                artifact_path=artifact_path,
+                tags={key: str(value) for key, value in (tags or {}).items()},
+                description=description,
+                files=files,
+            )
+        )
+        return versions[-1].version
+
 
 class FakeMlflow(dg.ConfigurableResource):
     """In-memory recorder with `MlflowResource`'s interface, for tests."""
 
+    # If set, runs get a (fake) `run_url` under it, so code that surfaces links is exercised;
+    # otherwise `run_url` is None, as for a tracking store with no known UI.
+    ui_url: str | None = None
+
     _runs: list[RecordedRun] = PrivateAttr(default_factory=list)
+    _registry: dict[str, list[RecordedModelVersion]] = PrivateAttr(default_factory=dict)
 
     @property
     def runs(self) -> list[RecordedRun]:
         return self._runs
 
+    @property
+    def registry(self) -> dict[str, list[RecordedModelVersion]]:
+        """Registered model name -> its versions, oldest first."""
+        return self._registry
+
     @contextlib.contextmanager
     def start_run(
-        self, run_name: str, tags: Mapping[str, str] | None = None
+        self,
+        run_name: str,
+        tags: Mapping[str, str] | None = None,
+        *,
+        run_id: str | None = None,
     ) -> Iterator[RunLogger]:
-        run = RecordedRun(run_id=uuid.uuid4().hex, run_name=run_name, tags=dict(tags or {}))
-        self._runs.append(run)
+        for key in tags or {}:
+            _check_name(key)
+        if run_id is None:
+            new_id = uuid.uuid4().hex
+            run = RecordedRun(
+                run_id=new_id,
+                run_name=run_name,
+                tags={key: str(value) for key, value in (tags or {}).items()},
+                run_url=f"{self.ui_url.rstrip('/')}/#/experiments/0/runs/{new_id}"
+                if self.ui_url
+                else None,
+                registry=self._registry,
+            )
+            self._runs.append(run)
+        else:
+            found = [r for r in self._runs if r.run_id == run_id]
+            if not found:
+                raise LookupError(f"Run with id={run_id} not found")
+            run = found[0]
+            if run.run_name != run_name:
+                raise ValueError(f"Run {run_id} is named {run.run_name!r}, not {run_name!r}")
+            run.status = "RUNNING"
+            run.set_tags(tags or {})
         try:
             yield run
         except BaseException:
