@@ -115,12 +115,18 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
 
     resources = resources_from_settings(settings)
     print(f"enhancement: {resources['vlm'].backend} ({resources['vlm'].resolved_model_id()})")
+    retriever = resources["retriever"]
+    print(
+        f"retriever: {retriever.encoder} {retriever.model} (trains {retriever.trained})".replace(
+            "  ", " "
+        )
+    )
     instance = get_instance(settings)
     started = time.perf_counter()
     result = run_pipeline(
         settings,
         resources=resources,
-        assets=build_assets(resources["vlm"]),
+        assets=build_assets(resources["vlm"], resources["retriever"]),
         instance=instance,
         tasks=getattr(args, "tasks", None),
         build_demo=build_demo,

@@ -18,19 +18,21 @@ from rar_pipeline.defs.assets.demo import demo_caption_accuracy, demo_corpus
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.assets.retrieval import build_retrieval_assets
 from rar_pipeline.defs.jobs import JOBS
-from rar_pipeline.defs.resources import VLMResource, resources_from_settings
+from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
 from rar_pipeline.defs.sensors import corpus_files_sensor
 
 
-def build_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
-    """Every asset of the graph for a VLM configuration, in declaration order."""
+def build_assets(
+    vlm: VLMResource, retriever: RetrieverResource | None = None
+) -> list[dg.AssetsDefinition]:
+    """Every asset of the graph for a VLM and a retriever, in declaration order."""
     return [
         demo_corpus,
         candidate_pool,
         queries,
         *build_enhancement_assets(vlm),
-        *build_retrieval_assets(vlm),
+        *build_retrieval_assets(vlm, retriever or RetrieverResource()),
         demo_caption_accuracy,
     ]
 
@@ -40,7 +42,7 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     resources = resources if resources is not None else resources_from_settings(load_settings())
     vlm = resources.get("vlm") or VLMResource()
     return dg.Definitions(
-        assets=build_assets(vlm),
+        assets=build_assets(vlm, resources.get("retriever")),
         jobs=JOBS,
         sensors=[corpus_files_sensor],
         schedules=[nightly_pool_revalidation],

@@ -114,9 +114,17 @@ class ArtifactLayout:
     def training_pairs(self, config: str) -> Path:
         return self.root / "training_pairs" / f"{config}.parquet"
 
+    def training_candidates(self, config: str) -> Path:
+        """Every pool's candidates in the config's representation (beside its pairs)."""
+        return self.root / "training_pairs" / f"{config}.candidates.parquet"
+
     def checkpoint(self, config: str) -> Path:
         """A fine-tuned retriever (a folder of safetensors and its config)."""
         return self.root / "checkpoints" / config
+
+    def training_state(self, config: str) -> Path:
+        """The trainer's resumable state while a config trains (gone once it finishes)."""
+        return self.root / "checkpoints" / ".training" / config
 
     @property
     def lancedb(self) -> Path:

@@ -21,6 +21,9 @@ from rar_pipeline.core.corpus.images import ImageCheckLevel
 from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.vlm.config import BACKENDS, DEFAULTS, VLMConfig
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
+from rar_pipeline.core.retrieval.encoders.base import TRAINED
+from rar_pipeline.core.retrieval.encoders.factory import ENCODERS
+from rar_pipeline.core.retrieval.train import TrainOptions
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,47 @@ SETTINGS: tuple[Setting, ...] = (
         choices=tuple(p.value for p in GuardPolicy),
     ),
     Setting(
+        "retriever_encoder", "RAR_ENCODER", "--encoder", "offline",
+        "the retriever's backbone: " + " | ".join(ENCODERS), choices=tuple(ENCODERS),
+    ),
+    Setting(
+        "retriever_model", "RAR_ENCODER_MODEL", "--encoder-model", "",
+        "clip / vlm-embed: a Hugging Face model id or local folder (e.g. "
+        "openai/clip-vit-base-patch32, Qwen/Qwen2-VL-2B-Instruct)",
+    ),
+    Setting(
+        "retriever_trained", "RAR_TRAINED", "--trained", "heads",
+        "what training updates: heads (projections only, the CPU default) | full | lora",
+        choices=TRAINED,
+    ),
+    Setting(
+        "retriever_device", "RAR_ENCODER_DEVICE", "--encoder-device", "cpu",
+        "clip / vlm-embed: cpu | cuda",
+    ),
+    Setting(
+        "train_epochs", "RAR_EPOCHS", "--epochs", TrainOptions.epochs,
+        "training: at most this many epochs (early stopping on validation recall ends "
+        "most runs sooner)", kind=int,
+    ),
+    Setting(
+        "train_max_steps", "RAR_MAX_STEPS", "--max-steps", TrainOptions.max_steps,
+        "training: at most this many optimiser steps (0: no limit)", kind=int,
+    ),
+    Setting(
+        "train_batch_size", "RAR_BATCH_SIZE", "--batch-size", TrainOptions.batch_size,
+        "training: queries per batch", kind=int,
+    ),
+    Setting(
+        "train_lr", "RAR_LR", "--lr", TrainOptions.lr, "training: Adam's learning rate",
+        kind=float,
+    ),
+    Setting(
+        "mined_negatives", "RAR_MINED_NEGATIVES", "--mined-negatives",
+        TrainOptions.mined_negatives,
+        "training: hard negatives per query mined with the retriever each epoch (0: none)",
+        kind=int,
+    ),
+    Setting(
         "mlflow_tracking_uri", "MLFLOW_TRACKING_URI", None,
         lambda s: f"sqlite:///{_project(s).mlflow_db}",
         "MLflow's tracking store",
@@ -153,6 +197,15 @@ class Settings:
     vlm_timeout_s: float
     vlm_device: str
     hallucination_policy: str
+    retriever_encoder: str
+    retriever_model: str
+    retriever_trained: str
+    retriever_device: str
+    train_epochs: int
+    train_max_steps: int
+    train_batch_size: int
+    train_lr: float
+    mined_negatives: int
     mlflow_tracking_uri: str
     mlflow_artifacts: Path
     lancedb_uri: str

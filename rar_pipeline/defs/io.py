@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 
 from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.files import values_hash
+from rar_pipeline.core.retrieval.train import Observer, TrainOptions
+from rar_pipeline.defs.resources.mlflow import RunLogger
 
 
 def read_input(path: Path, what: str) -> pd.DataFrame:
@@ -36,6 +38,29 @@ def progress_bar(desc: str, total: int, unit: str = " items") -> Iterator[Any]:
     """A bar on a terminal, nothing in captured logs; yields its `update`."""
     with tqdm(total=total, desc=desc, unit=unit, disable=None, mininterval=1.0, leave=False) as bar:
         yield bar.update
+
+
+@contextmanager
+def training_observer(run: RunLogger, desc: str, options: TrainOptions) -> Iterator[Observer]:
+    """A trainer observer: a progress bar and MLflow metrics.
+
+    The bar shows steps, loss, validation recall and samples/s; MLflow gets loss,
+    temperature and throughput per step and recall per validation.
+    """
+    recall = f"val_recall_at_{options.recall_k}"
+    shown: dict[str, float] = {}
+    with tqdm(desc=desc, unit=" steps", disable=None, mininterval=1.0, leave=False) as bar:
+
+        def observe(kind: str, step: int, metrics: dict[str, float]) -> None:
+            run.log_metrics(metrics, step=step)
+            if kind == "step":
+                bar.update(1)
+                shown.update(loss=metrics["loss"], samples_per_s=metrics["samples_per_s"])
+            else:
+                shown[recall] = metrics[recall]
+            bar.set_postfix({k: f"{v:.3g}" for k, v in shown.items()}, refresh=False)
+
+        yield observe
 
 
 def data_version(frame: pd.DataFrame, column: str) -> dg.DataVersion:

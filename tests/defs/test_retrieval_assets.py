@@ -1,4 +1,5 @@
-"""Training pairs per config, and a lineage that follows the ablation in both directions."""
+"""Training pairs and checkpoints per config, tracked in MLflow, with a lineage that follows
+the ablation in both directions."""
 
 from __future__ import annotations
 
@@ -12,11 +13,19 @@ from dagster._core.definitions.data_version import StaleStatus
 from dagster._utils.test.data_versions import get_stale_status_resolver
 
 from rar_pipeline.core.enhance import prompts
+from rar_pipeline.core.retrieval.checkpoint import read_checkpoint
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem
+from rar_pipeline.core.retrieval.encoders.factory import load_encoder
 from rar_pipeline.core.retrieval.pairs import PAIR_COLUMNS
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
-from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
+from rar_pipeline.defs.resources import (
+    CorpusResource,
+    FakeVLMResource,
+    MlflowResource,
+    RetrieverResource,
+)
 
 CONFIGS = ("none", "corpus", "query", "full")
 
@@ -27,25 +36,39 @@ def built(small_demo: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp_path = tmp_path_factory.mktemp("retrieval")
     corpus = CorpusResource(data_root=str(small_demo), artifacts_dir=str(tmp_path / "out"))
     vlm = FakeVLMResource()
+    retriever = RetrieverResource(dim=32, epochs=3, batch_size=16, patience=2)
+    mlflow = MlflowResource(
+        tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
+        artifact_location=str(tmp_path / "mlartifacts"),
+    )
     with dg.instance_for_test() as instance:
-        assets = [a for a in build_assets(vlm) if a.group_names_by_key and "demo" not in
-                  set(a.group_names_by_key.values())]  # fmt: skip
+        assets = [a for a in build_assets(vlm, retriever) if a.group_names_by_key and "demo"
+                  not in set(a.group_names_by_key.values())]  # fmt: skip
         run_pipeline(
             load_settings(data_root=small_demo, artifacts_dir=tmp_path / "out"),
-            resources={"corpus": corpus, "vlm": vlm},
+            resources={"corpus": corpus, "vlm": vlm, "retriever": retriever, "mlflow": mlflow},
             assets=assets,
             instance=instance,
         )
-        yield corpus, vlm, instance
+        yield corpus, vlm, instance, retriever, mlflow
 
 
-def _status(instance, vlm, config: str) -> StaleStatus:
-    resolver = get_stale_status_resolver(instance, build_assets(vlm))
-    return resolver.get_status(dg.AssetKey(f"training_pairs_{config}"))
+def _status(instance, vlm, retriever, asset: str) -> StaleStatus:
+    resolver = get_stale_status_resolver(instance, build_assets(vlm, retriever))
+    return resolver.get_status(dg.AssetKey(asset))
+
+
+def _statuses(built) -> dict[str, StaleStatus]:
+    _, vlm, instance, retriever, _ = built
+    return {
+        f"{kind}_{c}": _status(instance, vlm, retriever, f"{kind}_{c}")
+        for kind in ("training_pairs", "retriever_checkpoint")
+        for c in CONFIGS
+    }
 
 
 def test_every_config_has_pairs_from_the_train_split(built):
-    corpus, _, _ = built
+    corpus = built[0]
     frames = {c: pd.read_parquet(corpus.artifacts().training_pairs(c)) for c in CONFIGS}
     for frame in frames.values():
         assert list(frame.columns) == PAIR_COLUMNS and len(frame) > 0
@@ -63,10 +86,7 @@ def test_every_config_has_pairs_from_the_train_split(built):
 
 
 def test_before_any_edit_every_config_is_fresh(built):
-    _, vlm, instance = built
-    assert {c: _status(instance, vlm, c) for c in CONFIGS} == dict.fromkeys(
-        CONFIGS, StaleStatus.FRESH
-    )
+    assert set(_statuses(built).values()) == {StaleStatus.FRESH}
 
 
 @pytest.mark.parametrize(
@@ -77,19 +97,69 @@ def test_before_any_edit_every_config_is_fresh(built):
     ],
 )
 def test_a_prompt_edit_stales_exactly_the_configs_that_read_it(built, monkeypatch, prompt, stale):
-    _, vlm, instance = built
     spec = prompts.PROMPTS[prompt]
     monkeypatch.setitem(prompts.PROMPTS, prompt, dataclasses.replace(spec, system="Edited."))
-    assert {c: _status(instance, vlm, c) for c in CONFIGS} == {
-        c: StaleStatus.STALE if c in stale else StaleStatus.FRESH for c in CONFIGS
+    assert _statuses(built) == {
+        f"{kind}_{c}": StaleStatus.STALE if c in stale else StaleStatus.FRESH
+        for kind in ("training_pairs", "retriever_checkpoint")
+        for c in CONFIGS
     }
 
 
+def test_a_new_training_setting_stales_every_checkpoint_and_no_pairs(built):
+    corpus, vlm, instance, retriever, _ = built
+    faster = retriever.model_copy(update={"lr": 0.01})
+    resolver = get_stale_status_resolver(instance, build_assets(vlm, faster))
+    for c in CONFIGS:
+        assert resolver.get_status(dg.AssetKey(f"retriever_checkpoint_{c}")) == StaleStatus.STALE
+        assert resolver.get_status(dg.AssetKey(f"training_pairs_{c}")) == StaleStatus.FRESH
+    # how often the trainer saves its state changes nothing it produces
+    chatty = retriever.model_copy(update={"checkpoint_every": 1})
+    assert chatty.code_version() == retriever.code_version()
+
+
+def test_every_config_has_a_reloadable_checkpoint_naming_what_it_saw(built):
+    corpus, vlm, _, retriever, _ = built
+    items = [EncodeItem("a red circle"), EncodeItem("who makes this?")]
+    for c in CONFIGS:
+        path = corpus.artifacts().checkpoint(c)
+        manifest = read_checkpoint(path)
+        assert manifest["config"] == c and manifest["encoder"]["encoder"] == "offline"
+        assert manifest["params"]["lr"] == retriever.lr and manifest["best_epoch"] >= 0
+        assert manifest["data_versions"]["vlm_backend"] == vlm.backend
+        assert {p.suffix for p in path.rglob("*") if p.is_file()} == {".json", ".safetensors"}
+        vectors = load_encoder(path).embed(items)
+        assert vectors.shape == (2, 32)
+    assert not corpus.artifacts().training_state("none").exists()
+
+
+def test_each_training_is_an_mlflow_run_with_a_registered_model_version(built):
+    from mlflow.tracking import MlflowClient
+
+    corpus, _, _, retriever, mlflow = built
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri)
+    runs = client.search_runs([client.get_experiment_by_name(mlflow.experiment).experiment_id])
+    by_config = {r.data.tags["config"]: r for r in runs}
+    assert set(by_config) == set(CONFIGS)
+    for c, run in by_config.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["corpus"] == corpus.name and run.data.tags["dagster_run_id"]
+        assert run.data.params["lr"] == str(retriever.lr)
+        losses = client.get_metric_history(run.info.run_id, "loss")
+        assert len(losses) == read_checkpoint(corpus.artifacts().checkpoint(c))["steps"]
+        recalls = client.get_metric_history(run.info.run_id, "val_recall_at_1")
+        assert 1 <= len(recalls) <= retriever.epochs
+        logged = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
+        assert {"checkpoint/checkpoint.json", "checkpoint/encoder"} <= logged
+        versions = client.search_model_versions(f"name='rar-{corpus.name}-{c}'")
+        assert [v.run_id for v in versions] == [run.info.run_id]
+
+
 def test_the_graph_shows_the_ablation(built):
-    _, vlm, _ = built
+    _, vlm, _, retriever, _ = built
     parents = {
         spec.key.to_user_string(): {d.asset_key.to_user_string() for d in spec.deps}
-        for asset in build_assets(vlm)
+        for asset in build_assets(vlm, retriever)
         for spec in asset.specs
     }
     assert parents["training_pairs_none"] == {"candidate_pool", "queries"}
@@ -101,3 +171,5 @@ def test_the_graph_shows_the_ablation(built):
         "enhanced_corpus",
         "enhanced_queries",
     }
+    for c in CONFIGS:  # a checkpoint reads its own config's pairs only
+        assert parents[f"retriever_checkpoint_{c}"] == {f"training_pairs_{c}"}

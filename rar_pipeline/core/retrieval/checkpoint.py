@@ -6,8 +6,9 @@ A checkpoint is a folder:
                       training options and results, and the sha256 of every weight file
     encoder/          the encoder as `TrainableEncoder.save` writes it
 
-`read_checkpoint` (which `encoders.factory.load_encoder` calls) refuses a checkpoint whose files do not match their recorded hashes (a
-truncated copy, a tampered file): nothing unverified is ever loaded.
+`read_checkpoint` (which `encoders.factory.load_encoder` calls) refuses a checkpoint whose
+files do not match their recorded hashes (a truncated copy, a tampered file): nothing
+unverified is ever loaded.
 
 The trainer's resumable state (`TrainingState`) lives in a separate folder: the encoder as
 last saved, the optimiser's tensors as safetensors, and the loop's position as JSON.

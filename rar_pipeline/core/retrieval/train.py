@@ -44,6 +44,7 @@ class TrainOptions:
 
     Attributes:
         epochs: at most this many passes over the train queries.
+        max_steps: at most this many optimiser steps (0: no limit besides epochs).
         batch_size: queries per micro-batch (each brings its positive and negatives).
         grad_accum: micro-batches per optimiser step.
         lr: Adam's learning rate.
@@ -59,6 +60,7 @@ class TrainOptions:
     """
 
     epochs: int = 40
+    max_steps: int = 0
     batch_size: int = 64
     grad_accum: int = 1
     lr: float = 1e-3
@@ -91,6 +93,18 @@ class TrainResult:
     stopped: str
     resumed_from_step: int
     history: list[dict[str, Any]] = field(default_factory=list)
+    recall_k: int = 1
+
+    def summary(self) -> dict[str, Any]:
+        """The run's results as flat values (asset metadata, checkpoint manifest)."""
+        return {
+            f"best_val_recall_at_{self.recall_k}": self.best_recall,
+            "best_epoch": self.best_epoch,
+            "epochs": self.epochs,
+            "steps": self.steps,
+            "stopped": self.stopped,
+            "resumed_from_step": self.resumed_from_step,
+        }
 
 
 # event name ("step" | "eval"), optimiser step, metrics
@@ -258,7 +272,7 @@ def train_retriever(
             position.step += 1
             if observe:
                 rate = samples / max(time.perf_counter() - started, 1e-9)
-                temp = float(torch.exp(-log_scale))
+                temp = float(torch.exp(-log_scale.detach()))
                 observe(
                     "step",
                     position.step,
@@ -266,6 +280,8 @@ def train_retriever(
                 )
             if position.step % options.checkpoint_every == 0:
                 checkpoint()
+            if options.max_steps and position.step >= options.max_steps:
+                position.batch = len(batches)  # the epoch ends here; validation follows
         encoder.module.eval()
         recall = validation_recall(encoder, data, options.recall_k)
         position.history.append({"epoch": position.epoch, "step": position.step, "recall": recall})
@@ -285,7 +301,9 @@ def train_retriever(
         else:
             position.bad_evals += 1
         position.epoch, position.batch, position.mined = position.epoch + 1, 0, {}
-        if position.bad_evals >= options.patience:
+        if options.max_steps and position.step >= options.max_steps:
+            position.stopped = f"reached {options.max_steps} steps"
+        elif position.bad_evals >= options.patience:
             position.stopped = (
                 f"validation Recall@{options.recall_k} did not improve "
                 f"for {options.patience} epochs"
@@ -305,6 +323,7 @@ def train_retriever(
         stopped=position.stopped,
         resumed_from_step=resumed_from,
         history=position.history,
+        recall_k=options.recall_k,
     )
     shutil.rmtree(state_dir, ignore_errors=True)
     return result

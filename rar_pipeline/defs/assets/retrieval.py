@@ -1,21 +1,35 @@
-"""Retrieval assets: training pairs per ablation config (checkpoints come next).
+"""Retrieval assets: training pairs and a fine-tuned retriever checkpoint per ablation config.
 
-One asset per config, made by a factory, so the lineage shows the ablation's design:
+Two assets per config, made by factories, so the lineage shows the ablation's design:
 `none` reads neither enhanced side, `corpus` the enhanced corpus, `query` the enhanced
 queries, `full` both. Each config's code version carries the versions of exactly the
 enhanced sides it reads: a caption prompt edit stales `corpus` and `full`, never `none` or
 `query` (Dagster has no user-defined partition mappings, so one config-partitioned asset
-could not say this).
+could not say this). A checkpoint reads only its own config's pairs, so it inherits that.
 """
 
 import dagster as dg
 
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
-from rar_pipeline.core.retrieval.pairs import CONFIGS, PAIRS_VERSION, AblationConfig, build_pairs
+from rar_pipeline.core.retrieval.checkpoint import write_checkpoint
+from rar_pipeline.core.retrieval.data import training_data
+from rar_pipeline.core.retrieval.pairs import (
+    CONFIGS,
+    PAIRS_VERSION,
+    AblationConfig,
+    build_pairs,
+    represent_candidates,
+)
+from rar_pipeline.core.retrieval.train import train_retriever
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
-from rar_pipeline.defs.io import read_input, read_records, samples_table
-from rar_pipeline.defs.resources import CorpusResource, VLMResource
+from rar_pipeline.defs.io import read_input, read_records, samples_table, training_observer
+from rar_pipeline.defs.resources import (
+    CorpusResource,
+    MlflowResource,
+    RetrieverResource,
+    VLMResource,
+)
 
 GROUP = "retrieval"
 
@@ -46,9 +60,12 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
         context: dg.AssetExecutionContext, corpus: CorpusResource
     ) -> dg.MaterializeResult:
         """Train and validation pairs of one ablation config (labels of train/val only)."""
-        inputs = _read_inputs(context, corpus, config)
-        pairs = build_pairs(config, *inputs)
+        qs, pools, enhanced_queries, enhanced_corpus = _read_inputs(context, corpus, config)
+        candidates = {c.did: c for shard in pools.values() for c in shard}
+        pairs = build_pairs(config, qs, candidates, enhanced_queries, enhanced_corpus)
+        table = represent_candidates(config, pools, qs, enhanced_corpus)
         path = write_parquet(pairs.frame, corpus.artifacts().training_pairs(config.name))
+        write_parquet(table, corpus.artifacts().training_candidates(config.name))
         head = pairs.frame.head(5)
         samples = zip(head["qid"], head["query_txt"], head["cand_txt"], strict=True)
         return dg.MaterializeResult(
@@ -56,6 +73,7 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
                 **pairs.counts,
                 "dagster/row_count": len(pairs.frame),
                 "config": config.name,
+                "candidates": len(table),
                 "path": dg.MetadataValue.path(str(path)),
                 "samples": samples_table(list(samples)),
             }
@@ -66,11 +84,11 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
 
 def _read_inputs(
     context: dg.AssetExecutionContext, corpus: CorpusResource, config: AblationConfig
-) -> tuple[list[Query], dict[str, Candidate], dict | None, dict | None]:
+) -> tuple[list[Query], dict[str, list[Candidate]], dict | None, dict | None]:
     """What a config's pairs are built from.
 
     Returns:
-        Queries of every ingested task, every pool's candidates, and the enhanced texts the
+        Queries of every ingested task, each pool's candidates, and the enhanced texts the
         config reads (`Query.key` -> text, did -> text; None where it reads none).
     """
     paths, layout = corpus.artifacts(), corpus.layout()
@@ -78,10 +96,9 @@ def _read_inputs(
     if skipped := sorted(set(layout.queries) - set(tasks)):
         context.log.warning(f"pairs without un-ingested tasks: {skipped}")
     qs = [q for t in tasks for q in read_records(paths.queries(t), Query, f"queries[{t}]")]
-    candidates = {
-        c.did: c
+    pools = {
+        shard: read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
         for shard in layout.pools
-        for c in read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
     }
     enhanced_queries = enhanced_corpus = None
     if config.enhanced_queries:
@@ -95,10 +112,83 @@ def _read_inputs(
         for shard in layout.pools:
             frame = read_input(paths.enhanced_corpus(shard), f"enhanced_corpus[{shard}]")
             enhanced_corpus.update(zip(frame["did"], frame["enhanced_txt"], strict=True))
-    return qs, candidates, enhanced_queries, enhanced_corpus
+    return qs, pools, enhanced_queries, enhanced_corpus
 
 
-def build_retrieval_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
-    """The retrieval assets for a VLM configuration (its versions shape their lineage)."""
+def _checkpoint_asset(
+    config: AblationConfig,
+    pairs: dg.AssetsDefinition,
+    retriever_version: str,
+    data_versions: dict[str, str],
+) -> dg.AssetsDefinition:
+    @dg.asset(
+        name=f"retriever_checkpoint_{config.name}",
+        group_name=GROUP,
+        # the pairs' version too: Dagster marks a child stale for its parent's new code
+        # version only once the parent is rematerialized
+        code_version=f"{retriever_version}+{data_versions['pairs']}",
+        deps=[pairs],
+        kinds={"pytorch", "safetensors", "mlflow"},
+        tags={"rar/config": config.name},
+    )
+    def retriever_checkpoint(
+        context: dg.AssetExecutionContext,
+        corpus: CorpusResource,
+        retriever: RetrieverResource,
+        mlflow: MlflowResource,
+    ) -> dg.MaterializeResult:
+        """A retriever fine-tuned on one config's pairs until validation recall stops rising."""
+        paths, name = corpus.artifacts(), corpus.name
+        pairs_frame = read_input(paths.training_pairs(config.name), pairs.key.to_user_string())
+        data = training_data(
+            pairs_frame,
+            read_input(paths.training_candidates(config.name), pairs.key.to_user_string()),
+            corpus.layout().root,
+        )
+        tags = {"corpus": name, "config": config.name, "dagster_run_id": context.run.run_id}
+        with mlflow.start_run(f"train-{name}-{config.name}", tags=tags) as run:
+            run.log_params(retriever.params() | data_versions)
+            with training_observer(run, f"train {config.name}", retriever.options()) as observe:
+                result = train_retriever(
+                    retriever.create(paths.perception_cache),
+                    data,
+                    retriever.options(),
+                    paths.training_state(config.name),
+                    observe=observe,
+                    log=context.log.info,
+                )
+            info = {
+                "config": config.name,
+                "corpus": name,
+                "params": retriever.params(),
+                "data_versions": data_versions,
+                **result.summary(),
+            }
+            path = write_checkpoint(paths.checkpoint(config.name), result.encoder, info)
+            run.log_artifacts(path, "checkpoint")
+            run.log_dict({"rows": pairs_frame.head(50).to_dict("records")}, "pairs_sample.json")
+            version = run.register_model(f"rar-{name}-{config.name}", "checkpoint")
+        return dg.MaterializeResult(
+            metadata={
+                **result.summary(),
+                "path": dg.MetadataValue.path(str(path)),
+                "mlflow_run": dg.MetadataValue.url(run.run_url) if run.run_url else run.run_id,
+                "registered_model": f"rar-{name}-{config.name} v{version}",
+            }
+        )
+
+    return retriever_checkpoint
+
+
+def build_retrieval_assets(
+    vlm: VLMResource, retriever: RetrieverResource
+) -> list[dg.AssetsDefinition]:
+    """The retrieval assets for a VLM and a retriever (their versions shape the lineage)."""
     versions = vlm.code_versions()
-    return [_pairs_asset(config, versions) for config in CONFIGS.values()]
+    built: list[dg.AssetsDefinition] = []
+    for config in CONFIGS.values():
+        pairs = _pairs_asset(config, versions)
+        seen = {"vlm_backend": vlm.backend, "vlm_model": vlm.resolved_model_id()}
+        seen["pairs"] = pairs.code_versions_by_key[pairs.key] or ""
+        built += [pairs, _checkpoint_asset(config, pairs, retriever.code_version(), seen)]
+    return built

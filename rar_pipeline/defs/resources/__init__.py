@@ -1,11 +1,12 @@
 """One resource per external system, each with a real and a fake implementation.
 
-| module    | real              | fake              | system                                  |
-|-----------|-------------------|-------------------|-----------------------------------------|
-| corpus    | `CorpusResource`  | (itself, on temp dirs) | the data root and the artifacts folder |
-| vlm       | `VLMResource`     | `FakeVLMResource` | the VLM backend that enhances items     |
-| lancedb   | `LanceDBResource` | `FakeVectorStore` | vector tables                           |
-| mlflow    | `MlflowResource`  | `FakeMlflow`      | run tracking                            |
+| module    | real                | fake                   | system                            |
+|-----------|---------------------|------------------------|-----------------------------------|
+| corpus    | `CorpusResource`    | (itself, on temp dirs) | the data root and artifacts folder |
+| vlm       | `VLMResource`       | `FakeVLMResource`      | the VLM backend that enhances items |
+| retriever | `RetrieverResource` | (itself, tiny settings) | the retriever backbone, training  |
+| lancedb   | `LanceDBResource`   | `FakeVectorStore`      | vector tables                     |
+| mlflow    | `MlflowResource`    | `FakeMlflow`           | run tracking                      |
 
 `resources_from_settings` builds the real ones; `definitions.py` binds them, tests pass
 fakes or real ones on temp dirs.
@@ -19,6 +20,7 @@ from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.resources.corpus import CorpusResource
 from rar_pipeline.defs.resources.lancedb import FakeVectorStore, LanceDBResource
 from rar_pipeline.defs.resources.mlflow import FakeMlflow, MlflowResource
+from rar_pipeline.defs.resources.retriever import RetrieverResource
 from rar_pipeline.defs.resources.vlm import FakeVLMResource, VLMResource
 
 __all__ = [
@@ -28,6 +30,7 @@ __all__ = [
     "FakeVectorStore",
     "LanceDBResource",
     "MlflowResource",
+    "RetrieverResource",
     "VLMResource",
     "resources_from_settings",
 ]
@@ -47,4 +50,5 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             artifact_location=str(settings.mlflow_artifacts),
         ),
         "vlm": VLMResource.from_settings(settings),
+        "retriever": RetrieverResource.from_settings(settings),
     }

@@ -35,6 +35,11 @@ class CorpusResource(dg.ConfigurableResource):
     def root(self) -> Path:
         return Path(self.data_root).resolve()
 
+    @property
+    def name(self) -> str:
+        """The corpus' name: its data root's folder name (as in `artifacts/<name>`)."""
+        return self.root.name
+
     def layout(self) -> CorpusLayout:
         return discover(self.data_root)
 

@@ -68,15 +68,21 @@ def text_features(texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
 
 
 class FrozenFeatures:
-    """Backbone features per content, computed once and cached (a folder of SQLite files)."""
+    """Backbone features per content, computed once and cached (a folder of SQLite files).
+
+    Image features are the offline VLM's perception features (`core.enhance.perception`,
+    the same EfficientNet-Lite0 at 224 px): given the perception cache folder, training
+    reuses what enhancement already computed. Text features live beside them in
+    `text.sqlite`.
+    """
 
     def __init__(self, cache_dir: Path | None = None) -> None:
-        self._stores = (
-            {kind: SqliteStore(Path(cache_dir) / f"{kind}.sqlite") for kind in ("text", "image")}
-            if cache_dir is not None
-            else {}
-        )
+        from rar_pipeline.core.enhance.perception import Perceiver
+
+        self._stores = {"text": SqliteStore(Path(cache_dir) / "text.sqlite")} if cache_dir else {}
+        self._perceiver = Perceiver(cache_dir, ocr=False)
         self._memo: dict[str, np.ndarray] = {}
+        self._by_path: dict[Path, np.ndarray] = {}  # a file is hashed once per process
 
     def _lookup(self, kind: str, keys: list[str]) -> dict[str, np.ndarray]:
         found = {k: self._memo[k] for k in keys if k in self._memo}
@@ -108,16 +114,14 @@ class FrozenFeatures:
 
     def images(self, paths: Sequence[Path]) -> np.ndarray:
         """(n, 1280) features of images (each distinct image content once)."""
-        from rar_pipeline.core.enhance.perception import image_features
-        from rar_pipeline.core.enhance.vlm.base import load_image
-
-        keys = [f"{FEATURES_VERSION}:i:{file_hash(p)}" for p in paths]
-        found = self._lookup("image", keys)
-        todo = {k: p for k, p in zip(keys, paths, strict=True) if k not in found}
+        todo = list(dict.fromkeys(p for p in paths if p not in self._by_path))
         if todo:
-            computed = image_features([load_image(p) for p in todo.values()])
-            self._keep("image", dict(zip(todo, computed, strict=True)))
-        return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, IMAGE_DIM))
+            computed = self._perceiver.features(todo)
+            self._perceiver.flush()
+            self._by_path.update(zip(todo, computed, strict=True))
+        if not paths:
+            return np.zeros((0, IMAGE_DIM), dtype=np.float32)
+        return np.stack([self._by_path[p] for p in paths]).astype(np.float32)
 
 
 def _projection(in_dim: int, out_dim: int, generator: Any) -> Any:
