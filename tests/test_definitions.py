@@ -9,8 +9,9 @@ import dagster as dg
 
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.definitions import build_definitions, defs
-from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
+from rar_pipeline.defs.resources import CorpusResource
 from rar_pipeline.defs.sensors import corpus_files_sensor
+from tests.graph_resources import graph_resources
 
 
 def test_definitions_load_with_the_graph():
@@ -67,7 +68,7 @@ def _tick(instance, corpus, cursor=None):
         instance=instance,
         cursor=cursor,
         resources={"corpus": corpus},
-        definitions=build_definitions({"corpus": corpus, "vlm": FakeVLMResource()}),
+        definitions=build_definitions(graph_resources(corpus)),
     )
     return corpus_files_sensor(context)
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from rar_pipeline.core.retrieval.pairs import CONFIGS
+
 ingest_pools_job = dg.define_asset_job(
     "ingest_pools",
     selection=dg.AssetSelection.assets("candidate_pool"),
@@ -36,8 +38,13 @@ enhance_queries_job = dg.define_asset_job(
 
 training_pairs_job = dg.define_asset_job(
     "training_pairs",
-    selection=dg.AssetSelection.groups("retrieval"),
+    selection=dg.AssetSelection.assets(*(f"training_pairs_{c}" for c in CONFIGS)),
     description="Build the training pairs of every ablation config (none, corpus, query, full).",
+)
+train_retrievers_job = dg.define_asset_job(
+    "train_retrievers",
+    selection=dg.AssetSelection.groups("retrieval"),
+    description="Build the pairs and train the retriever of every ablation config.",
 )
 
 JOBS = [
@@ -47,4 +54,5 @@ JOBS = [
     enhance_corpus_job,
     enhance_queries_job,
     training_pairs_job,
+    train_retrievers_job,
 ]

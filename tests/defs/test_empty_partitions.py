@@ -13,6 +13,7 @@ from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
+from tests.graph_resources import graph_resources
 
 
 def _run(mini_corpus: Path, tmp_path: Path):
@@ -21,7 +22,7 @@ def _run(mini_corpus: Path, tmp_path: Path):
     vlm = FakeVLMResource()
     result = run_pipeline(
         load_settings(data_root=mini_corpus, artifacts_dir=tmp_path / "out"),
-        resources={"corpus": corpus, "vlm": vlm},
+        resources=graph_resources(corpus, vlm),
         assets=build_assets(vlm),
         instance=dg.DagsterInstance.ephemeral(),
     )

@@ -18,6 +18,7 @@ from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource, VLMResource
+from tests.graph_resources import graph_resources
 
 SHARD = "mbeir_shapeshop_task2_cand_pool"  # image+text listings
 TASK = "mbeir_shapeshop_task6"  # QA queries
@@ -35,7 +36,7 @@ def _ingest(corpus: CorpusResource, instance: dg.DagsterInstance, vlm) -> None:
         a for a in assets if {k.path[-1] for k in a.keys} & {"candidate_pool", "queries"}
     ]
     run_pipeline(
-        settings, resources={"corpus": corpus, "vlm": vlm}, assets=ingest_only, instance=instance
+        settings, resources=graph_resources(corpus, vlm), assets=ingest_only, instance=instance
     )
 
 
@@ -44,7 +45,7 @@ def _materialize(asset: str, key: str, corpus, vlm, instance, **kw):
         build_assets(vlm),
         selection=[asset],
         partition_key=key,
-        resources={"corpus": corpus, "vlm": vlm},
+        resources=graph_resources(corpus, vlm),
         instance=instance,
         **kw,
     )
@@ -202,7 +203,7 @@ def test_caption_accuracy_is_refused_on_a_corpus_without_ground_truth(mini_corpu
     result = dg.materialize(
         build_assets(FakeVLMResource()),
         selection=["demo_caption_accuracy"],
-        resources={"corpus": corpus, "vlm": FakeVLMResource()},
+        resources=graph_resources(corpus),
         raise_on_error=False,
     )
     assert not result.success

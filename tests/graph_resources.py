@@ -1,0 +1,26 @@
+"""Resources for running the whole graph in tests: a small retriever, an in-memory MLflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rar_pipeline.defs.resources import (
+    CorpusResource,
+    FakeMlflow,
+    FakeVLMResource,
+    RetrieverResource,
+    VLMResource,
+)
+
+# a real offline retriever, small and short: the graph's tests check wiring, not recall
+SMALL_RETRIEVER = RetrieverResource(dim=16, epochs=2, batch_size=16, patience=1)
+
+
+def graph_resources(corpus: CorpusResource, vlm: VLMResource | None = None) -> dict[str, Any]:
+    """Every resource the graph needs, with `corpus`, a fake VLM unless given, a fake MLflow."""
+    return {
+        "corpus": corpus,
+        "vlm": vlm if vlm is not None else FakeVLMResource(),
+        "retriever": SMALL_RETRIEVER,
+        "mlflow": FakeMlflow(),
+    }
