@@ -173,19 +173,29 @@ def _conflicts(content: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]
 def _instructions_for(
     layout: CorpusLayout, task: str, queries: list[Query]
 ) -> tuple[list[Instruction], list[QuarantinedRow]]:
-    """The instruction rows of this task's dataset and modality pair (UniIR's keying)."""
-    task_id = task_id_of(task)
-    if layout.instructions is None or not queries or task_id not in TASK_MODALITIES:
+    """The instruction rows of this partition's datasets and modality pairs (UniIR's keying).
+
+    A task partition (`mbeir_cirr_task7`) names its task; a training file without one
+    (`mbeir_cirr_train.jsonl`, `mbeir_union_up_train.jsonl`) gets the instructions of every
+    (dataset, task) its rows carry.
+    """
+    named = task_id_of(task)
+    wanted = {
+        (q.qid.split(":", 1)[0], TASK_MODALITIES[tid])
+        for q in queries
+        if (tid := named if named is not None else q.task_id) in TASK_MODALITIES
+    }
+    if layout.instructions is None or not wanted:
         return [], []
     result = read_instructions(layout.instructions, layout.root)
-    dataset_id = queries[0].qid.split(":", 1)[0]
-    query_modality, cand_modality = TASK_MODALITIES[task_id]
     matching = [
         i
         for i in result.rows
-        if i.dataset_id == dataset_id
-        and normalize_modality(i.query_modality) == query_modality
-        and normalize_modality(i.cand_modality) == cand_modality
+        if (
+            i.dataset_id,
+            (normalize_modality(i.query_modality), normalize_modality(i.cand_modality)),
+        )
+        in wanted
     ]
     return matching, result.quarantined
 

@@ -71,7 +71,8 @@ class TrainingData:
         return values_hash([repr(train), repr(val), repr(cands)])
 
 
-def _item(txt: Any, img_path: Any, root: Path) -> EncodeItem:
+def encode_item(txt: Any, img_path: Any, root: Path) -> EncodeItem:
+    """A table row's text and image path (relative to `root`) as an encoder item."""
     text = txt if isinstance(txt, str) and txt else None
     image = resolve_in_root(root, img_path) if isinstance(img_path, str) and img_path else None
     return EncodeItem(text, image)
@@ -86,7 +87,7 @@ def training_data(pairs: pd.DataFrame, candidates: pd.DataFrame, root: Path) -> 
         root: the data root image paths are relative to.
     """
     items = {
-        did: _item(txt, img, root)
+        did: encode_item(txt, img, root)
         for did, txt, img in zip(
             candidates["did"], candidates["txt"], candidates["img_path"], strict=True
         )
@@ -101,7 +102,7 @@ def training_data(pairs: pd.DataFrame, candidates: pd.DataFrame, root: Path) -> 
     val: list[ValQuery] = []
     for (split, qid), rows in pairs.groupby(["split", "qid"], sort=True):
         first = rows.iloc[0]
-        item = _item(first["query_txt"], first["query_img_path"], root)
+        item = encode_item(first["query_txt"], first["query_img_path"], root)
         positives = tuple(d for d in rows["did"] if d in items)
         if not positives:
             continue

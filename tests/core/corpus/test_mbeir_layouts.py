@@ -107,6 +107,23 @@ def test_train_rows_keep_their_own_task_id(mbeir: Path):
     assert report.preview["split"].tolist() == ["train"]
 
 
+def test_a_training_file_without_a_task_gets_the_instructions_of_its_rows_tasks(mbeir: Path):
+    tsv = mbeir / "instructions" / "query_instructions.tsv"
+    tsv.parent.mkdir()
+    tsv.write_text(
+        "query_modality\tcand_modality\tdataset_name\tdataset_id\tprompt_1\n"
+        f"image,text\timage\tCIRR\t{CIRR}\tFind a similar image with the change.\n"
+        f"text\timage\tCIRR\t{CIRR}\tnot this task's modalities\n"
+        f"image,text\ttext\tINFOSEEK\t{INFOSEEK}\tAnswer with a passage.\n"
+    )
+    layout = discover(mbeir)
+    known = KnownCandidates.of(ingest_pool(layout, "mbeir_union_train_cand_pool", None).ids)
+    report = ingest_queries(layout, "mbeir_cirr", None, known_dids=known)
+    assert report.extra["instructions"] == [["Find a similar image with the change."]]
+    union = ingest_queries(layout, "mbeir_union_up", None, known_dids=known)
+    assert union.extra["instructions"] == [["Find a similar image with the change."]]
+
+
 def _known(layout) -> KnownCandidates:
     ids = [i for shard in layout.pools for i in ingest_pool(layout, shard, None).ids]
     return KnownCandidates.of(ids)

@@ -1,0 +1,136 @@
+"""The ablation on a corpus' test split: Recall@1/5 per task and query type, five configs.
+
+    python benchmarks/ablation_recall.py [--data data/demo] [--artifacts artifacts/demo]
+        [--json out.json]
+
+Needs the trained checkpoints (`make demo` or `rar run`). Each test query is ranked against
+the pool its positives live in (M-BEIR's local setting) by dense dot product, with the
+config's own retriever and representations:
+
+    none / corpus / query / full   the config's checkpoint, its query and candidate texts
+    inference-only                 full's representations through the `none` retriever
+
+Recall@k is UniIR's: a hit if any positive is in the top k. This is a measurement for the
+training issue's note; the evaluation asset (ranx, run files, significance) supersedes it.
+Test labels are read here only to score, never by training.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from rar_pipeline.core.corpus.mbeir import discover
+from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
+from rar_pipeline.core.retrieval.data import encode_item
+from rar_pipeline.core.retrieval.encoders.factory import load_encoder
+from rar_pipeline.core.retrieval.pairs import CONFIGS
+from rar_pipeline.core.retrieval.rank import embed_all, hit_rate, top_k
+
+RUNS = {  # row label -> (retriever, representations)
+    "none": ("none", "none"),
+    "corpus": ("corpus", "corpus"),
+    "query": ("query", "query"),
+    "full": ("full", "full"),
+    "inference-only": ("none", "full"),
+}
+KS = (1, 5)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    project = ProjectLayout(Path.cwd())
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=project.demo_data)
+    parser.add_argument("--artifacts", type=Path, default=None)
+    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    return parser.parse_args(argv)
+
+
+def test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
+    frames = [pd.read_parquet(paths.enhanced_queries(t)).assign(task=t) for t in tasks]
+    frame = pd.concat(frames, ignore_index=True)
+    return frame[frame["split"] == "test"].reset_index(drop=True)
+
+
+def measure(root: Path, paths: ArtifactLayout) -> list[dict]:
+    tasks = sorted(discover(root).queries)
+    queries = test_queries(paths, tasks)
+    encoders = {
+        c: load_encoder(paths.checkpoint(c), cache_dir=paths.perception_cache) for c in CONFIGS
+    }
+    rows = []
+    for label, (retriever, rep) in RUNS.items():
+        config = CONFIGS[rep]
+        cands = pd.read_parquet(paths.training_candidates(rep))
+        pool_of = dict(zip(cands["did"], cands["pool"], strict=True))
+        items = {
+            d: encode_item(t, i, root)
+            for d, t, i in zip(cands["did"], cands["txt"], cands["img_path"], strict=True)
+        }
+        text = (
+            queries["enhanced_txt"].fillna(queries["txt"])
+            if config.enhanced_queries
+            else queries["txt"]
+        )
+        q_items = [encode_item(t, i, root) for t, i in zip(text, queries["img_path"], strict=True)]
+        pools = [pool_of.get(next(iter(p), ""), "") for p in queries["pos_cand_list"]]
+        ranked: list[list[str]] = [[] for _ in q_items]
+        encoder = encoders[retriever]
+        for pool in sorted(set(pools) - {""}):
+            dids = list(cands.loc[cands["pool"] == pool, "did"])
+            c_vecs = embed_all(encoder, [items[d] for d in dids])
+            idx = [i for i, p in enumerate(pools) if p == pool]
+            q_vecs = embed_all(encoder, [q_items[i] for i in idx])
+            order, _ = top_k(q_vecs, c_vecs, max(KS))
+            for i, row in zip(idx, order, strict=True):
+                ranked[i] = [dids[j] for j in row]
+        positives = [frozenset(p) for p in queries["pos_cand_list"]]
+        for (task, qtype), group in queries.groupby(["task", "query_type"]):
+            sel = list(group.index)
+            rows.append(
+                {
+                    "task": task,
+                    "query_type": qtype,
+                    "config": label,
+                    "n_queries": len(sel),
+                    **{
+                        f"recall_at_{k}": hit_rate(
+                            [ranked[i] for i in sel], [positives[i] for i in sel], k
+                        )
+                        for k in KS
+                    },
+                }
+            )
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    frame = pd.DataFrame(rows)
+    lines = [
+        "| task | query type | n | " + " | ".join(f"{c} R@1 / R@5" for c in RUNS) + " |",
+        "|---|---|---|" + "---|" * len(RUNS),
+    ]
+    for (task, qtype), group in frame.groupby(["task", "query_type"], sort=True):
+        by = group.set_index("config")
+        cells = [f"{by.loc[c, 'recall_at_1']:.2f} / {by.loc[c, 'recall_at_5']:.2f}" for c in RUNS]
+        lines.append(
+            f"| {task} | {qtype} | {int(by['n_queries'].iloc[0])} | " + " | ".join(cells) + " |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    root = args.data.resolve()
+    paths = ArtifactLayout(args.artifacts or ProjectLayout(Path.cwd()).artifacts_for(root))
+    rows = measure(root, paths)
+    print(markdown(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
