@@ -1,11 +1,15 @@
 """The ablation on a corpus' test split: Recall@1/5 per task and query type, five configs.
 
     python benchmarks/ablation_recall.py [--data data/demo] [--artifacts artifacts/demo]
-        [--json out.json]
+        [--json out.json] [--retrain heads|full|lora --configs none,full --epochs N]
 
-Needs the trained checkpoints (`make demo` or `rar run`). Each test query is ranked against
-the pool its positives live in (M-BEIR's local setting) by dense dot product, with the
-config's own retriever and representations:
+Needs the trained checkpoints (`make demo` or `rar run`); with `--retrain`, trains the
+named configs' retrievers afresh from the pipeline's training tables (as the
+`retriever_checkpoint_<config>` asset does, other options at their defaults) into
+`<artifacts>/bench_checkpoints/<trained>/` and measures those instead.
+
+Each test query is ranked against the pool its positives live in (M-BEIR's local setting)
+by dense dot product, with the config's own retriever and representations:
 
     none / corpus / query / full   the config's checkpoint, its query and candidate texts
     inference-only                 full's representations through the `none` retriever
@@ -19,16 +23,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
 
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
-from rar_pipeline.core.retrieval.data import encode_item
-from rar_pipeline.core.retrieval.encoders.factory import load_encoder
+from rar_pipeline.core.retrieval.checkpoint import write_checkpoint
+from rar_pipeline.core.retrieval.data import encode_item, training_data
+from rar_pipeline.core.retrieval.encoders.factory import create_encoder, load_encoder
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.core.retrieval.rank import embed_all, hit_rate, top_k
+from rar_pipeline.core.retrieval.train import TrainOptions, train_retriever
 
 RUNS = {  # row label -> (retriever, representations)
     "none": ("none", "none"),
@@ -46,7 +53,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data", type=Path, default=project.demo_data)
     parser.add_argument("--artifacts", type=Path, default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--retrain", choices=["heads", "full", "lora"], default=None)
+    parser.add_argument("--configs", default="none,corpus,query,full")
+    parser.add_argument("--epochs", type=int, default=TrainOptions.epochs)
     return parser.parse_args(argv)
+
+
+def retrain(
+    root: Path, paths: ArtifactLayout, trained: str, configs: list[str], epochs: int
+) -> Path:
+    """Train the configs' retrievers afresh; returns the folder holding their checkpoints."""
+    out = paths.root / "bench_checkpoints" / trained
+    options = TrainOptions(epochs=epochs)
+    for config in configs:
+        data = training_data(
+            pd.read_parquet(paths.training_pairs(config)),
+            pd.read_parquet(paths.training_candidates(config)),
+            root,
+        )
+        encoder = create_encoder("offline", cache_dir=paths.perception_cache, trained=trained)
+        started = time.perf_counter()
+        result = train_retriever(
+            encoder,
+            data,
+            options,
+            out / f".state-{config}",
+            observe=lambda kind, step, m, c=config: kind == "eval" and print(f"  {c} {step}: {m}"),
+        )
+        print(f"{config}: {result.summary()} in {time.perf_counter() - started:.0f}s")
+        write_checkpoint(out / config, result.encoder, {"config": config, **result.summary()})
+    return out
 
 
 def test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
@@ -115,7 +151,12 @@ def markdown(rows: list[dict]) -> str:
     ]
     for (task, qtype), group in frame.groupby(["task", "query_type"], sort=True):
         by = group.set_index("config")
-        cells = [f"{by.loc[c, 'recall_at_1']:.2f} / {by.loc[c, 'recall_at_5']:.2f}" for c in RUNS]
+        cells = [
+            f"{by.loc[c, 'recall_at_1']:.2f} / {by.loc[c, 'recall_at_5']:.2f}"
+            if c in by.index
+            else "-"
+            for c in RUNS
+        ]
         lines.append(
             f"| {task} | {qtype} | {int(by['n_queries'].iloc[0])} | " + " | ".join(cells) + " |"
         )
@@ -126,7 +167,13 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     root = args.data.resolve()
     paths = ArtifactLayout(args.artifacts or ProjectLayout(Path.cwd()).artifacts_for(root))
-    rows = measure(root, paths)
+    configs = args.configs.split(",")
+    if args.retrain:
+        folder = retrain(root, paths, args.retrain, configs, args.epochs)
+        checkpoints = {c: folder / c for c in configs}
+    else:
+        checkpoints = {c: paths.checkpoint(c) for c in configs}
+    rows = measure(root, paths, checkpoints)
     print(markdown(rows))
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))

@@ -11,6 +11,8 @@ import pytest
 from rar_pipeline.cli import main, parse_args
 from rar_pipeline.core.enhance.classify import QueryType
 from rar_pipeline.core.enhance.prompts import prompt_for
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem
+from rar_pipeline.core.retrieval.encoders.factory import load_encoder
 
 
 @pytest.fixture
@@ -70,6 +72,8 @@ def test_run_on_a_hand_written_corpus(project, mini_corpus, capsys):
     assert "candidate_pool[mbeir_mini_task0_cand_pool]" in out
     assert "queries[mbeir_mini_task6]" in out and "queries[mbeir_mini_task0]" not in out
     assert "[check warning: quarantine_rate]" in out  # the bad shard warns, the run goes on
+    # a test-only task has nothing to train on: said once per config, and the run goes on
+    assert out.count("skipped: no train pairs") == 4
     artifacts = project / "artifacts" / "mbeir_mini"
     good = pd.read_parquet(artifacts / "queries" / "mbeir_mini_task6.parquet")
     assert set(good["qid"]) == {"77:3000", "77:3001", "77:3004"}
@@ -92,6 +96,8 @@ def test_run_refuses_unknown_tasks(project, mini_corpus, capsys):
 def test_demo_builds_the_corpus_and_materializes_every_asset(project, capsys):
     args = [
         "demo",
+        "--epochs",
+        "3",
         "--train-products",
         "20",
         "--test-products",
@@ -106,9 +112,16 @@ def test_demo_builds_the_corpus_and_materializes_every_asset(project, capsys):
     assert "demo_corpus" in out and "0 rows quarantined" in out
     assert (project / "data" / "demo" / "query" / "test").is_dir()
     assert len(list((project / "artifacts" / "demo" / "queries").glob("*.parquet"))) == 6
-    # a second run reuses the corpus
+    # the four configs are trained, checkpointed and registered in the project's MLflow
+    for config in ("none", "corpus", "query", "full"):
+        assert f"rar-demo-{config} v1" in out
+        checkpoint = project / "artifacts" / "demo" / "checkpoints" / config
+        assert load_encoder(checkpoint).embed([EncodeItem("a red circle")]).shape == (1, 256)
+    assert (project / "mlruns" / "mlflow.db").is_file()
+    # a second run reuses the corpus and keeps the checkpoints
     assert main(args) == 0
-    assert "rebuilt=False" in capsys.readouterr().out
+    again = capsys.readouterr().out
+    assert "rebuilt=False" in again and again.count("(kept)") == 4
 
 
 @pytest.fixture

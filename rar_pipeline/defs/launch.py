@@ -183,7 +183,10 @@ def materialize_step(
             error = error.cause
         reason = error.message.strip() if error is not None else "the run failed"
         raise StepFailed(asset, partition, result.run_id, reason)
-    events = result.asset_materializations_for_node(asset)
+    # an asset that chose not to materialize says why in an observation
+    events = result.asset_materializations_for_node(asset) or result.asset_observations_for_node(
+        asset
+    )
     checks = result.get_asset_check_evaluations()
     return StepResult(
         asset=asset,
@@ -246,6 +249,14 @@ def run_pipeline(
             detail = f"{md['dagster/row_count']} rows"
         elif "pairs" in md:
             detail = f"{md['pairs']} train pairs"
+        elif "skipped" in md:
+            detail = f"skipped: {md['skipped']}"
+        elif "steps" in md and "registered_model" in md:
+            recall = next(k for k in md if k.startswith("best_val_recall_at_"))
+            detail = (
+                f"val R@{recall.rsplit('_', 1)[-1]} {md[recall]:.3f} (epoch {md['best_epoch']}), "
+                f"{md['steps']} steps, {md['registered_model']}"
+            )
         elif "caption_accuracy_all" in md:
             detail = f"{md['caption_accuracy_n']} photos, {md['caption_accuracy_all']:.0%} right"
         else:

@@ -173,7 +173,7 @@ def test_offline_backend_end_to_end_on_the_demo(corpus):
     vlm = VLMResource()  # offline
     _ingest(corpus, instance, vlm)
     assets = build_assets(vlm)
-    resources = {"corpus": corpus, "vlm": vlm}
+    resources = graph_resources(corpus, vlm)
     memory = dg.materialize(
         assets, selection=["offline_captioner"], resources=resources, instance=instance
     )

@@ -173,3 +173,25 @@ def test_the_graph_shows_the_ablation(built):
     }
     for c in CONFIGS:  # a checkpoint reads its own config's pairs only
         assert parents[f"retriever_checkpoint_{c}"] == {f"training_pairs_{c}"}
+
+
+def test_a_checkpoint_trained_on_the_same_data_with_the_same_options_is_kept(built):
+    corpus, vlm, instance, retriever, mlflow = built
+    from mlflow.tracking import MlflowClient
+
+    path = corpus.artifacts().checkpoint("none")
+    before = read_checkpoint(path)
+    result = dg.materialize(
+        build_assets(vlm, retriever),
+        selection=["retriever_checkpoint_none"],
+        resources={"corpus": corpus, "vlm": vlm, "retriever": retriever, "mlflow": mlflow},
+        instance=instance,
+    )
+    (event,) = result.asset_materializations_for_node("retriever_checkpoint_none")
+    assert event.metadata["registered_model"].value == f"rar-{corpus.name}-none (kept)"
+    assert read_checkpoint(path) == before  # not retrained, not rewritten
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri)
+    runs = client.search_runs(
+        [client.get_experiment_by_name(mlflow.experiment).experiment_id], "tags.config = 'none'"
+    )
+    assert len(runs) == 1  # no new run, no new model version

@@ -8,11 +8,14 @@ enhanced sides it reads: a caption prompt edit stales `corpus` and `full`, never
 could not say this). A checkpoint reads only its own config's pairs, so it inherits that.
 """
 
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
-from rar_pipeline.core.retrieval.checkpoint import write_checkpoint
 from rar_pipeline.core.retrieval.data import training_data
 from rar_pipeline.core.retrieval.pairs import (
     CONFIGS,
@@ -21,9 +24,15 @@ from rar_pipeline.core.retrieval.pairs import (
     build_pairs,
     represent_candidates,
 )
-from rar_pipeline.core.retrieval.train import train_retriever
+from rar_pipeline.core.retrieval.steps import fit_retriever, reusable_checkpoint
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
-from rar_pipeline.defs.io import read_input, read_records, samples_table, training_observer
+from rar_pipeline.defs.io import (
+    markdown_table,
+    read_input,
+    read_records,
+    samples_table,
+    training_observer,
+)
 from rar_pipeline.defs.resources import (
     CorpusResource,
     MlflowResource,
@@ -130,13 +139,14 @@ def _checkpoint_asset(
         deps=[pairs],
         kinds={"pytorch", "safetensors", "mlflow"},
         tags={"rar/config": config.name},
+        output_required=False,  # a corpus without train pairs has nothing to train
     )
     def retriever_checkpoint(
         context: dg.AssetExecutionContext,
         corpus: CorpusResource,
         retriever: RetrieverResource,
         mlflow: MlflowResource,
-    ) -> dg.MaterializeResult:
+    ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
         """A retriever fine-tuned on one config's pairs until validation recall stops rising."""
         paths, name = corpus.artifacts(), corpus.name
         pairs_frame = read_input(paths.training_pairs(config.name), pairs.key.to_user_string())
@@ -145,39 +155,53 @@ def _checkpoint_asset(
             read_input(paths.training_candidates(config.name), pairs.key.to_user_string()),
             corpus.layout().root,
         )
+        if not data.train:
+            reason = "no train pairs: the corpus has no train split with resolvable positives"
+            context.log.warning(f"{reason}; nothing to train, no checkpoint written")
+            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason})
+            return
+        encoder, options = retriever.create(paths.perception_cache), retriever.options()
+        path, model = paths.checkpoint(config.name), f"rar-{name}-{config.name}"
+        if (kept := reusable_checkpoint(path, encoder, data, options)) is not None:
+            context.log.info(f"{path} was trained with these options on this data: kept")
+            yield dg.MaterializeResult(metadata=_checkpoint_metadata(kept, path, model, "kept"))
+            return
         tags = {"corpus": name, "config": config.name, "dagster_run_id": context.run.run_id}
         with mlflow.start_run(f"train-{name}-{config.name}", tags=tags) as run:
             run.log_params(retriever.params() | data_versions)
-            with training_observer(run, f"train {config.name}", retriever.options()) as observe:
-                result = train_retriever(
-                    retriever.create(paths.perception_cache),
-                    data,
-                    retriever.options(),
-                    paths.training_state(config.name),
-                    observe=observe,
-                    log=context.log.info,
-                )
-            info = {
-                "config": config.name,
-                "corpus": name,
-                "params": retriever.params(),
-                "data_versions": data_versions,
-                **result.summary(),
-            }
-            path = write_checkpoint(paths.checkpoint(config.name), result.encoder, info)
+            info = {"config": config.name, "corpus": name, "params": retriever.params(),
+                    "data_versions": data_versions, "mlflow_run_id": run.run_id,
+                    "mlflow_run_url": run.run_url}  # fmt: skip
+            with training_observer(run, f"train {config.name}", options) as observe:
+                manifest = fit_retriever(encoder, data, options, path,
+                                         paths.training_state(config.name), info, observe,
+                                         context.log.info)  # fmt: skip
+            run.log_metrics({k: v for k, v in manifest.items() if k.startswith("best_")})
             run.log_artifacts(path, "checkpoint")
             run.log_dict({"rows": pairs_frame.head(50).to_dict("records")}, "pairs_sample.json")
-            version = run.register_model(f"rar-{name}-{config.name}", "checkpoint")
-        return dg.MaterializeResult(
-            metadata={
-                **result.summary(),
-                "path": dg.MetadataValue.path(str(path)),
-                "mlflow_run": dg.MetadataValue.url(run.run_url) if run.run_url else run.run_id,
-                "registered_model": f"rar-{name}-{config.name} v{version}",
-            }
-        )
+            version = run.register_model(model, "checkpoint")
+        yield dg.MaterializeResult(metadata=_checkpoint_metadata(manifest, path, model, version))
 
     return retriever_checkpoint
+
+
+def _checkpoint_metadata(
+    manifest: dict, path: Path, model: str, version: str
+) -> dict[str, Any]:
+    """What the UI shows for a checkpoint (`version` "kept": reused, not retrained)."""
+    recall = next(k for k in manifest if k.startswith("best_val_recall_at_"))
+    url = manifest.get("mlflow_run_url")
+    return {
+        recall: manifest[recall],
+        **{k: manifest[k] for k in ("best_epoch", "epochs", "steps", "stopped")},
+        "learning_curve": markdown_table(
+            ["epoch", "step", "val recall"],
+            [[h["epoch"], h["step"], f"{h['recall']:.3f}"] for h in manifest["history"]],
+        ),
+        "path": dg.MetadataValue.path(str(path)),
+        "mlflow_run": dg.MetadataValue.url(url) if url else manifest["mlflow_run_id"],
+        "registered_model": f"{model} v{version}" if version != "kept" else f"{model} (kept)",
+    }
 
 
 def build_retrieval_assets(
