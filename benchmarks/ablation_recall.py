@@ -31,7 +31,7 @@ import pandas as pd
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
 from rar_pipeline.core.retrieval.checkpoint import write_checkpoint
-from rar_pipeline.core.retrieval.data import encode_item, training_data
+from rar_pipeline.core.retrieval.data import encode_item, home_pools, training_data
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder, load_encoder
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.core.retrieval.rank import embed_all, hit_rate, top_k
@@ -56,15 +56,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--retrain", choices=["heads", "full", "lora"], default=None)
     parser.add_argument("--configs", default="none,corpus,query,full")
     parser.add_argument("--epochs", type=int, default=TrainOptions.epochs)
+    parser.add_argument("--patience", type=int, default=TrainOptions.patience)
+    parser.add_argument("--mixed-batches", action="store_true", help="batch_by_pool=False")
     return parser.parse_args(argv)
 
 
 def retrain(
-    root: Path, paths: ArtifactLayout, trained: str, configs: list[str], epochs: int
+    root: Path, paths: ArtifactLayout, trained: str, configs: list[str], options: TrainOptions
 ) -> Path:
     """Train the configs' retrievers afresh; returns the folder holding their checkpoints."""
     out = paths.root / "bench_checkpoints" / trained
-    options = TrainOptions(epochs=epochs)
     for config in configs:
         data = training_data(
             pd.read_parquet(paths.training_pairs(config)),
@@ -91,17 +92,22 @@ def test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
     return frame[frame["split"] == "test"].reset_index(drop=True)
 
 
-def measure(root: Path, paths: ArtifactLayout) -> list[dict]:
+def measure(root: Path, paths: ArtifactLayout, checkpoints: dict[str, Path]) -> list[dict]:
     tasks = sorted(discover(root).queries)
     queries = test_queries(paths, tasks)
     encoders = {
-        c: load_encoder(paths.checkpoint(c), cache_dir=paths.perception_cache) for c in CONFIGS
+        c: load_encoder(path, cache_dir=paths.perception_cache) for c, path in checkpoints.items()
     }
     rows = []
     for label, (retriever, rep) in RUNS.items():
+        if retriever not in encoders:
+            continue
         config = CONFIGS[rep]
         cands = pd.read_parquet(paths.training_candidates(rep))
-        pool_of = dict(zip(cands["did"], cands["pool"], strict=True))
+        pools: dict[str, list[str]] = {}
+        for did, pool in zip(cands["did"], cands["pool"], strict=True):
+            pools.setdefault(pool, []).append(did)
+        pool_of = home_pools(pools)
         items = {
             d: encode_item(t, i, root)
             for d, t, i in zip(cands["did"], cands["txt"], cands["img_path"], strict=True)
@@ -116,7 +122,7 @@ def measure(root: Path, paths: ArtifactLayout) -> list[dict]:
         ranked: list[list[str]] = [[] for _ in q_items]
         encoder = encoders[retriever]
         for pool in sorted(set(pools) - {""}):
-            dids = list(cands.loc[cands["pool"] == pool, "did"])
+            dids = pools[pool]
             c_vecs = embed_all(encoder, [items[d] for d in dids])
             idx = [i for i, p in enumerate(pools) if p == pool]
             q_vecs = embed_all(encoder, [q_items[i] for i in idx])
@@ -169,7 +175,10 @@ def main(argv: list[str] | None = None) -> None:
     paths = ArtifactLayout(args.artifacts or ProjectLayout(Path.cwd()).artifacts_for(root))
     configs = args.configs.split(",")
     if args.retrain:
-        folder = retrain(root, paths, args.retrain, configs, args.epochs)
+        options = TrainOptions(
+            epochs=args.epochs, patience=args.patience, batch_by_pool=not args.mixed_batches
+        )
+        folder = retrain(root, paths, args.retrain, configs, options)
         checkpoints = {c: folder / c for c in configs}
     else:
         checkpoints = {c: paths.checkpoint(c) for c in configs}

@@ -78,6 +78,20 @@ def encode_item(txt: Any, img_path: Any, root: Path) -> EncodeItem:
     return EncodeItem(text, image)
 
 
+def home_pools(pools: dict[str, list[str]]) -> dict[str, str]:
+    """Each candidate's home: the smallest pool holding it (ties: the first by name).
+
+    M-BEIR ships a candidate in its task's local pool and again in union pools; a query is
+    ranked against the home pool of its positive, which for M-BEIR is the task's local pool
+    (UniIR's local setting), whatever order the pools were read in.
+    """
+    home: dict[str, str] = {}
+    for pool in sorted(pools, key=lambda p: (len(pools[p]), p)):
+        for did in pools[pool]:
+            home.setdefault(did, pool)
+    return home
+
+
 def training_data(pairs: pd.DataFrame, candidates: pd.DataFrame, root: Path) -> TrainingData:
     """Group a config's pairs per query and turn every row into encoder items.
 
@@ -93,10 +107,9 @@ def training_data(pairs: pd.DataFrame, candidates: pd.DataFrame, root: Path) -> 
         )
     }
     pools: dict[str, list[str]] = {}
-    pool_of: dict[str, str] = {}
     for did, pool in zip(candidates["did"], candidates["pool"], strict=True):
         pools.setdefault(pool, []).append(did)
-        pool_of.setdefault(did, pool)
+    pool_of = home_pools(pools)
     test_only = frozenset(candidates.loc[candidates["test_only"].astype(bool), "did"])
     train: list[TrainQuery] = []
     val: list[ValQuery] = []

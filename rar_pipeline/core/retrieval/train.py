@@ -51,6 +51,9 @@ class TrainOptions:
         temperature: InfoNCE temperature (the start value when learnable).
         learn_temperature: train the temperature too.
         hard_negatives: negatives per query from the corpus' `neg_cand_list`.
+        batch_by_pool: each batch holds queries of one pool, so in-batch negatives are
+            candidates of the pool the query is ranked against (harder, and what
+            evaluation does); False mixes pools.
         mined_negatives: negatives per query mined with the retriever being trained, once
             per epoch (0: none).
         checkpoint_every: optimiser steps between saves of the resumable state.
@@ -67,6 +70,7 @@ class TrainOptions:
     temperature: float = 0.05
     learn_temperature: bool = False
     hard_negatives: int = 1
+    batch_by_pool: bool = True
     mined_negatives: int = 0
     checkpoint_every: int = 50
     recall_k: int = 1
@@ -160,7 +164,18 @@ def _epoch_plan(
         )
         negatives += [d for d in mined.get(q.qid, []) if d not in negatives]
         planned.append((q, positive, negatives))
-    return [planned[i : i + options.batch_size] for i in range(0, len(planned), options.batch_size)]
+    if not options.batch_by_pool:
+        size = options.batch_size
+        return [planned[i : i + size] for i in range(0, len(planned), size)]
+    by_pool: dict[str, list[tuple[TrainQuery, str, list[str]]]] = {}
+    for entry in planned:
+        by_pool.setdefault(entry[0].pool, []).append(entry)
+    batches = [
+        group[i : i + options.batch_size]
+        for _, group in sorted(by_pool.items())
+        for i in range(0, len(group), options.batch_size)
+    ]
+    return [batches[int(i)] for i in rng.permutation(len(batches))]
 
 
 def _batch_loss(

@@ -185,9 +185,7 @@ def _checkpoint_asset(
     return retriever_checkpoint
 
 
-def _checkpoint_metadata(
-    manifest: dict, path: Path, model: str, version: str
-) -> dict[str, Any]:
+def _checkpoint_metadata(manifest: dict, path: Path, model: str, version: str) -> dict[str, Any]:
     """What the UI shows for a checkpoint (`version` "kept": reused, not retrained)."""
     recall = next(k for k in manifest if k.startswith("best_val_recall_at_"))
     url = manifest.get("mlflow_run_url")

@@ -33,7 +33,7 @@ class RetrieverResource(dg.ConfigurableResource):
     for clip and vlm-embed; unused by offline), trained (heads | full | lora), dim, device,
     trust_remote_code. Training (see `core.retrieval.train.TrainOptions` for each): epochs,
     max_steps, batch_size, grad_accum, lr, temperature, learn_temperature, hard_negatives,
-    mined_negatives, checkpoint_every, recall_k, patience, seed.
+    batch_by_pool, mined_negatives, checkpoint_every, recall_k, patience, seed.
     """
 
     encoder: str = "offline"
@@ -51,6 +51,7 @@ class RetrieverResource(dg.ConfigurableResource):
     temperature: float = DEFAULT_TRAINING.temperature
     learn_temperature: bool = DEFAULT_TRAINING.learn_temperature
     hard_negatives: int = DEFAULT_TRAINING.hard_negatives
+    batch_by_pool: bool = DEFAULT_TRAINING.batch_by_pool
     mined_negatives: int = DEFAULT_TRAINING.mined_negatives
     checkpoint_every: int = DEFAULT_TRAINING.checkpoint_every
     recall_k: int = DEFAULT_TRAINING.recall_k
