@@ -57,7 +57,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--configs", default="none,corpus,query,full")
     parser.add_argument("--epochs", type=int, default=TrainOptions.epochs)
     parser.add_argument("--patience", type=int, default=TrainOptions.patience)
+    parser.add_argument("--lr", type=float, default=TrainOptions.lr)
     parser.add_argument("--mixed-batches", action="store_true", help="batch_by_pool=False")
+    parser.add_argument("--checkpoints", type=Path, default=None, help="measure <dir>/<config>")
     return parser.parse_args(argv)
 
 
@@ -65,7 +67,12 @@ def retrain(
     root: Path, paths: ArtifactLayout, trained: str, configs: list[str], options: TrainOptions
 ) -> Path:
     """Train the configs' retrievers afresh; returns the folder holding their checkpoints."""
-    out = paths.root / "bench_checkpoints" / trained
+    mode = "pool" if options.batch_by_pool else "mixed"
+    out = (
+        paths.root
+        / "bench_checkpoints"
+        / f"{trained}-{mode}-e{options.epochs}-p{options.patience}-lr{options.lr}"
+    )
     for config in configs:
         data = training_data(
             pd.read_parquet(paths.training_pairs(config)),
@@ -118,13 +125,13 @@ def measure(root: Path, paths: ArtifactLayout, checkpoints: dict[str, Path]) -> 
             else queries["txt"]
         )
         q_items = [encode_item(t, i, root) for t, i in zip(text, queries["img_path"], strict=True)]
-        pools = [pool_of.get(next(iter(p), ""), "") for p in queries["pos_cand_list"]]
+        homes = [pool_of.get(next(iter(p), ""), "") for p in queries["pos_cand_list"]]
         ranked: list[list[str]] = [[] for _ in q_items]
         encoder = encoders[retriever]
-        for pool in sorted(set(pools) - {""}):
+        for pool in sorted(set(homes) - {""}):
             dids = pools[pool]
             c_vecs = embed_all(encoder, [items[d] for d in dids])
-            idx = [i for i, p in enumerate(pools) if p == pool]
+            idx = [i for i, p in enumerate(homes) if p == pool]
             q_vecs = embed_all(encoder, [q_items[i] for i in idx])
             order, _ = top_k(q_vecs, c_vecs, max(KS))
             for i, row in zip(idx, order, strict=True):
@@ -176,10 +183,15 @@ def main(argv: list[str] | None = None) -> None:
     configs = args.configs.split(",")
     if args.retrain:
         options = TrainOptions(
-            epochs=args.epochs, patience=args.patience, batch_by_pool=not args.mixed_batches
+            epochs=args.epochs,
+            patience=args.patience,
+            lr=args.lr,
+            batch_by_pool=not args.mixed_batches,
         )
         folder = retrain(root, paths, args.retrain, configs, options)
         checkpoints = {c: folder / c for c in configs}
+    elif args.checkpoints:
+        checkpoints = {c: args.checkpoints / c for c in configs}
     else:
         checkpoints = {c: paths.checkpoint(c) for c in configs}
     rows = measure(root, paths, checkpoints)
