@@ -24,6 +24,12 @@ TRAINED: tuple[str, ...] = ("heads", "full", "lora")
 ENCODER_CONFIG = "encoder.json"  # every saved encoder: {"encoder": name, ...its settings}
 
 
+def check_trained(trained: str) -> None:
+    """Raise ValueError unless `trained` is one of `TRAINED`."""
+    if trained not in TRAINED:
+        raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
+
+
 @dataclass(frozen=True)
 class EncodeItem:
     """What the encoder embeds for one query or candidate (at least one of the two)."""
@@ -84,3 +90,22 @@ class TrainableEncoder(Encoder, Protocol):
     def save(self, directory: Path) -> None:
         """Safetensors weights and `ENCODER_CONFIG` in `directory`: no pickle."""
         ...
+
+
+def embed_in_eval(encoder: TrainableEncoder, items: Sequence[EncodeItem]) -> np.ndarray:
+    """`encoder.embed` for every trainable encoder: eval mode (no dropout), no autograd.
+
+    Each submodule's train/eval mode is put back afterwards, whatever the trainer had set.
+    """
+    import torch
+
+    if not items:
+        return np.zeros((0, encoder.dim), dtype=np.float32)
+    modes = [(m, m.training) for m in encoder.module.modules()]
+    encoder.module.eval()
+    try:
+        with torch.inference_mode():
+            return encoder.forward(encoder.inputs(items)).cpu().numpy().astype(np.float32)
+    finally:
+        for module, training in modes:
+            module.training = training

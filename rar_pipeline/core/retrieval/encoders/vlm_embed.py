@@ -38,14 +38,17 @@ from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, EncodeItem
-from rar_pipeline.core.retrieval.encoders.clip import (
+from rar_pipeline.core.retrieval.encoders.base import (
+    ENCODER_CONFIG,
+    EncodeItem,
+    check_trained,
+    embed_in_eval,
+)
+from rar_pipeline.core.retrieval.encoders.heads import load_heads, projection, save_heads
+from rar_pipeline.core.retrieval.encoders.hf import (
     ADAPTER_DIR,
     BACKBONE_DIR,
-    check_trained,
     linear_names,
-    load_heads,
-    save_heads,
     seeded,
     torch_dtype,
 )
@@ -207,8 +210,6 @@ class VlmEmbedEncoder:
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText
 
-        from rar_pipeline.core.retrieval.encoders.offline import _projection
-
         source = self.model_id
         if saved is not None and self.trained == "full":
             source = str(saved / BACKBONE_DIR)
@@ -226,7 +227,7 @@ class VlmEmbedEncoder:
 
         generator = torch.Generator().manual_seed(self.seed)
         heads = torch.nn.ModuleDict(
-            {"hidden": _projection(hidden, self.dim, generator)} if self.head else {}
+            {"hidden": projection(hidden, self.dim, generator)} if self.head else {}
         )
         if saved is not None and self.head:
             load_heads(heads, saved)
@@ -311,17 +312,7 @@ class VlmEmbedEncoder:
         return normalize(pooled, dim=1)
 
     def embed(self, items: Sequence[EncodeItem]) -> np.ndarray:
-        import torch
-
-        if not items:
-            return np.zeros((0, self.dim), dtype=np.float32)
-        was_training = self.module.training
-        self.module.eval()
-        try:
-            with torch.inference_mode():
-                return self.forward(self.inputs(items)).cpu().numpy().astype(np.float32)
-        finally:
-            self.module.train(was_training)
+        return embed_in_eval(self, items)
 
     def config(self) -> dict[str, Any]:
         return {
