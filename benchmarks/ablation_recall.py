@@ -34,7 +34,7 @@ from rar_pipeline.core.retrieval.checkpoint import write_checkpoint
 from rar_pipeline.core.retrieval.data import encode_item, home_pools, training_data
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder, load_encoder
 from rar_pipeline.core.retrieval.pairs import CONFIGS
-from rar_pipeline.core.retrieval.rank import embed_all, hit_rate, top_k
+from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools
 from rar_pipeline.core.retrieval.train import TrainOptions, train_retriever
 
 RUNS = {  # row label -> (retriever, representations)
@@ -125,17 +125,8 @@ def measure(root: Path, paths: ArtifactLayout, checkpoints: dict[str, Path]) -> 
             else queries["txt"]
         )
         q_items = [encode_item(t, i, root) for t, i in zip(text, queries["img_path"], strict=True)]
-        homes = [pool_of.get(next(iter(p), ""), "") for p in queries["pos_cand_list"]]
-        ranked: list[list[str]] = [[] for _ in q_items]
-        encoder = encoders[retriever]
-        for pool in sorted(set(homes) - {""}):
-            dids = pools[pool]
-            c_vecs = embed_all(encoder, [items[d] for d in dids])
-            idx = [i for i, p in enumerate(homes) if p == pool]
-            q_vecs = embed_all(encoder, [q_items[i] for i in idx])
-            order, _ = top_k(q_vecs, c_vecs, max(KS))
-            for i, row in zip(idx, order, strict=True):
-                ranked[i] = [dids[j] for j in row]
+        homes = [pool_of.get(next(iter(p), "")) for p in queries["pos_cand_list"]]
+        ranked = rank_in_pools(encoders[retriever], q_items, homes, pools, items, max(KS))
         positives = [frozenset(p) for p in queries["pos_cand_list"]]
         for (task, qtype), group in queries.groupby(["task", "query_type"]):
             sel = list(group.index)

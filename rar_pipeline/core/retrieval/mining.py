@@ -8,15 +8,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
-
-from rar_pipeline.core.retrieval.rank import top_k
-
 
 def mine_negatives(
-    queries: np.ndarray,
-    candidates: np.ndarray,
-    candidate_ids: Sequence[str],
+    ranked: Sequence[Sequence[str]],
     positives: Sequence[frozenset[str]],
     k: int,
     exclude: frozenset[str] = frozenset(),
@@ -24,20 +18,17 @@ def mine_negatives(
     """Each query's k best-ranked candidates that are neither its positives nor excluded.
 
     Args:
-        queries: (n, d) query embeddings.
-        candidates: (c, d) candidate embeddings of the pool they rank against.
-        candidate_ids: the did of each candidate row.
+        ranked: each query's candidates, best first (deep enough: `mining_depth`).
         positives: each query's labelled positives.
         k: negatives per query.
         exclude: candidates never used as a negative (e.g. test-only ones).
     """
-    if k <= 0 or len(candidate_ids) == 0:
-        return [[] for _ in positives]
-    # look deep enough that k survive the filter
-    depth = min(len(candidate_ids), k + max((len(p) for p in positives), default=0) + len(exclude))
-    order, _ = top_k(queries, candidates, depth)
-    mined = []
-    for row, labelled in zip(order, positives, strict=True):
-        ids = [candidate_ids[j] for j in row]
-        mined.append([d for d in ids if d not in labelled and d not in exclude][:k])
-    return mined
+    return [
+        [d for d in row if d not in labelled and d not in exclude][: max(k, 0)]
+        for row, labelled in zip(ranked, positives, strict=True)
+    ]
+
+
+def mining_depth(k: int, positives: Sequence[frozenset[str]], exclude: frozenset[str]) -> int:
+    """How deep to rank so that k negatives survive the filter whatever it removes."""
+    return k + max((len(p) for p in positives), default=0) + len(exclude)

@@ -6,7 +6,7 @@ order, so a ranking is a pure function of the embeddings.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -44,3 +44,28 @@ def hit_rate(ranked: Sequence[Sequence[str]], positives: Sequence[frozenset[str]
         return 0.0
     hits = sum(bool(set(r[:k]) & p) for r, p in zip(ranked, positives, strict=True))
     return hits / len(ranked)
+
+
+def rank_in_pools(
+    encoder: Encoder,
+    queries: Sequence[EncodeItem],
+    homes: Sequence[str | None],
+    pools: Mapping[str, Sequence[str]],
+    candidates: Mapping[str, EncodeItem],
+    k: int,
+    batch_size: int = 256,
+) -> list[list[str]]:
+    """Each query's top-k dids, ranked against its own pool (`homes[i]`; None: ranks nothing).
+
+    Each pool's candidates are embedded once, whatever the number of queries it serves.
+    """
+    ranked: list[list[str]] = [[] for _ in queries]
+    for pool in sorted({h for h in homes if h}):
+        rows = [i for i, h in enumerate(homes) if h == pool]
+        dids = list(pools[pool])
+        pool_vecs = embed_all(encoder, [candidates[d] for d in dids], batch_size)
+        query_vecs = embed_all(encoder, [queries[i] for i in rows], batch_size)
+        order, _ = top_k(query_vecs, pool_vecs, k)
+        for i, row in zip(rows, order, strict=True):
+            ranked[i] = [dids[j] for j in row]
+    return ranked

@@ -32,8 +32,8 @@ from rar_pipeline.core.retrieval.checkpoint import LoopPosition, load_state, sav
 from rar_pipeline.core.retrieval.data import TrainingData, TrainQuery
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem, TrainableEncoder
 from rar_pipeline.core.retrieval.losses import compute_loss_from_embeddings, false_negative_mask
-from rar_pipeline.core.retrieval.mining import mine_negatives
-from rar_pipeline.core.retrieval.rank import embed_all, hit_rate, top_k
+from rar_pipeline.core.retrieval.mining import mine_negatives, mining_depth
+from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools
 
 TRAINER_VERSION = "trainer-1"  # bump when the loop's rules change: part of asset versions
 
@@ -123,30 +123,22 @@ def validation_recall(
     """Recall@k of the validation queries, each ranked against its own pool."""
     if not data.val:
         return float("nan")
-    hits: list[float] = []
-    for pool in sorted({q.pool for q in data.val}):
-        queries = [q for q in data.val if q.pool == pool]
-        dids = data.pools[pool]
-        cands = embed_all(encoder, [data.candidates[d] for d in dids], batch_size)
-        vecs = embed_all(encoder, [q.item for q in queries], batch_size)
-        order, _ = top_k(vecs, cands, k)
-        ranked = [[dids[j] for j in row] for row in order]
-        hits.append(hit_rate(ranked, [q.positives for q in queries], k) * len(queries))
-    return float(sum(hits) / len(data.val))
+    ranked = rank_in_pools(
+        encoder, [q.item for q in data.val], [q.pool for q in data.val],
+        data.pools, data.candidates, k, batch_size,
+    )  # fmt: skip
+    return hit_rate(ranked, [q.positives for q in data.val], k)
 
 
 def _mine(encoder: TrainableEncoder, data: TrainingData, k: int) -> dict[str, list[str]]:
-    mined: dict[str, list[str]] = {}
-    for pool in sorted({q.pool for q in data.train}):
-        queries = [q for q in data.train if q.pool == pool]
-        dids = data.pools[pool]
-        cands = embed_all(encoder, [data.candidates[d] for d in dids])
-        vecs = embed_all(encoder, [q.item for q in queries])
-        found = mine_negatives(
-            vecs, cands, dids, [frozenset(q.positives) for q in queries], k, data.test_only
-        )
-        mined.update({q.qid: m for q, m in zip(queries, found, strict=True)})
-    return mined
+    positives = [frozenset(q.positives) for q in data.train]
+    depth = mining_depth(k, positives, data.test_only)
+    ranked = rank_in_pools(
+        encoder, [q.item for q in data.train], [q.pool for q in data.train],
+        data.pools, data.candidates, depth,
+    )  # fmt: skip
+    found = mine_negatives(ranked, positives, k, data.test_only)
+    return {q.qid: m for q, m in zip(data.train, found, strict=True)}
 
 
 def _epoch_plan(

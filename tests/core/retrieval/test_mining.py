@@ -4,29 +4,49 @@ from __future__ import annotations
 
 import numpy as np
 
-from rar_pipeline.core.retrieval.mining import mine_negatives
-from rar_pipeline.core.retrieval.rank import hit_rate, top_k
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem
+from rar_pipeline.core.retrieval.mining import mine_negatives, mining_depth
+from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools, top_k
 
 IDS = ["a", "b", "c", "d", "e"]
 CANDS = np.eye(5, dtype=np.float32)
 
 
 def test_mined_negatives_are_the_best_ranked_non_positives():
-    query = np.array([[0.9, 0.8, 0.7, 0.1, 0.0]], dtype=np.float32)
-    assert mine_negatives(query, CANDS, IDS, [frozenset({"a"})], k=2) == [["b", "c"]]
+    assert mine_negatives([IDS], [frozenset({"a"})], k=2) == [["b", "c"]]
 
 
 def test_a_labelled_positive_or_an_excluded_candidate_is_never_a_negative():
-    query = np.array([[0.9, 0.8, 0.7, 0.6, 0.5]], dtype=np.float32)
-    mined = mine_negatives(
-        query, CANDS, IDS, [frozenset({"a", "b"})], k=3, exclude=frozenset({"c"})
-    )
+    mined = mine_negatives([IDS], [frozenset({"a", "b"})], k=3, exclude=frozenset({"c"}))
     assert mined == [["d", "e"]]  # fewer than k survive: no positive fills the gap
 
 
 def test_mining_nothing():
-    query = np.ones((1, 5), dtype=np.float32)
-    assert mine_negatives(query, CANDS, IDS, [frozenset()], k=0) == [[]]
+    assert mine_negatives([IDS], [frozenset()], k=0) == [[]]
+
+
+def test_mining_ranks_deep_enough_for_k_to_survive_the_filter():
+    positives = [frozenset({"a"}), frozenset({"a", "b", "c"})]
+    depth = mining_depth(2, positives, exclude=frozenset({"d"}))
+    assert depth == 2 + 3 + 1
+    assert mine_negatives([IDS[:depth]] * 2, positives, 2, frozenset({"d"})) == [["b", "c"], ["e"]]
+
+
+class OneHot:
+    """An encoder double: the item's text names the axis it points along."""
+
+    name, dim = "one-hot", 5
+
+    def embed(self, items):
+        return np.stack([CANDS[IDS.index(i.txt)] for i in items])
+
+
+def test_each_query_ranks_against_its_own_pool_only():
+    items = {d: EncodeItem(d) for d in IDS}
+    pools = {"left": ["a", "b"], "right": ["c", "d", "e"]}
+    queries = [EncodeItem("b"), EncodeItem("b"), EncodeItem("e")]
+    ranked = rank_in_pools(OneHot(), queries, ["left", "right", None], pools, items, k=2)
+    assert ranked == [["b", "a"], ["c", "d"], []]  # in `right`, "b" matches nothing: pool order
 
 
 def test_top_k_is_best_first_and_ties_keep_pool_order():
