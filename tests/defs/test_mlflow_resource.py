@@ -143,16 +143,6 @@ class FakeTracker:
         return set(self.resource.registry)
 
 
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """One sqlite store for the module: creating its schema takes seconds."""
-    root = tmp_path_factory.mktemp("mlflow")
-    return {
-        "tracking_uri": f"sqlite:///{root}/mlflow.db",
-        "artifact_location": str(root / "artifacts"),
-    }
-
-
 @pytest.fixture(params=["mlflow", "fake"])
 def tracker(
     request: pytest.FixtureRequest, mlflow_store: dict[str, str]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import posixpath
 import re
 import uuid
@@ -15,6 +14,8 @@ from urllib.parse import urlparse
 
 import dagster as dg
 from pydantic import PrivateAttr
+
+from rar_pipeline.core.files import file_hash
 
 
 class RunLogger(Protocol):
@@ -59,36 +60,34 @@ class RunLogger(Protocol):
 # against it cannot log what real MLflow refuses; the real one up front so that a bad name
 # fails with the same `ValueError` before anything is half-written).
 
-# MLflow's rule for param, metric and tag names.
-_MLFLOW_NAME = re.compile(r"^[/\w.\- :]+$")
-_MAX_KEY_LENGTH = 250
 
+def _mlflow_rule(check: Any, *args: Any, prefix: str = "") -> None:
+    """Apply one of MLflow's own validators, raising its message as a ValueError."""
+    from mlflow.exceptions import MlflowException
 
-def _path_not_unique(name: str) -> bool:
-    """MLflow's `path_not_unique`: names are used as file paths and must be normalised ones."""
-    norm = posixpath.normpath(name)
-    return norm != name or norm == "." or norm.startswith("..") or norm.startswith("/")
+    try:
+        check(*args)
+    except MlflowException as exc:
+        raise ValueError(f"{prefix}{exc.message}") from None
 
 
 def _check_name(name: str) -> None:
-    """A param, metric or tag name MLflow accepts."""
-    if not _MLFLOW_NAME.match(name):
-        raise ValueError(
-            f"Invalid name {name!r}: names may only contain alphanumerics, underscores, "
-            "dashes, periods, spaces, colon and slashes"
-        )
-    if _path_not_unique(name):
-        raise ValueError(
-            f"Invalid name {name!r}: names are used as paths and must be normalised ones "
-            f"(this one would resolve to {posixpath.normpath(name)!r})"
-        )
-    if len(name) > _MAX_KEY_LENGTH:
-        raise ValueError(f"Invalid name {name[:40]!r}...: longer than {_MAX_KEY_LENGTH} chars")
+    """A param, metric or tag name MLflow accepts (its characters, path and length rules)."""
+    from mlflow.utils.validation import (
+        MAX_ENTITY_KEY_LENGTH,
+        _validate_length_limit,
+        _validate_param_name,
+    )
+
+    _mlflow_rule(_validate_param_name, name, prefix=f"Invalid name {name!r}: ")
+    _mlflow_rule(_validate_length_limit, "Name", MAX_ENTITY_KEY_LENGTH, name)
 
 
 def _check_artifact_path(artifact_path: str | None) -> None:
     """An artifact folder MLflow accepts: relative, normalised, no trailing slash."""
-    if artifact_path and _path_not_unique(artifact_path):
+    from mlflow.utils.validation import path_not_unique
+
+    if artifact_path and path_not_unique(artifact_path):
         raise ValueError(
             f"Invalid artifact path {artifact_path!r}: must be a relative, normalised posix "
             f"path without a trailing slash (e.g. {posixpath.normpath(artifact_path)!r})"
@@ -97,18 +96,19 @@ def _check_artifact_path(artifact_path: str | None) -> None:
 
 def _check_model_name(name: str) -> None:
     """A registered model name MLflow accepts (its `_validate_model_name`)."""
-    if not name or not name.strip():
-        raise ValueError("Invalid registered model name: empty")
-    if "/" in name or ":" in name:
-        raise ValueError(
-            f"Invalid registered model name {name!r}: names cannot contain '/' or ':' "
-            "(see registered_model_name() to derive one from e.g. a Hugging Face id)"
-        )
-    if _path_not_unique(name):
-        raise ValueError(
-            f"Invalid registered model name {name!r}: names are used as paths and must not "
-            "start with '..' or resolve to another name"
-        )
+    from mlflow.utils.validation import _validate_model_name
+
+    _mlflow_rule(_validate_model_name, name, prefix="Invalid registered model name: ")
+
+
+def _check_registration(name: str, artifact_path: str, tags: Mapping[str, str] | None) -> None:
+    """What `register_model` refuses before anything is written, real or fake alike."""
+    _check_model_name(name)
+    if not artifact_path:
+        raise ValueError("register_model needs the artifact path of what to register")
+    _check_artifact_path(artifact_path)
+    for key in tags or {}:
+        _check_name(key)
 
 
 def registered_model_name(raw: str) -> str:
@@ -195,12 +195,7 @@ class _MlflowRun:
     ) -> str:
         from mlflow.exceptions import MlflowException
 
-        _check_model_name(name)
-        if not artifact_path:
-            raise ValueError("register_model needs the artifact path of what to register")
-        _check_artifact_path(artifact_path)
-        for key in tags or {}:
-            _check_name(key)
+        _check_registration(name, artifact_path, tags)
         if not self._has_artifact(artifact_path):
             raise ValueError(
                 f"Run {self.run_id} has no artifacts under {artifact_path!r} to register"
@@ -320,14 +315,6 @@ class MlflowResource(dg.ConfigurableResource):
 # the fake
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 @dataclass
 class RecordedModelVersion:
     """One version of a registered model, as `FakeMlflow` recorded it."""
@@ -387,7 +374,7 @@ class RecordedRun:
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
         _check_artifact_path(artifact_path)
         _check_local_file(local_path)
-        self.files[_join(artifact_path, Path(local_path).name)] = _sha256(Path(local_path))
+        self.files[_join(artifact_path, Path(local_path).name)] = file_hash(Path(local_path))
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
         _check_artifact_path(artifact_path)
@@ -395,7 +382,7 @@ class RecordedRun:
         for path in sorted(Path(local_dir).rglob("*")):
             if path.is_file():
                 relative = path.relative_to(local_dir).as_posix()
-                self.files[_join(artifact_path, relative)] = _sha256(path)
+                self.files[_join(artifact_path, relative)] = file_hash(path)
 
     def register_model(
         self,
@@ -404,12 +391,7 @@ class RecordedRun:
         tags: Mapping[str, str] | None = None,
         description: str | None = None,
     ) -> str:
-        _check_model_name(name)
-        if not artifact_path:
-            raise ValueError("register_model needs the artifact path of what to register")
-        _check_artifact_path(artifact_path)
-        for key in tags or {}:
-            _check_name(key)
+        _check_registration(name, artifact_path, tags)
         prefix = artifact_path + "/"
         files = {
             path.removeprefix(prefix): digest
