@@ -33,9 +33,10 @@ from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
 from rar_pipeline.core.retrieval.checkpoint import write_checkpoint
 from rar_pipeline.core.retrieval.data import encode_item, home_pools, training_data
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder, load_encoder
+from rar_pipeline.core.retrieval.options import TrainOptions
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools
-from rar_pipeline.core.retrieval.train import TrainOptions, train_retriever
+from rar_pipeline.core.retrieval.train import train_retriever
 
 RUNS = {  # row label -> (retriever, representations)
     "none": ("none", "none"),

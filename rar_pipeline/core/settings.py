@@ -21,9 +21,7 @@ from rar_pipeline.core.corpus.images import ImageCheckLevel
 from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.vlm.config import BACKENDS, DEFAULTS, VLMConfig
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
-from rar_pipeline.core.retrieval.encoders.base import TRAINED
-from rar_pipeline.core.retrieval.encoders.factory import ENCODERS
-from rar_pipeline.core.retrieval.train import TrainOptions
+from rar_pipeline.core.retrieval.options import ENCODERS, TRAINED, TrainOptions
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,8 @@ from tqdm.auto import tqdm
 
 from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.files import values_hash
-from rar_pipeline.core.retrieval.train import Observer, TrainOptions
+from rar_pipeline.core.retrieval.options import TrainOptions
+from rar_pipeline.core.retrieval.train import Observer
 from rar_pipeline.defs.resources.mlflow import RunLogger
 
 

@@ -33,58 +33,10 @@ from rar_pipeline.core.retrieval.data import TrainingData, TrainQuery
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem, TrainableEncoder
 from rar_pipeline.core.retrieval.losses import compute_loss_from_embeddings, false_negative_mask
 from rar_pipeline.core.retrieval.mining import mine_negatives, mining_depth
+from rar_pipeline.core.retrieval.options import TrainOptions
 from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools
 
 TRAINER_VERSION = "trainer-1"  # bump when the loop's rules change: part of asset versions
-
-
-@dataclass(frozen=True)
-class TrainOptions:
-    """How a retriever is trained (every field is logged as an MLflow param).
-
-    Attributes:
-        epochs: at most this many passes over the train queries.
-        max_steps: at most this many optimiser steps (0: no limit besides epochs).
-        batch_size: queries per micro-batch (each brings its positive and negatives).
-        grad_accum: micro-batches per optimiser step.
-        lr: Adam's learning rate.
-        temperature: InfoNCE temperature (the start value when learnable).
-        learn_temperature: train the temperature too.
-        hard_negatives: negatives per query from the corpus' `neg_cand_list`.
-        batch_by_pool: each batch holds queries of one pool, so in-batch negatives are
-            candidates of the pool the query is ranked against; False (the default) mixes
-            pools and tasks, as UniIR's union training does. On the demo, mixed batches
-            reached validation Recall@1 0.82 (none) where pool batches reached 0.46
-            (benchmarks/RESULTS.md).
-        mined_negatives: negatives per query mined with the retriever being trained, once
-            per epoch (0: none).
-        checkpoint_every: optimiser steps between saves of the resumable state.
-        recall_k: validation Recall@k drives early stopping and the best checkpoint.
-        patience: epochs without a better validation recall before stopping.
-        seed: batch order, drawn positives and negatives.
-    """
-
-    epochs: int = 60
-    max_steps: int = 0
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 1e-3
-    temperature: float = 0.05
-    learn_temperature: bool = False
-    hard_negatives: int = 1
-    batch_by_pool: bool = False
-    mined_negatives: int = 0
-    checkpoint_every: int = 50
-    recall_k: int = 1
-    patience: int = 8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "checkpoint_every", "recall_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
 
 
 @dataclass

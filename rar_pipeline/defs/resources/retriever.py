@@ -18,7 +18,8 @@ import dagster as dg
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder
-from rar_pipeline.core.retrieval.train import TRAINER_VERSION, TrainOptions
+from rar_pipeline.core.retrieval.options import TrainOptions
+from rar_pipeline.core.retrieval.train import TRAINER_VERSION
 from rar_pipeline.core.settings import Settings
 
 DEFAULT_TRAINING = TrainOptions()
@@ -31,7 +32,7 @@ class RetrieverResource(dg.ConfigurableResource):
 
     Backbone: encoder (offline | clip | vlm-embed), model (a Hugging Face id or local path
     for clip and vlm-embed; unused by offline), trained (heads | full | lora), dim, device,
-    trust_remote_code. Training (see `core.retrieval.train.TrainOptions` for each): epochs,
+    trust_remote_code. Training (see `core.retrieval.options.TrainOptions` for each): epochs,
     max_steps, batch_size, grad_accum, lr, temperature, learn_temperature, hard_negatives,
     batch_by_pool, mined_negatives, checkpoint_every, recall_k, patience, seed.
     """

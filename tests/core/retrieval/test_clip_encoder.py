@@ -11,13 +11,13 @@ import torch
 
 from rar_pipeline.core.retrieval.encoders.base import (
     ENCODER_CONFIG,
-    TRAINED,
     EncodeItem,
     Encoder,
     TrainableEncoder,
 )
 from rar_pipeline.core.retrieval.encoders.clip import ClipEncoder
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder, load_encoder
+from rar_pipeline.core.retrieval.options import TRAINED
 from tests.core.retrieval.tiny_models import (
     build_clip,
     build_siglip,

@@ -20,7 +20,8 @@ import pytest
 from rar_pipeline.core.retrieval.data import TrainingData, TrainQuery, ValQuery
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder
-from rar_pipeline.core.retrieval.train import TrainOptions, train_retriever, validation_recall
+from rar_pipeline.core.retrieval.options import TrainOptions
+from rar_pipeline.core.retrieval.train import train_retriever, validation_recall
 
 COLOURS = {
     "red": "scarlet",

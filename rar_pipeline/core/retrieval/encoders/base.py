@@ -13,14 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-# What training updates: the projection heads only (the CPU default), the whole backbone,
-# or LoRA adapters on the backbone's linear layers (heads train in every mode).
-Trained = Literal["heads", "full", "lora"]
-TRAINED: tuple[str, ...] = ("heads", "full", "lora")
+from rar_pipeline.core.retrieval.options import TRAINED
+
 ENCODER_CONFIG = "encoder.json"  # every saved encoder: {"encoder": name, ...its settings}
 
 

@@ -8,14 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, TrainableEncoder
-
-# name -> "module:class"; each class has `__init__(**options)` and
-# `load(directory, *, cache_dir=None)`. Imported lazily: torch-heavy modules load on use.
-ENCODERS: dict[str, str] = {
-    "offline": "rar_pipeline.core.retrieval.encoders.offline:OfflineEncoder",
-    "clip": "rar_pipeline.core.retrieval.encoders.clip:ClipEncoder",
-    "vlm-embed": "rar_pipeline.core.retrieval.encoders.vlm_embed:VlmEmbedEncoder",
-}
+from rar_pipeline.core.retrieval.options import ENCODERS
 
 
 def _encoder_class(name: str) -> Any:
