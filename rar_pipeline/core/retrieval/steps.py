@@ -69,7 +69,7 @@ def fit_retriever(
         **info,
         **result.summary(),
         "history": result.history,
-        "signature": run_signature(encoder, data, options),
+        "signature": result.signature,
     }
     write_checkpoint(checkpoint_dir, result.encoder, manifest)
     return read_checkpoint(checkpoint_dir)

@@ -52,6 +52,7 @@ class TrainResult:
     resumed_from_step: int
     history: list[dict[str, Any]] = field(default_factory=list)
     recall_k: int = 1
+    signature: str = ""  # `run_signature` of this run
 
     def summary(self) -> dict[str, Any]:
         """The run's results as flat values (asset metadata, checkpoint manifest)."""
@@ -285,6 +286,7 @@ def train_retriever(
         resumed_from_step=resumed_from,
         history=position.history,
         recall_k=options.recall_k,
+        signature=signature,
     )
     shutil.rmtree(state_dir, ignore_errors=True)
     return result
