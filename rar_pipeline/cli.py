@@ -3,6 +3,7 @@
 rar demo                        build the demo corpus and run the graph on it
 rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory
 rar validate --data DIR         print the quarantine summary, write nothing
+rar report [--data DIR]         print the latest evaluation (table, json or markdown)
 """
 
 from __future__ import annotations
@@ -94,6 +95,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     validate.add_argument(
         "--strict", action="store_true", help="exit 1 when any row is quarantined"
     )
+    report = sub.add_parser(
+        "report", help="print the latest evaluation of a corpus (what retrieval_eval wrote)"
+    )
+    _add_setting(report, data)
+    _add_setting(report, artifacts)
+    report.add_argument(
+        "--format", choices=["table", "json", "markdown"], default="table", help="default: table"
+    )
     return parser.parse_args(argv)
 
 
@@ -144,6 +153,11 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
         quarantine = ArtifactLayout(settings.artifacts_dir).quarantine_dir
         print(f"  quarantine:  {quarantine}  (one JSON line per row)")
     print(f"  runs:        recorded in {instance.root_directory}")
+    paths = ArtifactLayout(settings.artifacts_dir)
+    if any(s.asset == "retrieval_eval" for s in result.steps):
+        print("\n" + _report_text(paths, "table"))
+        print(f"  chart:       {paths.evaluation_chart}")
+        print(f"  report:      {paths.evaluation_report}  (rar report --format json)")
     print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
     return 0
 
@@ -223,6 +237,27 @@ def _validate(args: argparse.Namespace) -> int:
     return 1 if args.strict and total_bad else 0
 
 
+def _report_text(paths: ArtifactLayout, fmt: str) -> str:
+    from rar_pipeline.core.evaluation.report import markdown, read_report, text_table
+
+    report = read_report(paths.evaluation_report)
+    if fmt == "json":
+        return json.dumps(report["rows"], indent=2)
+    rows = report["rows"]
+    parts = []
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        chosen = [r for r in rows if r["setting"] == setting]
+        title = f"{report['info'].get('corpus', '')} test split, {setting} pools".strip()
+        body = markdown(chosen) if fmt == "markdown" else text_table(chosen)
+        parts.append((f"### {title}\n\n" if fmt == "markdown" else f"{title}\n") + body)
+    return "\n\n".join(parts) if parts else "(the evaluation has no rows)"
+
+
+def _report(args: argparse.Namespace) -> int:
+    print(_report_text(ArtifactLayout(settings_from_args(args).artifacts_dir), args.format))
+    return 0
+
+
 def _compact(args: argparse.Namespace) -> int:
     from rar_pipeline.core.enhance.store import SqliteStore
 
@@ -248,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "compact-cache":
             return _compact(args)
+        if args.command == "report":
+            return _report(args)
         settings = settings_from_args(args)
         if args.command == "run":
             discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path

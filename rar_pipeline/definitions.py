@@ -16,7 +16,9 @@ from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.demo import demo_caption_accuracy, demo_corpus
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
-from rar_pipeline.defs.assets.retrieval import build_retrieval_assets
+from rar_pipeline.defs.assets.evaluation import build_evaluation_asset
+from rar_pipeline.defs.assets.index import build_index_assets
+from rar_pipeline.defs.assets.retrieval import CHECKPOINT_PREFIX, build_retrieval_assets
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
@@ -27,12 +29,23 @@ def build_assets(
     vlm: VLMResource, retriever: RetrieverResource | None = None
 ) -> list[dg.AssetsDefinition]:
     """Every asset of the graph for a VLM and a retriever, in declaration order."""
+    retrieval = build_retrieval_assets(vlm, retriever or RetrieverResource())
+    checkpoints = {
+        a.key.path[-1].removeprefix(CHECKPOINT_PREFIX): a
+        for a in retrieval
+        if a.key.path[-1].startswith(CHECKPOINT_PREFIX)
+    }
+    versions = vlm.code_versions()
+    model = {"vlm_backend": vlm.backend, "vlm_model": vlm.resolved_model_id()}
+    indexes = build_index_assets(checkpoints, versions, f"{vlm.backend}/{model['vlm_model']}")
     return [
         demo_corpus,
         candidate_pool,
         queries,
         *build_enhancement_assets(vlm),
-        *build_retrieval_assets(vlm, retriever or RetrieverResource()),
+        *retrieval,
+        *indexes,
+        build_evaluation_asset(indexes, versions, model),
         demo_caption_accuracy,
     ]
 

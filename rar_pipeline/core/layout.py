@@ -134,10 +134,24 @@ class ArtifactLayout:
     def evaluation_dir(self) -> Path:
         return self.root / "evaluation"
 
-    def run_file(self, config: str, task: str) -> Path:
-        """A TREC run file (`qid Q0 did rank score run_id`)."""
-        return self.evaluation_dir / "runs" / config / f"{task}.trec"
+    def run_file(self, config: str, task: str, setting: str = "local") -> Path:
+        """A TREC run file (`qid Q0 did rank score run_id`) of one config on one task."""
+        return self.evaluation_dir / "runs" / setting / config / f"{task}.trec"
 
     def trec_qrels(self, task: str) -> Path:
-        """Qrels in trec_eval's four columns."""
+        """A task's test qrels in trec_eval's four columns."""
         return self.evaluation_dir / "qrels" / f"{task}.qrels"
+
+    @property
+    def evaluation_report(self) -> Path:
+        """The latest evaluation's rows and what it ran on (JSON; `rar report` reads it)."""
+        return self.evaluation_dir / "report.json"
+
+    @property
+    def evaluation_chart(self) -> Path:
+        return self.evaluation_dir / "ablation.png"
+
+    @property
+    def evaluation_per_query(self) -> Path:
+        """Every query's figures under every config (Parquet): what significance tests use."""
+        return self.evaluation_dir / "per_query.parquet"

@@ -257,6 +257,13 @@ def run_pipeline(
                 f"val R@{recall.rsplit('_', 1)[-1]} {md[recall]:.3f} (epoch {md['best_epoch']}), "
                 f"{md['steps']} steps, {md['registered_model']}"
             )
+        elif "rows_embedded" in md:
+            detail = (
+                f"{md['dagster/row_count']} rows ({md['rows_embedded']} embedded, "
+                f"{md['rows_deleted']} deleted), table v{md['table_version']}"
+            )
+        elif "test_queries" in md:
+            detail = f"{md['test_queries']} test queries x 5 configs ({md['settings']})"
         elif "caption_accuracy_all" in md:
             detail = f"{md['caption_accuracy_n']} photos, {md['caption_accuracy_all']:.0%} right"
         else:

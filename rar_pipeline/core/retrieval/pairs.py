@@ -115,11 +115,6 @@ def build_pairs(
     has_val = any(q.split == "val" for q in learn)
     test_only = test_only_candidates(queries)
 
-    def query_text(q: Query) -> str | None:
-        if config.enhanced_queries and enhanced_queries is not None:
-            return enhanced_queries.get(q.key) or q.txt
-        return q.txt
-
     def cand_text(c: Candidate) -> str | None:
         return candidate_text(config, c, enhanced_corpus)
 
@@ -144,7 +139,9 @@ def build_pairs(
                     q.qid,
                     split,
                     q.task_id,
-                    query_text(q),
+                    query_text(
+                        config, q.txt, enhanced_queries.get(q.key) if enhanced_queries else None
+                    ),
                     q.img_path,
                     did,
                     cand_text(cand),
@@ -170,6 +167,13 @@ def test_only_candidates(queries: Sequence[Query]) -> set[str]:
     """Candidates that only test queries label positive: kept out of all training signal."""
     learned = {d for q in queries if q.split in ("train", "val") for d in q.pos_cand_list}
     return {d for q in queries if q.split == "test" for d in q.pos_cand_list} - learned
+
+
+def query_text(config: AblationConfig, txt: str | None, enhanced: str | None) -> str | None:
+    """A query's text as `config` sees it (its own text when it has no enhanced one)."""
+    if config.enhanced_queries and enhanced:
+        return enhanced
+    return txt
 
 
 def candidate_text(

@@ -12,13 +12,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.checkpoint import (
+    CHECKPOINT_FILE,
     CheckpointError,
     read_checkpoint,
     write_checkpoint,
 )
 from rar_pipeline.core.retrieval.data import TrainingData
-from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
+from rar_pipeline.core.retrieval.encoders.base import Encoder, TrainableEncoder
+from rar_pipeline.core.retrieval.encoders.factory import load_encoder
 from rar_pipeline.core.retrieval.train import (
     Observer,
     TrainOptions,
@@ -73,3 +76,25 @@ def fit_retriever(
     }
     write_checkpoint(checkpoint_dir, result.encoder, manifest)
     return read_checkpoint(checkpoint_dir)
+
+
+def open_retriever(
+    directory: Path, config: str, base: Callable[[], Encoder], cache_dir: Path | None = None
+) -> tuple[Encoder, str, dict[str, Any] | None]:
+    """A config's trained retriever, or the untrained base one where none was trained.
+
+    A corpus without a train split still gets indexes and an evaluation (of the base
+    encoder, zero-shot); the reference says which it was.
+
+    Returns:
+        (encoder, reference "<config>@<hash of the checkpoint's files>" or
+        "<config>@untrained", the checkpoint's manifest or None).
+
+    Raises:
+        CheckpointError: a checkpoint is there but damaged (never loaded).
+    """
+    if not (Path(directory) / CHECKPOINT_FILE).is_file():
+        return base(), f"{config}@untrained", None
+    manifest = read_checkpoint(directory)
+    reference = f"{config}@{values_hash(sorted(manifest['files'].items()))[:12]}"
+    return load_encoder(directory, cache_dir=cache_dir), reference, manifest

@@ -16,6 +16,8 @@ import dagster as dg
 
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
+from rar_pipeline.core.files import values_hash
+from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.data import training_data
 from rar_pipeline.core.retrieval.pairs import (
     CONFIGS,
@@ -41,6 +43,7 @@ from rar_pipeline.defs.resources import (
 )
 
 GROUP = "retrieval"
+CHECKPOINT_PREFIX = "retriever_checkpoint_"
 
 
 def _all(asset: dg.AssetsDefinition | str) -> dg.AssetDep:
@@ -105,10 +108,7 @@ def _read_inputs(
     if skipped := sorted(set(layout.queries) - set(tasks)):
         context.log.warning(f"pairs without un-ingested tasks: {skipped}")
     qs = [q for t in tasks for q in read_records(paths.queries(t), Query, f"queries[{t}]")]
-    pools = {
-        shard: read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
-        for shard in layout.pools
-    }
+    pools = read_pools(corpus)
     enhanced_queries = enhanced_corpus = None
     if config.enhanced_queries:
         enhanced_queries = {}
@@ -117,11 +117,26 @@ def _read_inputs(
             keys = (f"{s}/{q}" for s, q in zip(frame["split"], frame["qid"], strict=True))
             enhanced_queries.update(zip(keys, frame["enhanced_txt"], strict=True))
     if config.enhanced_corpus:
-        enhanced_corpus = {}
-        for shard in layout.pools:
-            frame = read_input(paths.enhanced_corpus(shard), f"enhanced_corpus[{shard}]")
-            enhanced_corpus.update(zip(frame["did"], frame["enhanced_txt"], strict=True))
+        enhanced_corpus = enhanced_corpus_texts(paths, list(layout.pools))
     return qs, pools, enhanced_queries, enhanced_corpus
+
+
+def read_pools(corpus: CorpusResource) -> dict[str, list[Candidate]]:
+    """Every pool shard's candidates (each shard must have been ingested)."""
+    paths = corpus.artifacts()
+    return {
+        shard: read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
+        for shard in corpus.layout().pools
+    }
+
+
+def enhanced_corpus_texts(paths: ArtifactLayout, shards: list[str]) -> dict[str, str | None]:
+    """The enhanced text of every candidate of the given shards, by did."""
+    texts: dict[str, str | None] = {}
+    for shard in shards:
+        frame = read_input(paths.enhanced_corpus(shard), f"enhanced_corpus[{shard}]")
+        texts.update(zip(frame["did"], frame["enhanced_txt"], strict=True))
+    return texts
 
 
 def _checkpoint_asset(
@@ -131,7 +146,7 @@ def _checkpoint_asset(
     data_versions: dict[str, str],
 ) -> dg.AssetsDefinition:
     @dg.asset(
-        name=f"retriever_checkpoint_{config.name}",
+        name=f"{CHECKPOINT_PREFIX}{config.name}",
         group_name=GROUP,
         # the pairs' version too: Dagster marks a child stale for its parent's new code
         # version only once the parent is rematerialized
@@ -164,7 +179,10 @@ def _checkpoint_asset(
         path, model = paths.checkpoint(config.name), f"rar-{name}-{config.name}"
         if (kept := reusable_checkpoint(path, encoder, data, options)) is not None:
             context.log.info(f"{path} was trained with these options on this data: kept")
-            yield dg.MaterializeResult(metadata=_checkpoint_metadata(kept, path, model, "kept"))
+            yield dg.MaterializeResult(
+                metadata=_checkpoint_metadata(kept, path, model, "kept"),
+                data_version=_checkpoint_version(kept),
+            )
             return
         tags = {"corpus": name, "config": config.name, "dagster_run_id": context.run.run_id}
         with mlflow.start_run(f"train-{name}-{config.name}", tags=tags) as run:
@@ -180,9 +198,17 @@ def _checkpoint_asset(
             run.log_artifacts(path, "checkpoint")
             run.log_dict({"rows": pairs_frame.head(50).to_dict("records")}, "pairs_sample.json")
             version = run.register_model(model, "checkpoint")
-        yield dg.MaterializeResult(metadata=_checkpoint_metadata(manifest, path, model, version))
+        yield dg.MaterializeResult(
+            metadata=_checkpoint_metadata(manifest, path, model, version),
+            data_version=_checkpoint_version(manifest),
+        )
 
     return retriever_checkpoint
+
+
+def _checkpoint_version(manifest: dict) -> dg.DataVersion:
+    """The checkpoint's files: a kept (identical) checkpoint leaves its indexes fresh."""
+    return dg.DataVersion(values_hash(sorted(manifest["files"].items())))
 
 
 def _checkpoint_metadata(manifest: dict, path: Path, model: str, version: str) -> dict[str, Any]:

@@ -1,4 +1,10 @@
-"""Vector tables: `LanceDBResource` (real LanceDB, local folder or s3://) and `FakeVectorStore`."""
+"""Vector tables: `LanceDBResource` (real LanceDB, local folder or s3://) and `FakeVectorStore`.
+
+Besides whole-table writes and single-vector search, the store does what an index
+needs: read the keys and row hashes it holds, upsert rows by (pool, did) and delete
+others, build the full-text and (above a size) ANN indexes, and search many vectors at
+once within one pool. Scores are cosine similarities (1 - LanceDB's cosine distance).
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,23 @@ from typing import Any, Protocol
 import dagster as dg
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from pydantic import PrivateAttr
+
+from rar_pipeline.core.index.ann import METRIC, AnnPlan
+
+KEY = ["pool", "did"]
+TEXT_COLUMN = "text"
+DELETE_CHUNK = 500
+
+
+def sql_string(value: str) -> str:
+    """A SQL string literal (LanceDB filters are DataFusion SQL)."""
+    return "'" + str(value).replace("'", "''") + "'"
+
+
+def _pool_filter(pool: str | None) -> str | None:
+    return None if pool is None else f"pool = {sql_string(pool)}"
 
 
 class VectorStore(Protocol):
@@ -21,6 +43,16 @@ class VectorStore(Protocol):
     def count_rows(self, name: str) -> int: ...
 
     def search(self, name: str, vector: np.ndarray, k: int) -> pd.DataFrame: ...
+
+    def row_hashes(self, name: str) -> pd.DataFrame: ...
+
+    def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int: ...
+
+    def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]: ...
+
+    def search_vectors(
+        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
+    ) -> pd.DataFrame: ...
 
 
 class LanceDBResource(dg.ConfigurableResource):
@@ -58,11 +90,92 @@ class LanceDBResource(dg.ConfigurableResource):
         hits = table.search(np.asarray(vector, dtype=np.float32)).limit(k).to_pandas()
         return hits.rename(columns={"_distance": "distance"})
 
+    # -- what an index needs
+    def row_hashes(self, name: str) -> pd.DataFrame:
+        """(pool, did, row_hash) of every row (empty when the table does not exist)."""
+        if name not in self.table_names():
+            return pd.DataFrame(columns=[*KEY, "row_hash"])
+        table = self.connect().open_table(name)
+        return table.search().select([*KEY, "row_hash"]).limit(None).to_pandas()
+
+    def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
+        """Insert or replace `rows` by (pool, did), delete the `delete` keys; the new version.
+
+        Each write is one LanceDB commit, retried by LanceDB when another writer commits
+        first; a run stopped between them leaves rows a rerun's diff puts right.
+        """
+        table = self.connect().create_table(name, schema=rows.schema, exist_ok=True)
+        if rows.num_rows:
+            builder = table.merge_insert(KEY).when_matched_update_all()
+            builder.when_not_matched_insert_all().execute(rows)
+        for start in range(0, len(delete), DELETE_CHUNK):
+            chunk = delete.iloc[start : start + DELETE_CHUNK]
+            table.delete(
+                " OR ".join(
+                    f"(pool = {sql_string(p)} AND did = {sql_string(d)})"
+                    for p, d in zip(chunk["pool"], chunk["did"], strict=True)
+                )
+            )
+        return int(table.version)
+
+    def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
+        """The full-text index on `text`, the ANN index once the table is big enough.
+
+        An existing index is updated incrementally (`optimize`), not rebuilt.
+        """
+        from lancedb.index import FTS
+
+        table = self.connect().open_table(name)
+        rows = table.count_rows()
+        have = {tuple(i.columns): i.index_type for i in table.list_indices()}
+        if (TEXT_COLUMN,) not in have:
+            table.create_index(TEXT_COLUMN, config=FTS())
+        if plan.needs_index(rows) and ("vector",) not in have:
+            table.create_index(**plan.build_params(rows))
+        else:
+            table.optimize()  # folds new rows into existing indexes, compacts small files
+        return {
+            **plan.describe(rows),
+            "fts_index": TEXT_COLUMN,
+            "rows": rows,
+            "table_version": int(table.version),
+        }
+
+    def search_vectors(
+        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
+    ) -> pd.DataFrame:
+        """Each vector's k nearest rows (of `pool` only, when given), best first.
+
+        Returns:
+            query_index, pool, did, score (cosine similarity) per hit.
+        """
+        vectors = np.asarray(vectors, dtype=np.float32)
+        if len(vectors) == 0:
+            return pd.DataFrame(columns=["query_index", *KEY, "score"])
+        table = self.connect().open_table(name)
+        query = table.search(list(vectors)).distance_type(METRIC).limit(k)
+        query = query.select([*KEY, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
+        if plan.refine_factor:
+            query = query.refine_factor(plan.refine_factor)
+        if (where := _pool_filter(pool)) is not None:
+            query = query.where(where, prefilter=True)
+        hits = query.to_pandas()
+        if "query_index" not in hits:  # one vector: LanceDB leaves the column out
+            hits["query_index"] = 0
+        hits["score"] = 1.0 - hits.pop("_distance").astype(np.float64)
+        hits = hits.sort_values(["query_index", "score"], ascending=[True, False], kind="stable")
+        return hits[["query_index", *KEY, "score"]].reset_index(drop=True)
+
+    def table_version(self, name: str) -> int:
+        return int(self.connect().open_table(name).version)
+
 
 class FakeVectorStore(dg.ConfigurableResource):
     """In-memory brute-force stand-in for `LanceDBResource` (L2 distance, like LanceDB)."""
 
+    uri: str = "memory://"
     _tables: dict[str, pd.DataFrame] = PrivateAttr(default_factory=dict)
+    _versions: dict[str, int] = PrivateAttr(default_factory=dict)
 
     def write_table(self, name: str, frame: pd.DataFrame, *, mode: str = "overwrite") -> int:
         if mode == "append" and name in self._tables:
@@ -82,3 +195,44 @@ class FakeVectorStore(dg.ConfigurableResource):
         distance = ((matrix - np.asarray(vector, dtype=np.float32)) ** 2).sum(axis=1)
         order = np.argsort(distance, kind="stable")[:k]
         return table.iloc[order].assign(distance=distance[order]).reset_index(drop=True)
+
+    def row_hashes(self, name: str) -> pd.DataFrame:
+        if name not in self._tables:
+            return pd.DataFrame(columns=[*KEY, "row_hash"])
+        return self._tables[name][[*KEY, "row_hash"]].copy()
+
+    def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
+        rows = rows.to_pandas()
+        table = self._tables.get(name, rows.iloc[0:0])
+        drop = set(zip(rows["pool"], rows["did"], strict=True)) | set(
+            zip(delete["pool"], delete["did"], strict=True)
+        )
+        keep = [(p, d) not in drop for p, d in zip(table["pool"], table["did"], strict=True)]
+        self._tables[name] = pd.concat([table[keep], rows], ignore_index=True)
+        self._versions[name] = self._versions.get(name, 0) + 1
+        return self._versions[name]
+
+    def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
+        rows = len(self._tables[name])
+        return {**plan.describe(rows), "fts_index": TEXT_COLUMN, "rows": rows,
+                "table_version": self._versions[name]}  # fmt: skip
+
+    def search_vectors(
+        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
+    ) -> pd.DataFrame:
+        """Exact cosine search (the fake has no ANN index; `plan` is ignored)."""
+        table = self._tables[name]
+        if pool is not None:
+            table = table[table["pool"] == pool]
+        matrix = np.stack(table["vector"].to_numpy()).astype(np.float32) if len(table) else None
+        hits = []
+        for i, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
+            if matrix is None:
+                break
+            cosine = matrix @ vector / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(vector))
+            for j in np.argsort(-cosine, kind="stable")[:k]:
+                hits.append((i, table["pool"].iloc[j], table["did"].iloc[j], float(cosine[j])))
+        return pd.DataFrame(hits, columns=["query_index", *KEY, "score"])
+
+    def table_version(self, name: str) -> int:
+        return self._versions[name]

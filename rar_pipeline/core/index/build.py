@@ -1,0 +1,88 @@
+"""Bring a config's index table up to date: embed only new or changed rows, then index.
+
+The store is the `VectorStore` protocol of `defs.resources.lancedb` (LanceDB, or the fake
+in tests); the encoder is the config's retriever checkpoint.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from rar_pipeline.core.index.ann import AnnPlan
+from rar_pipeline.core.index.rows import arrow_rows, diff_rows
+from rar_pipeline.core.retrieval.data import encode_item
+from rar_pipeline.core.retrieval.encoders.base import Encoder
+from rar_pipeline.core.retrieval.rank import embed_all
+
+
+class IndexStore(Protocol):
+    """What updating an index needs from a vector store."""
+
+    def row_hashes(self, name: str) -> pd.DataFrame: ...
+
+    def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int: ...
+
+    def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]: ...
+
+
+@dataclass
+class IndexUpdate:
+    """What one update did, for metadata and logs."""
+
+    written: int
+    deleted: int
+    unchanged: int
+    embed_seconds: float
+    by_pool: dict[str, dict[str, int]] = field(default_factory=dict)
+    index: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.written / self.embed_seconds if self.embed_seconds else 0.0
+
+
+def update_index(
+    store: IndexStore,
+    table: str,
+    rows: pd.DataFrame,
+    encoder: Encoder,
+    root: Path,
+    plan: AnnPlan,
+    *,
+    batch_size: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> IndexUpdate:
+    """Make `table` hold exactly `rows` (`rows.ROW_COLUMNS`), each embedded by `encoder`.
+
+    Args:
+        store: the vector store.
+        table: the config's table.
+        rows: every row the table should hold (`rows.index_rows`).
+        encoder: the config's retriever.
+        root: the data root that image paths are relative to.
+        plan: the ANN plan (applied once the table is big enough).
+        batch_size: items per encoder call.
+        progress: called with the number of items embedded after each batch.
+    """
+    diff = diff_rows(store.row_hashes(table), rows)
+    items = [
+        encode_item(text, img, root)
+        for text, img in zip(diff.write["text"], diff.write["img_path"], strict=True)
+    ]
+    started = time.perf_counter()
+    vectors = embed_all(encoder, items, batch_size, progress)
+    seconds = time.perf_counter() - started
+    vectors = vectors.reshape(len(items), encoder.dim).astype(np.float32)
+    store.upsert(table, arrow_rows(diff.write, vectors), diff.delete)
+    index = store.build_indexes(table, plan)
+    return IndexUpdate(
+        len(diff.write), len(diff.delete), diff.unchanged, seconds, diff.by_pool(), index
+    )

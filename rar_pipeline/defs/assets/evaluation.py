@@ -1,0 +1,224 @@
+"""`retrieval_eval`: the ablation on the test split, reported where each kind of user looks.
+
+Reads every config's index, the test queries and their enhanced forms; writes TREC run
+files and qrels, per-query figures, report.json and the chart (`core.evaluation`); logs an
+MLflow evaluation run per config, linked to its training run; shows the table and the
+chart in the asset's metadata.
+"""
+
+import base64
+from pathlib import Path
+from typing import Any, Literal
+
+import dagster as dg
+import pandas as pd
+from pydantic import Field
+
+from rar_pipeline.core.enhance.prompts import PROMPTS
+from rar_pipeline.core.evaluation.evaluate import (
+    TEST_QUERY_COLUMNS,
+    Evaluation,
+    evaluate_ablation,
+)
+from rar_pipeline.core.evaluation.metrics import KS
+from rar_pipeline.core.evaluation.report import markdown
+from rar_pipeline.core.index.ann import DEFAULT_PLAN
+from rar_pipeline.core.index.configs import INDEXED
+from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.retrieval.pairs import CONFIGS
+from rar_pipeline.core.retrieval.steps import open_retriever
+from rar_pipeline.defs.assets.corpus import queries as queries_asset
+from rar_pipeline.defs.io import progress_bar, read_input
+from rar_pipeline.defs.resources import (
+    CorpusResource,
+    LanceDBResource,
+    MlflowResource,
+    RetrieverResource,
+)
+
+GROUP = "evaluation"
+EVAL_VERSION = "eval-1"
+
+
+class EvalConfig(dg.Config):
+    """Which retrieval setting(s) to evaluate."""
+
+    setting: Literal["local", "global", "both"] = Field(
+        default="local",
+        description="local: each task's queries against the task's own pool (UniIR's local "
+        "setting); global: against the union pool; both.",
+    )
+
+
+def read_test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
+    """The test queries of `tasks` with their query type and enhanced text."""
+    frames = []
+    for task in tasks:
+        qs = read_input(paths.queries(task), f"queries[{task}]")
+        enhanced = read_input(paths.enhanced_queries(task), f"enhanced_queries[{task}]")
+        qs = qs[qs["split"] == "test"].merge(
+            enhanced[["split", "qid", "query_type", "enhanced_txt"]], on=["split", "qid"]
+        )
+        frames.append(qs.assign(task=task, positives=qs["pos_cand_list"].map(list)))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame.reindex(columns=TEST_QUERY_COLUMNS)
+
+
+def _labels(paths: ArtifactLayout, tasks: list[str]) -> dict[str, list[list[str]]]:
+    """Every query's positives, per task (which pool is a task's own)."""
+    return {
+        t: [list(p) for p in read_input(paths.queries(t), f"queries[{t}]")["pos_cand_list"]]
+        for t in tasks
+    }
+
+
+def _chart_markdown(path: Path) -> dg.MetadataValue:
+    data = base64.b64encode(path.read_bytes()).decode()
+    return dg.MetadataValue.md(f"![ablation](data:image/png;base64,{data})")
+
+
+def _task_level(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (setting, task, config): the task's "all" row, or its only query type."""
+    multi = {(r["setting"], r["task"]) for r in rows if r["query_type"] == "all"}
+    return [r for r in rows if (r["setting"], r["task"]) not in multi or r["query_type"] == "all"]
+
+
+def _log_runs(
+    mlflow: MlflowResource,
+    evaluation: Evaluation,
+    paths: ArtifactLayout,
+    context: dg.AssetExecutionContext,
+    corpus_name: str,
+    params: dict[str, Any],
+    trained: dict[str, dict | None],
+) -> dict[str, str]:
+    """An MLflow evaluation run per config; returns config -> run link (or id)."""
+    links = {}
+    for config in INDEXED.values():
+        rows = [r for r in evaluation.rows if r["config"] == config.name]
+        if not rows:
+            continue
+        manifest = trained.get(config.retriever.name) or {}
+        tags = {
+            "corpus": corpus_name,
+            "config": config.name,
+            "aligned": str(config.aligned).lower(),
+            "dagster_run_id": context.run.run_id,
+            "training_run_id": manifest.get("mlflow_run_id", "none (untrained)"),
+        }
+        if manifest.get("mlflow_run_url"):
+            tags["mlflow.note.content"] = (
+                f"Evaluation of `{config.name}` ({config.retriever.name} retriever, "
+                f"{config.representation.name} representations). Trained in "
+                f"[{manifest['mlflow_run_id']}]({manifest['mlflow_run_url']})."
+            )
+        with mlflow.start_run(f"eval-{corpus_name}-{config.name}", tags=tags) as run:
+            run.log_params(
+                {
+                    **params,
+                    "config": config.name,
+                    "retriever_config": config.retriever.name,
+                    "representation": config.representation.name,
+                }
+            )
+            metrics = {}
+            for r in rows:
+                for k in KS:
+                    for m in (f"recall_at_{k}", f"trec_recall_at_{k}"):
+                        metrics[f"{r['setting']}/{r['task']}/{r['query_type']}/{m}"] = r[m]
+            for setting in {r["setting"] for r in rows}:
+                level = [r for r in _task_level(rows) if r["setting"] == setting]
+                for k in KS:
+                    mean = sum(r[f"recall_at_{k}"] for r in level) / len(level)
+                    metrics[f"{setting}/macro/recall_at_{k}"] = mean
+            run.log_metrics(metrics)
+            for setting in {r["setting"] for r in rows}:
+                folder = paths.run_file(config.name, "x", setting).parent
+                run.log_artifacts(folder, f"runs/{setting}")
+            if paths.evaluation_chart.is_file():
+                run.log_artifact(paths.evaluation_chart)
+            run.log_artifact(paths.evaluation_report)
+            links[config.name] = run.run_url or run.run_id
+    return links
+
+
+def build_evaluation_asset(
+    indexes: list[dg.AssetsDefinition], versions: dict[str, str], vlm: dict[str, str]
+) -> dg.AssetsDefinition:
+    """`retrieval_eval` over the given index assets."""
+    all_partitions = dg.AllPartitionMapping()
+
+    @dg.asset(
+        name="retrieval_eval",
+        group_name=GROUP,
+        code_version="+".join(
+            [EVAL_VERSION, versions["enhanced_queries"], versions["enhanced_corpus"]]
+        ),
+        deps=[
+            *indexes,
+            dg.AssetDep(queries_asset, partition_mapping=all_partitions),
+            dg.AssetDep("enhanced_queries", partition_mapping=all_partitions),
+        ],
+        kinds={"lancedb", "mlflow"},
+    )
+    def retrieval_eval(
+        context: dg.AssetExecutionContext,
+        config: EvalConfig,
+        corpus: CorpusResource,
+        retriever: RetrieverResource,
+        lancedb: LanceDBResource,
+        mlflow: MlflowResource,
+    ) -> dg.MaterializeResult:
+        """Recall@1/5/10 per task and query type for the five configs, with significance."""
+        paths, layout = corpus.artifacts(), corpus.layout()
+        tasks = [t for t in layout.queries if paths.queries(t).is_file()]
+        queries = read_test_queries(paths, tasks)
+        pools = {s: read_input(paths.pool(s), f"candidate_pool[{s}]")["did"].tolist()
+                 for s in layout.pools}  # fmt: skip
+        encoders, references, trained = {}, {}, {}
+        for name in CONFIGS:
+            encoders[name], references[name], trained[name] = open_retriever(
+                paths.checkpoint(name), name,
+                lambda: retriever.create(paths.perception_cache), paths.perception_cache,
+            )  # fmt: skip
+        settings = ("local", "global") if config.setting == "both" else (config.setting,)
+        params = {
+            **{f"prompt.{n}": p.version for n, p in PROMPTS.items()},
+            **{f"version.{k}": v for k, v in versions.items()},
+            **vlm,
+            "retriever_version": retriever.code_version(),
+            **{f"retriever.{k}": v for k, v in references.items()},
+            **{f"table_version.{c}": lancedb.table_version(c) for c in INDEXED},
+            "eval_version": EVAL_VERSION,
+        }
+        with progress_bar("evaluate", len(queries) * len(INDEXED) * len(settings)) as update:
+            evaluation = evaluate_ablation(
+                lancedb, list(INDEXED.values()), encoders, queries, _labels(paths, tasks),
+                pools, paths, settings=settings, root=layout.root, plan=DEFAULT_PLAN,
+                info={"corpus": corpus.name, **params}, progress=update,
+            )  # fmt: skip
+        links = _log_runs(mlflow, evaluation, paths, context, corpus.name, params, trained)
+        p_values = {
+            f"{r['setting']}/{r['task']}/{r['query_type']}: full vs {r['config']}": r["p_value"]
+            for r in evaluation.rows
+            if r["p_value"] is not None
+        }
+        metadata: dict[str, Any] = {
+            "ablation": dg.MetadataValue.md(markdown(evaluation.rows)),
+            "test_queries": len(queries),
+            "settings": ", ".join(settings),
+            "pools": dg.MetadataValue.json(evaluation.pools),
+            "p_values": dg.MetadataValue.json(p_values),
+            "report": dg.MetadataValue.path(str(paths.evaluation_report)),
+            "mlflow_runs": dg.MetadataValue.md(
+                "\n".join(f"- {c}: {link}" for c, link in links.items())
+            ),
+        }
+        if paths.evaluation_chart.is_file():
+            metadata["chart"] = _chart_markdown(paths.evaluation_chart)
+        for r in _task_level(evaluation.rows):
+            if r["setting"] == settings[0] and r["config"] in ("none", "full", "inference-only"):
+                metadata[f"{r['task']} {r['config']} R@5"] = round(r["recall_at_5"], 4)
+        return dg.MaterializeResult(metadata=metadata)
+
+    return retrieval_eval

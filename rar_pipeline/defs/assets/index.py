@@ -1,0 +1,119 @@
+"""One LanceDB index table per evaluated config: `lancedb_index_<config>`.
+
+Each reads every pool shard, the enhanced corpus where its representation uses it, and its
+retriever's checkpoint. Its code version carries the enhanced corpus' version exactly when
+it reads it, so a caption prompt edit stales the `corpus`, `full` and `inference-only`
+indexes and leaves `none` and `query` fresh. An update embeds only new or changed rows
+(`core.index.rows`), so a new pool shard costs its own candidates, not the corpus.
+"""
+
+import dagster as dg
+
+from rar_pipeline.core.files import values_hash
+from rar_pipeline.core.index.ann import DEFAULT_PLAN
+from rar_pipeline.core.index.build import update_index
+from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
+from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, index_rows
+from rar_pipeline.core.retrieval.steps import open_retriever
+from rar_pipeline.defs.assets.corpus import candidate_pool
+from rar_pipeline.defs.assets.retrieval import (
+    enhanced_corpus_texts,
+    read_pools,
+)
+from rar_pipeline.defs.io import markdown_table, progress_bar
+from rar_pipeline.defs.resources import CorpusResource, LanceDBResource, RetrieverResource
+
+GROUP = "index"
+
+
+def index_code_version(config: IndexedConfig, checkpoint_version: str, versions: dict) -> str:
+    """What makes a config's rows: the index rules, its retriever, its enhanced corpus."""
+    parts = [INDEX_VERSION, values_hash([repr(DEFAULT_PLAN)])[:8], checkpoint_version]
+    if config.representation.enhanced_corpus:
+        parts.append(versions["enhanced_corpus"])
+    return "+".join(parts)
+
+
+def _index_asset(
+    config: IndexedConfig,
+    checkpoint: dg.AssetsDefinition,
+    versions: dict[str, str],
+    vlm_model: str,
+) -> dg.AssetsDefinition:
+    deps = [dg.AssetDep(candidate_pool, partition_mapping=dg.AllPartitionMapping()), checkpoint]
+    if config.representation.enhanced_corpus:
+        deps.append(dg.AssetDep("enhanced_corpus", partition_mapping=dg.AllPartitionMapping()))
+    checkpoint_version = checkpoint.code_versions_by_key[checkpoint.key] or ""
+
+    @dg.asset(
+        name=f"lancedb_index_{config.asset_suffix}",
+        group_name=GROUP,
+        code_version=index_code_version(config, checkpoint_version, versions),
+        deps=deps,
+        kinds={"lancedb"},
+        tags={"rar/config": config.name},
+    )
+    def lancedb_index(
+        context: dg.AssetExecutionContext,
+        corpus: CorpusResource,
+        retriever: RetrieverResource,
+        lancedb: LanceDBResource,
+    ) -> dg.MaterializeResult:
+        """Every candidate embedded by this config's retriever, with vector and text indexes."""
+        paths, layout = corpus.artifacts(), corpus.layout()
+        pools = read_pools(corpus)
+        enhanced = (
+            enhanced_corpus_texts(paths, list(layout.pools))
+            if config.representation.enhanced_corpus
+            else None
+        )
+        encoder, reference, _ = open_retriever(
+            paths.checkpoint(config.retriever.name),
+            config.retriever.name,
+            lambda: retriever.create(paths.perception_cache),
+            paths.perception_cache,
+        )
+        if reference.endswith("@untrained"):
+            context.log.warning(f"no checkpoint for {config.retriever.name}: indexing with the "
+                                "untrained base encoder (zero-shot)")  # fmt: skip
+        provenance = Provenance(reference, versions["enhanced_corpus"], vlm_model)
+        rows = index_rows(config, pools, provenance, enhanced)
+        with progress_bar(f"index {config.name}", len(rows)) as update:
+            done = update_index(lancedb, config.table, rows, encoder, layout.root,
+                                DEFAULT_PLAN, progress=update)  # fmt: skip
+        context.log.info(
+            f"{config.table}: {done.written} rows embedded, {done.deleted} deleted, "
+            f"{done.unchanged} unchanged"
+        )
+        return dg.MaterializeResult(
+            metadata={
+                "dagster/row_count": done.index["rows"],
+                "table": config.table,
+                "table_version": done.index["table_version"],
+                "uri": lancedb.uri,
+                "rows_embedded": done.written,
+                "rows_deleted": done.deleted,
+                "rows_unchanged": done.unchanged,
+                "embed_items_per_s": round(done.items_per_s, 1),
+                "retriever": reference,
+                "vector_index": str(done.index["vector_index"]),
+                "index_params": dg.MetadataValue.json(done.index.get("index_params", {})),
+                "fts_index": done.index["fts_index"],
+                "by_pool": markdown_table(
+                    ["pool", "written", "deleted"],
+                    [[p, c["written"], c["deleted"]] for p, c in sorted(done.by_pool.items())],
+                ),
+            }
+        )
+
+    return lancedb_index
+
+
+def build_index_assets(
+    checkpoints: dict[str, dg.AssetsDefinition], versions: dict[str, str], vlm_model: str
+) -> list[dg.AssetsDefinition]:
+    """An index asset per `INDEXED` config; `checkpoints` maps a config to its checkpoint."""
+    return [
+        _index_asset(config, checkpoints[config.retriever.name], versions, vlm_model)
+        for config in INDEXED.values()
+    ]
