@@ -1,4 +1,5 @@
-"""Resources for running the whole graph in tests: a small retriever, an in-memory MLflow."""
+"""Resources for running the whole graph in tests: a small retriever, an in-memory MLflow,
+real LanceDB in the corpus' artifacts folder."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from rar_pipeline.defs.resources import (
     CorpusResource,
     FakeMlflow,
     FakeVLMResource,
+    LanceDBResource,
     RetrieverResource,
     VLMResource,
 )
@@ -23,4 +25,5 @@ def graph_resources(corpus: CorpusResource, vlm: VLMResource | None = None) -> d
         "vlm": vlm if vlm is not None else FakeVLMResource(),
         "retriever": SMALL_RETRIEVER,
         "mlflow": FakeMlflow(),
+        "lancedb": LanceDBResource(uri=str(corpus.artifacts().lancedb)),
     }

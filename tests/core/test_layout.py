@@ -19,7 +19,9 @@ def test_each_stage_writes_under_its_own_folder(tmp_path: Path):
     assert paths.enhanced_corpus("s") == tmp_path / "enhanced_corpus" / "s.parquet"
     assert paths.enhanced_queries("t") == tmp_path / "enhanced_queries" / "t.parquet"
     assert paths.enhancement_cache.parent == paths.perception_cache.parent == paths.cache_dir
-    assert paths.run_file("full", "t") == tmp_path / "evaluation" / "runs" / "full" / "t.trec"
+    runs = tmp_path / "evaluation" / "runs"
+    assert paths.run_file("full", "t") == runs / "local" / "full" / "t.trec"
+    assert paths.run_file("full", "t", "global") == runs / "global" / "full" / "t.trec"
 
 
 def test_no_two_outputs_share_a_path(tmp_path: Path):

@@ -20,7 +20,12 @@ import pandas as pd
 from rar_pipeline.core.corpus.tables import write_parquet
 from rar_pipeline.core.evaluation.metrics import per_query
 from rar_pipeline.core.evaluation.report import chart, summarize, write_report
-from rar_pipeline.core.evaluation.trec import Ranking, write_qrels, write_run
+from rar_pipeline.core.evaluation.trec import (
+    Ranking,
+    strictly_decreasing,
+    write_qrels,
+    write_run,
+)
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.configs import IndexedConfig
 from rar_pipeline.core.layout import ArtifactLayout
@@ -133,18 +138,13 @@ def rank_config(
         fetch = depth if pool is not None else depth * max(1, copies)
         hits = store.search_vectors(config.table, vectors, fetch, pool=pool, plan=plan)
         hits = hits.drop_duplicates(["query_index", "did"], keep="first")
-        by_query = {i: h for i, h in hits.groupby("query_index", sort=False)}
-        empty = hits.iloc[0:0]
-        rankings[str(task)] = {
-            str(qid): list(
-                zip(
-                    by_query.get(i, empty)["did"].head(depth),
-                    by_query.get(i, empty)["score"].head(depth),
-                    strict=True,
-                )
-            )
-            for i, qid in enumerate(group["qid"])
-        }
+        by_query = {i: h.head(depth) for i, h in hits.groupby("query_index", sort=False)}
+        rankings[str(task)] = {}
+        for i, qid in enumerate(group["qid"]):
+            found = by_query.get(i, hits.iloc[0:0])
+            # the scores the run file holds: what trec_eval orders by
+            scores = strictly_decreasing(found["score"].tolist())
+            rankings[str(task)][str(qid)] = list(zip(found["did"], scores, strict=True))
     return ConfigRun(config, rankings)
 
 

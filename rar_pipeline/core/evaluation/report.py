@@ -91,8 +91,11 @@ def _cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["task", "query type", "n", *configs, "p full vs none", "p full vs inf-only"]
     header[-2:] = [f"{h} (@1 / @5)" for h in header[-2:]]
     frame = pd.DataFrame(rows)
+    several = frame["setting"].nunique() > 1
+    if several:
+        header.insert(0, "setting")
     body = []
-    for (task, qtype), group in frame.groupby(["task", "query_type"], sort=True):
+    for (setting, task, qtype), group in frame.groupby(["setting", "task", "query_type"]):
         by = group.set_index("config")
         best = {f"recall_at_{k}": by[f"recall_at_{k}"].max() for k in KS}
         cells = []
@@ -112,7 +115,8 @@ def _cells(rows: Sequence[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
             else "-"
             for c in ("none", "inference-only")
         ]
-        body.append([task, qtype, str(int(by["n_queries"].iloc[0])), *cells, *p])
+        row = [task, qtype, str(int(by["n_queries"].iloc[0])), *cells, *p]
+        body.append([setting, *row] if several else row)
     return header, body
 
 

@@ -1,35 +1,37 @@
 """TREC run and qrels files, as trec_eval reads them.
 
 - run: `qid Q0 did rank score run_id`, one line per retrieved candidate, ranks from 1 and
-  scores strictly decreasing within a query (trec_eval orders by score, so tied scores
-  would be re-ordered by document id: ties are broken here, in rank order, by the smallest
-  step down a float can take).
+  scores strictly decreasing within a query. trec_eval orders by score and re-orders tied
+  scores by document id; pytrec_eval (what ir-measures runs) compares them as float32. So
+  scores are float32 values here, and a score not below the one before it is stepped down
+  by `TIE_STEP` or one float32 step, whichever is larger.
 - qrels: `qid 0 did relevance`. M-BEIR's own qrels carry a fifth column (the task id) that
   trec_eval rejects.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from rar_pipeline.core.files import write_atomic
 
 Ranking = Sequence[tuple[str, float]]  # (did, score), best first
+TIE_STEP = np.float32(1e-7)
 _TOKEN = re.compile(r"\S+")
 
 
 def strictly_decreasing(scores: Sequence[float]) -> list[float]:
-    """`scores` (best first) with ties nudged down so that each is below the one before."""
-    out: list[float] = []
-    for score in scores:
-        score = float(score)
+    """`scores` (best first) as float32 values, each strictly below the one before."""
+    out: list[np.float32] = []
+    for score in np.asarray(scores, dtype=np.float32):
         if out and score >= out[-1]:
-            score = math.nextafter(out[-1], -math.inf)
+            score = np.float32(out[-1] - max(TIE_STEP, np.spacing(abs(out[-1]))))
         out.append(score)
-    return out
+    return [float(s) for s in out]
 
 
 def _check_token(value: str, what: str) -> str:

@@ -21,8 +21,9 @@ class AnnPlan:
     index_type: str = "IVF_HNSW_SQ"
     min_rows: int = 100_000
     rows_per_partition: int = 250_000  # num_partitions = ceil(rows / this)
-    m: int = 20
-    ef_construction: int = 300
+    m: int = 20  # HNSW: links per node
+    ef_construction: int = 300  # HNSW: candidates while building
+    num_sub_vectors: int | None = None  # PQ: sub-vectors (None: LanceDB's default)
     nprobes: int = 20
     ef: int = 1500
     refine_factor: int | None = None
@@ -34,15 +35,21 @@ class AnnPlan:
         return rows >= self.min_rows
 
     def build_params(self, rows: int) -> dict[str, Any]:
-        """Keyword arguments of LanceDB's `create_index` for a table of `rows` rows."""
+        """Arguments of the LanceDB index config (`lancedb.index.<config_class>`)."""
         params: dict[str, Any] = {
-            "metric": METRIC,
-            "index_type": self.index_type,
+            "distance_type": METRIC,
             "num_partitions": self.num_partitions(rows),
         }
         if "HNSW" in self.index_type:
             params |= {"m": self.m, "ef_construction": self.ef_construction}
+        if self.index_type.endswith("PQ") and self.num_sub_vectors:
+            params["num_sub_vectors"] = self.num_sub_vectors
         return params
+
+    @property
+    def config_class(self) -> str:
+        """The `lancedb.index` class of this index type (IVF_HNSW_SQ -> IvfHnswSq)."""
+        return "".join(part.capitalize() for part in self.index_type.split("_"))
 
     def query_params(self) -> dict[str, Any]:
         """What every search of an indexed table passes (ignored by an exact search)."""
@@ -54,7 +61,9 @@ class AnnPlan:
             return {"vector_index": f"none: exact search ({rows} rows < {self.min_rows})"}
         return {
             "vector_index": self.index_type,
-            "index_params": self.build_params(rows) | self.query_params(),
+            "index_params": {"index_type": self.index_type}
+            | self.build_params(rows)
+            | self.query_params(),
         }
 
 

@@ -123,15 +123,16 @@ class LanceDBResource(dg.ConfigurableResource):
 
         An existing index is updated incrementally (`optimize`), not rebuilt.
         """
-        from lancedb.index import FTS
+        import lancedb.index
 
         table = self.connect().open_table(name)
         rows = table.count_rows()
         have = {tuple(i.columns): i.index_type for i in table.list_indices()}
         if (TEXT_COLUMN,) not in have:
-            table.create_index(TEXT_COLUMN, config=FTS())
+            table.create_index(TEXT_COLUMN, config=lancedb.index.FTS())
         if plan.needs_index(rows) and ("vector",) not in have:
-            table.create_index(**plan.build_params(rows))
+            config = getattr(lancedb.index, plan.config_class)(**plan.build_params(rows))
+            table.create_index("vector", config=config)
         else:
             table.optimize()  # folds new rows into existing indexes, compacts small files
         return {

@@ -1,0 +1,139 @@
+"""Updating an index, on real LanceDB (tmp folder) and on the fake store alike."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rar_pipeline.core.corpus.records import Candidate, Modality
+from rar_pipeline.core.index.ann import AnnPlan
+from rar_pipeline.core.index.build import update_index
+from rar_pipeline.core.index.configs import INDEXED
+from rar_pipeline.core.index.rows import Provenance, index_rows
+from rar_pipeline.defs.resources import FakeVectorStore, LanceDBResource
+from tests.word_encoder import WordEncoder
+
+PLAN = AnnPlan()  # the demo-sized tables here stay below min_rows: exact search
+WORDS = ["red", "blue", "green", "shoe", "hat", "lamp", "sofa", "desk", "wool", "oak"]
+
+
+def pool(prefix: str, n: int) -> list[Candidate]:
+    rng = np.random.default_rng(len(prefix) + n)
+    return [
+        Candidate(f"{prefix}:{i}", Modality.TEXT, " ".join(rng.choice(WORDS, 3)), None)
+        for i in range(n)
+    ]
+
+
+POOLS = {"task1_cand_pool": pool("1", 30), "task2_cand_pool": pool("2", 20)}
+
+
+@pytest.fixture(params=["lancedb", "fake"])
+def store(request, tmp_path: Path):
+    return (
+        LanceDBResource(uri=str(tmp_path / "lance"))
+        if request.param == "lancedb"
+        else FakeVectorStore()
+    )
+
+
+def rows_for(pools, retriever="none@1"):
+    return index_rows(INDEXED["none"], pools, Provenance(retriever))
+
+
+def test_first_update_embeds_everything_and_builds_the_text_index(store, tmp_path):
+    encoder = WordEncoder()
+    done = update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
+    assert (done.written, done.deleted, done.unchanged) == (50, 0, 0)
+    assert len(encoder.embedded) == 50
+    assert done.index["rows"] == 50 and done.index["fts_index"] == "text"
+    assert done.index["vector_index"].startswith("none: exact search")
+
+
+def test_a_second_update_embeds_nothing(store, tmp_path):
+    update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    encoder = WordEncoder()
+    done = update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
+    assert (done.written, done.deleted, done.unchanged) == (0, 0, 50)
+    assert encoder.embedded == []
+
+
+def test_a_new_pool_shard_embeds_only_its_candidates(store, tmp_path):
+    update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    encoder = WordEncoder()
+    grown = {**POOLS, "task3_cand_pool": pool("3", 7)}
+    done = update_index(store, "none", rows_for(grown), encoder, tmp_path, PLAN)
+    assert done.written == 7 and done.unchanged == 50
+    assert done.by_pool == {"task3_cand_pool": {"written": 7, "deleted": 0}}
+    assert {i.txt for i in encoder.embedded} == {c.txt for c in grown["task3_cand_pool"]}
+    assert done.index["rows"] == 57
+
+
+def test_changed_and_removed_candidates_are_rewritten_and_deleted(store, tmp_path):
+    update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    first = POOLS["task1_cand_pool"]
+    changed = {
+        "task1_cand_pool": [Candidate(first[0].did, Modality.TEXT, "oak desk", None), *first[1:]],
+        # task2 shrank to 5
+        "task2_cand_pool": POOLS["task2_cand_pool"][:5],
+    }
+    encoder = WordEncoder()
+    done = update_index(store, "none", rows_for(changed), encoder, tmp_path, PLAN)
+    assert [i.txt for i in encoder.embedded] == ["oak desk"]
+    assert (done.written, done.deleted, done.index["rows"]) == (1, 15, 35)
+    hits = store.search_vectors(
+        "none", WordEncoder().embed_text("oak desk"), 1, pool="task1_cand_pool", plan=PLAN
+    )
+    assert hits["did"].tolist() == [first[0].did]
+
+
+def test_a_retrained_retriever_reembeds_every_row(store, tmp_path):
+    update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    done = update_index(store, "none", rows_for(POOLS, "none@2"), WordEncoder(), tmp_path, PLAN)
+    assert done.written == 50 and done.index["rows"] == 50
+
+
+def test_search_stays_within_the_pool_asked_for(store, tmp_path):
+    encoder = WordEncoder()
+    update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
+    query = encoder.embed_text("red shoe", "blue hat")
+    hits = store.search_vectors("none", query, 5, pool="task2_cand_pool", plan=PLAN)
+    assert set(hits["pool"]) == {"task2_cand_pool"}
+    assert hits.groupby("query_index").size().tolist() == [5, 5]
+    for _, h in hits.groupby("query_index"):
+        assert np.all(np.diff(h["score"].to_numpy()) <= 0)
+    everywhere = store.search_vectors("none", query, 60, pool=None, plan=PLAN)
+    assert set(everywhere["pool"]) == set(POOLS)
+
+
+def test_scores_are_cosine_similarities(store, tmp_path):
+    encoder = WordEncoder()
+    rows = rows_for(POOLS)
+    update_index(store, "none", rows, encoder, tmp_path, PLAN)
+    query = encoder.embed_text("green lamp wool")
+    hits = store.search_vectors("none", query, 50, pool=None, plan=PLAN)
+    vectors = encoder.embed_text(*rows["text"])
+    expected = dict(
+        zip(zip(rows["pool"], rows["did"], strict=True), vectors @ query[0], strict=True)
+    )
+    for p, d, score in zip(hits["pool"], hits["did"], hits["score"], strict=True):
+        assert score == pytest.approx(expected[(p, d)], abs=1e-5)
+
+
+def test_lancedb_builds_an_ann_index_once_the_table_is_big_enough(tmp_path):
+    store = LanceDBResource(uri=str(tmp_path / "lance"))
+    plan = AnnPlan(min_rows=300, rows_per_partition=300)
+    big = {"task1_cand_pool": pool("1", 400)}
+    encoder = WordEncoder()
+    done = update_index(store, "none", rows_for(big), encoder, tmp_path, plan)
+    assert done.index["vector_index"] == plan.index_type
+    assert done.index["index_params"]["num_partitions"] == 2
+    table = store.connect().open_table("none")
+    assert {i.index_type for i in table.list_indices()} == {"FTS", plan.config_class}
+    # a later update folds new rows into the existing index (no rebuild) and they are found
+    big["task1_cand_pool"].append(Candidate("1:new", Modality.TEXT, "zebra zebra zebra", None))
+    update_index(store, "none", rows_for(big), encoder, tmp_path, plan)
+    hits = store.search_vectors(
+        "none", encoder.embed_text("zebra"), 1, pool="task1_cand_pool", plan=plan
+    )
+    assert hits["did"].tolist() == ["1:new"]
