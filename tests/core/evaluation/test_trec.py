@@ -50,9 +50,10 @@ def test_run_lines_have_six_columns_ranks_from_one_and_decreasing_scores(tmp_pat
     ]
     assert all(row[5] == "rar-full-local" for row in lines)
     assert float(lines[0][4]) > float(lines[1][4])
+    f32 = [float(np.float32(v)) for v in (0.8, 0.1)]
     assert read_run(path) == {
-        "9:1": {"9:10": 0.8, "9:11": float(lines[1][4])},
-        "9:2": {"9:12": 0.1},
+        "9:1": {"9:10": f32[0], "9:11": float(lines[1][4])},
+        "9:2": {"9:12": f32[1]},
     }
 
 
