@@ -61,7 +61,11 @@ def test_a_huge_valid_row_leaves_small_metadata(mini_corpus: Path, tmp_path: Pat
     row = {"did": "77:9999", "txt": huge, "img_path": None, "modality": "text"}
     pool.write_text(pool.read_text() + json.dumps(row) + "\n")
     corpus, result = _run(mini_corpus, tmp_path)
-    sizes = {(s.asset, s.partition): len(str(s.metadata)) for s in result.steps}
+    # the evaluation's chart is an image whose size does not depend on any item's text
+    sizes = {
+        (s.asset, s.partition): len(str({k: v for k, v in s.metadata.items() if k != "chart"}))
+        for s in result.steps
+    }
     assert max(sizes.values()) < 20_000, max(sizes.items(), key=lambda kv: kv[1])
     merged = pd.read_parquet(corpus.artifacts().enhanced_corpus("mbeir_mini_task6_cand_pool"))
     assert (merged["enhanced_txt"] == huge).any()  # the data itself is kept whole

@@ -1,9 +1,10 @@
-"""Training pairs and checkpoints per config, tracked in MLflow, with a lineage that follows
-the ablation in both directions."""
+"""Training pairs, checkpoints, LanceDB indexes and the evaluation per config, tracked in
+MLflow, with a lineage that follows the ablation in both directions."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import dagster as dg
@@ -23,6 +24,7 @@ from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import (
     CorpusResource,
     FakeVLMResource,
+    LanceDBResource,
     MlflowResource,
     RetrieverResource,
 )
@@ -46,11 +48,26 @@ def built(small_demo: Path, tmp_path_factory: pytest.TempPathFactory):
                   not in set(a.group_names_by_key.values())]  # fmt: skip
         run_pipeline(
             load_settings(data_root=small_demo, artifacts_dir=tmp_path / "out"),
-            resources={"corpus": corpus, "vlm": vlm, "retriever": retriever, "mlflow": mlflow},
+            resources=_resources(corpus, vlm, retriever, mlflow),
             assets=assets,
             instance=instance,
         )
         yield corpus, vlm, instance, retriever, mlflow
+
+
+def _resources(corpus, vlm, retriever, mlflow) -> dict:
+    lancedb = LanceDBResource(uri=str(corpus.artifacts().lancedb))
+    return {"corpus": corpus, "vlm": vlm, "retriever": retriever, "mlflow": mlflow,
+            "lancedb": lancedb}  # fmt: skip
+
+
+def _training_runs(mlflow, where: str = "") -> list:
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=mlflow.tracking_uri)
+    experiment = client.get_experiment_by_name(mlflow.experiment).experiment_id
+    query = "attributes.run_name LIKE 'train-%'" + (f" AND {where}" if where else "")
+    return client.search_runs([experiment], query)
 
 
 def _status(instance, vlm, retriever, asset: str) -> StaleStatus:
@@ -138,8 +155,7 @@ def test_each_training_is_an_mlflow_run_with_a_registered_model_version(built):
 
     corpus, _, _, retriever, mlflow = built
     client = MlflowClient(tracking_uri=mlflow.tracking_uri)
-    runs = client.search_runs([client.get_experiment_by_name(mlflow.experiment).experiment_id])
-    by_config = {r.data.tags["config"]: r for r in runs}
+    by_config = {r.data.tags["config"]: r for r in _training_runs(mlflow)}
     assert set(by_config) == set(CONFIGS)
     for c, run in by_config.items():
         assert run.info.status == "FINISHED"
@@ -177,21 +193,153 @@ def test_the_graph_shows_the_ablation(built):
 
 def test_a_checkpoint_trained_on_the_same_data_with_the_same_options_is_kept(built):
     corpus, vlm, instance, retriever, mlflow = built
-    from mlflow.tracking import MlflowClient
-
     path = corpus.artifacts().checkpoint("none")
     before = read_checkpoint(path)
     result = dg.materialize(
         build_assets(vlm, retriever),
         selection=["retriever_checkpoint_none"],
-        resources={"corpus": corpus, "vlm": vlm, "retriever": retriever, "mlflow": mlflow},
+        resources=_resources(corpus, vlm, retriever, mlflow),
         instance=instance,
     )
     (event,) = result.asset_materializations_for_node("retriever_checkpoint_none")
     assert event.metadata["registered_model"].value == f"rar-{corpus.name}-none (kept)"
     assert read_checkpoint(path) == before  # not retrained, not rewritten
+    assert len(_training_runs(mlflow, "tags.config = 'none'")) == 1  # no new run or version
+    # an identical checkpoint keeps its data version: its indexes stay fresh
+    assert _status(instance, vlm, retriever, "lancedb_index_none") == StaleStatus.FRESH
+    assert _status(instance, vlm, retriever, "lancedb_index_inference_only") == StaleStatus.FRESH
+
+
+# -- indexes and evaluation
+
+INDEXES = {c: f"lancedb_index_{c.replace('-', '_')}" for c in (*CONFIGS, "inference-only")}
+
+
+@pytest.mark.parametrize(
+    ("prompt", "stale"),
+    [
+        # a caption edit: every index embedding the enhanced corpus
+        ("corpus_caption", {"corpus", "full", "inference-only"}),
+        # a query prompt edit: the retrievers trained on enhanced queries (their checkpoints go)
+        ("qa_rewrite", {"query", "full"}),
+    ],
+)
+def test_a_prompt_edit_stales_exactly_the_indexes_it_changes(built, monkeypatch, prompt, stale):
+    _, vlm, instance, retriever, _ = built
+    spec = prompts.PROMPTS[prompt]
+    monkeypatch.setitem(prompts.PROMPTS, prompt, dataclasses.replace(spec, system="Edited."))
+    resolver = get_stale_status_resolver(instance, build_assets(vlm, retriever))
+    statuses = {c: resolver.get_status(dg.AssetKey(a)) for c, a in INDEXES.items()}
+    assert statuses == {c: StaleStatus.STALE if c in stale else StaleStatus.FRESH for c in INDEXES}
+    assert resolver.get_status(dg.AssetKey("retrieval_eval")) == StaleStatus.STALE
+
+
+def test_before_any_edit_the_indexes_and_evaluation_are_fresh(built):
+    _, vlm, instance, retriever, _ = built
+    for asset in [*INDEXES.values(), "retrieval_eval"]:
+        assert _status(instance, vlm, retriever, asset) == StaleStatus.FRESH, asset
+
+
+def test_each_index_holds_every_candidate_with_what_made_it(built):
+    import lancedb
+
+    corpus, vlm, instance, _, _ = built
+    db = lancedb.connect(corpus.artifacts().lancedb)
+    pools = {s: pd.read_parquet(corpus.artifacts().pool(s)) for s in corpus.layout().pools}
+    expected = sorted((s, d) for s, frame in pools.items() for d in frame["did"])
+    for config, asset in INDEXES.items():
+        table = db.open_table(config)
+        rows = table.search().limit(None).to_pandas()
+        assert sorted(zip(rows["pool"], rows["did"], strict=True)) == expected
+        assert {i.index_type for i in table.list_indices()} == {"FTS"}  # small: exact search
+        reads_captions = config in ("corpus", "full", "inference-only")
+        assert rows["enhanced_txt"].notna().any() == reads_captions
+        assert rows["vlm_model"].notna().all() == reads_captions
+        retriever = "none" if config == "inference-only" else config
+        assert rows["retriever"].str.startswith(f"{retriever}@").all()
+        event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+        metadata = event.asset_materialization.metadata
+        assert metadata["table_version"].value == table.version
+        assert metadata["dagster/row_count"].value == len(expected)
+
+
+def test_the_report_has_five_configs_per_task_and_matches_its_run_files(built):
+    from tests.run_files import recall_from_files
+
+    corpus = built[0]
+    paths = corpus.artifacts()
+    report = json.loads(paths.evaluation_report.read_text())
+    rows = report["rows"]
+    tasks = set(corpus.layout().queries)
+    per_task = {}
+    for r in rows:
+        per_task.setdefault((r["task"], r["query_type"]), set()).add(r["config"])
+    assert {t for t, _ in per_task} == tasks
+    assert all(c == set(INDEXES) for c in per_task.values())
+    per_query = pd.read_parquet(paths.evaluation_per_query)
+    for r in rows:
+        assert r["aligned"] == (r["config"] != "inference-only")
+        assert (r["p_value"] is not None) == (r["config"] in ("none", "inference-only"))
+        chosen = per_query[(per_query.task == r["task"]) & (per_query.config == r["config"])]
+        if r["query_type"] != "all":
+            chosen = chosen[chosen.query_type == r["query_type"]]
+        assert r["n_queries"] == len(chosen) > 0
+        for k in (1, 5, 10):
+            recall, share = recall_from_files(
+                r["run_file"], paths.trec_qrels(r["task"]), set(chosen["qid"]), k
+            )
+            assert r[f"recall_at_{k}"] == pytest.approx(recall)
+            assert r[f"trec_recall_at_{k}"] == pytest.approx(share)
+
+
+def test_the_evaluation_metadata_shows_the_table_and_the_chart(built):
+    _, _, instance, _, _ = built
+    event = instance.get_latest_materialization_event(dg.AssetKey("retrieval_eval"))
+    metadata = event.asset_materialization.metadata
+    table = metadata["ablation"].value
+    assert table.startswith("| task | query type | n | none | corpus | query | full | inference")
+    assert "**" in table
+    assert metadata["chart"].value.startswith("![ablation](data:image/png;base64,")
+    assert metadata["test_queries"].value > 0
+
+
+def test_each_config_has_an_mlflow_evaluation_run_linked_to_its_training(built):
+    from mlflow.tracking import MlflowClient
+
+    corpus, vlm, _, retriever, mlflow = built
     client = MlflowClient(tracking_uri=mlflow.tracking_uri)
-    runs = client.search_runs(
-        [client.get_experiment_by_name(mlflow.experiment).experiment_id], "tags.config = 'none'"
-    )
-    assert len(runs) == 1  # no new run, no new model version
+    experiment = client.get_experiment_by_name(mlflow.experiment).experiment_id
+    training = {r.data.tags["config"]: r.info.run_id for r in _training_runs(mlflow)}
+    runs = client.search_runs([experiment], "attributes.run_name LIKE 'eval-%'")
+    by_config = {r.data.tags["config"]: r for r in runs}
+    assert set(by_config) == set(INDEXES)
+    for config, run in by_config.items():
+        retriever_config = "none" if config == "inference-only" else config
+        assert run.data.tags["training_run_id"] == training[retriever_config]
+        assert run.data.params["vlm_backend"] == vlm.backend
+        assert run.data.params["retriever_version"] == retriever.code_version()
+        assert run.data.params["prompt.corpus_caption"] == prompts.PROMPTS["corpus_caption"].version
+        task = sorted(corpus.layout().queries)[0]
+        assert f"local/{task}/all/recall_at_5" in run.data.metrics or any(
+            m.startswith(f"local/{task}/") for m in run.data.metrics
+        )
+        assert "local/macro/recall_at_5" in run.data.metrics
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"runs", "ablation.png", "report.json"} <= artifacts
+        run_files = client.list_artifacts(run.info.run_id, "runs/local")
+        assert len(run_files) == len(corpus.layout().queries)
+
+
+def test_rar_report_prints_the_rows_as_json(built, capsys):
+    from rar_pipeline.cli import main
+
+    corpus = built[0]
+    code = main(["report", "--data", corpus.data_root, "--artifacts", corpus.artifacts_dir,
+                 "--format", "json"])  # fmt: skip
+    assert code == 0
+    rows = json.loads(capsys.readouterr().out)
+    keys = {"task", "query_type", "config", "aligned", "recall_at_1", "recall_at_5",
+            "recall_at_10", "n_queries", "p_value", "run_file"}  # fmt: skip
+    assert rows and all(keys <= set(r) for r in rows)
+    assert main(["report", "--data", corpus.data_root, "--artifacts", corpus.artifacts_dir]) == 0
+    assert "inference-only" in capsys.readouterr().out

@@ -1,8 +1,5 @@
 """The ablation end to end on a tiny corpus: a word encoder, real LanceDB, real files."""
 
-import json
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
@@ -19,6 +16,7 @@ from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, index_rows
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.defs.resources import LanceDBResource
+from tests.run_files import recall_from_files
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()
@@ -137,34 +135,16 @@ def test_local_search_stays_in_the_tasks_pool(ablation):
 
 def test_the_report_matches_an_independent_computation_from_the_run_files(ablation):
     """Recompute Recall@K and trec recall@K by hand from each run file and qrels file."""
-    evaluation, paths, _ = ablation
+    evaluation, paths, queries = ablation
+    types = dict(zip(queries["qid"], queries["query_type"], strict=True))
     for row in evaluation.rows:
-        lines = [line.split() for line in Path(row["run_file"]).read_text().splitlines()]
-        qrels = [line.split() for line in paths.trec_qrels(row["task"]).read_text().splitlines()]
-        positives: dict[str, set[str]] = {}
-        for qid, _, did, rel in qrels:
-            if int(rel) > 0:
-                positives.setdefault(qid, set()).add(did)
-        ranked: dict[str, list[tuple[float, str]]] = {}
-        for qid, _, did, _, score, _ in lines:
-            ranked.setdefault(qid, []).append((float(score), did))
-        report = json.loads(paths.evaluation_report.read_text())
-        types = {}
-        per_query = pd.read_parquet(paths.evaluation_per_query)
-        for qid, qtype in zip(per_query["qid"], per_query["query_type"], strict=True):
-            types[qid] = qtype
-        chosen = [
-            q for q in positives if row["query_type"] == "all" or types[q] == row["query_type"]
-        ]
+        qids = {q for q, t in types.items() if row["query_type"] in ("all", t)}
         for k in (1, 5, 10):
-            hits, shares = [], []
-            for qid in chosen:
-                top = [d for _, d in sorted(ranked.get(qid, []), reverse=True)[:k]]
-                hits.append(bool(positives[qid] & set(top)))
-                shares.append(len(positives[qid] & set(top)) / len(positives[qid]))
-            assert row[f"recall_at_{k}"] == pytest.approx(sum(hits) / len(chosen)), (row, k)
-            assert row[f"trec_recall_at_{k}"] == pytest.approx(sum(shares) / len(chosen)), (row, k)
-        assert report["rows"]  # the file holds what was returned
+            recall, share = recall_from_files(
+                row["run_file"], paths.trec_qrels(row["task"]), qids, k
+            )
+            assert row[f"recall_at_{k}"] == pytest.approx(recall), (row, k)
+            assert row[f"trec_recall_at_{k}"] == pytest.approx(share), (row, k)
 
 
 def test_run_files_have_strictly_decreasing_scores(ablation):
