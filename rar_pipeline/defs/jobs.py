@@ -47,6 +47,12 @@ train_retrievers_job = dg.define_asset_job(
     description="Build the pairs and train the retriever of every ablation config.",
 )
 
+index_and_evaluate_job = dg.define_asset_job(
+    "index_and_evaluate",
+    selection=dg.AssetSelection.groups("index", "evaluation"),
+    description="Bring every config's LanceDB index up to date and run the ablation.",
+)
+
 JOBS = [
     ingest_pools_job,
     ingest_queries_job,
@@ -55,4 +61,5 @@ JOBS = [
     enhance_queries_job,
     training_pairs_job,
     train_retrievers_job,
+    index_and_evaluate_job,
 ]

@@ -343,3 +343,35 @@ def test_rar_report_prints_the_rows_as_json(built, capsys):
     assert rows and all(keys <= set(r) for r in rows)
     assert main(["report", "--data", corpus.data_root, "--artifacts", corpus.artifacts_dir]) == 0
     assert "inference-only" in capsys.readouterr().out
+
+
+# -- the notebooks run headless on this output, so they never rot
+
+NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["evaluation.ipynb", "explore_corpus.ipynb"])
+def test_the_notebook_runs_on_the_pipelines_output(built, monkeypatch, name):
+    import nbformat
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    corpus = built[0]
+    monkeypatch.setenv("RAR_DATA_ROOT", corpus.data_root)
+    monkeypatch.setenv("RAR_ARTIFACTS_DIR", corpus.artifacts_dir)
+    notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
+    kernel = KernelManager(kernel_name="python3", transport="ipc")  # no TCP port
+    client = NotebookClient(notebook, km=kernel, timeout=300,
+                            resources={"metadata": {"path": str(NOTEBOOKS)}})  # fmt: skip
+    client.execute()
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    if name == "evaluation.ipynb":
+        shown = "".join(str(o.get("data", {})) for o in outputs)
+        assert "image/png" in shown  # the chart
+        assert "inference-only" in shown and "p_value" in shown
+        html = next(o.data["text/html"] for o in outputs if "text/html" in o.get("data", {})
+                    and "enhanced:" in o.data["text/html"])  # fmt: skip
+        assert html.count("<tr>") == 1 + len(corpus.layout().queries)  # header + a query/task
+        assert "data:image/jpeg;base64," in html  # thumbnails

@@ -40,6 +40,24 @@ RUN_DEPTH = 100  # candidates kept per query in a run file
 TEST_QUERY_COLUMNS = ["task", "qid", "query_type", "txt", "enhanced_txt", "img_path", "positives"]
 
 
+def load_test_queries(paths: ArtifactLayout, tasks: Sequence[str]) -> pd.DataFrame:
+    """The test queries of `tasks` with their query type and enhanced text.
+
+    Returns:
+        `TEST_QUERY_COLUMNS` rows (`positives`: the labelled candidates, for scoring only).
+    """
+    frames = []
+    for task in tasks:
+        qs = pd.read_parquet(paths.queries(task))
+        enhanced = pd.read_parquet(paths.enhanced_queries(task))
+        qs = qs[qs["split"] == "test"].merge(
+            enhanced[["split", "qid", "query_type", "enhanced_txt"]], on=["split", "qid"]
+        )
+        frames.append(qs.assign(task=task, positives=qs["pos_cand_list"].map(list)))
+    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+    return frame.reindex(columns=TEST_QUERY_COLUMNS)
+
+
 class SearchStore(Protocol):
     """What evaluation needs from a vector store."""
 

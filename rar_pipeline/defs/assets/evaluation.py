@@ -15,11 +15,7 @@ import pandas as pd
 from pydantic import Field
 
 from rar_pipeline.core.enhance.prompts import PROMPTS
-from rar_pipeline.core.evaluation.evaluate import (
-    TEST_QUERY_COLUMNS,
-    Evaluation,
-    evaluate_ablation,
-)
+from rar_pipeline.core.evaluation.evaluate import Evaluation, evaluate_ablation, load_test_queries
 from rar_pipeline.core.evaluation.metrics import KS
 from rar_pipeline.core.evaluation.report import markdown
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
@@ -50,26 +46,18 @@ class EvalConfig(dg.Config):
     )
 
 
-def read_test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
-    """The test queries of `tasks` with their query type and enhanced text."""
-    frames = []
-    for task in tasks:
-        qs = read_input(paths.queries(task), f"queries[{task}]")
-        enhanced = read_input(paths.enhanced_queries(task), f"enhanced_queries[{task}]")
-        qs = qs[qs["split"] == "test"].merge(
-            enhanced[["split", "qid", "query_type", "enhanced_txt"]], on=["split", "qid"]
-        )
-        frames.append(qs.assign(task=task, positives=qs["pos_cand_list"].map(list)))
-    frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    return frame.reindex(columns=TEST_QUERY_COLUMNS)
-
-
 def _labels(paths: ArtifactLayout, tasks: list[str]) -> dict[str, list[list[str]]]:
     """Every query's positives, per task (which pool is a task's own)."""
     return {
         t: [list(p) for p in read_input(paths.queries(t), f"queries[{t}]")["pos_cand_list"]]
         for t in tasks
     }
+
+
+def _test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
+    for task in tasks:  # a clear Failure naming the asset to materialize first
+        read_input(paths.enhanced_queries(task), f"enhanced_queries[{task}]")
+    return load_test_queries(paths, tasks)
 
 
 def _chart_markdown(path: Path) -> dg.MetadataValue:
@@ -172,7 +160,7 @@ def build_evaluation_asset(
         """Recall@1/5/10 per task and query type for the five configs, with significance."""
         paths, layout = corpus.artifacts(), corpus.layout()
         tasks = [t for t in layout.queries if paths.queries(t).is_file()]
-        queries = read_test_queries(paths, tasks)
+        queries = _test_queries(paths, tasks)
         pools = {s: read_input(paths.pool(s), f"candidate_pool[{s}]")["did"].tolist()
                  for s in layout.pools}  # fmt: skip
         encoders, references, trained = {}, {}, {}
