@@ -298,7 +298,9 @@ def test_a_run_after_every_cache_store_was_truncated_recomputes_and_succeeds(
     artifacts = project / "artifacts" / "mbeir_mini"
     before = pd.read_parquet(artifacts / "enhanced_corpus" / "mbeir_mini_task0_cand_pool.parquet")
     stores = sorted((artifacts / "cache").rglob("*.sqlite"))
-    assert {p.name for p in stores} == {"enhancements.sqlite", "features.sqlite", "ocr.sqlite"}
+    # the VLM cache, the perception caches, the retriever's text features (indexing)
+    names = {"enhancements.sqlite", "features.sqlite", "ocr.sqlite", "text.sqlite"}
+    assert {p.name for p in stores} == names
     for store in stores:
         with store.open("r+b") as fh:
             fh.truncate(store.stat().st_size // 2)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -32,7 +32,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.data import encode_item, home_pools
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
-from rar_pipeline.core.retrieval.rank import embed_all
+from rar_pipeline.core.retrieval.rank import embed_robustly
 
 Setting = Literal["local", "global"]
 RUN_DEPTH = 100  # candidates kept per query in a run file
@@ -112,6 +112,7 @@ class ConfigRun:
 
     config: IndexedConfig
     rankings: dict[str, dict[str, Ranking]]
+    unembedded: int = 0  # queries with nothing embeddable (they rank nothing, score 0)
 
 
 def rank_config(
@@ -144,6 +145,7 @@ def rank_config(
     """
     rep = config.representation
     rankings: dict[str, dict[str, Ranking]] = {}
+    unembedded = 0
     for task, group in queries.groupby("task", sort=True):
         items = [
             encode_item(query_text(rep, txt, enhanced), img, root)
@@ -151,10 +153,13 @@ def rank_config(
                 group["txt"], group["enhanced_txt"], group["img_path"], strict=True
             )
         ]
-        vectors = embed_all(encoder, items, progress=progress)
+        embedded = embed_robustly(encoder, items, progress=progress)
+        unembedded += len(embedded.failed)
         pool = pool_of.get(str(task))
         fetch = depth if pool is not None else depth * max(1, copies)
-        hits = store.search_vectors(config.table, vectors, fetch, pool=pool, plan=plan)
+        hits = store.search_vectors(config.table, embedded.vectors, fetch, pool=pool, plan=plan)
+        # a query with nothing embeddable ranks nothing (it scores 0)
+        hits = hits[~hits["query_index"].isin(list(embedded.failed))]
         hits = hits.drop_duplicates(["query_index", "did"], keep="first")
         by_query = {i: h.head(depth) for i, h in hits.groupby("query_index", sort=False)}
         rankings[str(task)] = {}
@@ -163,7 +168,7 @@ def rank_config(
             # the scores the run file holds: what trec_eval orders by
             scores = strictly_decreasing(found["score"].tolist())
             rankings[str(task)][str(qid)] = list(zip(found["did"], scores, strict=True))
-    return ConfigRun(config, rankings)
+    return ConfigRun(config, rankings, unembedded)
 
 
 def qrels_by_task(queries: pd.DataFrame) -> dict[str, dict[str, dict[str, int]]]:
@@ -207,6 +212,7 @@ class Evaluation:
     rows: list[dict[str, Any]]
     per_query: pd.DataFrame
     pools: dict[str, dict[str, str | None]]  # setting -> task -> pool
+    unembedded: dict[str, int] = field(default_factory=dict)  # config -> queries (all settings)
 
 
 def evaluate_ablation(
@@ -251,6 +257,7 @@ def evaluate_ablation(
     copies = max(Counter(d for dids in pools.values() for d in dids).values(), default=1)
     rows: list[dict[str, Any]] = []
     frames = []
+    unembedded: dict[str, int] = {}
     for setting in settings:
         pool_of = pool_by_setting[setting]
         runs = []
@@ -261,6 +268,7 @@ def evaluate_ablation(
                 write_run(paths.run_file(config.name, task, setting), rankings,
                           f"rar-{config.name}-{setting}")  # fmt: skip
             runs.append(run)
+            unembedded[config.name] = unembedded.get(config.name, 0) + run.unembedded
         scored = score_runs(runs, queries)
         frames.append(scored.assign(setting=setting))
         rows += summarize(scored, setting, lambda c, t, s=setting: str(paths.run_file(c, t, s)))
@@ -270,4 +278,4 @@ def evaluate_ablation(
     write_report(paths.evaluation_report, rows, {**(info or {}), "pools": pools_used})
     if rows:
         chart([r for r in rows if r["setting"] == settings[0]], paths.evaluation_chart)
-    return Evaluation(rows, per_query_frame, pools_used)
+    return Evaluation(rows, per_query_frame, pools_used, unembedded)

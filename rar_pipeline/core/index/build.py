@@ -20,7 +20,7 @@ from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.rows import arrow_rows, diff_rows
 from rar_pipeline.core.retrieval.data import encode_item
 from rar_pipeline.core.retrieval.encoders.base import Encoder
-from rar_pipeline.core.retrieval.rank import embed_all
+from rar_pipeline.core.retrieval.rank import embed_robustly
 
 
 class IndexStore(Protocol):
@@ -43,6 +43,10 @@ class IndexUpdate:
     embed_seconds: float
     by_pool: dict[str, dict[str, int]] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
+    # rows left out (nothing embeddable) or embedded from their text alone (image failed):
+    # {"pool", "did", "reason"}; both are tried again by the next update
+    failed: list[dict[str, str]] = field(default_factory=list)
+    degraded: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def items_per_s(self) -> float:
@@ -78,11 +82,23 @@ def update_index(
         for text, img in zip(diff.write["text"], diff.write["img_path"], strict=True)
     ]
     started = time.perf_counter()
-    vectors = embed_all(encoder, items, batch_size, progress)
+    embedded = embed_robustly(encoder, items, batch_size, progress)
     seconds = time.perf_counter() - started
-    vectors = vectors.reshape(len(items), encoder.dim).astype(np.float32)
-    store.upsert(table, arrow_rows(diff.write, vectors), diff.delete)
+
+    def noted(reasons: dict[int, str]) -> list[dict[str, str]]:
+        return [
+            {"pool": diff.write["pool"].iloc[i], "did": diff.write["did"].iloc[i], "reason": r}
+            for i, r in sorted(reasons.items())
+        ]
+
+    write = diff.write.copy()
+    # a degraded row keeps a hash that matches nothing: the next update embeds it again
+    for i in embedded.degraded:
+        write.iloc[i, write.columns.get_loc("row_hash")] = "retry"
+    keep = np.array([i not in embedded.failed for i in range(len(write))], dtype=bool)
+    store.upsert(table, arrow_rows(write[keep], embedded.vectors[keep]), diff.delete)
     index = store.build_indexes(table, plan)
     return IndexUpdate(
-        len(diff.write), len(diff.delete), diff.unchanged, seconds, diff.by_pool(), index
-    )
+        int(keep.sum()), len(diff.delete), diff.unchanged, seconds, diff.by_pool(), index,
+        noted(embedded.failed), noted(embedded.degraded),
+    )  # fmt: skip

@@ -194,6 +194,7 @@ def build_evaluation_asset(
         metadata: dict[str, Any] = {
             "ablation": dg.MetadataValue.md(markdown(evaluation.rows)),
             "test_queries": len(queries),
+            "queries_without_vector": dg.MetadataValue.json(evaluation.unembedded),
             "settings": ", ".join(settings),
             "pools": dg.MetadataValue.json(evaluation.pools),
             "p_values": dg.MetadataValue.json(p_values),

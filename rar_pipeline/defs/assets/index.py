@@ -9,6 +9,7 @@ indexes and leaves `none` and `query` fresh. An update embeds only new or change
 
 import dagster as dg
 
+from rar_pipeline.core.corpus.mbeir import write_jsonl
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.build import update_index
@@ -85,6 +86,14 @@ def _index_asset(
             f"{config.table}: {done.written} rows embedded, {done.deleted} deleted, "
             f"{done.unchanged} unchanged"
         )
+        problems = [{**r, "embedded": "nothing"} for r in done.failed] + [
+            {**r, "embedded": "text only"} for r in done.degraded
+        ]
+        report = paths.quarantine("lancedb_index", config.name)
+        write_jsonl(report, problems)  # empty when all went well: the file says so
+        if problems:
+            context.log.warning(f"{len(done.failed)} rows left out, {len(done.degraded)} "
+                                f"embedded from their text alone: see {report}")  # fmt: skip
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": done.index["rows"],
@@ -94,6 +103,9 @@ def _index_asset(
                 "rows_embedded": done.written,
                 "rows_deleted": done.deleted,
                 "rows_unchanged": done.unchanged,
+                "rows_left_out": len(done.failed),
+                "rows_text_only": len(done.degraded),
+                "left_out_report": dg.MetadataValue.path(str(report)),
                 "embed_items_per_s": round(done.items_per_s, 1),
                 "retriever": reference,
                 "vector_index": str(done.index["vector_index"]),

@@ -137,3 +137,35 @@ def test_lancedb_builds_an_ann_index_once_the_table_is_big_enough(tmp_path):
         "none", encoder.embed_text("zebra"), 1, pool="task1_cand_pool", plan=plan
     )
     assert hits["did"].tolist() == ["1:new"]
+
+
+class PickyEncoder(WordEncoder):
+    """Fails on any batch holding an image named broken*, as PIL fails on a rotten file."""
+
+    def embed(self, items):
+        if any(i.image_path is not None and i.image_path.name.startswith("broken") for i in items):
+            raise OSError("cannot identify image file")
+        return super().embed(items)
+
+
+def test_an_unreadable_image_never_fails_the_update(store, tmp_path):
+    pools = {
+        "p": [
+            Candidate("ok", Modality.TEXT, "red shoe", None),
+            Candidate("both", Modality.IMAGE_TEXT, "blue hat", "img/broken_1.png"),
+            Candidate("image_only", Modality.IMAGE, None, "img/broken_2.png"),
+        ]
+    }
+    done = update_index(store, "none", rows_for(pools), PickyEncoder(), tmp_path, PLAN)
+    assert done.written == 2 and done.index["rows"] == 2
+    assert [(r["did"], r["reason"].split(":")[0]) for r in done.failed] == [
+        ("image_only", "OSError")
+    ]
+    assert [r["did"] for r in done.degraded] == ["both"]  # embedded from its text
+    hits = store.search_vectors(
+        "none", WordEncoder().embed_text("blue hat"), 1, pool="p", plan=PLAN
+    )
+    assert hits["did"].tolist() == ["both"]
+    # the next update tries both again (the image may have been fixed), and only them
+    again = update_index(store, "none", rows_for(pools), PickyEncoder(), tmp_path, PLAN)
+    assert (again.written, again.unchanged, len(again.failed)) == (1, 1, 1)
