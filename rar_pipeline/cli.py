@@ -153,12 +153,12 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
         quarantine = ArtifactLayout(settings.artifacts_dir).quarantine_dir
         print(f"  quarantine:  {quarantine}  (one JSON line per row)")
     print(f"  runs:        recorded in {instance.root_directory}")
+    print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
     paths = ArtifactLayout(settings.artifacts_dir)
     if any(s.asset == "retrieval_eval" for s in result.steps):
         print("\n" + _report_text(paths, "table"))
         print(f"  chart:       {paths.evaluation_chart}")
         print(f"  report:      {paths.evaluation_report}  (rar report --format json)")
-    print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
     return 0
 
 

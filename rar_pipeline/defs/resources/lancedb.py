@@ -105,7 +105,9 @@ class LanceDBResource(dg.ConfigurableResource):
         first; a run stopped between them leaves rows a rerun's diff puts right.
         """
         table = self.connect().create_table(name, schema=rows.schema, exist_ok=True)
-        if rows.num_rows:
+        if rows.num_rows and table.count_rows() == 0:
+            table.add(rows)  # a new table: nothing to match
+        elif rows.num_rows:
             builder = table.merge_insert(KEY).when_matched_update_all()
             builder.when_not_matched_insert_all().execute(rows)
         for start in range(0, len(delete), DELETE_CHUNK):
@@ -128,13 +130,13 @@ class LanceDBResource(dg.ConfigurableResource):
         table = self.connect().open_table(name)
         rows = table.count_rows()
         have = {tuple(i.columns): i.index_type for i in table.list_indices()}
+        if have:  # fold new rows into the existing indexes, compact small files
+            table.optimize()
         if (TEXT_COLUMN,) not in have:
             table.create_index(TEXT_COLUMN, config=lancedb.index.FTS())
         if plan.needs_index(rows) and ("vector",) not in have:
             config = getattr(lancedb.index, plan.config_class)(**plan.build_params(rows))
             table.create_index("vector", config=config)
-        else:
-            table.optimize()  # folds new rows into existing indexes, compacts small files
         return {
             **plan.describe(rows),
             "fts_index": TEXT_COLUMN,
