@@ -22,6 +22,7 @@ from rar_pipeline.core.index.ann import METRIC, AnnPlan
 KEY = ["pool", "did"]
 TEXT_COLUMN = "text"
 DELETE_CHUNK = 500
+SEARCH_CHUNK = 256  # query vectors per LanceDB search call
 
 
 def sql_string(value: str) -> str:
@@ -153,18 +154,25 @@ class LanceDBResource(dg.ConfigurableResource):
             query_index, pool, did, score (cosine similarity) per hit.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
-        if len(vectors) == 0:
-            return pd.DataFrame(columns=["query_index", *KEY, "score"])
         table = self.connect().open_table(name)
-        query = table.search(list(vectors)).distance_type(METRIC).limit(k)
-        query = query.select([*KEY, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
-        if plan.refine_factor:
-            query = query.refine_factor(plan.refine_factor)
-        if (where := _pool_filter(pool)) is not None:
-            query = query.where(where, prefilter=True)
-        hits = query.to_pandas()
-        if "query_index" not in hits:  # one vector: LanceDB leaves the column out
-            hits["query_index"] = 0
+        where = _pool_filter(pool)
+        parts = []
+        for start in range(0, len(vectors), SEARCH_CHUNK):
+            chunk = vectors[start : start + SEARCH_CHUNK]
+            query = table.search(list(chunk)).distance_type(METRIC).limit(k)
+            query = query.select([*KEY, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
+            if plan.refine_factor:
+                query = query.refine_factor(plan.refine_factor)
+            if where is not None:
+                query = query.where(where, prefilter=True)
+            found = query.to_pandas()
+            if "query_index" not in found:  # one vector: LanceDB leaves the column out
+                found["query_index"] = 0
+            found["query_index"] += start
+            parts.append(found)
+        if not parts:
+            return pd.DataFrame(columns=["query_index", *KEY, "score"])
+        hits = pd.concat(parts, ignore_index=True)
         hits["score"] = 1.0 - hits.pop("_distance").astype(np.float64)
         hits = hits.sort_values(["query_index", "score"], ascending=[True, False], kind="stable")
         return hits[["query_index", *KEY, "score"]].reset_index(drop=True)

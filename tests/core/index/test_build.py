@@ -169,3 +169,18 @@ def test_an_unreadable_image_never_fails_the_update(store, tmp_path):
     # the next update tries both again (the image may have been fixed), and only them
     again = update_index(store, "none", rows_for(pools), PickyEncoder(), tmp_path, PLAN)
     assert (again.written, again.unchanged, len(again.failed)) == (1, 1, 1)
+
+
+def test_many_query_vectors_keep_their_own_results(tmp_path):
+    """More queries than one LanceDB search call takes: each keeps its own hits."""
+    real, fake = LanceDBResource(uri=str(tmp_path / "lance")), FakeVectorStore()
+    encoder = WordEncoder()
+    for store in (real, fake):
+        update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
+    rng = np.random.default_rng(0)
+    queries = encoder.embed_text(*(" ".join(rng.choice(WORDS, 2)) for _ in range(600)))
+    got = real.search_vectors("none", queries, 3, pool="task1_cand_pool", plan=PLAN)
+    want = fake.search_vectors("none", queries, 3, pool="task1_cand_pool", plan=PLAN)
+    assert got["query_index"].tolist() == want["query_index"].tolist()
+    np.testing.assert_allclose(got["score"], want["score"], atol=1e-5)
+    assert real.search_vectors("none", queries[:0], 3, pool=None, plan=PLAN).empty
