@@ -4,7 +4,7 @@
         --db-dir /tmp/ann_bench --out-json /tmp/ann_bench/results.json --reuse-data --resume
 
 With no --settings this runs the whole study (brute force + 7 index settings, ~70 min on
-2 cores); results and the exact commands behind them are in benchmarks/ann_results.md.
+2 cores); results and the exact commands behind them are in benchmarks/RESULTS.md ("ANN search").
 A quick check: `--rows 100000 --queries 100 --settings flat hnsw_sq:p=32,m=16,efc=150`.
 
 Data (seeded, see `Corpus`): 64 topic directions and 4,000 cluster centres on the unit sphere
