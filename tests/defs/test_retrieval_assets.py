@@ -352,7 +352,7 @@ NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["evaluation.ipynb", "explore_corpus.ipynb"])
-def test_the_notebook_runs_on_the_pipelines_output(built, monkeypatch, name):
+def test_the_notebook_runs_on_the_pipelines_output(built, monkeypatch, tmp_path, name):
     import nbformat
     from jupyter_client.manager import KernelManager
     from nbclient import NotebookClient
@@ -361,7 +361,8 @@ def test_the_notebook_runs_on_the_pipelines_output(built, monkeypatch, name):
     monkeypatch.setenv("RAR_DATA_ROOT", corpus.data_root)
     monkeypatch.setenv("RAR_ARTIFACTS_DIR", corpus.artifacts_dir)
     notebook = nbformat.read(NOTEBOOKS / name, as_version=4)
-    kernel = KernelManager(kernel_name="python3", transport="ipc")  # no TCP port
+    # no TCP port; the socket files' path is absolute (the kernel runs in notebooks/)
+    kernel = KernelManager(kernel_name="python3", transport="ipc", ip=str(tmp_path / "kernel"))
     client = NotebookClient(notebook, km=kernel, timeout=300,
                             resources={"metadata": {"path": str(NOTEBOOKS)}})  # fmt: skip
     client.execute()
