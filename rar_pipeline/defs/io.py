@@ -22,11 +22,16 @@ from rar_pipeline.core.retrieval.train import Observer
 from rar_pipeline.defs.resources.mlflow import RunLogger
 
 
-def read_input(path: Path, what: str) -> pd.DataFrame:
-    """An upstream asset's table; `what` names it (e.g. ``candidate_pool[shard]``)."""
+def require_input(path: Path, what: str) -> Path:
+    """`path`, or a `dg.Failure` naming the asset to materialize first (`what`)."""
     if not path.is_file():
         raise dg.Failure(f"{path} does not exist: materialize {what} first")
-    return pd.read_parquet(path)
+    return path
+
+
+def read_input(path: Path, what: str) -> pd.DataFrame:
+    """An upstream asset's table; `what` names it (e.g. ``candidate_pool[shard]``)."""
+    return pd.read_parquet(require_input(path, what))
 
 
 def read_records(path: Path, record_type: type, what: str) -> list[Any]:

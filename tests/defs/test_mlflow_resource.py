@@ -17,11 +17,8 @@ import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rar_pipeline.defs.resources.mlflow import (
-    FakeMlflow,
-    MlflowResource,
-    registered_model_name,
-)
+from rar_pipeline.defs.resources.fake_mlflow import FakeMlflow
+from rar_pipeline.defs.resources.mlflow import MlflowResource, registered_model_name
 
 
 def _sha(data: bytes) -> str:

@@ -200,11 +200,6 @@ def score_runs(runs: Sequence[ConfigRun], queries: pd.DataFrame) -> pd.DataFrame
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def describe_pools(pool_of: Mapping[str, str | None]) -> dict[str, Any]:
-    """Which pool each task was ranked in, for metadata."""
-    return {task: pool or "every pool" for task, pool in sorted(pool_of.items())}
-
-
 @dataclass
 class Evaluation:
     """An ablation's results: report rows, per-query figures, where each task was ranked."""

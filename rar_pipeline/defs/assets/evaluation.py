@@ -24,7 +24,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
-from rar_pipeline.defs.io import progress_bar, read_input
+from rar_pipeline.defs.io import progress_bar, read_input, require_input
 from rar_pipeline.defs.resources import (
     CorpusResource,
     LanceDBResource,
@@ -55,8 +55,8 @@ def _labels(paths: ArtifactLayout, tasks: list[str]) -> dict[str, list[list[str]
 
 
 def _test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
-    for task in tasks:  # a clear Failure naming the asset to materialize first
-        read_input(paths.enhanced_queries(task), f"enhanced_queries[{task}]")
+    for task in tasks:
+        require_input(paths.enhanced_queries(task), f"enhanced_queries[{task}]")
     return load_test_queries(paths, tasks)
 
 

@@ -18,8 +18,9 @@ from typing import Any
 
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.resources.corpus import CorpusResource
+from rar_pipeline.defs.resources.fake_mlflow import FakeMlflow
 from rar_pipeline.defs.resources.lancedb import FakeVectorStore, LanceDBResource
-from rar_pipeline.defs.resources.mlflow import FakeMlflow, MlflowResource
+from rar_pipeline.defs.resources.mlflow import MlflowResource
 from rar_pipeline.defs.resources.retriever import RetrieverResource
 from rar_pipeline.defs.resources.vlm import FakeVLMResource, VLMResource
 

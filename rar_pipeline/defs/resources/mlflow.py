@@ -1,21 +1,20 @@
-"""Run tracking: `MlflowResource` (real MLflow, local sqlite by default) and `FakeMlflow`."""
+"""Run tracking: `RunLogger`, MLflow's naming rules and `MlflowResource` (real MLflow).
+
+`MlflowResource` uses a local sqlite store by default.
+The in-memory `FakeMlflow` lives in `fake_mlflow.py` and applies the same rules.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import posixpath
 import re
-import uuid
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urlparse
 
 import dagster as dg
-from pydantic import PrivateAttr
-
-from rar_pipeline.core.files import file_hash
 
 
 class RunLogger(Protocol):
@@ -61,7 +60,7 @@ class RunLogger(Protocol):
 # fails with the same `ValueError` before anything is half-written).
 
 
-def _mlflow_rule(check: Any, *args: Any, prefix: str = "") -> None:
+def mlflow_rule(check: Any, *args: Any, prefix: str = "") -> None:
     """Apply one of MLflow's own validators, raising its message as a ValueError."""
     from mlflow.exceptions import MlflowException
 
@@ -71,7 +70,7 @@ def _mlflow_rule(check: Any, *args: Any, prefix: str = "") -> None:
         raise ValueError(f"{prefix}{exc.message}") from None
 
 
-def _check_name(name: str) -> None:
+def check_name(name: str) -> None:
     """A param, metric or tag name MLflow accepts (its characters, path and length rules)."""
     from mlflow.utils.validation import (
         MAX_ENTITY_KEY_LENGTH,
@@ -79,11 +78,11 @@ def _check_name(name: str) -> None:
         _validate_param_name,
     )
 
-    _mlflow_rule(_validate_param_name, name, prefix=f"Invalid name {name!r}: ")
-    _mlflow_rule(_validate_length_limit, "Name", MAX_ENTITY_KEY_LENGTH, name)
+    mlflow_rule(_validate_param_name, name, prefix=f"Invalid name {name!r}: ")
+    mlflow_rule(_validate_length_limit, "Name", MAX_ENTITY_KEY_LENGTH, name)
 
 
-def _check_artifact_path(artifact_path: str | None) -> None:
+def check_artifact_path(artifact_path: str | None) -> None:
     """An artifact folder MLflow accepts: relative, normalised, no trailing slash."""
     from mlflow.utils.validation import path_not_unique
 
@@ -94,21 +93,21 @@ def _check_artifact_path(artifact_path: str | None) -> None:
         )
 
 
-def _check_model_name(name: str) -> None:
+def check_model_name(name: str) -> None:
     """A registered model name MLflow accepts (its `_validate_model_name`)."""
     from mlflow.utils.validation import _validate_model_name
 
-    _mlflow_rule(_validate_model_name, name, prefix="Invalid registered model name: ")
+    mlflow_rule(_validate_model_name, name, prefix="Invalid registered model name: ")
 
 
-def _check_registration(name: str, artifact_path: str, tags: Mapping[str, str] | None) -> None:
+def check_registration(name: str, artifact_path: str, tags: Mapping[str, str] | None) -> None:
     """What `register_model` refuses before anything is written, real or fake alike."""
-    _check_model_name(name)
+    check_model_name(name)
     if not artifact_path:
         raise ValueError("register_model needs the artifact path of what to register")
-    _check_artifact_path(artifact_path)
+    check_artifact_path(artifact_path)
     for key in tags or {}:
-        _check_name(key)
+        check_name(key)
 
 
 def registered_model_name(raw: str) -> str:
@@ -118,21 +117,24 @@ def registered_model_name(raw: str) -> str:
     Raises `ValueError` if nothing valid is left.
     """
     name = re.sub(r"[/:]+", "-", raw).strip().strip("-")
-    _check_model_name(name)
+    check_model_name(name)
     return name
 
 
-def _check_local_file(local_path: Path) -> None:
+def check_local_file(local_path: Path) -> None:
+    """Raise FileNotFoundError unless `local_path` is a file."""
     if not Path(local_path).is_file():
         raise FileNotFoundError(f"Not a file: {local_path}")
 
 
-def _check_local_dir(local_dir: Path) -> None:
+def check_local_dir(local_dir: Path) -> None:
+    """Raise NotADirectoryError unless `local_dir` is a folder."""
     if not Path(local_dir).is_dir():
         raise NotADirectoryError(f"Not a folder: {local_dir}")
 
 
-def _join(artifact_path: str | None, name: str) -> str:
+def artifact_join(artifact_path: str | None, name: str) -> str:
+    """An artifact's path: `name` under `artifact_path` (at the root when None)."""
     return f"{artifact_path}/{name}" if artifact_path else name
 
 
@@ -168,13 +170,13 @@ class _MlflowRun:
             )
 
     def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        _check_artifact_path(artifact_path)
-        _check_local_file(local_path)
+        check_artifact_path(artifact_path)
+        check_local_file(local_path)
         self._client.log_artifact(self.run_id, str(local_path), artifact_path)
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        _check_artifact_path(artifact_path)
-        _check_local_dir(local_dir)
+        check_artifact_path(artifact_path)
+        check_local_dir(local_dir)
         self._client.log_artifacts(self.run_id, str(local_dir), artifact_path)
 
     def _has_artifact(self, artifact_path: str) -> bool:
@@ -195,7 +197,7 @@ class _MlflowRun:
     ) -> str:
         from mlflow.exceptions import MlflowException
 
-        _check_registration(name, artifact_path, tags)
+        check_registration(name, artifact_path, tags)
         if not self._has_artifact(artifact_path):
             raise ValueError(
                 f"Run {self.run_id} has no artifacts under {artifact_path!r} to register"
@@ -309,172 +311,3 @@ class MlflowResource(dg.ConfigurableResource):
             client.set_terminated(run.info.run_id, status="FAILED")
             raise
         client.set_terminated(run.info.run_id, status="FINISHED")
-
-
-# ---------------------------------------------------------------------------
-# the fake
-
-
-@dataclass
-class RecordedModelVersion:
-    """One version of a registered model, as `FakeMlflow` recorded it."""
-
-    name: str
-    version: str
-    source: str  # `runs:/<run_id>/<artifact_path>`
-    run_id: str
-    artifact_path: str
-    tags: dict[str, str]
-    description: str | None
-    # What was registered: path relative to `artifact_path` -> sha256 of the contents.
-    files: dict[str, str]
-
-
-@dataclass
-class RecordedRun:
-    """What `FakeMlflow` recorded for one run."""
-
-    run_id: str
-    run_name: str
-    tags: dict[str, str]
-    params: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
-    artifacts: dict[str, Any] = field(default_factory=dict)  # log_dict: file -> content
-    files: dict[str, str] = field(default_factory=dict)  # log_artifact(s): path -> sha256
-    status: str = "RUNNING"
-    run_url: str | None = None
-    # The owning FakeMlflow's registry (shared by its runs).
-    registry: dict[str, list[RecordedModelVersion]] = field(
-        default_factory=dict, repr=False, compare=False
-    )
-
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        for key, value in params.items():
-            _check_name(key)
-            if key in self.params and str(self.params[key]) != str(value):
-                raise ValueError(
-                    f"Changing param values is not allowed: {key!r} is {self.params[key]!r}, "
-                    f"got {value!r}"
-                )
-            self.params[key] = value
-
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        for key, value in metrics.items():
-            _check_name(key)
-            self.metrics.setdefault(key, []).append((step or 0, float(value)))
-
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        self.artifacts[artifact_file] = dict(data)
-
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key in tags:
-            _check_name(key)  # all checked before any is set, like MLflow's batch
-        self.tags.update({key: str(value) for key, value in tags.items()})
-
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        _check_artifact_path(artifact_path)
-        _check_local_file(local_path)
-        self.files[_join(artifact_path, Path(local_path).name)] = file_hash(Path(local_path))
-
-    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        _check_artifact_path(artifact_path)
-        _check_local_dir(local_dir)
-        for path in sorted(Path(local_dir).rglob("*")):
-            if path.is_file():
-                relative = path.relative_to(local_dir).as_posix()
-                self.files[_join(artifact_path, relative)] = file_hash(path)
-
-    def register_model(
-        self,
-        name: str,
-        artifact_path: str,
-        tags: Mapping[str, str] | None = None,
-        description: str | None = None,
-    ) -> str:
-        _check_registration(name, artifact_path, tags)
-        prefix = artifact_path + "/"
-        files = {
-            path.removeprefix(prefix): digest
-            for path, digest in self.files.items()
-            if path.startswith(prefix)
-        }
-        if artifact_path in self.files:  # a single file
-            files = {posixpath.basename(artifact_path): self.files[artifact_path]}
-        if not files and not any(
-            path == artifact_path or path.startswith(prefix) for path in self.artifacts
-        ):
-            raise ValueError(
-                f"Run {self.run_id} has no artifacts under {artifact_path!r} to register"
-            )
-        versions = self.registry.setdefault(name, [])
-        versions.append(
-            RecordedModelVersion(
-                name=name,
-                version=str(len(versions) + 1),
-                source=f"runs:/{self.run_id}/{artifact_path}",
-                run_id=self.run_id,
-                artifact_path=artifact_path,
-                tags={key: str(value) for key, value in (tags or {}).items()},
-                description=description,
-                files=files,
-            )
-        )
-        return versions[-1].version
-
-
-class FakeMlflow(dg.ConfigurableResource):
-    """In-memory recorder with `MlflowResource`'s interface, for tests."""
-
-    # If set, runs get a (fake) `run_url` under it, so code that surfaces links is exercised;
-    # otherwise `run_url` is None, as for a tracking store with no known UI.
-    ui_url: str | None = None
-
-    _runs: list[RecordedRun] = PrivateAttr(default_factory=list)
-    _registry: dict[str, list[RecordedModelVersion]] = PrivateAttr(default_factory=dict)
-
-    @property
-    def runs(self) -> list[RecordedRun]:
-        return self._runs
-
-    @property
-    def registry(self) -> dict[str, list[RecordedModelVersion]]:
-        """Registered model name -> its versions, oldest first."""
-        return self._registry
-
-    @contextlib.contextmanager
-    def start_run(
-        self,
-        run_name: str,
-        tags: Mapping[str, str] | None = None,
-        *,
-        run_id: str | None = None,
-    ) -> Iterator[RunLogger]:
-        for key in tags or {}:
-            _check_name(key)
-        if run_id is None:
-            new_id = uuid.uuid4().hex
-            run = RecordedRun(
-                run_id=new_id,
-                run_name=run_name,
-                tags={key: str(value) for key, value in (tags or {}).items()},
-                run_url=f"{self.ui_url.rstrip('/')}/#/experiments/0/runs/{new_id}"
-                if self.ui_url
-                else None,
-                registry=self._registry,
-            )
-            self._runs.append(run)
-        else:
-            found = [r for r in self._runs if r.run_id == run_id]
-            if not found:
-                raise LookupError(f"Run with id={run_id} not found")
-            run = found[0]
-            if run.run_name != run_name:
-                raise ValueError(f"Run {run_id} is named {run.run_name!r}, not {run_name!r}")
-            run.status = "RUNNING"
-            run.set_tags(tags or {})
-        try:
-            yield run
-        except BaseException:
-            run.status = "FAILED"
-            raise
-        run.status = "FINISHED"
