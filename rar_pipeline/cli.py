@@ -4,6 +4,8 @@ rar demo                        build the demo corpus and run the graph on it
 rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory
 rar validate --data DIR         print the quarantine summary, write nothing
 rar report [--data DIR]         print the latest evaluation (table, json or markdown)
+rar search TEXT [--image PATH]  search a corpus' index with the pipeline's enhancement
+rar serve [--port N]            the search page on http://127.0.0.1:N
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from pathlib import Path
 
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, LayoutError, discover
+from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
@@ -103,6 +106,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     report.add_argument(
         "--format", choices=["table", "json", "markdown"], default="table", help="default: table"
     )
+    search = sub.add_parser(
+        "search", help="search a corpus' index, enhancing the query as the pipeline does"
+    )
+    search.add_argument("text", nargs="?", help="the query's words (omit for an image query)")
+    search.add_argument("--image", type=Path, help="the query's image")
+    search.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    search.add_argument("--format", choices=["table", "json"], default="table")
+    serve = sub.add_parser("serve", help="the search page, on 127.0.0.1 unless told otherwise")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
+    serve.add_argument("--port", type=int, default=8765, help="default 8765")
+    for command in (search, serve):
+        _add_setting(command, data)
+        _add_setting(command, artifacts)
+        group = command.add_argument_group("settings (flag, then environment, then default)")
+        for setting in GRAPH_FLAGS:
+            _add_setting(group, setting)
+    search.add_argument(
+        "--config",
+        default="full",
+        help="which index: none, corpus, query, full or inference-only (default: full)",
+    )
+    search.add_argument("--hybrid", action="store_true", help="fuse dense and full-text hits (RRF)")
+    search.add_argument(
+        "--modality",
+        nargs="+",
+        choices=[m.value for m in Modality],
+        help="only candidates of these modalities",
+    )
+    search.add_argument("--pool", help="only this pool's candidates (default: every pool)")
+    search.add_argument("--task", help="apply this query task's query-type override")
     return parser.parse_args(argv)
 
 
@@ -275,6 +308,72 @@ def _compact(args: argparse.Namespace) -> int:
     return 0
 
 
+def _search(args: argparse.Namespace) -> int:
+    from rar_pipeline.core.search.query import SearchQuery, check_query_image
+    from rar_pipeline.defs.searchers import Searchers
+
+    image = check_query_image(args.image) if args.image else None
+    query = SearchQuery(args.text, image, args.task)  # refuses an empty query
+    searchers = Searchers.from_settings(settings_from_args(args))
+    result = searchers.get(args.config).search(
+        query, args.k, hybrid=args.hybrid, modality=args.modality, pool=args.pool
+    )
+    if args.format == "json":
+        print(json.dumps(result.as_dict(), indent=2))
+        return 0
+    print(format_result(result))
+    return 0
+
+
+def format_result(result) -> str:  # noqa: ANN001 - a core.search.searcher.SearchResult
+    """A search result as `rar search` prints it: the query as enhanced, then the hits."""
+    q = result.query
+    calls = "no VLM call" if not result.vlm_calls else f"{result.vlm_calls:g} VLM calls"
+    timing = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.seconds.items())
+    lines = [
+        f"query:     {q.text or ''}" + (f"  [image {q.image}]" if q.image else ""),
+        f"type:      {result.query_type} (enhancement: {result.enhancement}, {calls})",
+        f"searched:  {result.searched_text or '(the image alone)'}",
+        f"config:    {result.config} (retriever {result.retriever}), "
+        + ("hybrid (dense + full text, RRF)" if result.hybrid else "dense"),
+        f"time:      {timing}",
+        *(f"warning:   {w}" for w in result.warnings),
+        "",
+        f"{'rank':>4}  {'did':<14} {'score':>7}  {'modality':<10}  {'text':<60}  image",
+    ]
+    for h in result.hits:
+        snippet = " ".join((h.text or h.txt or "").split())
+        snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
+        lines.append(
+            f"{h.rank:>4}  {h.did:<14} {h.score:>7.4f}  {h.modality:<10}  {snippet:<60}  "
+            f"{h.img_path or '-'}"
+        )
+    if not result.hits:
+        lines.append("  (no results)")
+    return "\n".join(lines)
+
+
+def _serve(args: argparse.Namespace, preload: str = "full") -> int:
+    import uvicorn
+
+    from rar_pipeline.defs.searchers import Searchers
+    from rar_pipeline.web.app import create_app, is_loopback
+
+    searchers = Searchers.from_settings(settings_from_args(args))
+    app = create_app(searchers)
+    print(f"loading the {preload} index and its models ...", flush=True)
+    app.state.search.worker.submit(searchers.get, preload).result()  # on the search thread
+    if not is_loopback(args.host):
+        print(
+            f"warning: serving on {args.host}: anyone who can reach this machine can search "
+            "and upload images (there is no authentication)",
+            flush=True,
+        )
+    print(f"search page: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rar` command; returns the exit code."""
     args = parse_args(argv)
@@ -285,6 +384,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _compact(args)
         if args.command == "report":
             return _report(args)
+        if args.command == "search":
+            return _search(args)
+        if args.command == "serve":
+            return _serve(args)
         settings = settings_from_args(args)
         if args.command == "run":
             discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path

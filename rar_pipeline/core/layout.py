@@ -155,3 +155,9 @@ class ArtifactLayout:
     def evaluation_per_query(self) -> Path:
         """Every query's figures under every config (Parquet): what significance tests use."""
         return self.evaluation_dir / "per_query.parquet"
+
+    # -- search
+    @property
+    def search_uploads(self) -> Path:
+        """Query images uploaded to the search page, by content hash (served back only here)."""
+        return self.root / "search" / "uploads"

@@ -12,9 +12,8 @@ from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
-import numpy as np
 import pandas as pd
 
 from rar_pipeline.core.corpus.tables import write_parquet
@@ -32,7 +31,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.data import encode_item, home_pools
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
-from rar_pipeline.core.retrieval.rank import embed_robustly
+from rar_pipeline.core.search.rank import SearchStore, dense_search, unique_hits
 
 Setting = Literal["local", "global"]
 RUN_DEPTH = 100  # candidates kept per query in a run file
@@ -56,14 +55,6 @@ def load_test_queries(paths: ArtifactLayout, tasks: Sequence[str]) -> pd.DataFra
         frames.append(qs.assign(task=task, positives=qs["pos_cand_list"].map(list)))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     return frame.reindex(columns=TEST_QUERY_COLUMNS)
-
-
-class SearchStore(Protocol):
-    """What evaluation needs from a vector store."""
-
-    def search_vectors(
-        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
-    ) -> pd.DataFrame: ...
 
 
 def task_pools(
@@ -153,15 +144,15 @@ def rank_config(
                 group["txt"], group["enhanced_txt"], group["img_path"], strict=True
             )
         ]
-        embedded = embed_robustly(encoder, items, progress=progress)
-        unembedded += len(embedded.failed)
         pool = pool_of.get(str(task))
         fetch = depth if pool is not None else depth * max(1, copies)
-        hits = store.search_vectors(config.table, embedded.vectors, fetch, pool=pool, plan=plan)
         # a query with nothing embeddable ranks nothing (it scores 0)
-        hits = hits[~hits["query_index"].isin(list(embedded.failed))]
-        hits = hits.drop_duplicates(["query_index", "did"], keep="first")
-        by_query = {i: h.head(depth) for i, h in hits.groupby("query_index", sort=False)}
+        dense = dense_search(
+            store, config, encoder, items, fetch, pool=pool, plan=plan, progress=progress
+        )
+        unembedded += len(dense.embedded.failed)
+        hits = dense.hits
+        by_query = unique_hits(hits, depth)
         rankings[str(task)] = {}
         for i, qid in enumerate(group["qid"]):
             found = by_query.get(i, hits.iloc[0:0])

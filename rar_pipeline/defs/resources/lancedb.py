@@ -8,6 +8,8 @@ once within one pool. Scores are cosine similarities (1 - LanceDB's cosine dista
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -23,6 +25,7 @@ KEY = ["pool", "did"]
 TEXT_COLUMN = "text"
 DELETE_CHUNK = 500
 SEARCH_CHUNK = 256  # query vectors per LanceDB search call
+RRF_K = 60  # reciprocal rank fusion's constant (LanceDB's RRFReranker default)
 
 
 def sql_string(value: str) -> str:
@@ -30,8 +33,24 @@ def sql_string(value: str) -> str:
     return "'" + str(value).replace("'", "''") + "'"
 
 
-def _pool_filter(pool: str | None) -> str | None:
-    return None if pool is None else f"pool = {sql_string(pool)}"
+def _filter(pool: str | None, modality: Sequence[str] | None = None) -> str | None:
+    """The SQL filter of a search within a pool and/or among candidate modalities."""
+    parts = []
+    if pool is not None:
+        parts.append(f"pool = {sql_string(pool)}")
+    if modality:
+        parts.append(f"modality IN ({', '.join(sql_string(m) for m in modality)})")
+    return " AND ".join(parts) or None
+
+
+def _scored(parts: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+    """Hits of many searches, best first per query: query_index, pool, did, score, columns."""
+    out = [*KEY, *[c for c in columns if c not in KEY]]
+    if not parts:
+        return pd.DataFrame(columns=["query_index", *out, "score"])
+    hits = pd.concat(parts, ignore_index=True)
+    hits = hits.sort_values(["query_index", "score"], ascending=[True, False], kind="stable")
+    return hits[["query_index", *out, "score"]].reset_index(drop=True)
 
 
 class VectorStore(Protocol):
@@ -52,7 +71,28 @@ class VectorStore(Protocol):
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]: ...
 
     def search_vectors(
-        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> pd.DataFrame: ...
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        text: str,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
     ) -> pd.DataFrame: ...
 
 
@@ -146,21 +186,31 @@ class LanceDBResource(dg.ConfigurableResource):
         }
 
     def search_vectors(
-        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
     ) -> pd.DataFrame:
-        """Each vector's k nearest rows (of `pool` only, when given), best first.
+        """Each vector's k nearest rows (of `pool` and `modality` only, when given).
 
         Returns:
-            query_index, pool, did, score (cosine similarity) per hit.
+            query_index, pool, did, any `columns` asked for, score (cosine similarity) per
+            hit, best first.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         table = self.connect().open_table(name)
-        where = _pool_filter(pool)
+        where = _filter(pool, modality)
+        select = [*KEY, *[c for c in columns if c not in KEY], "_distance"]
         parts = []
         for start in range(0, len(vectors), SEARCH_CHUNK):
             chunk = vectors[start : start + SEARCH_CHUNK]
             query = table.search(list(chunk)).distance_type(METRIC).limit(k)
-            query = query.select([*KEY, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
+            query = query.select(select).nprobes(plan.nprobes).ef(plan.ef)
             if plan.refine_factor:
                 query = query.refine_factor(plan.refine_factor)
             if where is not None:
@@ -169,13 +219,48 @@ class LanceDBResource(dg.ConfigurableResource):
             if "query_index" not in found:  # one vector: LanceDB leaves the column out
                 found["query_index"] = 0
             found["query_index"] += start
+            found["score"] = 1.0 - found.pop("_distance").astype(np.float64)
             parts.append(found)
-        if not parts:
-            return pd.DataFrame(columns=["query_index", *KEY, "score"])
-        hits = pd.concat(parts, ignore_index=True)
-        hits["score"] = 1.0 - hits.pop("_distance").astype(np.float64)
-        hits = hits.sort_values(["query_index", "score"], ascending=[True, False], kind="stable")
-        return hits[["query_index", *KEY, "score"]].reset_index(drop=True)
+        return _scored(parts, columns)
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        text: str,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        """One query's k best rows: dense and full-text (`text`) search, fused by RRF.
+
+        The two searches run apart (each with its own score column, within the same
+        filter) and LanceDB's own `RRFReranker` (k=60) fuses them.
+
+        Returns:
+            As `search_vectors` (query_index 0), with score the fused relevance.
+        """
+        from lancedb.rerankers import RRFReranker
+
+        table = self.connect().open_table(name)
+        where = _filter(pool, modality)
+        select = [*KEY, *[c for c in columns if c not in KEY]]
+        dense = table.search(np.asarray(vector, dtype=np.float32)).distance_type(METRIC)
+        dense = dense.select([*select, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
+        lexical = table.search(text, query_type="fts", fts_columns=TEXT_COLUMN)
+        lexical = lexical.select([*select, "_score"])
+        found = []
+        for query in (dense, lexical):
+            query = query.with_row_id(True).limit(k)
+            if where is not None:
+                query = query.where(where, prefilter=True)
+            found.append(query.to_arrow())
+        fused = RRFReranker(K=RRF_K).rerank_hybrid(text, *found).to_pandas().head(k)
+        fused = fused.assign(query_index=0, score=fused["_relevance_score"].astype(np.float64))
+        return _scored([fused], columns)
 
     def table_version(self, name: str) -> int:
         return int(self.connect().open_table(name).version)
@@ -228,22 +313,66 @@ class FakeVectorStore(dg.ConfigurableResource):
         return {**plan.describe(rows), "fts_index": TEXT_COLUMN, "rows": rows,
                 "table_version": self._versions[name]}  # fmt: skip
 
-    def search_vectors(
-        self, name: str, vectors: np.ndarray, k: int, *, pool: str | None, plan: AnnPlan
-    ) -> pd.DataFrame:
-        """Exact cosine search (the fake has no ANN index; `plan` is ignored)."""
+    def _rows(self, name: str, pool: str | None, modality: Sequence[str] | None):
         table = self._tables[name]
         if pool is not None:
             table = table[table["pool"] == pool]
-        matrix = np.stack(table["vector"].to_numpy()).astype(np.float32) if len(table) else None
-        hits = []
-        for i, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
-            if matrix is None:
-                break
-            cosine = matrix @ vector / (np.linalg.norm(matrix, axis=1) * np.linalg.norm(vector))
-            for j in np.argsort(-cosine, kind="stable")[:k]:
-                hits.append((i, table["pool"].iloc[j], table["did"].iloc[j], float(cosine[j])))
-        return pd.DataFrame(hits, columns=["query_index", *KEY, "score"])
+        if modality:
+            table = table[table["modality"].isin(list(modality))]
+        return table.reset_index(drop=True)
+
+    def search_vectors(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        """Exact cosine search (the fake has no ANN index; `plan` is ignored)."""
+        table = self._rows(name, pool, modality)
+        parts = []
+        if len(table):
+            matrix = np.stack(table["vector"].to_numpy()).astype(np.float32)
+            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
+            for i, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
+                cosine = matrix @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
+                order = np.argsort(-cosine, kind="stable")[:k]
+                parts.append(table.iloc[order].assign(query_index=i, score=cosine[order]))
+        return _scored(parts, columns)
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        text: str,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> pd.DataFrame:
+        """Reciprocal rank fusion (k=60) of exact cosine search and word-overlap search."""
+        table = self._rows(name, pool, modality)
+        dense = self.search_vectors(name, vector[None, :], len(table), pool=pool, plan=plan,
+                                    modality=modality)  # fmt: skip
+        words = set(re.findall(r"\w+", text.lower()))
+        overlap = [len(words & set(re.findall(r"\w+", str(t).lower()))) for t in table["text"]]
+        lexical = [i for i in np.argsort(-np.asarray(overlap), kind="stable") if overlap[i]]
+        fused: dict[tuple[str, str], float] = {}
+        ranked = [list(zip(dense["pool"], dense["did"], strict=True)),
+                  [(table["pool"][i], table["did"][i]) for i in lexical]]  # fmt: skip
+        for keys in ranked:
+            for rank, key in enumerate(keys):
+                fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank + 1)
+        best = sorted(fused, key=lambda key: -fused[key])[:k]
+        rows = table.set_index(KEY).loc[best].reset_index()
+        rows = rows.assign(query_index=0, score=[fused[key] for key in best])
+        return _scored([rows], columns)
 
     def table_version(self, name: str) -> int:
         return self._versions[name]

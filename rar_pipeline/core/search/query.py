@@ -1,0 +1,126 @@
+"""A search query as a person gives it (text, an image, or both), and the images it brings.
+
+Query images are checked as corpus images are (`core.corpus.images.check_image`, decoded
+with the same pixel bound against decompression bombs). Uploaded bytes are bounded,
+checked, and stored under a content-addressed name in one folder, so a page can serve
+an upload back by a name that cannot point anywhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from PIL import Image
+
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image
+from rar_pipeline.core.corpus.records import Modality, Query
+
+MAX_UPLOAD_BYTES = 16 * 2**20
+QUERY_IMAGE_CHECK = ImageCheck(level=ImageCheckLevel.DECODE)
+# formats a query image may have, and the suffix an upload of each is stored under
+SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
+UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpg|gif|webp|bmp)$")
+
+
+class SearchError(ValueError):
+    """A search that cannot run; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class SearchQuery:
+    """What a person searches with.
+
+    Attributes:
+        text: the query's words (None or blank: an image-only query).
+        image: a checked image file (see `check_query_image`, `save_upload`).
+        task: a query task whose query-type override applies (image+text queries whose
+            phrasing the question rule routes wrongly); None: the rule decides.
+    """
+
+    text: str | None = None
+    image: Path | None = None
+    task: str | None = None
+
+    def __post_init__(self) -> None:
+        text = self.text.strip() if isinstance(self.text, str) else None
+        object.__setattr__(self, "text", text or None)
+        if self.text is None and self.image is None:
+            raise SearchError("a query needs text, an image, or both")
+
+    @property
+    def modality(self) -> Modality:
+        if self.image is None:
+            return Modality.TEXT
+        return Modality.IMAGE if self.text is None else Modality.IMAGE_TEXT
+
+    def record(self, qid: str) -> Query:
+        """The query as the enhancement stage reads queries (image relative to its folder)."""
+        return Query(
+            qid=qid,
+            modality=self.modality,
+            txt=self.text,
+            img_path=self.image.name if self.image is not None else None,
+            pos_cand_list=(),
+            split="search",
+        )
+
+
+def check_query_image(path: Path, check: ImageCheck = QUERY_IMAGE_CHECK) -> Path:
+    """The image's absolute path, once it is known to decode within the pixel bound.
+
+    Raises:
+        SearchError: missing, not a file, unreadable, truncated or too large.
+    """
+    path = Path(path).expanduser().absolute()
+    problem = check_image(path, check)
+    if problem is not None:
+        reason, detail = problem
+        raise SearchError(f"query image {path}: {reason.replace('_', ' ')} ({detail})")
+    return path
+
+
+def save_upload(
+    data: bytes,
+    folder: Path,
+    *,
+    max_bytes: int = MAX_UPLOAD_BYTES,
+    check: ImageCheck = QUERY_IMAGE_CHECK,
+) -> Path:
+    """Check uploaded image bytes and keep them as `folder/<content hash>.<format>`.
+
+    The same bytes always land at the same name (a repeated upload hits the caches).
+
+    Raises:
+        SearchError: empty, over `max_bytes`, not an image of a known format, or failing
+            the corpus image check (truncated, too many pixels).
+    """
+    if not data:
+        raise SearchError("the uploaded image is empty")
+    if len(data) > max_bytes:
+        raise SearchError(f"the uploaded image is {len(data):,} bytes; the limit is {max_bytes:,}")
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".upload.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        problem = check_image(Path(tmp), check)
+        if problem is not None:
+            raise SearchError(f"the uploaded image is not usable: {problem[1]}")
+        with Image.open(tmp) as image:
+            suffix = SUFFIXES.get(image.format or "")
+        if suffix is None:
+            raise SearchError(
+                f"the uploaded image's format is not one of {', '.join(sorted(SUFFIXES))}"
+            )
+        target = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
+        os.replace(tmp, target)
+        return target
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

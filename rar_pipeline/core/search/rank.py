@@ -1,0 +1,113 @@
+"""Embed queries as a config sees them and search its table: what search and evaluation run.
+
+`SearchStore` is what they need from a vector store (`defs.resources.lancedb` has the real
+LanceDB one and an in-memory fake).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from rar_pipeline.core.index.ann import AnnPlan
+from rar_pipeline.core.index.configs import IndexedConfig
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem, Encoder
+from rar_pipeline.core.retrieval.rank import Embedded, embed_robustly
+
+
+class SearchStore(Protocol):
+    """What search and evaluation need from a vector store."""
+
+    def table_names(self) -> list[str]: ...
+
+    def row_hashes(self, name: str) -> pd.DataFrame: ...
+
+    def search_vectors(
+        self,
+        name: str,
+        vectors: np.ndarray,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> pd.DataFrame: ...
+
+    def search_hybrid(
+        self,
+        name: str,
+        vector: np.ndarray,
+        text: str,
+        k: int,
+        *,
+        pool: str | None,
+        plan: AnnPlan,
+        modality: Sequence[str] | None = None,
+        columns: Sequence[str] = (),
+    ) -> pd.DataFrame: ...
+
+
+@dataclass
+class DenseHits:
+    """Queries' embeddings and hits.
+
+    Attributes:
+        embedded: the query vectors, and which queries could not be embedded.
+        hits: query_index, pool, did, the columns asked for, score; best first per query
+            (queries that could not be embedded have none).
+        embed_seconds: time spent embedding.
+        search_seconds: time spent searching the table.
+    """
+
+    embedded: Embedded
+    hits: pd.DataFrame
+    embed_seconds: float
+    search_seconds: float
+
+
+def dense_search(
+    store: SearchStore,
+    config: IndexedConfig,
+    encoder: Encoder,
+    items: Sequence[EncodeItem],
+    k: int,
+    *,
+    pool: str | None,
+    plan: AnnPlan,
+    modality: Sequence[str] | None = None,
+    columns: Sequence[str] = (),
+    progress: Callable[[int], None] | None = None,
+) -> DenseHits:
+    """Embed query items with the config's retriever and search the config's table.
+
+    An item that cannot be embedded never fails the rest (`embed_robustly`): it ranks
+    nothing, and `Embedded.failed` says why.
+
+    Returns:
+        The embeddings, each query's hits, and the time each half took.
+    """
+    started = time.perf_counter()
+    embedded = embed_robustly(encoder, items, progress=progress)
+    embedded_at = time.perf_counter()
+    hits = store.search_vectors(
+        config.table, embedded.vectors, k, pool=pool, plan=plan, modality=modality,
+        columns=columns,
+    )  # fmt: skip
+    hits = hits[~hits["query_index"].isin(list(embedded.failed))]
+    return DenseHits(embedded, hits, embedded_at - started, time.perf_counter() - embedded_at)
+
+
+def unique_hits(hits: pd.DataFrame, k: int) -> dict[int, pd.DataFrame]:
+    """Each query's first k hits, each candidate once (a candidate is in several pools).
+
+    Returns:
+        query_index -> its hits, best first.
+    """
+    hits = hits.drop_duplicates(["query_index", "did"], keep="first")
+    return {int(i): h.head(k) for i, h in hits.groupby("query_index", sort=False)}
