@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
 import shutil
 import socket
+from contextlib import redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from tests.projects import TINY_DEMO, point_at_project
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MINI = FIXTURES / "mbeir_mini"
@@ -54,3 +59,35 @@ def small_demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ),
     )
     return root
+
+
+@dataclass(frozen=True)
+class DemoProject:
+    """A project folder after `rar demo`, and what the command printed."""
+
+    root: Path
+    exit_code: int
+    output: str
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data" / "demo"
+
+    @property
+    def artifacts(self) -> Path:
+        return self.root / "artifacts" / "demo"
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory: pytest.TempPathFactory) -> DemoProject:
+    """A project after a tiny `rar demo`, run once per session (tests only read it)."""
+    from rar_pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("demo_project")
+    out = io.StringIO()
+    with pytest.MonkeyPatch.context() as patch, redirect_stdout(out):
+        point_at_project(patch, root)
+        patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setenv("TRANSFORMERS_OFFLINE", "1")
+        code = main(TINY_DEMO)
+    return DemoProject(root, code, out.getvalue())

@@ -13,15 +13,13 @@ from rar_pipeline.core.enhance.classify import QueryType
 from rar_pipeline.core.enhance.prompts import prompt_for
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.encoders.factory import load_encoder
+from tests.projects import TINY_DEMO, point_at_project
 
 
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """An empty project folder with its own Dagster instance."""
-    monkeypatch.setenv("RAR_PROJECT_DIR", str(tmp_path))
-    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
-    for var in ("RAR_DATA_ROOT", "RAR_ARTIFACTS_DIR", "MLFLOW_TRACKING_URI", "RAR_LANCEDB_URI"):
-        monkeypatch.delenv(var, raising=False)
+    point_at_project(monkeypatch, tmp_path)
     return tmp_path
 
 
@@ -93,22 +91,9 @@ def test_run_refuses_unknown_tasks(project, mini_corpus, capsys):
 
 
 @pytest.mark.slow
-def test_demo_builds_the_corpus_and_materializes_every_asset(project, capsys):
-    args = [
-        "demo",
-        "--epochs",
-        "3",
-        "--train-products",
-        "20",
-        "--test-products",
-        "12",
-        "--train-queries",
-        "6",
-        "--test-queries",
-        "4",
-    ]
-    assert main(args) == 0
-    out = capsys.readouterr().out
+def test_demo_builds_the_corpus_and_materializes_every_asset(demo_project, monkeypatch, capsys):
+    assert demo_project.exit_code == 0
+    out, project = demo_project.output, demo_project.root
     assert "demo_corpus" in out and "0 rows quarantined" in out
     assert (project / "data" / "demo" / "query" / "test").is_dir()
     assert len(list((project / "artifacts" / "demo" / "queries").glob("*.parquet"))) == 6
@@ -119,7 +104,8 @@ def test_demo_builds_the_corpus_and_materializes_every_asset(project, capsys):
         assert load_encoder(checkpoint).embed([EncodeItem("a red circle")]).shape == (1, 256)
     assert (project / "mlruns" / "mlflow.db").is_file()
     # a second run reuses the corpus and keeps the checkpoints
-    assert main(args) == 0
+    point_at_project(monkeypatch, project)
+    assert main(TINY_DEMO) == 0
     again = capsys.readouterr().out
     assert "rebuilt=False" in again and again.count("(kept)") == 4
 

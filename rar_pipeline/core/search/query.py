@@ -111,7 +111,8 @@ def save_upload(
             handle.write(data)
         problem = check_image(Path(tmp), check)
         if problem is not None:
-            raise SearchError(f"the uploaded image is not usable: {problem[1]}")
+            reason = problem[0].replace("_", " ")
+            raise SearchError(f"the uploaded image is not usable ({reason})")
         with Image.open(tmp) as image:
             suffix = SUFFIXES.get(image.format or "")
         if suffix is None:

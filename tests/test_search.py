@@ -1,0 +1,114 @@
+"""Search on a project after `rar demo`: the API, `rar search`, and the same ranking the
+evaluation wrote for every test query."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from PIL import Image
+
+from rar_pipeline.cli import main
+from rar_pipeline.core.evaluation.evaluate import load_test_queries
+from rar_pipeline.core.evaluation.report import read_report
+from rar_pipeline.core.evaluation.trec import read_run
+from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.search.query import SearchQuery
+from rar_pipeline.core.settings import load_settings
+from rar_pipeline.defs.searchers import Searchers
+from tests.projects import point_at_project
+
+
+@pytest.fixture(scope="module")
+def searchers(demo_project) -> Searchers:
+    return Searchers.from_settings(load_settings({"RAR_PROJECT_DIR": str(demo_project.root)}))
+
+
+@pytest.fixture(scope="module")
+def test_queries(demo_project):
+    paths = ArtifactLayout(demo_project.artifacts)
+    tasks = sorted(p.stem for p in paths.enhanced_queries("x").parent.glob("*.parquet"))
+    return load_test_queries(paths, tasks)
+
+
+def as_query(row, data_root) -> SearchQuery:
+    image = data_root / row.img_path if isinstance(row.img_path, str) else None
+    return SearchQuery(row.txt if isinstance(row.txt, str) else None, image)
+
+
+@pytest.mark.parametrize("config", ["full", "none", "inference-only"])
+def test_every_test_query_ranks_as_the_evaluation_ranked_it(
+    demo_project, searchers, test_queries, config
+):
+    """One code path: searching a test query in its task's pool gives the run file's top 10."""
+    paths = ArtifactLayout(demo_project.artifacts)
+    pools = read_report(paths.evaluation_report)["info"]["pools"]["local"]
+    searcher = searchers.get(config)
+    for task, group in test_queries.groupby("task"):
+        run = read_run(paths.run_file(config, task))
+        queries = [as_query(row, demo_project.data) for row in group.itertuples()]
+        results = searcher.search_many(queries, k=10, pool=pools[task])
+        for row, result in zip(group.itertuples(), results, strict=True):
+            expected = sorted(run[row.qid], key=lambda d: -run[row.qid][d])[:10]
+            assert [h.did for h in result.hits] == expected, (task, row.qid)
+            # the query was enhanced exactly as the pipeline enhanced it, from the cache
+            if config != "none":
+                assert result.searched_text == row.enhanced_txt
+                assert result.enhancement in ("cached", "passthrough")
+            assert result.vlm_calls == 0 and result.query_type == row.query_type
+
+
+def test_models_load_once_per_retriever(searchers):
+    searchers.get("none"), searchers.get("full")
+    before = searchers.loads
+    for config in ("none", "inference-only", "full", "none", "full"):
+        searchers.get(config).search(SearchQuery("a red circle"))
+    assert searchers.loads == before
+    # inference-only is the none retriever over full's texts: the same model object
+    assert searchers.get("inference-only").encoder is searchers.get("none").encoder
+
+
+class TestRarSearch:
+    def test_an_image_question_prints_its_rewrite_and_ranked_hits(
+        self, demo_project, searchers, test_queries, monkeypatch, capsys
+    ):
+        point_at_project(monkeypatch, demo_project.root)
+        row = test_queries[test_queries["query_type"] == "qa"].iloc[0]
+        image = demo_project.data / row.img_path
+        assert main(["search", row.txt, "--image", str(image), "-k", "5"]) == 0
+        out = capsys.readouterr().out
+        assert f"searched:  {row.enhanced_txt}" in out
+        assert "type:      qa (enhancement: cached, no VLM call)" in out
+        expected = searchers.get("full").search(SearchQuery(row.txt, image), 5)
+        for hit in expected.hits:
+            assert f"{hit.rank:>4}  {hit.did:<14}" in out
+
+        assert main(["search", row.txt, "--image", str(image), "--format", "json",
+                     "--hybrid", "--config", "query", "--modality", "text"]) == 0  # fmt: skip
+        answer = json.loads(capsys.readouterr().out)
+        assert answer["hybrid"] and answer["config"] == "query"
+        assert answer["searched_text"] == row.enhanced_txt
+        assert answer["hits"] and {h["modality"] for h in answer["hits"]} == {"text"}
+
+    def test_mistakes_get_clear_errors(self, demo_project, tmp_path, monkeypatch, capsys):
+        point_at_project(monkeypatch, demo_project.root)
+        assert main(["search", "hat", "--config", "nope"]) == 2
+        assert "unknown config 'nope'; choose one of none, corpus" in capsys.readouterr().err
+        assert main(["search", "hat", "--image", str(tmp_path / "missing.png")]) == 2
+        assert "image missing" in capsys.readouterr().err
+        (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+        assert main(["search", "hat", "--image", str(tmp_path / "bad.png")]) == 2
+        assert "image unreadable" in capsys.readouterr().err
+        assert main(["search"]) == 2
+        assert "a query needs text, an image, or both" in capsys.readouterr().err
+
+    def test_a_corpus_without_an_index_says_what_to_run(
+        self, demo_project, tmp_path, monkeypatch, capsys
+    ):
+        point_at_project(monkeypatch, tmp_path)
+        Image.new("RGB", (4, 4)).save(tmp_path / "q.png")
+        assert main(["search", "hat", "--config", "none", "--data", str(demo_project.data),
+                     "--artifacts", str(tmp_path / "empty")]) == 2  # fmt: skip
+        assert "no index for config 'none': materialize lancedb_index_none" in (
+            capsys.readouterr().err
+        )
