@@ -7,7 +7,7 @@ export DAGSTER_HOME := $(CURDIR)/dagster_home
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
 
-.PHONY: demo test fmt ui mlflow-ui bench clean-demo install
+.PHONY: demo test fmt ui mlflow-ui search-ui bench clean-demo install
 
 install: $(STAMP)
 
@@ -31,6 +31,11 @@ fmt: $(STAMP)
 # The Dagster UI on 127.0.0.1 only.
 ui: $(STAMP)
 	$(BIN)/dagster dev -h 127.0.0.1 -p $(PORT) -w workspace.yaml
+
+# The search page on 127.0.0.1 (after make demo, or rar run --data DIR with RAR_DATA_ROOT).
+SEARCH_PORT ?= 8765
+search-ui: $(STAMP)
+	$(BIN)/rar serve --port $(SEARCH_PORT)
 
 mlflow-ui: $(STAMP)
 	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
