@@ -13,8 +13,9 @@ image where they have one); every figure is per query on this machine.
   every rewrite and caption again; the backbone features stay cached.
 - unseen: content no cache has seen, with each query's type unchanged. Text queries get a
   suffix (MiniLM embeds new text); image queries get a copy of their image with one pixel
-  changed (new bytes: the VLM generates, and perception (EfficientNet, OCR, colours) and
-  the encoder's image features run afresh).
+  changed, differently on every run (new bytes: the VLM generates, and perception
+  (EfficientNet, OCR, colours) and the encoder's image features run afresh). Modification
+  queries still hit the enhancement cache: their prompt reads the text alone.
 - hybrid: `seen`, with dense and full-text hits fused.
 - batches: `search_many` throughput (queries/s) at several batch sizes, on `seen` queries.
 - page: `rar serve` in its own process. GET /api/search (text) and POST / with an image
@@ -71,7 +72,8 @@ def per_query(searcher, queries, **kwargs) -> dict[str, dict[str, float]]:
 def unseen(queries: list[SearchQuery], folder: Path) -> list[SearchQuery]:
     """The queries with content no cache holds, each of the same type as before."""
     out = []
-    suffix = f" {uuid.uuid4().hex[:6]}"
+    run = uuid.uuid4()  # new content on every run: perception and feature caches persist
+    suffix = f" {run.hex[:6]}"
     for i, q in enumerate(queries):
         if q.image is None:
             out.append(replace(q, text=q.text + suffix))
@@ -79,7 +81,7 @@ def unseen(queries: list[SearchQuery], folder: Path) -> list[SearchQuery]:
         with Image.open(q.image) as image:
             image = image.convert("RGB")
         pixel = image.getpixel((0, 0))
-        image.putpixel((0, 0), ((pixel[0] + 1) % 256, pixel[1], pixel[2]))
+        image.putpixel((0, 0), ((pixel[0] + 1 + run.int % 255) % 256, pixel[1], pixel[2]))
         path = folder / f"unseen_{i}.png"
         image.save(path)
         out.append(replace(q, image=path))

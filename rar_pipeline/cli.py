@@ -362,7 +362,7 @@ def _serve(args: argparse.Namespace, preload: str = "full") -> int:
     searchers = Searchers.from_settings(settings_from_args(args))
     app = create_app(searchers)
     print(f"loading the {preload} index and its models ...", flush=True)
-    app.state.search.worker.submit(searchers.get, preload).result()  # on the search thread
+    app.state.search.worker.submit(searchers.open, preload).result()  # on the search thread
     if not is_loopback(args.host):
         print(
             f"warning: serving on {args.host}: anyone who can reach this machine can search "

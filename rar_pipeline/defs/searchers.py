@@ -71,6 +71,13 @@ class Searchers:
             )
         return self._searchers[config]
 
+    def open(self, config: str) -> Searcher:
+        """The config's searcher with everything a query touches loaded (models, caches)."""
+        searcher = self.get(config)
+        if searcher.config.representation.enhanced_queries:
+            self.enhancer.open()
+        return searcher
+
     def _encoder(self, name: str) -> tuple[Encoder, str]:
         if name not in self._encoders:
             cache = self.paths.perception_cache

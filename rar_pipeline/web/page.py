@@ -17,8 +17,10 @@ body{font-family:system-ui,sans-serif;margin:2rem auto;max-width:70rem;color:#22
 h1{font-size:1.4rem} form{display:flex;flex-wrap:wrap;gap:.6rem;align-items:end;
 padding:1rem;background:#f4f5f7;border-radius:8px} label{display:flex;flex-direction:column;
 font-size:.8rem;gap:.2rem} input[type=text]{width:28rem;font-size:1rem;padding:.35rem}
+label.check{flex-direction:row;align-items:center;font-size:.9rem}
 button{font-size:1rem;padding:.4rem 1.2rem} .query{margin:1rem 0;padding:.8rem 1rem;
-border-left:4px solid #4a6fa5;background:#eef3fa} .query img{max-height:96px;float:right}
+border-left:4px solid #4a6fa5;background:#eef3fa;display:flex;gap:1rem;align-items:center}
+.query img{max-height:96px}
 .meta{color:#555;font-size:.85rem} .warn{color:#9a4b00} .error{color:#b00020;font-weight:600}
 table{border-collapse:collapse;width:100%} td,th{padding:.4rem;border-bottom:1px solid #ddd;
 text-align:left;vertical-align:top} td.thumb{width:110px} td.thumb img{max-width:100px;
@@ -69,8 +71,8 @@ def _form(state: PageState) -> str:
   <label>Results<input type="number" name="k" id="k" min="1" max="100" value="{state.k}">
   </label>
   <label>Candidates<select name="modality" id="modality">{modality}</select></label>
-  <label><span>Hybrid (dense + full text)</span><input type="checkbox" name="hybrid"
-    id="hybrid" value="1"{" checked" if state.hybrid else ""}></label>
+  <label class="check"><input type="checkbox" name="hybrid" id="hybrid" value="1"
+    {" checked" if state.hybrid else ""}>hybrid (dense + full text)</label>
   <button type="submit" id="go">Search</button>
 </form>"""
 
@@ -89,7 +91,7 @@ def _query(state: PageState) -> str:
     request = f", request {state.request_ms:.0f} ms" if state.request_ms is not None else ""
     warnings = "".join(f'<div class="warn">{escape(w)}</div>' for w in r.warnings)
     return f"""
-<div class="query" id="enhanced">{image}
+<div class="query" id="enhanced">{image}<div>
   <div class="meta">{escape(r.query_type)} query · enhancement: {escape(r.enhancement)}
     ({calls}) · {escape(r.config)} ({escape(r.retriever)}) ·
     {"hybrid" if r.hybrid else "dense"}</div>
@@ -98,7 +100,7 @@ def _query(state: PageState) -> str:
     }</span></div>
   <div class="meta" id="latency">search {r.seconds["total"] * 1000:.0f} ms ({parts}){request}
   </div>{warnings}
-</div>"""
+</div></div>"""
 
 
 def _results(state: PageState) -> str:

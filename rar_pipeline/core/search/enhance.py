@@ -68,11 +68,19 @@ class QueryEnhancer:
             self._vlm = self.open_vlm()
         return self._vlm
 
-    def __call__(self, queries: Sequence[SearchQuery]) -> tuple[list[EnhancedQuery], EnhanceStats]:
-        """Enhance queries: one result per query, in order, and what it cost."""
+    @property
+    def cache(self) -> EnhancementCache:
         if self._cache is None:
             self._cache = EnhancementCache(self.cache_path)
-        return enhance_queries(queries, self.vlm, self._cache, self.options)
+        return self._cache
+
+    def open(self) -> None:
+        """Load the backend and open the cache now, not on the first query."""
+        self.vlm, self.cache  # noqa: B018 - loading is the point
+
+    def __call__(self, queries: Sequence[SearchQuery]) -> tuple[list[EnhancedQuery], EnhanceStats]:
+        """Enhance queries: one result per query, in order, and what it cost."""
+        return enhance_queries(queries, self.vlm, self.cache, self.options)
 
 
 def enhance_queries(

@@ -20,6 +20,8 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from rar_pipeline.core.index.ann import METRIC, AnnPlan
+from rar_pipeline.core.index.build import IndexStore
+from rar_pipeline.core.search.rank import SearchStore
 
 KEY = ["pool", "did"]
 TEXT_COLUMN = "text"
@@ -53,47 +55,18 @@ def _scored(parts: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
     return hits[["query_index", *out, "score"]].reset_index(drop=True)
 
 
-class VectorStore(Protocol):
-    """What the pipeline needs from a vector database."""
+class VectorStore(IndexStore, SearchStore, Protocol):
+    """What the pipeline needs from a vector database.
+
+    What updating an index needs (`core.index.build.IndexStore`), what search and
+    evaluation need (`core.search.rank.SearchStore`), and whole-table writes.
+    """
 
     def write_table(self, name: str, frame: pd.DataFrame, *, mode: str = "overwrite") -> int: ...
-
-    def table_names(self) -> list[str]: ...
 
     def count_rows(self, name: str) -> int: ...
 
     def search(self, name: str, vector: np.ndarray, k: int) -> pd.DataFrame: ...
-
-    def row_hashes(self, name: str) -> pd.DataFrame: ...
-
-    def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int: ...
-
-    def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]: ...
-
-    def search_vectors(
-        self,
-        name: str,
-        vectors: np.ndarray,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
-    ) -> pd.DataFrame: ...
-
-    def search_hybrid(
-        self,
-        name: str,
-        vector: np.ndarray,
-        text: str,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
-    ) -> pd.DataFrame: ...
 
 
 class LanceDBResource(dg.ConfigurableResource):
