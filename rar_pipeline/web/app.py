@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import io
 import ipaddress
 import time
 from collections.abc import AsyncIterator
@@ -26,14 +25,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
-from rar_pipeline.core.corpus.images import check_image
+from rar_pipeline.core.corpus.images import thumbnail
 from rar_pipeline.core.corpus.mbeir import resolve_in_root
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.search.query import (
@@ -54,18 +52,15 @@ MAX_K = 100
 
 @functools.lru_cache(maxsize=2048)
 def _thumbnail(path: str, mtime_ns: int) -> bytes:
-    with Image.open(path) as image:
-        image.thumbnail((THUMBNAIL_PX, THUMBNAIL_PX))
-        out = io.BytesIO()
-        image.convert("RGB").save(out, format="PNG")
-    return out.getvalue()
+    return thumbnail(Path(path), THUMBNAIL_PX, "PNG", QUERY_IMAGE_CHECK)
 
 
 def thumbnail_response(path: Path) -> Response:
     """A PNG thumbnail of `path`, or 404 unless it is a file that decodes as an image."""
-    if check_image(path, QUERY_IMAGE_CHECK) is not None:
+    try:
+        data = _thumbnail(str(path), path.stat().st_mtime_ns)
+    except (OSError, ValueError):
         return PlainTextResponse("not an image", status_code=404)
-    data = _thumbnail(str(path), path.stat().st_mtime_ns)
     return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 

@@ -1,7 +1,11 @@
-"""Image checks used when validating a corpus: missing, unreadable, truncated, too large."""
+"""Image checks (missing, unreadable, truncated, too large) and thumbnails of checked images.
+
+Validation checks every corpus image; search checks query images and uploads the same way.
+"""
 
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from enum import StrEnum
@@ -69,3 +73,20 @@ def check_image(path: Path, check: ImageCheck) -> tuple[str, str] | None:
     except (ValueError, SyntaxError) as exc:  # PIL raises these for some corrupt headers
         return "image_unreadable", str(exc)
     return None
+
+
+def thumbnail(path: Path, size: int, fmt: str = "PNG", check: ImageCheck | None = None) -> bytes:
+    """A copy of an image whose longest side is at most `size`, encoded as `fmt`.
+
+    Raises:
+        ValueError: the image fails `check` (default: decoded, within the pixel bound).
+    """
+    problem = check_image(Path(path), check or ImageCheck())
+    if problem is not None:
+        raise ValueError(f"{path}: {problem[0]} ({problem[1]})")
+    with Image.open(path) as image:
+        image = image.convert("RGB")
+        image.thumbnail((size, size))
+        out = io.BytesIO()
+        image.save(out, format=fmt)
+    return out.getvalue()

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import base64
 import html
-import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from rar_pipeline.core.corpus.images import thumbnail as small_copy
 from rar_pipeline.core.corpus.mbeir import resolve_in_root
 from rar_pipeline.core.evaluation.evaluate import load_test_queries
 from rar_pipeline.core.evaluation.trec import read_run
@@ -107,14 +107,10 @@ def thumbnail(path: Path | None, size: int = 96) -> str:
     """An <img> tag holding a small JPEG of `path` (empty when there is no image)."""
     if path is None or not Path(path).is_file():
         return ""
-    from PIL import Image
-
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        image.thumbnail((size, size))
-        buffer = io.BytesIO()
-        image.save(buffer, format="JPEG", quality=80)
-    data = base64.b64encode(buffer.getvalue()).decode()
+    try:
+        data = base64.b64encode(small_copy(path, size, "JPEG")).decode()
+    except ValueError:  # not an image, or too large to decode safely
+        return ""
     return f'<img src="data:image/jpeg;base64,{data}" width="{size}">'
 
 

@@ -10,10 +10,11 @@ the searcher is opened, never per query.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+import pandas as pd
 
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS
@@ -23,7 +24,7 @@ from rar_pipeline.core.retrieval.encoders.base import EncodeItem, Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
 from rar_pipeline.core.search.enhance import EnhancedQuery, QueryEnhancer, query_type
 from rar_pipeline.core.search.query import SearchError, SearchQuery
-from rar_pipeline.core.search.rank import SearchStore, dense_search, unique_hits
+from rar_pipeline.core.search.rank import DenseHits, SearchStore, dense_search, unique_hits
 
 # what a hit shows besides (pool, did, score)
 HIT_COLUMNS = ["modality", "txt", "enhanced_txt", "text", "img_path", "retriever"]
@@ -134,12 +135,16 @@ class Searcher:
             raise SearchError(f"config {config.name!r} embeds enhanced queries: it needs a VLM")
         self.config, self.encoder, self.retriever = config, encoder, retriever
         self.store, self.enhancer, self.plan = store, enhancer, plan
-        keys = store.row_hashes(config.table)
-        self.rows = len(keys)
-        self.pools = sorted(keys["pool"].unique().tolist())
-        # the most pools one candidate is in: a search over every pool fetches this many
-        # times k hits, then keeps each candidate once
-        self.copies = max(Counter(keys["did"]).values(), default=1)
+        self.rows = store.count_rows(config.table)
+        self._pools: list[str] | None = None
+
+    @property
+    def pools(self) -> list[str]:
+        """The pools the table holds (read once, when first asked: it scans the table)."""
+        if self._pools is None:
+            keys = self.store.row_hashes(self.config.table)
+            self._pools = sorted(keys["pool"].unique().tolist())
+        return self._pools
 
     def search(
         self,
@@ -183,21 +188,8 @@ class Searcher:
             query_text(rep, q.text, e.enhanced_txt) for q, e in zip(queries, enhanced, strict=True)
         ]
         items = [EncodeItem(t, q.image) for t, q in zip(texts, queries, strict=True)]
-        fetch = k if pool is not None else k * self.copies
-        dense = dense_search(
-            self.store, self.config, self.encoder, items, fetch, pool=pool, plan=self.plan,
-            modality=modality, columns=HIT_COLUMNS,
-        )  # fmt: skip
-        embedded, hits = dense.embedded, dense.hits
-        by_query = unique_hits(hits, k)
-        if hybrid:
-            for i, text in enumerate(texts):
-                if text and i not in embedded.failed:
-                    fused = self.store.search_hybrid(
-                        self.config.table, embedded.vectors[i], text, fetch, pool=pool,
-                        plan=self.plan, modality=modality, columns=HIT_COLUMNS,
-                    )  # fmt: skip
-                    by_query[i] = unique_hits(fused, k).get(0, fused.iloc[0:0])
+        dense, by_query = self._rank(items, texts, k, hybrid, modality, pool)
+        embedded, none_found = dense.embedded, dense.hits.iloc[0:0]
         done = time.perf_counter()
         n = max(1, len(queries))
         seconds = {
@@ -208,7 +200,7 @@ class Searcher:
         }
         results = []
         for i, (q, e, text) in enumerate(zip(queries, enhanced, texts, strict=True)):
-            found = by_query.get(i, hits.iloc[0:0])
+            found = by_query.get(i, none_found)
             result = SearchResult(
                 query=q,
                 config=self.config.name,
@@ -229,6 +221,51 @@ class Searcher:
         return results
 
     # -- the steps
+
+    def _rank(
+        self,
+        items: Sequence[EncodeItem],
+        texts: Sequence[str | None],
+        k: int,
+        hybrid: bool,
+        modality: Sequence[str] | None,
+        pool: str | None,
+    ) -> tuple[DenseHits, dict[int, pd.DataFrame]]:
+        """Embed and search; with `hybrid`, fuse each query that has text with full text.
+
+        A candidate is in several pools (its task's and a union pool). Over every pool a
+        search fetches twice k rows, keeps each candidate once, and fetches four times as
+        many again while a query is left with fewer than k though more rows remain.
+        """
+        fetch = k if pool is not None else 2 * k
+        dense = dense_search(
+            self.store, self.config, self.encoder, items, fetch, pool=pool, plan=self.plan,
+            modality=modality, columns=HIT_COLUMNS,
+        )  # fmt: skip
+        by_query = unique_hits(dense.hits, k)
+        while pool is None and self._short(dense.hits, by_query, k, fetch):
+            fetch *= 4
+            hits = self.store.search_vectors(
+                self.config.table, dense.embedded.vectors, fetch, pool=pool, plan=self.plan,
+                modality=modality, columns=HIT_COLUMNS,
+            )  # fmt: skip
+            dense.hits = hits[~hits["query_index"].isin(list(dense.embedded.failed))]
+            by_query = unique_hits(dense.hits, k)
+        if hybrid:
+            for i, text in enumerate(texts):
+                if text and i not in dense.embedded.failed:
+                    fused = self.store.search_hybrid(
+                        self.config.table, dense.embedded.vectors[i], text, fetch, pool=pool,
+                        plan=self.plan, modality=modality, columns=HIT_COLUMNS,
+                    )  # fmt: skip
+                    by_query[i] = unique_hits(fused, k).get(0, fused.iloc[0:0])
+        return dense, by_query
+
+    @staticmethod
+    def _short(hits: pd.DataFrame, by_query: dict[int, pd.DataFrame], k: int, fetch: int) -> bool:
+        """Whether a query has fewer than k distinct candidates though more rows remain."""
+        fetched = hits.groupby("query_index").size()
+        return any(len(by_query[i]) < k and n >= fetch for i, n in fetched.items())
 
     def _check(self, k: int, modality: Sequence[str] | None, pool: str | None) -> None:
         if k < 1:
@@ -262,7 +299,7 @@ class Searcher:
                 text(row.txt),
                 text(row.text),
                 text(row.img_path),
-            )  # fmt: skip
+            )
             for rank, row in enumerate(found.itertuples(index=False), start=1)
         ]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image, thumbnail
 from rar_pipeline.core.corpus.records import Reason
 
 DECODE = ImageCheckLevel.DECODE
@@ -191,3 +191,22 @@ def test_every_reason_returned_is_an_image_reason(good_png, truncated_png, not_a
                     assert isinstance(reason, str) and isinstance(detail, str) and detail
                     reasons.add(Reason(reason))
     assert reasons == IMAGE_REASONS
+
+
+def test_a_thumbnail_keeps_the_aspect_within_its_size(tmp_path):
+    Image.new("RGBA", (400, 100), (255, 0, 0, 128)).save(tmp_path / "wide.png")
+    data = thumbnail(tmp_path / "wide.png", 100)
+    (tmp_path / "thumb.png").write_bytes(data)
+    with Image.open(tmp_path / "thumb.png") as small:
+        assert (small.size, small.mode) == ((100, 25), "RGB")
+    assert thumbnail(tmp_path / "wide.png", 50, "JPEG").startswith(b"\xff\xd8")
+
+
+def test_a_thumbnail_refuses_what_the_check_refuses(tmp_path, truncated_png):
+    Image.new("RGB", (300, 300)).save(tmp_path / "big.png")
+    with pytest.raises(ValueError, match="image_too_large"):
+        thumbnail(tmp_path / "big.png", 64, check=ImageCheck(max_pixels=1000))
+    with pytest.raises(ValueError, match="image_truncated"):
+        thumbnail(truncated_png, 64)
+    with pytest.raises(ValueError, match="image_missing"):
+        thumbnail(tmp_path / "nothing.png", 64)

@@ -85,6 +85,18 @@ class TestAnsweringQueries:
         dids = [h.did for h in result.hits]
         assert sorted(dids) == ["p:1", "p:2", "p:3", "p:4", "p:5"]
 
+    def test_candidates_in_many_pools_still_fill_k_results(self, store, root, tmp_path, vlm):
+        # every candidate in four pools: the first 2k rows hold at most k/2 candidates
+        shared = [Candidate(f"c:{i}", Modality.TEXT, f"wool hat number {i}", None)
+                  for i in range(12)]  # fmt: skip
+        pools = {f"pool_{p}": shared for p in range(4)}
+        rows = index_rows(INDEXED["none"], pools, Provenance("none@abc"))
+        update_index(store, "none", rows, WordEncoder(), root, PLAN)
+        s = Searcher(INDEXED["none"], WordEncoder(), "none@abc", store, None, PLAN)
+        result = s.search(SearchQuery("wool hat"), k=8)
+        assert len({h.did for h in result.hits}) == len(result.hits) == 8
+        assert len(s.search(SearchQuery("wool hat"), k=50).hits) == 12  # the table ran out
+
     def test_a_pool_and_a_modality_narrow_the_candidates(self, store, root, tmp_path, vlm):
         s = searcher(store, root, tmp_path, vlm)
         union = s.search(SearchQuery("red wool hat"), k=10, pool="union_test_cand_pool")
