@@ -19,6 +19,7 @@ from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.assets.evaluation import build_evaluation_asset
 from rar_pipeline.defs.assets.index import build_index_assets
 from rar_pipeline.defs.assets.retrieval import CHECKPOINT_PREFIX, build_retrieval_assets
+from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
@@ -28,7 +29,10 @@ from rar_pipeline.defs.sensors import corpus_files_sensor
 def build_assets(
     vlm: VLMResource, retriever: RetrieverResource | None = None
 ) -> list[dg.AssetsDefinition]:
-    """Every asset of the graph for a VLM and a retriever, in declaration order."""
+    """Every asset of the graph for a VLM and a retriever, in declaration order.
+
+    Each carries its automation condition (`defs.automation`).
+    """
     retrieval = build_retrieval_assets(vlm, retriever or RetrieverResource())
     checkpoints = {
         a.key.path[-1].removeprefix(CHECKPOINT_PREFIX): a
@@ -38,16 +42,18 @@ def build_assets(
     versions = vlm.code_versions()
     model = {"vlm_backend": vlm.backend, "vlm_model": vlm.resolved_model_id()}
     indexes = build_index_assets(checkpoints, versions, f"{vlm.backend}/{model['vlm_model']}")
-    return [
-        demo_corpus,
-        candidate_pool,
-        queries,
-        *build_enhancement_assets(vlm),
-        *retrieval,
-        *indexes,
-        build_evaluation_asset(indexes, versions, model),
-        demo_caption_accuracy,
-    ]
+    return with_automation(
+        [
+            demo_corpus,
+            candidate_pool,
+            queries,
+            *build_enhancement_assets(vlm),
+            *retrieval,
+            *indexes,
+            build_evaluation_asset(indexes, versions, model),
+            demo_caption_accuracy,
+        ]
+    )
 
 
 def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions:

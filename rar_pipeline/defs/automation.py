@@ -1,0 +1,84 @@
+"""What runs by itself: the assets' declarative automation conditions, in one table.
+
+Nothing runs by itself until the automation sensor is on. `default_automation_condition_sensor`
+ships stopped; turn it on in the UI (Automation) or with
+`dagster sensor start default_automation_condition_sensor`. With it on:
+
+- `refresh` on corpus_captions, enhanced_corpus and enhanced_queries: a new or re-ingested
+  shard or task is enhanced and merged, and a prompt edit re-runs every partition of the
+  assets it changes (the cache recomputes only the items whose prompt changed).
+- `refresh` on every lancedb_index_*: new candidates are appended to each config's index,
+  embedded by its current checkpoint.
+- `refresh` on retrieval_eval: the evaluation follows the indexes.
+- `fit_once` on offline_captioner: fitted when missing or when its code changes, not on
+  every new shard (which would re-run every shard's captions).
+- nothing on training_pairs_* and retriever_checkpoint_*: retraining costs GPU hours, so
+  it shows as stale and waits for a person.
+- nothing on candidate_pool and queries: `corpus_files_sensor` registers new files as
+  partitions and ingests them.
+
+`refresh` is `AutomationCondition.eager()` that also fires on a code-version change (a
+prompt edit), so the asset's Automation tab says which of the two requested a partition.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import dagster as dg
+
+AC = dg.AutomationCondition
+
+
+def refresh() -> dg.AutomationCondition:
+    """Run when new, when an input updated, or when the code version changed."""
+    trigger = (
+        AC.newly_missing().with_label("newly missing")
+        | AC.any_deps_updated().with_label("an input updated")
+        | AC.code_version_changed().with_label("code version changed (a prompt edit?)")
+    )
+    return (
+        trigger.since_last_handled()
+        & ~AC.any_deps_missing()
+        & ~AC.any_deps_in_progress()
+        & ~AC.in_progress()
+    ).with_label("refresh")
+
+
+def fit_once() -> dg.AutomationCondition:
+    """Run when missing or when the code version changed, never because an input updated."""
+    trigger = AC.newly_missing() | AC.code_version_changed().with_label("code version changed")
+    return (
+        trigger.since_last_handled() & ~AC.any_deps_in_progress() & ~AC.in_progress()
+    ).with_label("fit once")
+
+
+# asset name (or name prefix ending in "_") -> its condition; absent: nothing automatic
+CONDITIONS: dict[str, Callable[[], dg.AutomationCondition]] = {
+    "offline_captioner": fit_once,
+    "corpus_captions": refresh,
+    "enhanced_corpus": refresh,
+    "enhanced_queries": refresh,
+    "lancedb_index_": refresh,
+    "retrieval_eval": refresh,
+}
+
+
+def condition_for(name: str) -> dg.AutomationCondition | None:
+    """The automation condition of the asset called `name` (None: nothing automatic)."""
+    for key, make in CONDITIONS.items():
+        if name == key or (key.endswith("_") and name.startswith(key)):
+            return make()
+    return None
+
+
+def with_automation(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+    """The assets with their conditions from `CONDITIONS` attached."""
+
+    def attach(spec: dg.AssetSpec) -> dg.AssetSpec:
+        condition = condition_for(spec.key.path[-1])
+        return (
+            spec if condition is None else spec.replace_attributes(automation_condition=condition)
+        )
+
+    return list(dg.map_asset_specs(attach, list(assets)))
