@@ -6,6 +6,7 @@ rar validate --data DIR         print the quarantine summary, write nothing
 rar report [--data DIR]         print the latest evaluation (table, json or markdown)
 rar search TEXT [--image PATH]  search a corpus' index with the pipeline's enhancement
 rar serve [--port N]            the search page on http://127.0.0.1:N
+rar sync-tracking               replay runs tracked while MLflow was unreachable
 """
 
 from __future__ import annotations
@@ -79,6 +80,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         group = command.add_argument_group("settings (flag, then environment, then default)")
         for setting in GRAPH_FLAGS:
             _add_setting(group, setting)
+
+    sync = sub.add_parser(
+        "sync-tracking",
+        help="replay into MLflow the runs journaled while it could not be reached",
+    )
+    _add_setting(sync, data)
+    _add_setting(sync, artifacts)
 
     compact = sub.add_parser(
         "compact-cache",
@@ -353,6 +361,23 @@ def format_result(result) -> str:  # noqa: ANN001 - a core.search.searcher.Searc
     return "\n".join(lines)
 
 
+def _sync_tracking(args: argparse.Namespace) -> int:
+    from rar_pipeline.defs.resources import resources_from_settings
+    from rar_pipeline.defs.resources.tracking_journal import pending, replay
+
+    mlflow = resources_from_settings(settings_from_args(args))["mlflow"]
+    journals = pending(Path(mlflow.journal_dir))
+    if not journals:
+        print(f"nothing to sync in {mlflow.journal_dir}")
+        return 0
+    # replaying must reach MLflow: no journal for the replay itself
+    store = type(mlflow)(**{**mlflow.model_dump(), "journal_dir": ""})
+    for folder in journals:
+        run_id = replay(folder, store)
+        print(f"{folder.name}: synced to {mlflow.tracking_uri} as run {run_id}")
+    return 0
+
+
 def _serve(args: argparse.Namespace, preload: str = "full") -> int:
     import uvicorn
 
@@ -382,6 +407,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _validate(args)
         if args.command == "compact-cache":
             return _compact(args)
+        if args.command == "sync-tracking":
+            return _sync_tracking(args)
         if args.command == "report":
             return _report(args)
         if args.command == "search":

@@ -127,6 +127,11 @@ class ArtifactLayout:
         return self.root / "checkpoints" / ".training" / config
 
     @property
+    def tracking_journal(self) -> Path:
+        """Runs tracked while MLflow could not be reached, until `rar sync-tracking`."""
+        return self.root / "tracking_journal"
+
+    @property
     def lancedb(self) -> Path:
         return self.root / "lancedb"
 

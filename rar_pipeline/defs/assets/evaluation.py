@@ -126,7 +126,9 @@ def _log_runs(
             if paths.evaluation_chart.is_file():
                 run.log_artifact(paths.evaluation_chart)
             run.log_artifact(paths.evaluation_report)
-            links[config.name] = run.run_url or run.run_id
+            links[config.name] = (
+                run.journal.note() if run.journal is not None else run.run_url or run.run_id
+            )
     return links
 
 

@@ -198,10 +198,10 @@ def _checkpoint_asset(
             run.log_artifacts(path, "checkpoint")
             run.log_dict({"rows": pairs_frame.head(50).to_dict("records")}, "pairs_sample.json")
             version = run.register_model(model, "checkpoint")
-        yield dg.MaterializeResult(
-            metadata=_checkpoint_metadata(manifest, path, model, version),
-            data_version=_checkpoint_version(manifest),
-        )
+        metadata = _checkpoint_metadata(manifest, path, model, version)
+        if run.journal is not None:
+            metadata["tracking"] = run.journal.note()
+        yield dg.MaterializeResult(metadata=metadata, data_version=_checkpoint_version(manifest))
 
     return retriever_checkpoint
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.resources.corpus import CorpusResource
 from rar_pipeline.defs.resources.fake_mlflow import FakeMlflow
@@ -49,6 +50,7 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
         "mlflow": MlflowResource(
             tracking_uri=settings.mlflow_tracking_uri,
             artifact_location=str(settings.mlflow_artifacts),
+            journal_dir=str(ArtifactLayout(settings.artifacts_dir).tracking_journal),
         ),
         "vlm": VLMResource.from_settings(settings),
         "retriever": RetrieverResource.from_settings(settings),

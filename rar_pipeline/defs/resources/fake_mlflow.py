@@ -57,6 +57,7 @@ class RecordedRun:
     files: dict[str, str] = field(default_factory=dict)  # log_artifact(s): path -> sha256
     status: str = "RUNNING"
     run_url: str | None = None
+    journal: Any = None  # the fake store is always reachable
     # The owning FakeMlflow's registry (shared by its runs).
     registry: dict[str, list[RecordedModelVersion]] = field(
         default_factory=dict, repr=False, compare=False

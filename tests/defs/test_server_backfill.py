@@ -1,0 +1,275 @@
+"""The prompt-edit backfill through the real webserver: `dagster dev` on 127.0.0.1, driven
+over GraphQL as the UI drives it.
+
+The graph is materialized on a small corpus; the corpus caption prompt is edited (through a
+prompt overlay the code location reads when it loads, so the repository's own source is
+never touched); the code location is reloaded; every partition's stale status is read; a
+partition backfill of the stale assets is launched and awaited; the materializations'
+metadata then shows that only captioned items went to the VLM and that the `none` and
+`query` configs were never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from tests.projects import PROJECT_VARS
+
+pytestmark = pytest.mark.slow
+
+PROJECT = Path(__file__).resolve().parents[2]
+LOCATION = "rar_pipeline"
+DEFS_UNDER_TEST = '''"""The project's definitions, with the prompt edits of prompt_overlay.json."""
+import dataclasses
+import json
+from pathlib import Path
+
+from rar_pipeline.core.enhance import prompts
+
+OVERLAY = Path(__file__).with_name("prompt_overlay.json")
+if OVERLAY.is_file():
+    for name, extra in json.loads(OVERLAY.read_text()).items():
+        spec = prompts.PROMPTS[name]
+        prompts.PROMPTS[name] = dataclasses.replace(spec, system=spec.system + extra)
+
+from rar_pipeline.definitions import build_definitions  # noqa: E402
+
+defs = build_definitions()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def default_signals() -> None:
+    """In the child: SIGINT and SIGTERM back to their defaults (a process started from a
+    non-interactive shell inherits them ignored, and then never stops)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+class GraphQL:
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def __call__(self, query: str, **variables) -> dict:
+        body = json.dumps({"query": query, "variables": variables}).encode()
+        request = urllib.request.Request(
+            f"{self.url}/graphql", data=body, headers={"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(request, timeout=120) as answer:
+            payload = json.loads(answer.read())
+        assert "errors" not in payload, payload["errors"]
+        return payload["data"]
+
+
+STALE = """
+query Stale($keys: [AssetKeyInput!]) {
+  assetNodes(assetKeys: $keys) {
+    assetKey { path }
+    isPartitioned
+    staleStatus
+    partitionKeysByDimension { partitionKeys }
+  }
+}"""
+STALE_BY_PARTITION = """
+query StaleByPartition($keys: [AssetKeyInput!], $partitions: [String!]) {
+  assetNodes(assetKeys: $keys) { staleStatusByPartition(partitions: $partitions) }
+}"""
+RELOAD = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) {
+    __typename
+    ... on WorkspaceLocationEntry { locationOrLoadError { __typename } }
+    ... on PythonError { message }
+  }
+}"""
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message stack }
+  }
+}"""
+BACKFILL_STATUS = """
+query BackfillStatus($id: String!) {
+  partitionBackfillOrError(backfillId: $id) {
+    ... on PartitionBackfill { status numCancelable }
+    ... on PythonError { message }
+  }
+}"""
+
+
+def stale_statuses(gql: GraphQL) -> dict[str, dict[str | None, str]]:
+    """Asset -> partition (None: unpartitioned) -> FRESH | STALE | MISSING."""
+    out: dict[str, dict[str | None, str]] = {}
+    for node in gql(STALE)["assetNodes"]:
+        key = node["assetKey"]["path"]
+        name = "/".join(key)
+        if not node["isPartitioned"]:
+            out[name] = {None: node["staleStatus"]}
+            continue
+        partitions = node["partitionKeysByDimension"][0]["partitionKeys"]
+        statuses = gql(STALE_BY_PARTITION, keys=[{"path": key}], partitions=partitions)
+        by_partition = statuses["assetNodes"][0]["staleStatusByPartition"]
+        out[name] = dict(zip(partitions, by_partition, strict=True))
+    return out
+
+
+def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict:
+    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    if partition is not None:
+        records = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),
+            limit=1,
+        ).records
+        event = records[0].event_log_entry if records else None
+    assert event is not None, (asset, partition)
+    meta = event.asset_materialization.metadata
+    return {k: getattr(v, "value", v) for k, v in meta.items()}
+
+
+def materialization_count(instance: dg.DagsterInstance, asset: str) -> int:
+    return len(instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records)
+
+
+@pytest.fixture
+def server_project(mini_corpus, tmp_path):
+    """A project folder, its instance (the committed dagster.yaml) and the graph run once."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(PROJECT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in PROJECT_VARS}
+    env |= {
+        "DAGSTER_HOME": str(home),
+        "RAR_PROJECT_DIR": str(tmp_path),
+        "RAR_DATA_ROOT": str(mini_corpus),
+        "RAR_EPOCHS": "2",
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+    }
+    (tmp_path / "defs_under_test.py").write_text(DEFS_UNDER_TEST)
+    (tmp_path / "workspace.yaml").write_text(
+        f"load_from:\n  - python_file:\n      relative_path: defs_under_test.py\n"
+        f"      location_name: {LOCATION}\n      working_directory: {tmp_path}\n"
+    )
+    subprocess.run(
+        [sys.executable, "-m", "rar_pipeline.cli", "run", "--data", str(mini_corpus)],
+        env=env, cwd=tmp_path, check=True, capture_output=True,
+    )  # fmt: skip
+    return tmp_path, env
+
+
+@pytest.fixture
+def dagster_dev(server_project):
+    folder, env = server_project
+    port = free_port()
+    log = open(folder / "dagster_dev.log", "wb")  # noqa: SIM115 - closed below
+    process = subprocess.Popen(
+        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p",
+         str(port), "-w", str(folder / "workspace.yaml")],
+        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
+        start_new_session=True, preexec_fn=default_signals,
+    )  # fmt: skip
+    gql = GraphQL(f"http://127.0.0.1:{port}")
+    try:
+        deadline = time.monotonic() + 240
+        while True:
+            try:
+                gql("{ version }")
+                nodes = gql(STALE)["assetNodes"]
+                if nodes:
+                    break
+            except (OSError, AssertionError):
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(
+                    "dagster dev did not come up:\n"
+                    + (folder / "dagster_dev.log").read_text()[-4000:]
+                )
+            time.sleep(1)
+        yield folder, gql
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            pytest.fail("dagster dev ignored SIGTERM")
+        finally:
+            log.close()
+    # the whole process group is gone: webserver, daemon, code servers, run workers
+    with pytest.raises(ProcessLookupError):
+        os.killpg(process.pid, 0)
+
+
+def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_corpus):
+    folder, gql = dagster_dev
+    before = stale_statuses(gql)
+    assert all(s == "FRESH" for parts in before.values() for s in parts.values()), before
+    instance = dg.DagsterInstance.from_config(str(folder / "dagster_home"))
+    untouched = ["enhanced_queries", "lancedb_index_none", "lancedb_index_query",
+                 "training_pairs_none", "retriever_checkpoint_none"]  # fmt: skip
+    counts = {asset: materialization_count(instance, asset) for asset in untouched}
+
+    # edit the corpus caption prompt, then reload the code location as the UI's button does
+    (folder / "prompt_overlay.json").write_text(json.dumps({"corpus_caption": " Name materials."}))
+    reloaded = gql(RELOAD, name=LOCATION)["reloadRepositoryLocation"]
+    assert reloaded["locationOrLoadError"]["__typename"] == "RepositoryLocation", reloaded
+
+    after = stale_statuses(gql)
+    shards = sorted(after["corpus_captions"])
+    assert set(after["corpus_captions"].values()) == {"STALE"}
+    assert set(after["enhanced_corpus"].values()) == {"STALE"}
+    assert set(after["enhanced_queries"].values()) == {"FRESH"}
+    for config in ("none", "query"):
+        assert after[f"lancedb_index_{config}"] == {None: "FRESH"}
+    for config in ("corpus", "full", "inference_only"):
+        assert after[f"lancedb_index_{config}"] == {None: "STALE"}
+
+    # a partition backfill of the stale partitioned assets, every partition
+    stale = [name for name, parts in after.items() if None not in parts
+             and "STALE" in parts.values()]  # fmt: skip
+    assert sorted(stale) == ["corpus_captions", "enhanced_corpus"]
+    launched = gql(
+        BACKFILL,
+        params={"assetSelection": [{"path": [a]} for a in stale], "allPartitions": True,
+                "title": "prompt edit: corpus_caption"},
+    )["launchPartitionBackfill"]  # fmt: skip
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    deadline = time.monotonic() + 420
+    while True:
+        status = gql(BACKFILL_STATUS, id=launched["backfillId"])["partitionBackfillOrError"]
+        if status.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED",
+                                     "COMPLETED_FAILED"):  # fmt: skip
+            break
+        assert time.monotonic() < deadline, f"backfill still {status}"
+        time.sleep(2)
+    assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+
+    # only the captioned items went to the VLM: every image item again, nothing from cache
+    for shard in shards:
+        meta = latest_metadata(instance, "corpus_captions", shard)
+        images = meta["items"] - meta["items_by_type"].get("text", 0)
+        assert meta["backend_calls"] == images and meta["cache_hits"] == 0, (shard, meta)
+    final = stale_statuses(gql)
+    assert set(final["corpus_captions"].values()) == {"FRESH"}
+    # the none and query configs, and the queries, were never recomputed
+    assert {a: materialization_count(instance, a) for a in untouched} == counts
