@@ -19,6 +19,7 @@ from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.assets.evaluation import build_evaluation_asset
 from rar_pipeline.defs.assets.index import build_index_assets
 from rar_pipeline.defs.assets.retrieval import CHECKPOINT_PREFIX, build_retrieval_assets
+from rar_pipeline.defs.automation import SENSORS as AUTOMATION_SENSORS
 from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
@@ -63,7 +64,7 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     return dg.Definitions(
         assets=build_assets(vlm, resources.get("retriever")),
         jobs=JOBS,
-        sensors=[corpus_files_sensor],
+        sensors=[corpus_files_sensor, *AUTOMATION_SENSORS],
         schedules=[nightly_pool_revalidation],
         resources=resources,
     )

@@ -1,8 +1,9 @@
 """What runs by itself: the assets' declarative automation conditions, in one table.
 
-Nothing runs by itself until the automation sensor is on. `default_automation_condition_sensor`
-ships stopped; turn it on in the UI (Automation) or with
-`dagster sensor start default_automation_condition_sensor`. With it on:
+Nothing runs by itself until the automation sensors are on. Both ship stopped; turn them
+on in the UI (Automation) or with `dagster sensor start automation_enhancement` and
+`dagster sensor start automation_index`. Their runs carry the `rar/workload` tag the
+instance's concurrency limits read (vlm and index). With them on:
 
 - `refresh` on corpus_captions, enhanced_corpus and enhanced_queries: a new or re-ingested
   shard or task is enhanced and merged, and a prompt edit re-runs every partition of the
@@ -26,6 +27,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import dagster as dg
+
+from rar_pipeline.defs.jobs import INDEX_RUN, VLM_RUN
 
 AC = dg.AutomationCondition
 
@@ -82,3 +85,22 @@ def with_automation(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetsDefi
         )
 
     return list(dg.map_asset_specs(attach, list(assets)))
+
+
+# Two sensors instead of Dagster's default one, so that their runs carry the workload tag
+# the instance limits (dagster_home/dagster.yaml): VLM-heavy runs apart from index runs.
+automation_enhancement = dg.AutomationConditionSensorDefinition(
+    "automation_enhancement",
+    target=dg.AssetSelection.groups("enhancement"),
+    run_tags=VLM_RUN,
+    description="Evaluates the enhancement assets' automation conditions (captions, merges, "
+    "query rewrites); its runs are tagged rar/workload=vlm.",
+)
+automation_index = dg.AutomationConditionSensorDefinition(
+    "automation_index",
+    target=dg.AssetSelection.groups("index", "evaluation"),
+    run_tags=INDEX_RUN,
+    description="Evaluates the index and evaluation assets' automation conditions; its runs "
+    "are tagged rar/workload=index.",
+)
+SENSORS = [automation_enhancement, automation_index]

@@ -67,7 +67,11 @@ def test_the_automation_sensor_and_every_other_sensor_ship_stopped():
     )
     sensors = defs.get_repository_def().sensor_defs
     automation = [s for s in sensors if isinstance(s, dg.AutomationConditionSensorDefinition)]
-    assert [s.name for s in automation] == ["default_automation_condition_sensor"]
+    assert sorted(s.name for s in automation) == ["automation_enhancement", "automation_index"]
+    assert {s.name: s.run_tags for s in automation} == {
+        "automation_enhancement": {"rar/workload": "vlm"},
+        "automation_index": {"rar/workload": "index"},
+    }
     assert all(s.default_status == dg.DefaultSensorStatus.STOPPED for s in sensors)
     schedules = defs.get_repository_def().schedule_defs
     assert all(s.default_status == dg.DefaultScheduleStatus.STOPPED for s in schedules)
