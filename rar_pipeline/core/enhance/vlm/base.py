@@ -90,11 +90,36 @@ class VLM(Protocol):
         ...
 
 
-def load_image(path: Path, max_side: int = MAX_IMAGE_SIDE) -> Any:
-    """Open an image as RGB, shrunk so its longer side is at most `max_side`."""
+def open_bounded(path: Path) -> Any:
+    """`PIL.Image.open` that refuses more pixels than corpus validation allows.
+
+    The size comes from the header: a decompression bomb is refused before any pixel is
+    decoded.
+
+    Raises:
+        ValueError: more than `ImageCheck.max_pixels` pixels.
+    """
     from PIL import Image
 
-    with Image.open(path) as im:
+    from rar_pipeline.core.corpus.images import ImageCheck
+
+    image = Image.open(path)
+    width, height = image.size
+    if width * height > ImageCheck.max_pixels:
+        image.close()
+        raise ValueError(
+            f"{path}: image too large: {width}x{height} pixels > {ImageCheck.max_pixels}"
+        )
+    return image
+
+
+def load_image(path: Path, max_side: int = MAX_IMAGE_SIDE) -> Any:
+    """Open an image as RGB, shrunk so its longer side is at most `max_side`.
+
+    Raises:
+        ValueError: the image has more pixels than corpus validation allows.
+    """
+    with open_bounded(path) as im:
         image = im.convert("RGB")
     if max(image.size) > max_side:
         image.thumbnail((max_side, max_side))
@@ -103,9 +128,7 @@ def load_image(path: Path, max_side: int = MAX_IMAGE_SIDE) -> Any:
 
 def image_data_url(path: Path, max_side: int = MAX_IMAGE_SIDE) -> str:
     """The image as a `data:` URL (PNG/JPEG kept as is when small enough, else re-encoded)."""
-    from PIL import Image
-
-    with Image.open(path) as im:
+    with open_bounded(path) as im:
         small = max(im.size) <= max_side
         fmt = (im.format or "").upper()
     if small and fmt in {"PNG", "JPEG"}:
