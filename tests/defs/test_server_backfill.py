@@ -215,15 +215,26 @@ def dagster_dev(server_project):
             pytest.fail("dagster dev ignored SIGTERM")
         finally:
             log.close()
-    # the whole process group is gone: webserver, daemon, code servers, run workers
-    with pytest.raises(ProcessLookupError):
-        os.killpg(process.pid, 0)
+    # the whole process group goes: webserver, daemon, code servers, run workers
+    deadline = time.monotonic() + 60
+    while group_alive(process.pid):
+        assert time.monotonic() < deadline, "dagster dev left processes behind"
+        time.sleep(0.5)
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_corpus):
     folder, gql = dagster_dev
     before = stale_statuses(gql)
-    assert all(s == "FRESH" for parts in before.values() for s in parts.values()), before
+    materialized = {a: p for a, p in before.items() if not a.startswith("demo_")}
+    assert all(s == "FRESH" for p in materialized.values() for s in p.values()), before
     instance = dg.DagsterInstance.from_config(str(folder / "dagster_home"))
     untouched = ["enhanced_queries", "lancedb_index_none", "lancedb_index_query",
                  "training_pairs_none", "retriever_checkpoint_none"]  # fmt: skip

@@ -92,16 +92,14 @@ def test_a_store_that_stops_answering_part_way_moves_the_rest_of_the_run(
     from mlflow.tracking import MlflowClient as Client
 
     tracker = store(tmp_path, journal_dir=str(tmp_path / "journal"))
-    real = Client.log_metric
-    calls = {"n": 0}
+    real = Client.log_batch
 
-    def flaky(self, run_id, key, value, step=0, **kw):
-        calls["n"] += 1
-        if calls["n"] > 2:  # the server went down after two steps
+    def flaky(self, run_id, metrics=(), **kw):
+        if metrics:  # the server went down once the params were in
             raise ConnectionError("Connection refused")
-        return real(self, run_id, key, value, step=step, **kw)
+        return real(self, run_id, metrics=metrics, **kw)
 
-    monkeypatch.setattr(Client, "log_metric", flaky)
+    monkeypatch.setattr(Client, "log_batch", flaky)
     with tracker.start_run("train-demo-full") as run:
         track(run, checkpoint)
     monkeypatch.undo()

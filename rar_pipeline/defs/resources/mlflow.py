@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import posixpath
 import re
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -163,6 +164,9 @@ def unreachable(exc: BaseException) -> bool:
     return False
 
 
+METRIC_BATCH = 500  # metrics per log_batch request (MLflow takes at most 1000)
+
+
 class _MlflowRun:
     """A run in MLflow that moves to a local journal if the store stops answering."""
 
@@ -180,9 +184,15 @@ class _MlflowRun:
         self._artifact_uri = artifact_uri
         self._open_journal = open_journal  # reason -> JournalRun; None: never journal
         self.journal: Any = None  # the JournalRun the rest of the run went to, if any
+        self._metrics: list[tuple[str, float, int, int]] = []  # (key, value, step, ms)
 
     def _call(self, name: str, direct: Any, *args: Any, **kwargs: Any) -> Any:
-        """`direct()` against MLflow; once MLflow is unreachable, the journal instead."""
+        """`direct()` against MLflow; once MLflow is unreachable, the journal instead.
+
+        Buffered metrics go first, so that calls reach the store in the order made.
+        """
+        if name != "log_metric_batch":
+            self._flush_metrics()
         if self.journal is None:
             try:
                 return direct()
@@ -200,11 +210,29 @@ class _MlflowRun:
         self._call("log_params", direct, params)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        def direct() -> None:
-            for key, value in metrics.items():
-                self._client.log_metric(self.run_id, key, float(value), step=step or 0)
+        """Buffer metrics; they go `METRIC_BATCH` to a request, and before any other call.
 
-        self._call("log_metrics", direct, metrics, step)
+        One request per metric would cost a store round trip for every training step.
+        """
+        stamp = int(time.time() * 1000)
+        for key, value in metrics.items():
+            check_name(key)
+            self._metrics.append((key, float(value), step or 0, stamp))
+        if len(self._metrics) >= METRIC_BATCH:
+            self._flush_metrics()
+
+    def _flush_metrics(self) -> None:
+        if not self._metrics:
+            return
+        batch, self._metrics = self._metrics, []
+
+        def direct() -> None:
+            from mlflow.entities import Metric
+
+            metrics = [Metric(k, v, stamp, step) for k, v, step, stamp in batch]
+            self._client.log_batch(self.run_id, metrics=metrics)
+
+        self._call("log_metric_batch", direct, batch)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         def direct() -> None:

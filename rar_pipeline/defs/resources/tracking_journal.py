@@ -90,6 +90,11 @@ class JournalRun:
             check_name(key)
         self._append("log_metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step)
 
+    def log_metric_batch(self, batch: list[tuple[str, float, int, int]]) -> None:
+        """Metrics an MLflow run had buffered when the store stopped answering."""
+        for key, value, step, _ in batch:
+            self.log_metrics({key: value}, step=step)
+
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
         self._append("log_dict", data=dict(data), artifact_file=artifact_file)
 
