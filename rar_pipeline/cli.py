@@ -196,6 +196,11 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     print(f"  runs:        recorded in {instance.root_directory}")
     print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
     paths = ArtifactLayout(settings.artifacts_dir)
+    if result.blocked:
+        reasons = sorted(set(result.blocked.values()))
+        print(f"\n{len(result.blocked)} asset partitions were not run: " + "; ".join(reasons))
+        print("  fix the data (or raise the check's threshold) and run again")
+        return 1
     if any(s.asset == "retrieval_eval" for s in result.steps):
         print("\n" + _report_text(paths, "table"))
         print(f"  chart:       {paths.evaluation_chart}")

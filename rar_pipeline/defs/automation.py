@@ -19,7 +19,8 @@ instance's concurrency limits read (vlm and index). With them on:
   partitions and ingests them.
 
 `refresh` is `AutomationCondition.eager()` that also fires on a code-version change (a
-prompt edit), so the asset's Automation tab says which of the two requested a partition.
+prompt edit), so the asset's Automation tab says which of the two requested a partition;
+like `rar run`, it waits while a blocking check upstream has failed (`defs/checks.py`).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ def refresh() -> dg.AutomationCondition:
         & ~AC.any_deps_missing()
         & ~AC.any_deps_in_progress()
         & ~AC.in_progress()
+        & AC.all_deps_blocking_checks_passed().with_label("no failed blocking check upstream")
     ).with_label("refresh")
 
 

@@ -18,6 +18,7 @@ import dagster as dg
 
 from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, discover
 from rar_pipeline.core.settings import Settings
+from rar_pipeline.defs.checks import BLOCKING
 from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -105,6 +106,47 @@ def stages(assets: Sequence[dg.AssetsDefinition], *, demo: bool) -> list[tuple[s
     return order
 
 
+def upstream(assets: Sequence[dg.AssetsDefinition]) -> dict[str, tuple[set[str], str | None]]:
+    """Each asset's direct upstream assets and its partitions definition's name."""
+    out = {}
+    for asset in assets:
+        for spec in asset.specs:
+            partitions = getattr(asset.partitions_def, "name", None)
+            out[spec.key.to_user_string()] = (
+                {d.asset_key.to_user_string() for d in spec.deps},
+                partitions,
+            )
+    return out
+
+
+class Blocked:
+    """Asset partitions a failed blocking check stopped, and everything downstream of them.
+
+    Downstream of X[p]: the same partition of an asset partitioned like X, and every
+    partition of any other asset that reads X (an index reads every shard).
+    """
+
+    def __init__(self, assets: Sequence[dg.AssetsDefinition]) -> None:
+        self.graph = upstream(assets)
+        self.why: dict[tuple[str, str | None], str] = {}
+
+    def add(self, asset: str, partition: str | None, reason: str) -> None:
+        self.why[(asset, partition)] = reason
+
+    def reason(self, asset: str, partition: str | None) -> str | None:
+        """Why (asset, partition) must not run now, or None."""
+        deps, partitions = self.graph.get(asset, (set(), None))
+        for (dep, dep_partition), why in self.why.items():
+            if dep not in deps:
+                continue
+            same_partitioning = (
+                partitions is not None and self.graph.get(dep, (set(), None))[1] == partitions
+            )
+            if not same_partitioning or dep_partition == partition:
+                return why
+        return None
+
+
 class StepFailed(RuntimeError):
     """A step's run failed; the message says which step and why."""
 
@@ -133,9 +175,10 @@ class StepResult:
 
 @dataclass
 class PipelineResult:
-    """Everything one `run_pipeline` call materialized."""
+    """Everything one `run_pipeline` call materialized, and what blocking checks stopped."""
 
     steps: list[StepResult] = field(default_factory=list)
+    blocked: dict[str, str] = field(default_factory=dict)  # "asset[partition]" -> why
 
 
 def get_instance(settings: Settings) -> dg.DagsterInstance:
@@ -175,8 +218,8 @@ def materialize_step(
         tags=_launch_tags(),
         raise_on_error=False,
     )
-    if not result.success:
-        failures = result.get_step_failure_events()
+    failures = result.get_step_failure_events()
+    if not result.success and not _blocked_by_checks(failures):
         error = failures[0].step_failure_data.error if failures else None
         # the user-facing cause, not Dagster's wrapper around it
         while error is not None and error.cause is not None:
@@ -194,6 +237,18 @@ def materialize_step(
         seconds=time.perf_counter() - started,
         metadata=_plain_metadata(dict(events[-1].metadata)) if events else {},
         failed_checks=[c.check_name for c in checks if not c.passed],
+    )
+
+
+def _blocked_by_checks(failures: Sequence[Any]) -> bool:
+    """Whether the step failed only because a blocking check failed.
+
+    Its output was written and its checks say why; what is downstream must wait.
+    """
+    return bool(failures) and all(
+        f.step_failure_data.error is not None
+        and f.step_failure_data.error.cls_name == "DagsterAssetCheckFailedError"
+        for f in failures
     )
 
 
@@ -222,11 +277,18 @@ def run_pipeline(
         The steps with their metadata.
     """
     out = PipelineResult()
+    blocked = Blocked(assets)
     stale = fail_stale_runs(instance)
     if stale:
         echo(f"marked {len(stale)} run(s) failed that a killed rar process left STARTED")
 
     def step(asset: str, partition: str | None, run_config: dict[str, Any] | None = None) -> None:
+        label = f"{asset}[{partition}]" if partition else asset
+        if (why := blocked.reason(asset, partition)) is not None:
+            blocked.add(asset, partition, why)  # and so is what reads it
+            out.blocked[label] = why
+            echo(f"  {label:<58} not run: {why}")
+            return
         res = materialize_step(
             asset,
             partition,
@@ -237,7 +299,8 @@ def run_pipeline(
         )
         out.steps.append(res)
         md = res.metadata
-        label = f"{asset}[{partition}]" if partition else asset
+        if failed := sorted(set(res.failed_checks) & BLOCKING):
+            blocked.add(asset, partition, f"blocked by {label}'s {', '.join(failed)} check")
         if "backend_calls" in md:
             detail = (
                 f"{md['items']} items, {md['backend_calls']} backend calls, "
@@ -268,7 +331,10 @@ def run_pipeline(
             detail = f"{md['caption_accuracy_n']} photos, {md['caption_accuracy_all']:.0%} right"
         else:
             detail = ", ".join(f"{k}={md[k]}" for k in ("products", "rebuilt") if k in md)
-        warn = "".join(f"  [check warning: {name}]" for name in res.failed_checks)
+        warn = "".join(
+            f"  [{'blocking check failed' if name in BLOCKING else 'check warning'}: {name}]"
+            for name in res.failed_checks
+        )
         echo(f"  {label:<58} {detail}  ({res.seconds:.1f}s){warn}")
 
     if build_demo is not None:

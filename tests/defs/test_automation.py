@@ -26,9 +26,31 @@ def graph() -> dg.Definitions:
     )
 
 
-def materialized(instance: dg.DagsterInstance, asset: str, *partitions: str | None) -> None:
+# the blocking checks each asset's materialization evaluates (defs/checks.py)
+BLOCKING_CHECKS = {"candidate_pool": "quarantine_ceiling", "queries": "quarantine_ceiling",
+                   "corpus_captions": "caption_coverage",
+                   **{f"training_pairs_{c}": "no_test_leakage"
+                      for c in ("none", "corpus", "query", "full")}}  # fmt: skip
+
+
+def materialized(
+    instance: dg.DagsterInstance, asset: str, *partitions: str | None, checks_pass: bool = True
+) -> None:
+    """Record materializations, with their blocking checks' results, as a run would.
+
+    (Runless check results can be recorded once per partition: later ones are left out.)
+    """
+    checked = instance.__dict__.setdefault("_checked", set())
     for partition in partitions or (None,):
         instance.report_runless_asset_event(dg.AssetMaterialization(asset, partition=partition))
+        if asset in BLOCKING_CHECKS and (asset, partition) not in checked:
+            checked.add((asset, partition))
+            instance.report_runless_asset_event(
+                dg.AssetCheckEvaluation(
+                    dg.AssetKey(asset), BLOCKING_CHECKS[asset], passed=checks_pass,
+                    blocking=True, partition=partition,
+                )
+            )  # fmt: skip
 
 
 def requested(result) -> dict[str, set[str | None]]:
@@ -150,3 +172,16 @@ def test_a_retrained_checkpoint_refreshes_its_indexes_and_the_evaluation(instanc
         "lancedb_index_inference_only": {None},  # the none retriever over full's texts
         "retrieval_eval": {None},
     }
+
+
+def test_a_failed_blocking_check_stops_the_flow_until_it_passes(instance):
+    defs = graph()
+    cursor = settle(defs, instance)
+    instance.add_dynamic_partitions("pool_shards", ["bad_cand_pool"])
+    materialized(instance, "candidate_pool", "bad_cand_pool")
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=cursor)
+    assert requested(result)["corpus_captions"] == {"bad_cand_pool"}
+    # the VLM was down: the shard's captions fail caption_coverage
+    materialized(instance, "corpus_captions", "bad_cand_pool", checks_pass=False)
+    result = dg.evaluate_automation_conditions(defs=defs, instance=instance, cursor=result.cursor)
+    assert "enhanced_corpus" not in requested(result)

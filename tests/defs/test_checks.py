@@ -9,12 +9,20 @@ import pytest
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.checks import (
+    BLOCKING,
+    CAPTION_COVERAGE,
     FAILURE_RATE,
+    QUARANTINE_CEILING,
     QUARANTINE_RATE,
+    caption_coverage_result,
+    caption_coverage_spec,
     failure_rate_result,
     failure_rate_spec,
+    no_test_leakage_result,
+    quarantine_ceiling_result,
     quarantine_rate_result,
     quarantine_rate_spec,
+    recall_floor_result,
 )
 from rar_pipeline.defs.resources import VLMResource
 
@@ -101,8 +109,11 @@ def test_the_quarantine_spec_names_the_asset_it_checks():
 
 
 @pytest.mark.parametrize("asset", [candidate_pool, queries])
-def test_both_corpus_assets_carry_their_own_quarantine_check(asset):
-    assert asset.check_keys == {dg.AssetCheckKey(asset.key, QUARANTINE_RATE)}
+def test_both_corpus_assets_carry_their_own_quarantine_checks(asset):
+    assert asset.check_keys == {
+        dg.AssetCheckKey(asset.key, QUARANTINE_RATE),
+        dg.AssetCheckKey(asset.key, QUARANTINE_CEILING),
+    }
 
 
 # ---------------------------------------------------------------------------
@@ -151,6 +162,45 @@ def test_both_vlm_assets_carry_their_own_failure_check():
         if asset.check_keys
     }
     assert checked == {
-        name: {dg.AssetCheckKey(dg.AssetKey(name), FAILURE_RATE)}
-        for name in ("corpus_captions", "enhanced_queries")
+        "corpus_captions": {
+            dg.AssetCheckKey(dg.AssetKey("corpus_captions"), FAILURE_RATE),
+            dg.AssetCheckKey(dg.AssetKey("corpus_captions"), CAPTION_COVERAGE),
+        },
+        "enhanced_queries": {dg.AssetCheckKey(dg.AssetKey("enhanced_queries"), FAILURE_RATE)},
     }
+
+
+# ---------------------------------------------------------------------------
+# blocking checks: they fail with ERROR severity and stop what is downstream
+
+
+def test_blocking_checks_are_declared_blocking():
+    assert caption_coverage_spec("corpus_captions").blocking
+    assert BLOCKING == {"quarantine_ceiling", "caption_coverage", "no_test_leakage"}
+
+
+def test_a_mostly_quarantined_file_is_blocked_above_the_ceiling():
+    assert quarantine_ceiling_result(_summary(8, 10), 0.9).passed
+    blocked = quarantine_ceiling_result(_summary(19, 20), 0.9)
+    assert not blocked.passed and blocked.severity == dg.AssetCheckSeverity.ERROR
+
+
+@pytest.mark.parametrize(("captioned", "images", "passed"),
+                         [(5, 10, True), (4, 10, False), (0, 0, True)])  # fmt: skip
+def test_caption_coverage_blocks_a_shard_left_mostly_uncaptioned(captioned, images, passed):
+    result = caption_coverage_result(captioned, images, 0.5)
+    assert result.passed is passed and result.severity == dg.AssetCheckSeverity.ERROR
+
+
+def test_leakage_fails_on_any_leak_and_shows_examples():
+    clean = {"test_split_pairs": [], "test_only_positives": []}
+    assert no_test_leakage_result(clean).passed
+    leaked = no_test_leakage_result({"test_split_pairs": [], "test_only_positives": ["d1"]})
+    assert not leaked.passed
+    assert _values(leaked)["test_only_positives"] == 1
+
+
+def test_the_recall_floor_names_the_configs_under_it():
+    result = recall_floor_result({"none": 0.8, "full": 0.01}, 0.05)
+    assert not result.passed and _values(result)["under_the_floor"] == "full"
+    assert recall_floor_result({"none": 0.8}, 0.05).passed

@@ -54,3 +54,39 @@ def test_demo_stages_build_the_corpus_first_and_score_captions_last():
 def test_a_real_vlm_graph_has_no_offline_captioner_stage():
     order = [name for name, _ in stages(build_assets(VLMResource(backend="openai")), demo=False)]
     assert "offline_captioner" not in order and "corpus_captions" in order
+
+
+def test_a_failed_blocking_check_stops_what_is_downstream_and_only_that(mini_corpus, tmp_path):
+    """mbeir_mini_task0_cand_pool is 78% quarantined: under a 50% ceiling it is blocked."""
+    from rar_pipeline.core.settings import load_settings
+    from rar_pipeline.defs.launch import Blocked, run_pipeline
+    from rar_pipeline.defs.resources import FakeMlflow, FakeVectorStore, FakeVLMResource
+
+    corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"),
+                            block_quarantine_rate=0.5)  # fmt: skip
+    vlm = FakeVLMResource()
+    with dg.instance_for_test() as instance:
+        result = run_pipeline(
+            load_settings(data_root=mini_corpus, artifacts_dir=tmp_path / "out"),
+            resources={
+                "corpus": corpus,
+                "vlm": vlm,
+                "lancedb": FakeVectorStore(),
+                "mlflow": FakeMlflow(),
+                "retriever": None,
+            },  # fmt: skip
+            assets=build_assets(vlm),
+            instance=instance,
+        )
+    bad = "mbeir_mini_task0_cand_pool"
+    why = f"blocked by candidate_pool[{bad}]'s quarantine_ceiling check"
+    ran = {(s.asset, s.partition) for s in result.steps}
+    # every shard was ingested; the bad one's captions never ran, the good ones' did
+    assert {("candidate_pool", p) for p in discover(mini_corpus).pools} <= ran
+    assert result.blocked[f"corpus_captions[{bad}]"] == why
+    assert ("corpus_captions", "mbeir_mini_task6_cand_pool") in ran
+    # queries are validated against every shard, so they wait too, and all that follows
+    assert result.blocked["queries[mbeir_mini_task0]"] == why
+    assert "retrieval_eval" in result.blocked and not any(s.asset == "retrieval_eval" for s in
+                                                          result.steps)  # fmt: skip
+    assert Blocked(build_assets(vlm)).reason("candidate_pool", bad) is None

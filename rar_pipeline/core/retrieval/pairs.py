@@ -169,6 +169,48 @@ def test_only_candidates(queries: Sequence[Query]) -> set[str]:
     return {d for q in queries if q.split == "test" for d in q.pos_cand_list} - learned
 
 
+def pair_leaks(
+    pairs: pd.DataFrame, candidates: pd.DataFrame, queries: Sequence[Query]
+) -> dict[str, list[str]]:
+    """What of the test split reached a config's training pairs (nothing, when sound).
+
+    Checked independently of how the pairs were built: a pair from a test query (by
+    split; or a test query's task, image and qid, or task, image and own text: a pair's
+    text is the config's representation, so an enhanced one is matched by qid), a
+    positive or a hard negative that only test queries label.
+
+    Args:
+        pairs: the config's pairs (`PAIR_COLUMNS`).
+        candidates: its candidates table (`CANDIDATE_COLUMNS`, with `test_only`).
+        queries: every ingested query, every split.
+
+    Returns:
+        kind -> offending ids (qids, or dids), each list empty when nothing leaked.
+    """
+    tests = [q for q in queries if q.split == "test"]
+    by_text = {(q.task_id, q.txt or "", q.img_path or "") for q in tests}
+    # a qid recurs across splits with other content (M-BEIR does this): only an image
+    # query's qid and image together say it is the same query
+    by_qid = {(q.task_id, q.qid, q.img_path) for q in tests if q.img_path}
+    test_only = set(candidates.loc[candidates["test_only"].astype(bool), "did"]) | (
+        test_only_candidates(queries)
+    )
+    images = pairs["query_img_path"].fillna("").tolist()
+    tasks, qids, texts = pairs["task_id"].tolist(), pairs["qid"].tolist(), pairs["query_txt"]
+    texts = texts.fillna("").tolist()
+    same = [
+        qid
+        for task, qid, text, image in zip(tasks, qids, texts, images, strict=True)
+        if (task, text, image) in by_text or (task, qid, image) in by_qid
+    ]
+    return {
+        "test_split_pairs": sorted(set(pairs.loc[~pairs["split"].isin(["train", "val"]), "qid"])),
+        "test_query_content": sorted(set(same)),
+        "test_only_positives": sorted(set(pairs["did"]) & test_only),
+        "test_only_negatives": sorted({d for negs in pairs["neg_dids"] for d in negs} & test_only),
+    }
+
+
 def query_text(config: AblationConfig, txt: str | None, enhanced: str | None) -> str | None:
     """A query's text as `config` sees it (its own text when it has no enhanced one)."""
     if config.enhanced_queries and enhanced:

@@ -12,7 +12,12 @@ from rar_pipeline.core.corpus.ingest import (
     ingest_queries,
     known_candidate_ids,
 )
-from rar_pipeline.defs.checks import quarantine_rate_result, quarantine_rate_spec
+from rar_pipeline.defs.checks import (
+    quarantine_ceiling_result,
+    quarantine_ceiling_spec,
+    quarantine_rate_result,
+    quarantine_rate_spec,
+)
 from rar_pipeline.defs.io import clip, markdown_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource
@@ -73,7 +78,8 @@ def _ingested(
         check_results=[
             quarantine_rate_result(
                 report.summary, corpus.max_quarantine_rate, partition=context.partition_key
-            )
+            ),
+            quarantine_ceiling_result(report.summary, corpus.block_quarantine_rate),
         ],
     )
 
@@ -113,7 +119,7 @@ def _warn_findings(context: dg.AssetExecutionContext, report: IngestReport) -> N
     partitions_def=pool_shards,
     group_name="corpus",
     code_version=READER_VERSION,
-    check_specs=[quarantine_rate_spec("candidate_pool")],
+    check_specs=[quarantine_rate_spec("candidate_pool"), quarantine_ceiling_spec("candidate_pool")],
     kinds={"parquet"},
 )
 def candidate_pool(
@@ -135,7 +141,7 @@ def candidate_pool(
     group_name="corpus",
     code_version=READER_VERSION,
     deps=[dg.AssetDep(candidate_pool, partition_mapping=dg.AllPartitionMapping())],
-    check_specs=[quarantine_rate_spec("queries")],
+    check_specs=[quarantine_rate_spec("queries"), quarantine_ceiling_spec("queries")],
     kinds={"parquet"},
 )
 def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:

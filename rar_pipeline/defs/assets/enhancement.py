@@ -22,7 +22,12 @@ from rar_pipeline.core.enhance.perception import Perceiver
 from rar_pipeline.core.enhance.steps import caption_candidates, fit_captioner, rewrite_queries
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
-from rar_pipeline.defs.checks import failure_rate_result, failure_rate_spec
+from rar_pipeline.defs.checks import (
+    caption_coverage_result,
+    caption_coverage_spec,
+    failure_rate_result,
+    failure_rate_spec,
+)
 from rar_pipeline.defs.io import data_version, progress_bar, read_input, read_records, samples_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
@@ -132,7 +137,10 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         group_name=GROUP,
         code_version=versions["corpus_captions"],
         deps=[candidate_pool, *captioner],
-        check_specs=[failure_rate_spec("corpus_captions")],
+        check_specs=[
+            failure_rate_spec("corpus_captions"),
+            caption_coverage_spec("corpus_captions"),
+        ],
         kinds={"parquet"},
     )
     def corpus_captions(
@@ -143,10 +151,14 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         cands = read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
         backend, result = _run_step(caption_candidates, cands, corpus, vlm, f"captions {shard}")
         path = write_parquet(result.frame, paths.captions(shard))
+        images = result.frame[result.frame["item_type"] != "text"]
+        coverage = caption_coverage_result(
+            int(images["caption"].notna().sum()), len(images), vlm.min_caption_coverage
+        )
         return dg.MaterializeResult(
             metadata=_enhanced(context, backend, result.stats, path, result.samples),
             data_version=data_version(result.frame, "caption"),
-            check_results=[_failure_check(result.stats, vlm)],
+            check_results=[_failure_check(result.stats, vlm), coverage],
         )
 
     @dg.asset(

@@ -24,6 +24,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
+from rar_pipeline.defs.checks import recall_floor_result, recall_floor_spec
 from rar_pipeline.defs.io import progress_bar, read_input, require_input
 from rar_pipeline.defs.resources import (
     CorpusResource,
@@ -43,6 +44,12 @@ class EvalConfig(dg.Config):
         default="local",
         description="local: each task's queries against the task's own pool (UniIR's local "
         "setting); global: against the union pool; both.",
+    )
+    recall_floor: float = Field(
+        default=0.05,
+        description="The recall_floor check fails when a config's macro Recall@5 (over the "
+        "tasks, in the first setting) is under this: an index embedded by the wrong model, "
+        "a broken checkpoint.",
     )
 
 
@@ -150,6 +157,7 @@ def build_evaluation_asset(
             dg.AssetDep("enhanced_queries", partition_mapping=all_partitions),
         ],
         kinds={"lancedb", "mlflow"},
+        check_specs=[recall_floor_spec("retrieval_eval")],
     )
     def retrieval_eval(
         context: dg.AssetExecutionContext,
@@ -210,6 +218,14 @@ def build_evaluation_asset(
         for r in _task_level(evaluation.rows):
             if r["setting"] == settings[0] and r["config"] in ("none", "full", "inference-only"):
                 metadata[f"{r['task']} {r['config']} R@5"] = round(r["recall_at_5"], 4)
-        return dg.MaterializeResult(metadata=metadata)
+        level = [r for r in _task_level(evaluation.rows) if r["setting"] == settings[0]]
+        macro = {
+            c: sum(r["recall_at_5"] for r in rows) / len(rows)
+            for c in INDEXED
+            if (rows := [r for r in level if r["config"] == c])
+        }
+        return dg.MaterializeResult(
+            metadata=metadata, check_results=[recall_floor_result(macro, config.recall_floor)]
+        )
 
     return retrieval_eval

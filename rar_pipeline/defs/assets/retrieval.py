@@ -24,10 +24,12 @@ from rar_pipeline.core.retrieval.pairs import (
     PAIRS_VERSION,
     AblationConfig,
     build_pairs,
+    pair_leaks,
     represent_candidates,
 )
 from rar_pipeline.core.retrieval.steps import fit_retriever, reusable_checkpoint
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
+from rar_pipeline.defs.checks import no_test_leakage_result, no_test_leakage_spec
 from rar_pipeline.defs.io import (
     markdown_table,
     read_input,
@@ -67,6 +69,7 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
         deps=deps,
         kinds={"parquet"},
         tags={"rar/config": config.name},
+        check_specs=[no_test_leakage_spec(f"training_pairs_{config.name}")],
     )
     def training_pairs(
         context: dg.AssetExecutionContext, corpus: CorpusResource
@@ -88,7 +91,8 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
                 "candidates": len(table),
                 "path": dg.MetadataValue.path(str(path)),
                 "samples": samples_table(list(samples)),
-            }
+            },
+            check_results=[no_test_leakage_result(pair_leaks(pairs.frame, table, qs))],
         )
 
     return training_pairs

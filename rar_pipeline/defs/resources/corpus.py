@@ -23,6 +23,9 @@ class CorpusResource(dg.ConfigurableResource):
         image_check: how hard validation looks at images: decode | header | exists | off.
         max_pixels: images larger than this are quarantined.
         max_quarantine_rate: the quarantine-rate asset checks warn above this share.
+        block_quarantine_rate: above this share a shard or task is blocked (its
+            quarantine_ceiling check fails and its downstream does not run): a file that
+            is mostly bad is likely the wrong file, or in the wrong format.
     """
 
     data_root: str
@@ -30,6 +33,7 @@ class CorpusResource(dg.ConfigurableResource):
     image_check: str = ImageCheckLevel.DECODE.value
     max_pixels: int = ImageCheck.max_pixels
     max_quarantine_rate: float = 0.05
+    block_quarantine_rate: float = 0.9
 
     @property
     def root(self) -> Path:

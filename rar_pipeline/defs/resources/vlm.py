@@ -34,7 +34,8 @@ class VLMResource(dg.ConfigurableResource):
 
     Run options (see `core.enhance.engine.EnhanceOptions`): temperature, seed, batch_size,
     max_attempts, hallucination_policy, query_type_overrides; and max_failure_rate, above
-    which the failure-rate asset checks warn.
+    which the failure-rate asset checks warn, and min_caption_coverage, below which a
+    shard's captions block its downstream (a VLM outage must not flow into training).
     """
 
     backend: str = DEFAULTS.backend
@@ -64,6 +65,7 @@ class VLMResource(dg.ConfigurableResource):
     hallucination_policy: str = DEFAULT_OPTIONS.guard.value
     query_type_overrides: dict[str, str] = {}
     max_failure_rate: float = 0.02
+    min_caption_coverage: float = 0.5
 
     @classmethod
     def from_settings(cls, settings: Settings) -> VLMResource:

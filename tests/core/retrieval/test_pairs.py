@@ -6,7 +6,13 @@ import pandas as pd
 import pytest
 
 from rar_pipeline.core.corpus.records import Candidate, Modality, Query
-from rar_pipeline.core.retrieval.pairs import CONFIGS, PAIR_COLUMNS, build_pairs
+from rar_pipeline.core.retrieval.pairs import (
+    CONFIGS,
+    PAIR_COLUMNS,
+    build_pairs,
+    pair_leaks,
+    represent_candidates,
+)
 
 CANDIDATES = {
     "c1": Candidate("c1", Modality.IMAGE, None, "img/1.png"),
@@ -110,3 +116,39 @@ def test_an_enhanced_side_without_its_texts_is_refused():
         build_pairs(CONFIGS["corpus"], QUERIES, CANDIDATES, ENHANCED_QUERIES, None)
     with pytest.raises(ValueError, match="enhanced queries"):
         build_pairs(CONFIGS["query"], QUERIES, CANDIDATES, None, ENHANCED_CORPUS)
+
+
+def _candidates_table(name: str) -> pd.DataFrame:
+    pools = {"pool": list(CANDIDATES.values())}
+    return represent_candidates(CONFIGS[name], pools, QUERIES, ENHANCED_CORPUS)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_leak_audit_finds_nothing_in_pairs_built_as_they_are(name):
+    frame = _pairs(name, val_fraction=0.5)
+    assert not any(pair_leaks(frame, _candidates_table(name), QUERIES).values())
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_the_leak_audit_finds_each_kind_of_leak(name):
+    clean, table = _pairs(name), _candidates_table(name)
+    row = clean.iloc[0].to_dict()
+    test_query = {**row, "qid": "q3", "split": "train", "query_txt": "a test question?"}
+    test_as_test = {**row, "qid": "qx", "split": "test"}
+    test_positive = {**row, "did": "t1"}
+    test_negative = {**row, "neg_dids": ["t1"]}
+    leaked = pd.concat(
+        [clean, pd.DataFrame([test_query, test_as_test, test_positive, test_negative])],
+        ignore_index=True,
+    )
+    leaks = pair_leaks(leaked, table, QUERIES)
+    assert leaks["test_split_pairs"] == ["qx"]
+    assert "q3" in leaks["test_query_content"]
+    assert leaks["test_only_positives"] == ["t1"] and leaks["test_only_negatives"] == ["t1"]
+
+
+def test_a_qid_reused_across_splits_with_other_content_is_no_leak():
+    # M-BEIR reuses qids across splits: same qid, other text, no image
+    queries = [*QUERIES, _query("q2", "test", ["c3"], txt="another question?", img=None)]
+    frame = _pairs("none", queries=queries)
+    assert not any(pair_leaks(frame, _candidates_table("none"), queries).values())
