@@ -99,6 +99,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_setting(validate, data, required=True)
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
     _add_setting(validate, BY_NAME["image_check"])
+    _add_setting(validate, BY_NAME["strict_paths"])
     validate.add_argument(
         "--show", type=int, default=20, help="how many quarantined rows to list (default 20)"
     )
@@ -216,7 +217,10 @@ def _validate(args: argparse.Namespace) -> int:
     reports = validate_corpus(
         layout,
         tasks=args.tasks,
-        image_check=ImageCheck(level=ImageCheckLevel(settings.image_check)),
+        image_check=ImageCheck(
+            level=ImageCheckLevel(settings.image_check),
+            strict_paths=settings.strict_paths == "on",
+        ),
         progress=sys.stderr.isatty(),
     )
     # instruction lines are shared by every task: count them once

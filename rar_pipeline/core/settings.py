@@ -86,6 +86,12 @@ SETTINGS: tuple[Setting, ...] = (
         choices=tuple(level.value for level in ImageCheckLevel),
     ),
     Setting(
+        "strict_paths", "RAR_STRICT_PATHS", "--strict-paths", "off",
+        "on: resolve symlinks in paths from data files and page requests, refusing any "
+        "whose real file is outside the data root (for roots others can write to)",
+        choices=("off", "on"),
+    ),
+    Setting(
         "vlm_backend", "RAR_VLM_BACKEND", "--vlm-backend", DEFAULTS.backend,
         "which VLM enhances items: " + " | ".join(BACKENDS), choices=BACKENDS,
     ),
@@ -188,6 +194,7 @@ class Settings:
     data_root: Path
     artifacts_dir: Path
     image_check: str
+    strict_paths: str
     vlm_backend: str
     vlm_model: str
     vlm_base_url: str

@@ -37,6 +37,7 @@ class Searchers:
         corpus, vlm = resources["corpus"], resources["vlm"]
         self.paths = corpus.artifacts()
         self.data_root: Path = corpus.root
+        self.strict_paths: bool = corpus.strict_paths
         self.store = resources["lancedb"]
         self.retriever = resources["retriever"]
         self.plan = plan

@@ -139,7 +139,11 @@ class SearchApp:
 
     async def data_media(self, request: Request) -> Response:
         try:
-            path = resolve_in_root(self.searchers.data_root, request.path_params["path"])
+            path = resolve_in_root(
+                self.searchers.data_root,
+                request.path_params["path"],
+                strict=self.searchers.strict_paths,
+            )
         except ValueError:
             return PlainTextResponse("outside the data root", status_code=404)
         return await self.run(thumbnail_response, path)

@@ -111,7 +111,7 @@ class ItemFields:
         if any(ord(ch) < 32 or ord(ch) == 127 for ch in img_path):
             raise RowError(Reason.BAD_PATH, f"image path {img_path!r} has control characters")
         try:
-            path = resolve_in_root(root, img_path)
+            path = resolve_in_root(root, img_path, strict=image_check.strict_paths)
         except ValueError as exc:
             raise RowError(Reason.PATH_ESCAPES_ROOT, str(exc)) from None
         problem = check_image(path, image_check)

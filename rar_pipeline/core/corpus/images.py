@@ -31,10 +31,13 @@ class ImageCheck:
         level: how deep to look (see `ImageCheckLevel`).
         max_pixels: width * height above which an image is refused (decompression bombs,
             or images no VLM should be handed whole).
+        strict_paths: resolve symlinks too: an image path whose real file is outside the
+            data root is refused (`mbeir.resolve_in_root(strict=True)`).
     """
 
     level: ImageCheckLevel = ImageCheckLevel.DECODE
     max_pixels: int = 40_000_000
+    strict_paths: bool = False
 
 
 def check_image(path: Path, check: ImageCheck) -> tuple[str, str] | None:

@@ -157,12 +157,14 @@ def discover(root: str | os.PathLike[str]) -> CorpusLayout:
     )
 
 
-def resolve_in_root(root: Path, rel_path: str) -> Path:
+def resolve_in_root(root: Path, rel_path: str, *, strict: bool = False) -> Path:
     """Join a path from a data file to the data root, refusing any that leave it.
 
     The check is lexical: absolute paths and `..` that climb above the root are refused.
     Symlinks placed inside the root by whoever set it up (an image folder on another disk,
-    say) are followed, since they are not data-file content.
+    say) are followed, since they are not data-file content. With `strict`, symlinks are
+    resolved too and the real file must lie inside the real root (for roots that
+    untrusted people can write to).
 
     Raises:
         ValueError: if the path is absolute or escapes the root.
@@ -174,7 +176,10 @@ def resolve_in_root(root: Path, rel_path: str) -> Path:
     normalized = os.path.normpath(rel_path)
     if normalized == ".." or normalized.startswith(".." + os.sep) or normalized == ".":
         raise ValueError(f"image path {rel_path!r} leaves the data root")
-    return root / normalized
+    path = root / normalized
+    if strict and not path.resolve().is_relative_to(Path(root).resolve()):
+        raise ValueError(f"image path {rel_path!r} leaves the data root through a symlink")
+    return path
 
 
 # ---------------------------------------------------------------------------

@@ -45,6 +45,7 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             data_root=str(settings.data_root),
             artifacts_dir=str(settings.artifacts_dir),
             image_check=settings.image_check,
+            strict_paths=settings.strict_paths == "on",
         ),
         "lancedb": LanceDBResource(uri=settings.lancedb_uri),
         "mlflow": MlflowResource(

@@ -23,6 +23,9 @@ class CorpusResource(dg.ConfigurableResource):
         image_check: how hard validation looks at images: decode | header | exists | off.
         max_pixels: images larger than this are quarantined.
         max_quarantine_rate: the quarantine-rate asset checks warn above this share.
+        strict_paths: resolve symlinks in paths from data files and requests: a path whose
+            real file is outside the data root is quarantined (ingest) or refused (the
+            search page). For data roots untrusted people can write to.
         block_quarantine_rate: above this share a shard or task is blocked (its
             quarantine_ceiling check fails and its downstream does not run): a file that
             is mostly bad is likely the wrong file, or in the wrong format.
@@ -33,6 +36,7 @@ class CorpusResource(dg.ConfigurableResource):
     image_check: str = ImageCheckLevel.DECODE.value
     max_pixels: int = ImageCheck.max_pixels
     max_quarantine_rate: float = 0.05
+    strict_paths: bool = False
     block_quarantine_rate: float = 0.9
 
     @property
@@ -51,4 +55,8 @@ class CorpusResource(dg.ConfigurableResource):
         return ArtifactLayout(Path(self.artifacts_dir))
 
     def image_policy(self) -> ImageCheck:
-        return ImageCheck(level=ImageCheckLevel(self.image_check), max_pixels=self.max_pixels)
+        return ImageCheck(
+            level=ImageCheckLevel(self.image_check),
+            max_pixels=self.max_pixels,
+            strict_paths=self.strict_paths,
+        )
