@@ -36,9 +36,8 @@ from tests.defs.test_server_backfill import (  # noqa: E402
     LOCATION,
     RELOAD,
     GraphQL,
-    default_signals,
-    free_port,
 )
+from tests.servers import default_signals, free_port  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 

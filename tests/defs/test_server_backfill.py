@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ import dagster as dg
 import pytest
 
 from tests.projects import PROJECT_VARS
+from tests.servers import free_port, server_process
 
 pytestmark = pytest.mark.slow
 
@@ -48,19 +47,6 @@ from rar_pipeline.definitions import build_definitions  # noqa: E402
 
 defs = build_definitions()
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def default_signals() -> None:
-    """In the child: SIGINT and SIGTERM back to their defaults (a process started from a
-    non-interactive shell inherits them ignored, and then never stops)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 class GraphQL:
@@ -178,56 +164,15 @@ def server_project(mini_corpus, tmp_path):
 
 @pytest.fixture
 def dagster_dev(server_project):
+    """`dagster dev` on a free port of 127.0.0.1, stopped with its whole process group."""
     folder, env = server_project
     port = free_port()
-    log = open(folder / "dagster_dev.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1", "-p",
-         str(port), "-w", str(folder / "workspace.yaml")],
-        env=env, cwd=folder, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True, preexec_fn=default_signals,
-    )  # fmt: skip
     gql = GraphQL(f"http://127.0.0.1:{port}")
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            try:
-                gql("{ version }")
-                nodes = gql(STALE)["assetNodes"]
-                if nodes:
-                    break
-            except (OSError, AssertionError):
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(
-                    "dagster dev did not come up:\n"
-                    + (folder / "dagster_dev.log").read_text()[-4000:]
-                )
-            time.sleep(1)
+    command = [str(Path(sys.executable).with_name("dagster")), "dev", "-h", "127.0.0.1",
+               "-p", str(port), "-w", str(folder / "workspace.yaml")]  # fmt: skip
+    with server_process(command, lambda: bool(gql(STALE)["assetNodes"]), env=env,
+                        log=folder / "dagster_dev.log", cwd=folder):  # fmt: skip
         yield folder, gql
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-            pytest.fail("dagster dev ignored SIGTERM")
-        finally:
-            log.close()
-    # the whole process group goes: webserver, daemon, code servers, run workers
-    deadline = time.monotonic() + 60
-    while group_alive(process.pid):
-        assert time.monotonic() < deadline, "dagster dev left processes behind"
-        time.sleep(0.5)
-
-
-def group_alive(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_corpus):

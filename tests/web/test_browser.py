@@ -10,11 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +19,7 @@ import pytest
 from rar_pipeline.core.evaluation.evaluate import load_test_queries
 from rar_pipeline.core.layout import ArtifactLayout
 from tests.projects import PROJECT_VARS
+from tests.servers import free_port, server_process
 
 
 def chromium() -> str:
@@ -34,12 +31,6 @@ def chromium() -> str:
     pytest.skip("no chromium binary: apt-get install -y chromium to run the browser test")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def server(demo_project, tmp_path):
     """`rar serve` on a free port, in its own session, stopped with its process group."""
@@ -47,33 +38,15 @@ def server(demo_project, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in PROJECT_VARS}
     env |= {"RAR_PROJECT_DIR": str(demo_project.root), "HF_HUB_OFFLINE": "1",
             "DAGSTER_HOME": str(demo_project.root / "dagster_home")}  # fmt: skip
-    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rar_pipeline.cli", "serve", "--port", str(port)],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    try:
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    pytest.fail("rar serve did not start:\n" + (tmp_path / "serve.log").read_text())
-                time.sleep(0.5)
+
+    def ready() -> bool:
+        with urllib.request.urlopen(f"{url}/healthz", timeout=2) as answer:
+            return answer.status == 200
+
+    command = [sys.executable, "-m", "rar_pipeline.cli", "serve", "--port", str(port)]
+    with server_process(command, ready, env=env, log=tmp_path / "serve.log", start_timeout=180):
         yield url
-    finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        log.close()
 
 
 def test_a_question_about_an_uploaded_photo_finds_its_answer(demo_project, server, tmp_path):
