@@ -19,7 +19,7 @@ from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.options import TrainOptions
 from rar_pipeline.core.retrieval.train import Observer
-from rar_pipeline.defs.resources.mlflow import RunLogger
+from rar_pipeline.defs.resources.tracking_rules import RunLogger
 
 
 def require_input(path: Path, what: str) -> Path:

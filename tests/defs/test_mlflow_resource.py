@@ -18,7 +18,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from rar_pipeline.defs.resources.fake_mlflow import FakeMlflow
-from rar_pipeline.defs.resources.mlflow import MlflowResource, registered_model_name
+from rar_pipeline.defs.resources.mlflow import MlflowResource
+from rar_pipeline.defs.resources.tracking_rules import registered_model_name
 
 
 def _sha(data: bytes) -> str:

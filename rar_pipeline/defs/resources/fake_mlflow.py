@@ -18,7 +18,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from rar_pipeline.core.files import file_hash
-from rar_pipeline.defs.resources.mlflow import (
+from rar_pipeline.defs.resources.tracking_rules import (
     RunLogger,
     artifact_join,
     check_artifact_path,

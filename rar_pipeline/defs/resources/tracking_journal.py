@@ -20,7 +20,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rar_pipeline.defs.resources.mlflow import (
+from rar_pipeline.defs.resources.tracking_rules import (
     check_artifact_path,
     check_local_dir,
     check_local_file,
