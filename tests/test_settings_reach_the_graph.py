@@ -39,6 +39,7 @@ WHERE = {
     "data_root": (None, lambda s, r: r["corpus"].data_root),  # the required --data
     "artifacts_dir": ("out", lambda s, r: Path(r["corpus"].artifacts_dir).name),
     "image_check": ("exists", lambda s, r: r["corpus"].image_check),
+    "strict_paths": ("on", lambda s, r: "on" if r["corpus"].strict_paths else "off"),
     "vlm_backend": ("openai", lambda s, r: r["vlm"].backend),
     "vlm_model": ("org/model", lambda s, r: r["vlm"].model_id),
     "vlm_base_url": ("http://127.0.0.1:9/v1", lambda s, r: r["vlm"].base_url),
@@ -83,7 +84,7 @@ def test_the_environment_variable_reaches_the_graph(setting, captured, mini_corp
 )
 def test_a_flag_beats_the_environment(setting, captured, mini_corpus, monkeypatch):
     value, where = WHERE[setting.name]
-    other = {"exists": "header", "openai": "vllm", "drop": "strip", "7.5": "9.0"}
+    other = {"exists": "header", "openai": "vllm", "drop": "strip", "7.5": "9.0", "on": "off"}
     monkeypatch.setenv(setting.env, other.get(value, value + "-from-env"))
     assert main(["run", "--data", str(mini_corpus), setting.flag, value]) == 0
     assert where(captured["settings"], captured["resources"]) == value
