@@ -62,16 +62,19 @@ def test_pool_partition_keeps_good_rows_and_quarantines_bad_ones(mini_corpus, tm
     assert len(rows) == 14
     assert {"source", "line", "row_id", "reason", "detail", "raw"} <= set(rows[0])
 
-    (check,) = result.get_asset_check_evaluations()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    check = checks["quarantine_rate"]
     assert not check.passed  # 14 of 18 rows is far above the 5% default
     assert check.severity == dg.AssetCheckSeverity.WARN
+    assert checks["quarantine_ceiling"].passed  # blocking is opt-in (ceiling 1.0)
 
 
 def test_quarantine_check_passes_on_a_clean_shard(mini_corpus, tmp_path, instance):
     corpus = _corpus(mini_corpus, tmp_path)
     register_corpus_partitions(instance, discover(mini_corpus))
     result = _run("candidate_pool", "mbeir_mini_task6_cand_pool", corpus, instance)
-    (check,) = result.get_asset_check_evaluations()
+    checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
+    check = checks["quarantine_rate"]
     assert check.passed and check.metadata["quarantined"].value == 0
 
 

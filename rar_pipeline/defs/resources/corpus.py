@@ -28,7 +28,9 @@ class CorpusResource(dg.ConfigurableResource):
             search page). For data roots untrusted people can write to.
         block_quarantine_rate: above this share a shard or task is blocked (its
             quarantine_ceiling check fails and its downstream does not run): a file that
-            is mostly bad is likely the wrong file, or in the wrong format.
+            is mostly bad is likely the wrong file, or in the wrong format. Off (1.0) by
+            default, since bad rows must never stop a whole run unless you ask; what reads
+            every shard (queries, training pairs, indexes) waits for a blocked one.
     """
 
     data_root: str
@@ -37,7 +39,7 @@ class CorpusResource(dg.ConfigurableResource):
     max_pixels: int = ImageCheck.max_pixels
     max_quarantine_rate: float = 0.05
     strict_paths: bool = False
-    block_quarantine_rate: float = 0.9
+    block_quarantine_rate: float = 1.0
 
     @property
     def root(self) -> Path:
