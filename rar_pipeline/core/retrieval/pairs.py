@@ -174,10 +174,12 @@ def pair_leaks(
 ) -> dict[str, list[str]]:
     """What of the test split reached a config's training pairs (nothing, when sound).
 
-    Checked independently of how the pairs were built: a pair from a test query (by
-    split; or a test query's task, image and qid, or task, image and own text: a pair's
-    text is the config's representation, so an enhanced one is matched by qid), a
-    positive or a hard negative that only test queries label.
+    Checked independently of how the pairs were built: a pair from the test split, a pair
+    whose task, text and image are a test query's (a pair's text is the config's
+    representation, so for configs that enhance queries this catches the text-only
+    ones), a positive or a hard negative that only test queries label. A train query
+    that shares a test query's qid or image with other words is no leak: M-BEIR reuses
+    qids across splits, and images across queries.
 
     Args:
         pairs: the config's pairs (`PAIR_COLUMNS`).
@@ -189,9 +191,6 @@ def pair_leaks(
     """
     tests = [q for q in queries if q.split == "test"]
     by_text = {(q.task_id, q.txt or "", q.img_path or "") for q in tests}
-    # a qid recurs across splits with other content (M-BEIR does this): only an image
-    # query's qid and image together say it is the same query
-    by_qid = {(q.task_id, q.qid, q.img_path) for q in tests if q.img_path}
     test_only = set(candidates.loc[candidates["test_only"].astype(bool), "did"]) | (
         test_only_candidates(queries)
     )
@@ -201,7 +200,7 @@ def pair_leaks(
     same = [
         qid
         for task, qid, text, image in zip(tasks, qids, texts, images, strict=True)
-        if (task, text, image) in by_text or (task, qid, image) in by_qid
+        if (task, text, image) in by_text
     ]
     return {
         "test_split_pairs": sorted(set(pairs.loc[~pairs["split"].isin(["train", "val"]), "qid"])),
