@@ -338,36 +338,8 @@ def _search(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(result.as_dict(), indent=2))
         return 0
-    print(format_result(result))
+    print(result.as_text())
     return 0
-
-
-def format_result(result) -> str:  # noqa: ANN001 - a core.search.searcher.SearchResult
-    """A search result as `rar search` prints it: the query as enhanced, then the hits."""
-    q = result.query
-    calls = "no VLM call" if not result.vlm_calls else f"{result.vlm_calls:g} VLM calls"
-    timing = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.seconds.items())
-    lines = [
-        f"query:     {q.text or ''}" + (f"  [image {q.image}]" if q.image else ""),
-        f"type:      {result.query_type} (enhancement: {result.enhancement}, {calls})",
-        f"searched:  {result.searched_text or '(the image alone)'}",
-        f"config:    {result.config} (retriever {result.retriever}), "
-        + ("hybrid (dense + full text, RRF)" if result.hybrid else "dense"),
-        f"time:      {timing}",
-        *(f"warning:   {w}" for w in result.warnings),
-        "",
-        f"{'rank':>4}  {'did':<14} {'score':>7}  {'modality':<10}  {'text':<60}  image",
-    ]
-    for h in result.hits:
-        snippet = " ".join((h.text or h.txt or "").split())
-        snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
-        lines.append(
-            f"{h.rank:>4}  {h.did:<14} {h.score:>7.4f}  {h.modality:<10}  {snippet:<60}  "
-            f"{h.img_path or '-'}"
-        )
-    if not result.hits:
-        lines.append("  (no results)")
-    return "\n".join(lines)
 
 
 def _sync_tracking(args: argparse.Namespace) -> int:

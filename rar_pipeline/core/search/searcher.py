@@ -98,6 +98,33 @@ class SearchResult:
             "hits": [asdict(h) for h in self.hits],
         }
 
+    def as_text(self) -> str:
+        """The result as `rar search` prints it: the query as enhanced, then the hits."""
+        q = self.query
+        calls = "no VLM call" if not self.vlm_calls else f"{self.vlm_calls:g} VLM calls"
+        timing = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in self.seconds.items())
+        lines = [
+            f"query:     {q.text or ''}" + (f"  [image {q.image}]" if q.image else ""),
+            f"type:      {self.query_type} (enhancement: {self.enhancement}, {calls})",
+            f"searched:  {self.searched_text or '(the image alone)'}",
+            f"config:    {self.config} (retriever {self.retriever}), "
+            + ("hybrid (dense + full text, RRF)" if self.hybrid else "dense"),
+            f"time:      {timing}",
+            *(f"warning:   {w}" for w in self.warnings),
+            "",
+            f"{'rank':>4}  {'did':<14} {'score':>7}  {'modality':<10}  {'text':<60}  image",
+        ]
+        for h in self.hits:
+            snippet = " ".join((h.text or h.txt or "").split())
+            snippet = snippet if len(snippet) <= 60 else snippet[:57] + "..."
+            lines.append(
+                f"{h.rank:>4}  {h.did:<14} {h.score:>7.4f}  {h.modality:<10}  {snippet:<60}  "
+                f"{h.img_path or '-'}"
+            )
+        if not self.hits:
+            lines.append("  (no results)")
+        return "\n".join(lines)
+
 
 class Searcher:
     """Answers queries with one config's retriever over its index table.
