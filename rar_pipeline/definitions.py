@@ -21,6 +21,7 @@ from rar_pipeline.defs.assets.index import build_index_assets
 from rar_pipeline.defs.assets.retrieval import CHECKPOINT_PREFIX, build_retrieval_assets
 from rar_pipeline.defs.automation import SENSORS as AUTOMATION_SENSORS
 from rar_pipeline.defs.automation import with_automation
+from rar_pipeline.defs.drift import build_drift_sensor, current_version_checks
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
@@ -61,10 +62,12 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     """The project's definitions; `resources` replaces the settings-derived real ones."""
     resources = resources if resources is not None else resources_from_settings(load_settings())
     vlm = resources.get("vlm") or VLMResource()
+    assets = build_assets(vlm, resources.get("retriever"))
     return dg.Definitions(
-        assets=build_assets(vlm, resources.get("retriever")),
+        assets=assets,
+        asset_checks=current_version_checks(assets),
         jobs=JOBS,
-        sensors=[corpus_files_sensor, *AUTOMATION_SENSORS],
+        sensors=[corpus_files_sensor, *AUTOMATION_SENSORS, build_drift_sensor(assets)],
         schedules=[nightly_pool_revalidation],
         resources=resources,
     )

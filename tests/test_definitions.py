@@ -114,8 +114,9 @@ def test_nightly_schedule_revalidates_every_registered_shard():
     with dg.instance_for_test() as instance:
         instance.add_dynamic_partitions("pool_shards", ["a_cand_pool", "b_cand_pool"])
         when = datetime.datetime(2026, 11, 27, 3, tzinfo=datetime.UTC)
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=when)
-        requests = nightly_pool_revalidation(context)
+        # as a context manager, so the instance it enters is left again
+        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as ctx:
+            requests = nightly_pool_revalidation(ctx)
     assert sorted(r.partition_key for r in requests) == ["a_cand_pool", "b_cand_pool"]
     assert all(r.run_key.endswith("2026-11-27T03:00:00+00:00") for r in requests)
     assert defs.resolve_schedule_def("nightly_pool_revalidation").job_name == "ingest_pools"

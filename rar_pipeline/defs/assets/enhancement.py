@@ -19,6 +19,7 @@ from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceStats
 from rar_pipeline.core.enhance.merge import merge_corpus
 from rar_pipeline.core.enhance.perception import Perceiver
+from rar_pipeline.core.enhance.prompts import Side, routed_prompts
 from rar_pipeline.core.enhance.steps import caption_candidates, fit_captioner, rewrite_queries
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
@@ -28,6 +29,7 @@ from rar_pipeline.defs.checks import (
     failure_rate_result,
     failure_rate_spec,
 )
+from rar_pipeline.defs.drift import prompt_metadata
 from rar_pipeline.defs.io import data_version, progress_bar, read_input, read_records, samples_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
@@ -65,12 +67,14 @@ def _enhanced(
     stats: EnhanceStats,
     path: Path,
     samples: list[tuple[str, Any, Any]],
+    side: Side,
 ) -> dict[str, Any]:
     """Metadata every VLM-backed asset reports; failures are logged as a warning."""
     if stats.failures:
         context.log.warning(f"{stats.failures} items failed: {dict(stats.failure_reasons)}")
     return {
         **stats.as_metadata(),
+        **prompt_metadata(routed_prompts(side)),
         "backend": backend.backend,
         "model_id": backend.model_id,
         "path": dg.MetadataValue.path(str(path)),
@@ -156,7 +160,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             int(images["caption"].notna().sum()), len(images), vlm.min_caption_coverage
         )
         return dg.MaterializeResult(
-            metadata=_enhanced(context, backend, result.stats, path, result.samples),
+            metadata=_enhanced(context, backend, result.stats, path, result.samples, "corpus"),
             data_version=data_version(result.frame, "caption"),
             check_results=[_failure_check(result.stats, vlm), coverage],
         )
@@ -180,6 +184,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         return dg.MaterializeResult(
             metadata={
                 "dagster/row_count": len(merged.frame),
+                **prompt_metadata(routed_prompts("corpus")),
                 "items_by_type": dict(merged.items_by_type),
                 "without_enhanced_text": merged.without_enhanced_txt,
                 "guard_policy": vlm.hallucination_policy,
@@ -210,7 +215,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         path = write_parquet(merged.frame, paths.enhanced_queries(task))
         return dg.MaterializeResult(
             metadata={
-                **_enhanced(context, backend, result.stats, path, merged.samples),
+                **_enhanced(context, backend, result.stats, path, merged.samples, "query"),
                 "dagster/row_count": len(merged.frame),
                 "query_type_override": vlm.query_type_overrides.get(task, ""),
                 "guard_policy": vlm.hallucination_policy,
