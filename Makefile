@@ -6,6 +6,8 @@ STAMP := $(VENV)/.installed
 export DAGSTER_HOME := $(CURDIR)/dagster_home
 PORT ?= 3000
 MLFLOW_PORT ?= 5000
+# pytest-xdist workers for `make test` (each takes up to ~2.5 GB; 2 on the 2-core reference machine)
+TEST_WORKERS ?= 2
 
 .PHONY: demo test fmt ui mlflow-ui search-ui bench clean-demo install
 
@@ -22,7 +24,7 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check rar_pipeline tests benchmarks
 	$(BIN)/ruff format --check rar_pipeline tests benchmarks
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix rar_pipeline tests benchmarks

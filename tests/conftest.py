@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import shutil
 import socket
 from contextlib import redirect_stdout
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from filelock import FileLock
 
 from tests.projects import TINY_DEMO, point_at_project
 
@@ -78,12 +80,9 @@ class DemoProject:
         return self.root / "artifacts" / "demo"
 
 
-@pytest.fixture(scope="session")
-def demo_project(tmp_path_factory: pytest.TempPathFactory) -> DemoProject:
-    """A project after a tiny `rar demo`, run once per session (tests only read it)."""
+def _run_tiny_demo(root: Path) -> DemoProject:
     from rar_pipeline.cli import main
 
-    root = tmp_path_factory.mktemp("demo_project")
     out = io.StringIO()
     with pytest.MonkeyPatch.context() as patch, redirect_stdout(out):
         point_at_project(patch, root)
@@ -91,3 +90,23 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory) -> DemoProject:
         patch.setenv("TRANSFORMERS_OFFLINE", "1")
         code = main(TINY_DEMO)
     return DemoProject(root, code, out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> DemoProject:
+    """A project after a tiny `rar demo`, run once per session (tests only read it).
+
+    Under pytest-xdist the workers share one: the first builds it under the session's
+    temp folder while the others wait on a lock (xdist's recipe for once-only fixtures).
+    """
+    if worker_id == "master":
+        return _run_tiny_demo(tmp_path_factory.mktemp("demo_project"))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, common to its workers
+    root, done = shared / "demo_project", shared / "demo_project.json"
+    with FileLock(str(shared / "demo_project.lock")):
+        if not done.is_file():
+            root.mkdir()
+            project = _run_tiny_demo(root)
+            done.write_text(json.dumps({"exit_code": project.exit_code, "output": project.output}))
+    built = json.loads(done.read_text())
+    return DemoProject(root, built["exit_code"], built["output"])

@@ -194,6 +194,7 @@ def build_drift_sensor(assets: Sequence[dg.AssetsDefinition]) -> dg.SensorDefini
     job = dg.define_asset_job(
         DRIFT_JOB,
         selection=dg.AssetSelection.checks(*check_keys(covered)),
+        executor_def=dg.in_process_executor,  # event-log reads: a process per check costs more
         description="Check that every asset partition was built by the current code version.",
     )
 

@@ -6,7 +6,10 @@ prompt overlay the code location reads when it loads, so the repository's own so
 never touched); the code location is reloaded; every partition's stale status is read; a
 partition backfill of the stale assets is launched and awaited; the materializations'
 metadata then shows that only captioned items went to the VLM and that the `none` and
-`query` configs were never recomputed.
+`query` configs were never recomputed. On the way, the `current_version` checks, run by
+`code_version_drift_sensor` after the reload, fail on exactly what the edit made outdated
+and pass again once it is backfilled; a browser takes the README's screenshots of what the
+UI shows then (tests/browser.py).
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from rar_pipeline.defs.drift import CURRENT_VERSION
+from tests.browser import browser_page, chromium, screenshot
 from tests.projects import PROJECT_VARS
 from tests.servers import free_port, server_process
 
@@ -131,6 +136,64 @@ def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | N
     return {k: getattr(v, "value", v) for k, v in meta.items()}
 
 
+def await_drift_check(
+    instance: dg.DagsterInstance, asset: str, *, passed: bool, timeout: float = 240
+) -> tuple[str, dict]:
+    """Wait until `asset`'s latest current_version check has `passed`; its run and metadata."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), CURRENT_VERSION)
+    deadline = time.monotonic() + timeout
+    while True:
+        record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
+        evaluation = (
+            record.event.dagster_event.event_specific_data if record and record.event else None
+        )
+        if isinstance(evaluation, dg.AssetCheckEvaluation) and evaluation.passed == passed:
+            return record.run_id, {
+                k: getattr(v, "value", v) for k, v in evaluation.metadata.items()
+            }
+        assert time.monotonic() < deadline, (
+            f"{asset}'s {CURRENT_VERSION} check never passed={passed}"
+        )
+        time.sleep(2)
+
+
+def await_run(instance: dg.DagsterInstance, run_id: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not instance.get_run_by_id(run_id).is_finished:
+        assert time.monotonic() < deadline, f"run {run_id} did not finish"
+        time.sleep(1)
+
+
+def drift_check_in_run(instance: dg.DagsterInstance, asset: str, run_id: str) -> bool:
+    """Whether `asset`'s current_version check passed in run `run_id`."""
+    key = dg.AssetCheckKey(dg.AssetKey(asset), CURRENT_VERSION)
+    history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+    [record] = [r for r in history if r.run_id == run_id]
+    return record.event.dagster_event.event_specific_data.passed
+
+
+def screenshot_the_ui(url: str, folder: Path, outdated: list[str]) -> None:
+    """What a user sees after the reload: the lineage graph and the failing check."""
+    executable = chromium(required=False)
+    if executable is None:
+        return
+    with browser_page(executable, width=1400, height=900) as page:
+        page.goto(f"{url}/locations/{LOCATION}/asset-groups/enhancement")
+        skip = page.get_by_role("button", name="Skip")  # Dagster's first-visit newsletter
+        page.get_by_text("corpus_captions", exact=True).first.wait_for()
+        if skip.count():
+            skip.click()
+        page.get_by_text("2 / 3 Passed").wait_for()  # corpus_captions: current_version failed
+        page.wait_for_timeout(3000)  # the other nodes' check statuses and the layout settle
+        screenshot(page, folder / "dagster_prompt_edit_lineage.png")
+        page.goto(f"{url}/assets/corpus_captions?view=checks")
+        page.get_by_text(CURRENT_VERSION, exact=True).first.click()
+        page.get_by_text("outdated_partitions").wait_for()
+        text = page.inner_text("body")
+        assert all(shard in text for shard in outdated) and "corpus_caption:" in text
+        screenshot(page, folder / "dagster_prompt_edit_check.png")
+
+
 def materialization_count(instance: dg.DagsterInstance, asset: str) -> int:
     return len(instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records)
 
@@ -172,11 +235,11 @@ def dagster_dev(server_project):
                "-p", str(port), "-w", str(folder / "workspace.yaml")]  # fmt: skip
     with server_process(command, lambda: bool(gql(STALE)["assetNodes"]), env=env,
                         log=folder / "dagster_dev.log", cwd=folder):  # fmt: skip
-        yield folder, gql
+        yield folder, gql, gql.url
 
 
 def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_corpus):
-    folder, gql = dagster_dev
+    folder, gql, url = dagster_dev
     before = stale_statuses(gql)
     materialized = {a: p for a, p in before.items() if not a.startswith("demo_")}
     assert all(s == "FRESH" for p in materialized.values() for s in p.values()), before
@@ -199,6 +262,19 @@ def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_cor
         assert after[f"lancedb_index_{config}"] == {None: "FRESH"}
     for config in ("corpus", "full", "inference_only"):
         assert after[f"lancedb_index_{config}"] == {None: "STALE"}
+
+    # the drift sensor's current_version checks fail on what the edit made outdated, naming
+    # the partitions and the prompt, and pass where nothing changed
+    run_id, captions = await_drift_check(instance, "corpus_captions", passed=False)
+    await_run(instance, run_id)
+    assert captions["outdated"] == len(shards) and captions["outdated_partitions"] == ", ".join(
+        shards
+    )
+    assert captions["changed_prompts"].startswith("corpus_caption: ")
+    assert not drift_check_in_run(instance, "lancedb_index_full", run_id)
+    assert drift_check_in_run(instance, "enhanced_queries", run_id)
+    assert drift_check_in_run(instance, "lancedb_index_none", run_id)
+    screenshot_the_ui(url, folder, shards)
 
     # a partition backfill of the stale partitioned assets, every partition
     stale = [name for name, parts in after.items() if None not in parts
@@ -227,5 +303,10 @@ def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_cor
         assert meta["backend_calls"] == images and meta["cache_hits"] == 0, (shard, meta)
     final = stale_statuses(gql)
     assert set(final["corpus_captions"].values()) == {"FRESH"}
+    # the checks pass again on what was backfilled; the indexes still say they are outdated
+    await_drift_check(instance, "corpus_captions", passed=True)
+    await_drift_check(instance, "enhanced_corpus", passed=True)
+    _, index = await_drift_check(instance, "lancedb_index_full", passed=False)
+    assert index["outdated"] == 1
     # the none and query configs, and the queries, were never recomputed
     assert {a: materialization_count(instance, a) for a in untouched} == counts
