@@ -1,7 +1,8 @@
 """`rar`: run the demo, run the pipeline on any M-BEIR corpus, validate a corpus.
 
 rar demo                        build the demo corpus and run the graph on it
-rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory
+rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory (--through
+                                enhancement: stop after a stage)
 rar validate --data DIR         print the quarantine summary, write nothing
 rar report [--data DIR]         print the latest evaluation (table, json or markdown)
 rar search TEXT [--image PATH]  search a corpus' index with the pipeline's enhancement
@@ -24,6 +25,7 @@ from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
+from rar_pipeline.defs.groups import GROUPS
 
 # Settings with a flag that `run` and `demo` take (`--data` and `--artifacts` are added
 # per command); each flag's help, choices and type come from the settings table.
@@ -74,6 +76,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
     _add_setting(run, data, required=True)
     run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 (default: all)")
+    run.add_argument(
+        "--through",
+        choices=GROUPS,
+        help="stop after this stage, e.g. enhancement to caption and rewrite now and train "
+        "later (default: the whole graph, through evaluation)",
+    )
 
     for command in (demo, run):
         _add_setting(command, artifacts)
@@ -181,6 +189,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
         instance=instance,
         tasks=getattr(args, "tasks", None),
         build_demo=build_demo,
+        through=getattr(args, "through", None),
         echo=print,
     )
     quarantined = sum(s.metadata.get("quarantined", 0) for s in result.steps)
@@ -195,6 +204,8 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
         quarantine = ArtifactLayout(settings.artifacts_dir).quarantine_dir
         print(f"  quarantine:  {quarantine}  (one JSON line per row)")
     print(f"  runs:        recorded in {instance.root_directory}")
+    if through := getattr(args, "through", None):
+        print(f"  stopped after {through}: run again without --through for the rest")
     print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
     paths = ArtifactLayout(settings.artifacts_dir)
     if result.blocked:

@@ -40,11 +40,12 @@ def test_an_image_check_from_the_environment_reaches_the_run(
 ):
     """RAR_IMAGE_CHECK=exists: truncated images are not decoded, so not quarantined."""
     monkeypatch.setenv("RAR_IMAGE_CHECK", "exists")
-    assert main(["run", "--data", str(mini_corpus), "--tasks", "mbeir_mini_task6"]) == 0
+    run = ["run", "--data", str(mini_corpus), "--through", "corpus"]
+    assert main([*run, "--tasks", "mbeir_mini_task6"]) == 0
     quarantine = project / "artifacts" / "mbeir_mini" / "quarantine"
     assert "image_truncated" not in (quarantine / "queries/mbeir_mini_task6.jsonl").read_text()
     # and a flag still beats the environment
-    assert main(["run", "--data", str(mini_corpus), "--image-check", "decode"]) == 0
+    assert main([*run, "--image-check", "decode"]) == 0
     assert "image_truncated" in (quarantine / "queries/mbeir_mini_task6.jsonl").read_text()
 
 
@@ -78,6 +79,16 @@ def test_run_on_a_hand_written_corpus(project, mini_corpus, capsys):
     quarantined = (artifacts / "quarantine/queries/mbeir_mini_task6.jsonl").read_text()
     assert "path_escapes_root" in quarantined and "image_truncated" in quarantined
     assert (project / "dagster_home").is_dir()
+
+
+def test_through_stops_after_a_stage_and_says_how_to_go_on(project, mini_corpus, capsys):
+    assert main(["run", "--data", str(mini_corpus), "--through", "enhancement"]) == 0
+    out = capsys.readouterr().out
+    assert "enhanced_queries[mbeir_mini_task6]" in out
+    assert not any(name in out for name in ("training_pairs", "lancedb_index", "retrieval_eval"))
+    assert "stopped after enhancement" in out
+    with pytest.raises(SystemExit):
+        parse_args(["run", "--data", "/x", "--through", "training"])  # not a group
 
 
 def test_run_reports_a_wrong_path_clearly(project, capsys):
@@ -157,6 +168,8 @@ def test_run_with_an_openai_compatible_server(project, mini_corpus, chat_server,
             url,
             "--vlm-model",
             "served-model",
+            "--through",
+            "enhancement",
         ]
     )
     out = capsys.readouterr().out
@@ -184,6 +197,8 @@ def test_image_check_flag_reaches_the_assets(project, mini_corpus, capsys):
                 "exists",
                 "--vlm-backend",
                 "offline",
+                "--through",
+                "corpus",
             ]
         )
         == 0
@@ -227,6 +242,8 @@ def test_run_with_the_transformers_backend_on_a_tiny_model(
             "transformers",
             "--vlm-model",
             str(model_dir),
+            "--through",
+            "enhancement",
         ]
     )
     out = capsys.readouterr().out

@@ -19,6 +19,7 @@ import dagster as dg
 from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, discover
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.checks import BLOCKING
+from rar_pipeline.defs.groups import DEMO_GROUP, GROUPS
 from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
@@ -69,24 +70,25 @@ def fail_stale_runs(instance: dg.DagsterInstance) -> list[str]:
     return [run.run_id for run in stale]
 
 
-DEMO_GROUP = "demo"
-
-
-def stages(assets: Sequence[dg.AssetsDefinition], *, demo: bool) -> list[tuple[str, str | None]]:
+def stages(
+    assets: Sequence[dg.AssetsDefinition], *, demo: bool, through: str | None = None
+) -> list[tuple[str, str | None]]:
     """The graph's assets in dependency order, each with what it is partitioned by.
 
     Derived from the definitions themselves, so a new asset is run by `rar run` as soon
     as it is in the graph. Ties keep declaration order. Demo assets (group "demo") are
-    included only when `demo` is set.
+    included only when `demo` is set; with `through`, groups after it in `GROUPS` are left
+    out.
 
     Returns:
         (asset name, "shards" | "tasks" | None) per asset.
     """
     by_partitions = {pool_shards.name: "shards", query_tasks.name: "tasks"}
+    later = set(GROUPS[GROUPS.index(through) + 1 :]) if through else set()
     specs = {}
     for asset in assets:
         for spec in asset.specs:
-            if spec.group_name == DEMO_GROUP and not demo:
+            if (spec.group_name == DEMO_GROUP and not demo) or spec.group_name in later:
                 continue
             partitions = getattr(asset.partitions_def, "name", None)
             specs[spec.key] = (spec, by_partitions.get(partitions) if partitions else None)
@@ -260,6 +262,7 @@ def run_pipeline(
     instance: dg.DagsterInstance,
     tasks: Sequence[str] | None = None,
     build_demo: dict[str, Any] | None = None,
+    through: str | None = None,
     echo: Callable[[str], None] = lambda _msg: None,
 ) -> PipelineResult:
     """Materialize the graph on the corpus at `settings.data_root`, stage by stage.
@@ -271,6 +274,7 @@ def run_pipeline(
         instance: the Dagster instance runs are recorded in.
         tasks: which query tasks to ingest (default: all the corpus has).
         build_demo: when given, first materialize `demo_corpus` with this run config.
+        through: stop after this group of `GROUPS` (default: the whole graph).
         echo: called with one line per finished step.
 
     Returns:
@@ -349,7 +353,7 @@ def run_pipeline(
     if not layout.train_tasks:
         echo("warning: " + NO_TRAIN_SPLIT)
     keys = {"shards": list(layout.pools), "tasks": selected, None: [None]}
-    for asset, partitioned_by in stages(assets, demo=build_demo is not None):
+    for asset, partitioned_by in stages(assets, demo=build_demo is not None, through=through):
         if asset == "demo_corpus":
             continue
         partitions = keys[partitioned_by]

@@ -9,6 +9,7 @@ from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.demo import demo_corpus
+from rar_pipeline.defs.groups import DEMO_GROUP, GROUPS
 from rar_pipeline.defs.launch import StepFailed, materialize_step, stages
 from rar_pipeline.defs.partitions import register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
@@ -49,6 +50,18 @@ def test_demo_stages_build_the_corpus_first_and_score_captions_last():
     order = [name for name, _ in stages(build_assets(VLMResource()), demo=True)]
     assert order[0] == "demo_corpus"
     assert order.index("demo_caption_accuracy") > order.index("corpus_captions")
+
+
+def test_every_asset_belongs_to_a_group_in_run_order_and_through_stops_after_one():
+    assets = build_assets(VLMResource())
+    groups = {spec.key.to_user_string(): spec.group_name for a in assets for spec in a.specs}
+    assert set(groups.values()) == {*GROUPS, DEMO_GROUP}
+    order = [name for name, _ in stages(assets, demo=False)]
+    for group in GROUPS:
+        kept = [name for name, _ in stages(assets, demo=False, through=group)]
+        allowed = set(GROUPS[: GROUPS.index(group) + 1])
+        assert kept == [n for n in order if groups[n] in allowed]  # same order, a prefix
+    assert stages(assets, demo=False, through="evaluation") == stages(assets, demo=False)
 
 
 def test_a_real_vlm_graph_has_no_offline_captioner_stage():
