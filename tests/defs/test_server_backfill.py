@@ -184,7 +184,11 @@ def screenshot_the_ui(url: str, folder: Path, outdated: list[str]) -> None:
         if skip.count():
             skip.click()
         page.get_by_text("2 / 3 Passed").wait_for()  # corpus_captions: current_version failed
-        page.wait_for_timeout(3000)  # the other nodes' check statuses and the layout settle
+        # the nodes' status icons arrive after the counts: let them, then load once more
+        page.wait_for_timeout(6000)
+        page.reload()
+        page.get_by_text("2 / 3 Passed").wait_for()
+        page.wait_for_timeout(6000)
         screenshot(page, folder / "dagster_prompt_edit_lineage.png")
         page.goto(f"{url}/assets/corpus_captions?view=checks")
         page.get_by_text(CURRENT_VERSION, exact=True).first.click()
