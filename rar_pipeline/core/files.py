@@ -106,10 +106,45 @@ def files_hash(paths: Iterable[Path], *, salt: str = "", relative_to: Path | Non
     return digest.hexdigest()[:16]
 
 
+class ValuesHasher:
+    """`values_hash` fed a value at a time: the same hash, without holding the values."""
+
+    def __init__(self) -> None:
+        self._digest = hashlib.sha256()
+
+    def update(self, values: Iterable[Any]) -> None:
+        for value in values:
+            self._digest.update(str(value).encode())
+            self._digest.update(b"\0")
+
+    def hexdigest(self) -> str:
+        return self._digest.hexdigest()[:16]
+
+
 def values_hash(values: Iterable[Any]) -> str:
     """A short hash of a sequence of values (their `str`), e.g. an output column."""
-    digest = hashlib.sha256()
-    for value in values:
-        digest.update(str(value).encode())
-        digest.update(b"\0")
-    return digest.hexdigest()[:16]
+    hasher = ValuesHasher()
+    hasher.update(values)
+    return hasher.hexdigest()
+
+
+class TextColumnHasher:
+    """`values_hash(frame[column].tolist())` of a column of str-or-None values, streamed.
+
+    pandas stores such a column as its string dtype, where a missing value reads back as
+    NaN (hashed "nan"), unless no value is a string (object dtype, hashed "None"). Both
+    are hashed until the end shows which the whole column would have been.
+    """
+
+    def __init__(self) -> None:
+        self._as_nan, self._as_none = ValuesHasher(), ValuesHasher()
+        self._any_text = False
+
+    def update(self, values: Iterable[str | None]) -> None:
+        values = list(values)
+        self._any_text = self._any_text or any(v is not None for v in values)
+        self._as_nan.update("nan" if v is None else v for v in values)
+        self._as_none.update(values)
+
+    def hexdigest(self) -> str:
+        return (self._as_nan if self._any_text else self._as_none).hexdigest()

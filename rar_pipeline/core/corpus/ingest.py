@@ -7,19 +7,22 @@ These are the pure steps behind the `candidate_pool` and `queries` assets and be
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from rar_pipeline.core.corpus.images import ImageCheck
 from rar_pipeline.core.corpus.mbeir import CorpusLayout
 from rar_pipeline.core.corpus.readers import (
+    CHUNK_LINES,
     KnownCandidates,
-    read_candidates,
+    iter_candidates,
     read_instructions,
     read_qrels,
     read_queries,
@@ -37,11 +40,14 @@ from rar_pipeline.core.corpus.records import (
     task_id_of,
 )
 from rar_pipeline.core.corpus.tables import (
+    iter_parquet_batches,
     read_quarantine,
     records_to_frame,
     summarize,
+    summarize_counts,
     write_dropped,
     write_parquet,
+    write_parquet_chunks,
     write_quarantine,
 )
 from rar_pipeline.core.files import files_hash, values_hash
@@ -57,7 +63,12 @@ class MissingUpstreamError(RuntimeError):
 
 @dataclass
 class IngestReport:
-    """What one ingest step read, kept, quarantined and wrote."""
+    """What one ingest step read, kept, quarantined and wrote.
+
+    `ids` are the kept rows' ids. A pool shard written to Parquet does not hold them (at
+    millions of rows they would be the biggest thing in memory): they are read back from
+    the output's id column when asked for.
+    """
 
     key: str
     sources: list[str]
@@ -67,8 +78,19 @@ class IngestReport:
     quarantine_file: Path | None
     data_version: str
     preview: pd.DataFrame
-    ids: list[str] = field(default_factory=list)  # ids of the rows kept
+    kept_ids: list[str] | None = None  # ids of the rows kept, when held in memory
     extra: dict[str, Any] = field(default_factory=dict)
+    id_column: str = "did"
+
+    @property
+    def ids(self) -> list[str]:
+        """Ids of the rows kept, in file order."""
+        if self.kept_ids is not None:
+            return self.kept_ids
+        if self.output is None:
+            return []
+        ids = pq.read_table(self.output, columns=[self.id_column]).column(0)
+        return ids.to_pylist()
 
 
 def file_digest(paths: Iterable[Path]) -> str:
@@ -90,16 +112,24 @@ def ingest_pool(
     *,
     image_check: ImageCheck | None = None,
     progress: bool = False,
+    chunk_rows: int = CHUNK_LINES,
 ) -> IngestReport:
     """Validate one candidate pool shard and (when `artifacts` is given) write its outputs.
+
+    The shard streams through in chunks of `chunk_rows` lines: each chunk's valid rows are
+    appended to the Parquet output (written atomically), so memory holds one chunk, the
+    ids seen so far (compactly, to catch duplicates) and the quarantined rows, never the
+    shard. The outputs do not depend on `chunk_rows`.
 
     Args:
         layout: the corpus.
         shard: a key of `layout.pools`.
         artifacts: where to write `candidate_pool/<shard>.parquet` and the quarantine file;
-            None validates without writing.
+            None validates without writing (the report then holds the kept ids and their
+            content hashes, which `validate_corpus` checks queries against).
         image_check: how hard to look at images.
         progress: show a progress bar.
+        chunk_rows: lines validated and written at a time.
 
     Returns:
         The report; its summary has rows, quarantined, rates and per-modality counts.
@@ -107,31 +137,81 @@ def ingest_pool(
     if shard not in layout.pools:
         raise KeyError(f"no pool shard {shard!r} in {layout.root}; have {sorted(layout.pools)}")
     path = layout.pools[shard]
-    with _bar(shard, progress) as bar:
-        result = read_candidates(path, layout.root, image_check=image_check, progress=bar.update)
-    frame = records_to_frame(result.rows, Candidate)
-    output = quarantine_file = None
-    if artifacts is not None:
-        output = write_parquet(frame, artifacts.pool(shard))
-        quarantine_file = write_quarantine(
-            result.quarantined, artifacts.quarantine("candidate_pool", shard)
+    in_memory = artifacts is None
+    ids: list[str] = []
+    hashes: list[str] = []
+    quarantined: list[QuarantinedRow] = []
+    by_modality: Counter = Counter()
+    preview: list[pd.DataFrame] = []
+    filled: set[str] = set()  # columns with a value in some row (pandas types them so)
+    kept = 0
+
+    def frames(bar: tqdm) -> Iterator[pd.DataFrame]:
+        nonlocal kept
+        chunks = iter_candidates(
+            path, layout.root, image_check=image_check, progress=bar.update, chunk_lines=chunk_rows
         )
+        for chunk in chunks:
+            quarantined.extend(chunk.quarantined)
+            kept += len(chunk.rows)
+            by_modality.update(c.modality for c in chunk.rows)
+            frame = records_to_frame(chunk.rows, Candidate)
+            if sum(len(p) for p in preview) < 5:
+                preview.append(frame.head(5).astype(object))
+            filled.update(c for c in frame.columns if frame[c].notna().any())
+            if in_memory:
+                ids.extend(c.did for c in chunk.rows)
+                hashes.extend(_content_hashes(frame) if len(frame) else [])
+            yield frame
+        yield records_to_frame([], Candidate)  # the schema, for a shard without valid rows
+
+    output = quarantine_file = None
+    with _bar(shard, progress) as bar:
+        if artifacts is None:
+            for _ in frames(bar):
+                pass
+        else:
+            output = write_parquet_chunks(frames(bar), artifacts.pool(shard))
+    if artifacts is not None:
+        quarantine_file = write_quarantine(
+            quarantined, artifacts.quarantine("candidate_pool", shard)
+        )
+    head = _preview(preview, filled)
     return IngestReport(
         key=shard,
         sources=[layout.rel(path)],
-        summary=summarize(result),
-        quarantined=result.quarantined,
+        summary=summarize_counts(kept, by_modality, quarantined),
+        quarantined=quarantined,
         output=output,
         quarantine_file=quarantine_file,
         data_version=file_digest([path]),
-        preview=frame.head(5),
-        ids=[c.did for c in result.rows],
-        extra={"content_hashes": _content_hashes(frame) if len(frame) else []},
+        preview=head,
+        kept_ids=ids if in_memory else None,
+        extra={"content_hashes": hashes} if in_memory else {},
     )
 
 
-def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> KnownCandidates:
+def _preview(heads: list[pd.DataFrame], filled: set[str]) -> pd.DataFrame:
+    """The first 5 rows as `frame.head(5)` of the whole shard's frame would hold them.
+
+    pandas types a column by all its rows: one with a string anywhere holds NaN for a
+    missing value, one without holds None. A stand-in last row carries that to the head.
+    """
+    columns = [f.name for f in fields(Candidate)]
+    rows = [row for head in heads for row in head.values.tolist()][:5]
+    if not rows:
+        return records_to_frame([], Candidate)
+    stand_in = ["x" if c in filled else None for c in columns]
+    return pd.DataFrame([*rows, stand_in], columns=columns).iloc[:-1]
+
+
+def known_candidate_ids(
+    artifacts: ArtifactLayout, shards: Iterable[str], *, batch_rows: int = CHUNK_LINES
+) -> KnownCandidates:
     """Every valid candidate id across the given pool shards' outputs, and the quarantined.
+
+    Read in batches of `batch_rows` rows: memory holds the set of ids, and content hashes
+    only of the ids that more than one shard defines (to find conflicts), never the rows.
 
     Raises:
         MissingUpstreamError: naming the shards whose output does not exist yet.
@@ -142,14 +222,29 @@ def known_candidate_ids(artifacts: ArtifactLayout, shards: Iterable[str]) -> Kno
         raise MissingUpstreamError(
             "candidate_pool has not been materialized for: " + ", ".join(missing)
         )
-    content: dict[str, dict[str, list[str]]] = {}  # did -> content hash -> shards
+    valid: set[str] = set()
+    shared: set[str] = set()  # ids in more than one shard
     quarantined: list[QuarantinedRow] = []
     for shard in shards:
-        frame = pd.read_parquet(artifacts.pool(shard), columns=list(_CONTENT))
-        for did, digest in zip(frame["did"], _content_hashes(frame), strict=True):
-            content.setdefault(did, {}).setdefault(digest, []).append(shard)
+        for batch in _batches(artifacts.pool(shard), ["did"], batch_rows):
+            for did in batch.column(0).to_pylist():
+                (shared if did in valid else valid).add(did)
         quarantined += read_quarantine(artifacts.quarantine("candidate_pool", shard))
-    return KnownCandidates.of(content, quarantined, _conflicts(content))
+    content: dict[str, dict[str, list[str]]] = {}  # shared did -> content hash -> shards
+    for shard in shards if shared else ():
+        for batch in _batches(artifacts.pool(shard), list(_CONTENT), batch_rows):
+            frame = batch.to_pandas()
+            chosen = frame["did"].isin(shared).to_numpy()
+            if not chosen.any():
+                continue
+            frame = frame[chosen]
+            for did, digest in zip(frame["did"], _content_hashes(frame), strict=True):
+                content.setdefault(did, {}).setdefault(digest, []).append(shard)
+    return KnownCandidates.of(valid, quarantined, _conflicts(content))
+
+
+def _batches(path: Path, columns: list[str], rows: int) -> Iterator[pa.RecordBatch]:
+    yield from iter_parquet_batches(path, rows, columns)
 
 
 _CONTENT = ("did", "modality", "txt", "img_path")
@@ -287,7 +382,8 @@ def ingest_queries(
         quarantine_file=quarantine_file,
         data_version=file_digest(sorted(sources)),
         preview=frame.head(5),
-        ids=[q.qid for q in rows],
+        kept_ids=[q.qid for q in rows],
+        id_column="qid",
         extra={
             "splits": per_split,
             "qrels": qrels_summary,

@@ -7,11 +7,14 @@ good rows go on. Only a missing or unreadable *file* raises.
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+
+import numpy as np
 
 from rar_pipeline.core.corpus.fields import (
     CANDIDATE_FIELDS,
@@ -35,6 +38,7 @@ from rar_pipeline.core.corpus.records import (
 
 T = TypeVar("T")
 _RAW_LIMIT = 500
+CHUNK_LINES = 100_000  # lines validated per chunk by the streaming readers
 
 
 # ---------------------------------------------------------------------------
@@ -143,6 +147,112 @@ def _quarantine(
     )
 
 
+class SeenIds:
+    """Which ids a file has defined so far, and on which line: compact at millions of ids.
+
+    The latest ids sit in a dict; every `FREEZE` of them move into sorted numpy arrays of
+    their 128-bit blake2b digests and line numbers (24 bytes an id, where a dict of strings
+    takes ~130). Two different ids share a digest with probability ~n^2 / 2^129.
+    """
+
+    FREEZE = 100_000
+
+    def __init__(self) -> None:
+        self._recent: dict[str, int] = {}
+        self._digests = np.empty(0, dtype="S16")
+        self._lines = np.empty(0, dtype=np.int64)
+
+    def __len__(self) -> int:
+        return len(self._recent) + len(self._digests)
+
+    @staticmethod
+    def _digest(key: str) -> bytes:
+        return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+    def first_lines(self, keys: Sequence[str]) -> list[int | None]:
+        """For each key, the line that defined it earlier (None: new); does not add them."""
+        found: list[int | None] = [self._recent.get(k) for k in keys]
+        if len(self._digests):
+            probe = np.array([self._digest(k) for k in keys], dtype="S16")
+            at = np.minimum(np.searchsorted(self._digests, probe), len(self._digests) - 1)
+            hit = self._digests[at] == probe
+            for i in np.flatnonzero(hit):
+                found[i] = int(self._lines[at[i]])
+        return found
+
+    def add(self, key: str, line: int) -> None:
+        self._recent[key] = line
+        if len(self._recent) >= self.FREEZE:
+            self._freeze()
+
+    def _freeze(self) -> None:
+        digests = np.array([self._digest(k) for k in self._recent], dtype="S16")
+        lines = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
+        order = np.argsort(digests, kind="stable")
+        digests, lines = digests[order], lines[order]
+        at = np.searchsorted(self._digests, digests)
+        self._digests = np.insert(self._digests, at, digests)
+        self._lines = np.insert(self._lines, at, lines)
+        self._recent = {}
+
+
+def _scan_rows(
+    path: Path,
+    root: Path,
+    parse: Callable[[dict[str, Any]], T],
+    row_id: Callable[[T], str],
+    raw_id: Callable[[dict[str, Any]], str | None],
+    progress: Callable[[int], None] | None,
+    chunk_lines: int,
+) -> Iterator[ReadResult[T]]:
+    """Validate a file `chunk_lines` lines at a time: one `ReadResult` per chunk, in order.
+
+    Only the ids seen so far (`SeenIds`) outlive a chunk: a repeated id is quarantined
+    wherever its first definition was.
+    """
+    source = source_name(path, root)
+    seen = SeenIds()
+    parsed: list[tuple[int, str, T]] = []
+    quarantined: list[QuarantinedRow] = []
+
+    def flush() -> ReadResult[T]:
+        keys = [row_id(row) for _, _, row in parsed]
+        earlier = seen.first_lines(keys)
+        rows: list[T] = []
+        bad = list(quarantined)
+        local: dict[str, int] = {}  # this chunk's ids: `earlier` knows only the others'
+        for (line_no, raw, row), key, first in zip(parsed, keys, earlier, strict=True):
+            first = first if first is not None else local.get(key)
+            if first is None:
+                local[key] = line_no
+                seen.add(key, line_no)
+                rows.append(row)
+                continue
+            detail = f"id {key!r} already defined on line {first}"
+            bad.append(_quarantine(source, line_no, raw, Reason.DUPLICATE_ID, detail, key))
+        bad.sort(key=lambda q: q.line)
+        parsed.clear()
+        quarantined.clear()
+        return ReadResult(rows=rows, quarantined=bad)
+
+    for line_no, raw, obj, reason, detail in _iter_json_lines(path):
+        if progress is not None:
+            progress(1)
+        if obj is None:
+            assert reason is not None
+            quarantined.append(_quarantine(source, line_no, raw, reason, detail, None))
+        else:
+            rid = raw_id(obj)
+            try:
+                parsed.append((line_no, raw, parse(obj)))
+            except RowError as exc:
+                quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, rid))
+        if len(parsed) + len(quarantined) >= chunk_lines:
+            yield flush()
+    if parsed or quarantined:
+        yield flush()
+
+
 def _read_rows(
     path: Path,
     root: Path,
@@ -150,45 +260,34 @@ def _read_rows(
     row_id: Callable[[T], str],
     raw_id: Callable[[dict[str, Any]], str | None],
     progress: Callable[[int], None] | None,
+    chunk_lines: int = CHUNK_LINES,
 ) -> ReadResult[T]:
-    source = source_name(path, root)
     rows: list[T] = []
     quarantined: list[QuarantinedRow] = []
-    seen: dict[str, int] = {}
-    for line_no, raw, obj, reason, detail in _iter_json_lines(path):
-        if progress is not None:
-            progress(1)
-        if obj is None:
-            assert reason is not None
-            quarantined.append(_quarantine(source, line_no, raw, reason, detail, None))
-            continue
-        rid = raw_id(obj)
-        try:
-            row = parse(obj)
-        except RowError as exc:
-            quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, rid))
-            continue
-        key = row_id(row)
-        if key in seen:
-            quarantined.append(
-                _quarantine(
-                    source,
-                    line_no,
-                    raw,
-                    Reason.DUPLICATE_ID,
-                    f"id {key!r} already defined on line {seen[key]}",
-                    key,
-                )
-            )
-            continue
-        seen[key] = line_no
-        rows.append(row)
+    for chunk in _scan_rows(path, root, parse, row_id, raw_id, progress, chunk_lines):
+        rows.extend(chunk.rows)
+        quarantined.extend(chunk.quarantined)
     return ReadResult(rows=rows, quarantined=quarantined)
 
 
 def _str_id(obj: dict[str, Any], name: str) -> str | None:
     value = obj.get(name)
     return value if isinstance(value, str) else None
+
+
+def _candidate_parser(root: Path, image_check: ImageCheck) -> Callable[[dict[str, Any]], Candidate]:
+    def parse(obj: dict[str, Any]) -> Candidate:
+        did, modality, txt, img_path = CANDIDATE_FIELDS.parse(obj)
+        CANDIDATE_FIELDS.check_image(root, modality, img_path, image_check)
+        return Candidate(
+            did=did,
+            modality=modality,
+            txt=txt,
+            img_path=img_path,
+            src_content=src_content(obj.get("src_content")),
+        )
+
+    return parse
 
 
 def read_candidates(
@@ -210,20 +309,27 @@ def read_candidates(
         Valid candidates and quarantined rows. Duplicate `did`s after the first are
         quarantined.
     """
-    image_check = image_check or ImageCheck()
-
-    def parse(obj: dict[str, Any]) -> Candidate:
-        did, modality, txt, img_path = CANDIDATE_FIELDS.parse(obj)
-        CANDIDATE_FIELDS.check_image(root, modality, img_path, image_check)
-        return Candidate(
-            did=did,
-            modality=modality,
-            txt=txt,
-            img_path=img_path,
-            src_content=src_content(obj.get("src_content")),
-        )
-
+    parse = _candidate_parser(root, image_check or ImageCheck())
     return _read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
+
+
+def iter_candidates(
+    path: Path,
+    root: Path,
+    *,
+    image_check: ImageCheck | None = None,
+    progress: Callable[[int], None] | None = None,
+    chunk_lines: int = CHUNK_LINES,
+) -> Iterator[ReadResult[Candidate]]:
+    """`read_candidates` a chunk of `chunk_lines` lines at a time (same rows, same order).
+
+    Memory holds one chunk and the ids seen so far, not the file: concatenating the chunks'
+    rows and quarantined rows gives exactly what `read_candidates` returns.
+    """
+    parse = _candidate_parser(root, image_check or ImageCheck())
+    return _scan_rows(
+        path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress, chunk_lines
+    )
 
 
 def read_queries(

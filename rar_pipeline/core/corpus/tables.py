@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, fields
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from rar_pipeline.core.corpus.records import (
     DroppedRef,
@@ -40,6 +43,99 @@ def records_to_frame(rows: Sequence[Any], record_type: type) -> pd.DataFrame:
 def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
     """Write atomically: a reader never sees a half-written file."""
     return write_atomic(path, lambda tmp: frame.to_parquet(tmp, index=False))
+
+
+def iter_parquet_batches(
+    path: Path, batch_rows: int, columns: list[str] | None = None
+) -> Iterator[pa.RecordBatch]:
+    """A Parquet table's rows in batches of at most `batch_rows`, one row group read at a time.
+
+    `ParquetFile.iter_batches` was measured here (pyarrow 25) holding on to ~30 MB more per
+    100k-row batch over a 5.6M-row table; reading row group by row group stays flat.
+    """
+    file = pq.ParquetFile(path)
+    for group in range(file.metadata.num_row_groups):
+        table = file.read_row_group(group, columns=columns)
+        yield from table.to_batches(max_chunksize=batch_rows)
+        del table
+
+
+def write_parquet_chunks(frames: Iterable[pd.DataFrame], path: Path) -> Path:
+    """Write frames one after another as one Parquet table, atomically, holding one at a time.
+
+    The file reads back as `write_parquet(pd.concat(frames))` would have written it: the
+    same columns, rows and Arrow types (a column that is null in every row stays Arrow
+    `null`, as pandas writes it; one that is null only in the first frames is widened when
+    a value comes, by copying what was written). Each frame becomes its own row group(s).
+    `frames` is consumed inside the write: if it raises, no file (nor temp file) is left.
+    """
+    return write_atomic(path, lambda tmp: _write_chunks(frames, Path(tmp)))
+
+
+def _write_chunks(frames: Iterable[pd.DataFrame], tmp: Path) -> None:
+    writer: pq.ParquetWriter | None = None
+    target = tmp
+    first_empty: pd.DataFrame | None = None
+    try:
+        for frame in frames:
+            if not len(frame):
+                if first_empty is None:
+                    first_empty = frame
+                continue
+            table = pa.Table.from_pandas(frame, preserve_index=False)
+            if writer is None:
+                writer = pq.ParquetWriter(target, table.schema)
+            elif not table.schema.equals(writer.schema, check_metadata=False):
+                schema = _widened(writer.schema, table.schema)
+                if not schema.equals(writer.schema, check_metadata=False):
+                    writer, target = _rewrite(writer, target, schema)
+                table = table.cast(schema)
+            writer.write_table(table)
+        if writer is None:  # no row at all: what pandas writes for the empty table
+            empty = first_empty if first_empty is not None else pd.DataFrame()
+            empty.to_parquet(tmp, index=False)
+            return
+        writer.close()
+        writer = None
+        if target != tmp:
+            os.replace(target, tmp)
+    finally:
+        if writer is not None:
+            writer.close()
+        if target != tmp and target.exists():
+            target.unlink()
+
+
+def _widened(old: pa.Schema, new: pa.Schema) -> pa.Schema:
+    """`old`, with each column that is all-null there typed as `new` has it (if not null)."""
+    fields_ = []
+    for field in old:
+        other = new.field(field.name)
+        fields_.append(field.with_type(other.type) if _is_null(field.type) else field)
+    return pa.schema(fields_, metadata=new.metadata if fields_ != list(old) else old.metadata)
+
+
+def _is_null(kind: pa.DataType) -> bool:
+    return pa.types.is_null(kind) or (pa.types.is_list(kind) and _is_null(kind.value_type))
+
+
+def _rewrite(
+    writer: pq.ParquetWriter, written: Path, schema: pa.Schema
+) -> tuple[pq.ParquetWriter, Path]:
+    """Copy what `writer` wrote into a new file of `schema`; the new writer and its file."""
+    writer.close()
+    target = written.with_name(written.name + ".widened")
+    new = pq.ParquetWriter(target, schema)
+    try:
+        for batch in iter_parquet_batches(written, 100_000):
+            new.write_table(pa.Table.from_batches([batch]).cast(schema))
+    except BaseException:
+        new.close()
+        target.unlink(missing_ok=True)
+        raise
+    if written.name.endswith(".widened"):
+        written.unlink()
+    return new, target
 
 
 def write_quarantine(rows: Sequence[QuarantinedRow], path: Path) -> Path:
@@ -81,6 +177,20 @@ def summarize(result: ReadResult, *, with_modality: bool = True) -> dict[str, An
         "quarantine_rate": round(result.quarantine_rate, 6),
         "by_modality": modality_counts(result.rows) if with_modality else {},
         "by_reason": reason_counts(result.quarantined),
+    }
+
+
+def summarize_counts(
+    rows: int, by_modality: Counter, quarantined: Sequence[QuarantinedRow]
+) -> dict[str, Any]:
+    """`summarize` from running counts (rows kept, their modalities) of a streamed read."""
+    total = rows + len(quarantined)
+    return {
+        "rows": rows,
+        "quarantined": len(quarantined),
+        "quarantine_rate": round(len(quarantined) / total if total else 0.0, 6),
+        "by_modality": {m.value: by_modality.get(m, 0) for m in Modality},
+        "by_reason": reason_counts(quarantined),
     }
 
 

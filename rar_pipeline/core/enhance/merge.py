@@ -9,17 +9,25 @@ the merge.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from rar_pipeline.core.corpus.records import Candidate, Query
+from rar_pipeline.core.corpus.tables import (
+    frame_to_records,
+    iter_parquet_batches,
+    write_parquet_chunks,
+)
 from rar_pipeline.core.enhance.classify import CandidateType, QueryType
 from rar_pipeline.core.enhance.engine import ItemOutput
 from rar_pipeline.core.enhance.guard import GuardPolicy, apply_guard
 from rar_pipeline.core.enhance.prompts import VISUAL_CONTEXT_TEMPLATE
+from rar_pipeline.core.files import TextColumnHasher
 
 CORPUS_COLUMNS = [
     "did",
@@ -148,6 +156,107 @@ def merge_corpus(
             merged.samples.append((c.did, c.txt or c.img_path, text))
     merged.frame = pd.DataFrame(rows, columns=CORPUS_COLUMNS)
     return merged
+
+
+@dataclass
+class MergedShard:
+    """What `merge_corpus_files` wrote and counted (a `Merged` without the frame).
+
+    `data_version` is `values_hash` of the enhanced_txt column, as `defs.io.data_version`.
+    """
+
+    path: Path
+    rows: int
+    without_enhanced_txt: int
+    items_by_type: Counter
+    guard_flagged: int
+    guard_dropped: int
+    samples: list[tuple[str, Any, Any]]
+    data_version: str
+
+
+def merge_corpus_files(
+    pool: Path,
+    captions: Path,
+    output: Path,
+    policy: GuardPolicy,
+    n_samples: int = 5,
+    *,
+    chunk_rows: int = 100_000,
+) -> MergedShard:
+    """`merge_corpus` of a pool table and its captions table, `chunk_rows` rows at a time.
+
+    Writes the enhanced corpus (atomically) as `merge_corpus(all).frame` would be written,
+    with the same counts. Captions written for this pool are in its row order and are read
+    alongside it; a captions table in another order (or with other rows) is read into a
+    did -> caption map first, as `merge_corpus` does.
+    """
+    aligned = _same_ids(pool, captions, chunk_rows)
+    by_did = None if aligned else _caption_map(captions)
+    counts = Merged(frame=pd.DataFrame(columns=CORPUS_COLUMNS))
+    total = {"rows": 0, "without": 0}
+    digest = TextColumnHasher()
+
+    def frames():
+        pool_batches = iter_parquet_batches(pool, chunk_rows)
+        caption_rows = _rows(captions, ["did", "item_type", "caption"], chunk_rows)
+        for batch in pool_batches:
+            candidates = frame_to_records(batch.to_pandas(), Candidate)
+            if by_did is None:
+                part = [next(caption_rows) for _ in candidates]
+                chunk = pd.DataFrame(part, columns=["did", "item_type", "caption"])
+            else:
+                chunk = _caption_chunk(candidates, by_did)
+            merged = merge_corpus(candidates, chunk, policy, n_samples - len(counts.samples))
+            counts.items_by_type.update(merged.items_by_type)
+            counts.guard_flagged += merged.guard_flagged
+            counts.guard_dropped += merged.guard_dropped
+            counts.samples.extend(merged.samples)
+            total["rows"] += len(merged.frame)
+            texts = [None if isinstance(v, float) else v for v in merged.frame["enhanced_txt"]]
+            total["without"] += sum(v is None for v in texts)
+            digest.update(texts)
+            yield merged.frame
+        yield pd.DataFrame(columns=CORPUS_COLUMNS)
+
+    path = write_parquet_chunks(frames(), output)
+    return MergedShard(
+        path, total["rows"], total["without"], counts.items_by_type, counts.guard_flagged,
+        counts.guard_dropped, counts.samples, digest.hexdigest(),
+    )  # fmt: skip
+
+
+def _rows(path: Path, columns: list[str], chunk_rows: int) -> Iterator[tuple]:
+    """A table's rows as tuples of `columns`, read `chunk_rows` at a time."""
+    for batch in iter_parquet_batches(path, chunk_rows, columns):
+        yield from zip(*(batch.column(c).to_pylist() for c in columns), strict=True)
+
+
+def _same_ids(pool: Path, captions: Path, chunk_rows: int) -> bool:
+    """Whether the captions table has exactly the pool's dids, in the pool's order."""
+    if pq.ParquetFile(pool).metadata.num_rows != pq.ParquetFile(captions).metadata.num_rows:
+        return False
+    pairs = zip(_rows(pool, ["did"], chunk_rows), _rows(captions, ["did"], chunk_rows), strict=True)
+    return all(a == b for a, b in pairs)
+
+
+def _caption_map(captions: Path) -> dict[str, tuple[Any, Any]]:
+    """Did -> (item_type, caption) of a whole captions table (the last row of a did wins)."""
+    table = pq.read_table(captions, columns=["did", "item_type", "caption"])
+    return {
+        did: (kind, caption)
+        for did, kind, caption in zip(
+            *(table.column(c).to_pylist() for c in table.column_names), strict=True
+        )
+    }
+
+
+def _caption_chunk(
+    candidates: Sequence[Candidate], by_did: Mapping[str, tuple[Any, Any]]
+) -> pd.DataFrame:
+    """The caption rows of these candidates (a missing one stays missing: merge raises)."""
+    rows = [(c.did, *by_did[c.did]) for c in candidates if c.did in by_did]
+    return pd.DataFrame(rows, columns=["did", "item_type", "caption"])
 
 
 def merge_queries(

@@ -12,14 +12,20 @@ table (`prompts.CORPUS_ROUTES` / `QUERY_ROUTES`) decides it, as it decides cache
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import pyarrow.parquet as pq
 
 from rar_pipeline.core.corpus.records import Candidate, Query
+from rar_pipeline.core.corpus.tables import (
+    frame_to_records,
+    iter_parquet_batches,
+    write_parquet_chunks,
+)
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import (
     EnhanceOptions,
@@ -33,6 +39,7 @@ from rar_pipeline.core.enhance.perception import Perceiver
 from rar_pipeline.core.enhance.prompts import VISUAL_CONTEXT_TEMPLATE, side_version
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.enhance.vlm.offline import OFFLINE_VERSION, CaptionMemory
+from rar_pipeline.core.files import TextColumnHasher
 
 CAPTION_COLUMNS = ["did", "item_type", "caption", "status", "error"]
 
@@ -107,6 +114,93 @@ def caption_candidates(
         if outputs[c.did].generated
     ][:n_samples]
     return Captioned(pd.DataFrame(rows, columns=CAPTION_COLUMNS), stats, samples)
+
+
+SHARD_CHUNK_ROWS = 100_000  # candidates read, enhanced and written at a time
+
+
+def iter_pool(path: Path, chunk_rows: int = SHARD_CHUNK_ROWS) -> Iterator[list[Candidate]]:
+    """A `candidate_pool` table's candidates, `chunk_rows` at a time, in table order."""
+    for batch in iter_parquet_batches(path, chunk_rows):
+        yield frame_to_records(batch.to_pandas(), Candidate)
+
+
+def pool_rows(path: Path) -> int:
+    """Rows of a Parquet table, from its footer."""
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def add_stats(total: EnhanceStats, part: EnhanceStats) -> EnhanceStats:
+    """`total` plus one chunk's stats (counts and counters summed)."""
+    for f in fields(EnhanceStats):
+        value = getattr(total, f.name)
+        setattr(total, f.name, value + getattr(part, f.name))
+    return total
+
+
+@dataclass
+class CaptionedShard:
+    """What `caption_shard` wrote and counted.
+
+    Attributes:
+        path: the captions table.
+        rows: its rows (one per candidate).
+        images: rows whose item is not text-only; `captioned`: those with a caption.
+        data_version: `values_hash` of the caption column, as `defs.io.data_version`.
+    """
+
+    path: Path
+    rows: int
+    images: int
+    captioned: int
+    stats: EnhanceStats
+    samples: list[tuple[str, Any, Any]]
+    data_version: str
+
+
+def caption_shard(
+    pool: Path,
+    output: Path,
+    root: Path,
+    vlm: VLM,
+    cache: EnhancementCache,
+    options: EnhanceOptions,
+    *,
+    progress: Callable[[int], None] | None = None,
+    n_samples: int = 5,
+    chunk_rows: int = SHARD_CHUNK_ROWS,
+) -> CaptionedShard:
+    """`caption_candidates` over a pool table, `chunk_rows` candidates at a time.
+
+    Writes the captions table (atomically) as `caption_candidates(all).frame` would be
+    written, with the same stats and samples; memory holds one chunk. One difference: an
+    item whose content (text, image, prompt) repeats one of an earlier chunk is read from
+    the cache (status "cached") instead of being sent to the backend again.
+    """
+    stats = EnhanceStats()
+    samples: list[tuple[str, Any, Any]] = []
+    counts = {"rows": 0, "images": 0, "captioned": 0}
+    digest = TextColumnHasher()
+
+    def frames() -> Iterator[pd.DataFrame]:
+        for candidates in iter_pool(pool, chunk_rows):
+            part = caption_candidates(
+                candidates, root, vlm, cache, options, progress=progress, n_samples=n_samples
+            )
+            add_stats(stats, part.stats)
+            samples.extend(part.samples[: n_samples - len(samples)])
+            frame = part.frame
+            images = frame[frame["item_type"] != "text"]
+            counts["rows"] += len(frame)
+            counts["images"] += len(images)
+            counts["captioned"] += int(images["caption"].notna().sum())
+            digest.update(None if isinstance(v, float) else v for v in frame["caption"])
+            yield frame
+        yield pd.DataFrame(columns=CAPTION_COLUMNS)
+
+    path = write_parquet_chunks(frames(), output)
+    return CaptionedShard(path, **counts, stats=stats, samples=samples,
+                          data_version=digest.hexdigest())  # fmt: skip
 
 
 @dataclass

@@ -7,7 +7,7 @@ in tests); the encoder is the config's retriever checkpoint.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow as pa
 
 from rar_pipeline.core.index.ann import AnnPlan
-from rar_pipeline.core.index.rows import arrow_rows, diff_rows
+from rar_pipeline.core.index.rows import KEY, ROW_COLUMNS, ExistingRows, RowDiff, arrow_rows
 from rar_pipeline.core.retrieval.data import encode_item
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.retrieval.rank import embed_robustly
@@ -56,7 +56,7 @@ class IndexUpdate:
 def update_index(
     store: IndexStore,
     table: str,
-    rows: pd.DataFrame,
+    rows: pd.DataFrame | Iterable[pd.DataFrame],
     encoder: Encoder,
     root: Path,
     plan: AnnPlan,
@@ -66,39 +66,80 @@ def update_index(
 ) -> IndexUpdate:
     """Make `table` hold exactly `rows` (`rows.ROW_COLUMNS`), each embedded by `encoder`.
 
+    `rows` may come as chunks (`rows.iter_index_rows`): each chunk is diffed against the
+    table's keys and hashes (held compactly, `rows.ExistingRows`), embedded and upserted
+    before the next is read, and the rows no chunk held are deleted at the end. The table
+    ends the same either way; a run stopped between chunks leaves rows a rerun puts right.
+
     Args:
         store: the vector store.
         table: the config's table.
-        rows: every row the table should hold (`rows.index_rows`).
+        rows: every row the table should hold (`rows.index_rows`), whole or in chunks.
         encoder: the config's retriever.
         root: the data root that image paths are relative to.
         plan: the ANN plan (applied once the table is big enough).
         batch_size: items per encoder call.
         progress: called with the number of items embedded after each batch.
     """
-    diff = diff_rows(store.row_hashes(table), rows)
+    chunks = [rows] if isinstance(rows, pd.DataFrame) else rows
+    existing = ExistingRows(store.row_hashes(table))
+    done = IndexUpdate(0, 0, 0, 0.0)
+    wrote = False
+    for chunk in chunks:
+        diff = existing.diff(chunk)
+        done.unchanged += diff.unchanged
+        if not len(diff.write):
+            continue
+        _count(done.by_pool, diff.by_pool())
+        write, vectors = _embedded(diff.write, encoder, root, batch_size, progress, done)
+        store.upsert(table, arrow_rows(write, vectors), pd.DataFrame(columns=KEY))
+        done.written += len(write)
+        wrote = True
+    gone = existing.gone()
+    if len(gone) or not wrote:
+        empty = pd.DataFrame(columns=ROW_COLUMNS)
+        store.upsert(table, arrow_rows(empty, np.zeros((0, encoder.dim))), gone)
+        _count(done.by_pool, RowDiff(empty, gone, 0).by_pool())
+    done.deleted = len(gone)
+    done.index = store.build_indexes(table, plan)
+    return done
+
+
+def _count(total: dict[str, dict[str, int]], part: dict[str, dict[str, int]]) -> None:
+    for pool, counts in part.items():
+        into = total.setdefault(pool, {"written": 0, "deleted": 0})
+        for name, n in counts.items():
+            into[name] += n
+
+
+def _embedded(
+    rows: pd.DataFrame,
+    encoder: Encoder,
+    root: Path,
+    batch_size: int,
+    progress: Callable[[int], None] | None,
+    done: IndexUpdate,
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """Embed rows; those that failed are left out, degraded ones marked for a retry."""
     items = [
         encode_item(text, img, root)
-        for text, img in zip(diff.write["text"], diff.write["img_path"], strict=True)
+        for text, img in zip(rows["text"], rows["img_path"], strict=True)
     ]
     started = time.perf_counter()
     embedded = embed_robustly(encoder, items, batch_size, progress)
-    seconds = time.perf_counter() - started
+    done.embed_seconds += time.perf_counter() - started
 
     def noted(reasons: dict[int, str]) -> list[dict[str, str]]:
         return [
-            {"pool": diff.write["pool"].iloc[i], "did": diff.write["did"].iloc[i], "reason": r}
+            {"pool": rows["pool"].iloc[i], "did": rows["did"].iloc[i], "reason": r}
             for i, r in sorted(reasons.items())
         ]
 
-    write = diff.write.copy()
+    done.failed += noted(embedded.failed)
+    done.degraded += noted(embedded.degraded)
+    write = rows.copy()
     # a degraded row keeps a hash that matches nothing: the next update embeds it again
     for i in embedded.degraded:
         write.iloc[i, write.columns.get_loc("row_hash")] = "retry"
     keep = np.array([i not in embedded.failed for i in range(len(write))], dtype=bool)
-    store.upsert(table, arrow_rows(write[keep], embedded.vectors[keep]), diff.delete)
-    index = store.build_indexes(table, plan)
-    return IndexUpdate(
-        int(keep.sum()), len(diff.delete), diff.unchanged, seconds, diff.by_pool(), index,
-        noted(embedded.failed), noted(embedded.degraded),
-    )  # fmt: skip
+    return write[keep], embedded.vectors[keep]

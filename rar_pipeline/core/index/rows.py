@@ -12,14 +12,19 @@ its own candidates, a caption prompt edit re-embeds the rows it changed.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import hashlib
+import itertools
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 
 from rar_pipeline.core.corpus.records import Candidate
+from rar_pipeline.core.corpus.tables import frame_to_records, iter_parquet_batches
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.index.configs import IndexedConfig
 from rar_pipeline.core.retrieval.pairs import candidate_text
@@ -103,6 +108,80 @@ def index_rows(
     return pd.DataFrame(rows, columns=ROW_COLUMNS)
 
 
+INDEX_CHUNK_ROWS = 100_000  # candidates turned into rows, diffed, embedded, written at a time
+
+
+def iter_index_rows(
+    config: IndexedConfig,
+    pools: Mapping[str, Path],
+    provenance: Provenance,
+    enhanced_corpus: Mapping[str, Path] | None = None,
+    *,
+    chunk_rows: int = INDEX_CHUNK_ROWS,
+) -> Iterator[pd.DataFrame]:
+    """`index_rows` read from the pool tables, `chunk_rows` candidates at a time.
+
+    Args:
+        config: which retriever and representations.
+        pools: pool shard -> its `candidate_pool` table.
+        provenance: what made the rows.
+        enhanced_corpus: pool shard -> its `enhanced_corpus` table (needed when the config
+            reads it). Each shard's rows take their enhanced text from the shard's own
+            table; `index_rows` with one did -> text map over every shard gives the same
+            rows wherever the shards that hold a candidate agree on its enhanced text
+            (they do unless pools define it with different content, which the `queries`
+            asset reports as a conflict).
+        chunk_rows: candidates read at a time.
+
+    Raises:
+        ValueError: the config reads the enhanced corpus and none was given.
+    """
+    if config.representation.enhanced_corpus and enhanced_corpus is None:
+        raise ValueError(f"config {config.name!r} needs the enhanced corpus")
+    reads = enhanced_corpus if config.representation.enhanced_corpus else None
+    for pool, path in pools.items():
+        texts = _enhanced_texts(reads[pool], chunk_rows) if reads is not None else None
+        for batch in iter_parquet_batches(path, chunk_rows):
+            candidates = frame_to_records(batch.to_pandas(), Candidate)
+            enhanced = texts.take(c.did for c in candidates) if texts is not None else None
+            yield index_rows(config, {pool: candidates}, provenance, enhanced)
+    yield pd.DataFrame(columns=ROW_COLUMNS)
+
+
+class _EnhancedTexts:
+    """A shard's enhanced texts, read alongside its pool in the same order.
+
+    Values are what `pd.read_parquet(table)["enhanced_txt"]` holds (NaN for a missing text
+    in a string column), as the whole-table map gives them. Rows out of step with the pool
+    fall back to a did -> text map of the shard.
+    """
+
+    def __init__(self, path: Path, chunk_rows: int) -> None:
+        self._path, self._chunk_rows = path, chunk_rows
+        self._rows = self._iter()
+        self._map: dict[str, Any] | None = None
+
+    def _iter(self) -> Iterator[tuple[str, Any]]:
+        columns = ["did", "enhanced_txt"]
+        for batch in iter_parquet_batches(self._path, self._chunk_rows, columns):
+            frame = batch.to_pandas()
+            yield from zip(frame["did"], frame["enhanced_txt"], strict=True)
+
+    def take(self, dids: Iterable[str]) -> dict[str, Any]:
+        dids = list(dids)
+        if self._map is None:
+            pairs = list(itertools.islice(self._rows, len(dids)))
+            if [d for d, _ in pairs] == dids:
+                return dict(pairs)
+            frame = pd.read_parquet(self._path, columns=["did", "enhanced_txt"])
+            self._map = dict(zip(frame["did"], frame["enhanced_txt"], strict=True))
+        return {d: self._map[d] for d in dids if d in self._map}
+
+
+def _enhanced_texts(path: Path, chunk_rows: int) -> _EnhancedTexts:
+    return _EnhancedTexts(path, chunk_rows)
+
+
 @dataclass(frozen=True)
 class RowDiff:
     """What an index update does: rows to embed and write, keys to delete."""
@@ -138,6 +217,61 @@ def diff_rows(existing: pd.DataFrame, rows: pd.DataFrame) -> RowDiff:
         rows[changed].reset_index(drop=True),
         pd.DataFrame(gone, columns=KEY),
         int((~changed).sum()),
+    )
+
+
+class ExistingRows:
+    """A table's (pool, did, row_hash), compact, for diffing row chunks against it.
+
+    Keys are 128-bit blake2b digests of (pool, did) and hashes fixed 16-byte strings in
+    sorted numpy arrays (~40 bytes a row, where the frame takes ~200); `diff` marks the
+    keys it sees, and `gone` is every key no chunk had.
+    """
+
+    def __init__(self, existing: pd.DataFrame) -> None:
+        keys = _keys(existing["pool"], existing["did"])
+        self._order = np.argsort(keys, kind="stable")
+        self._keys = keys[self._order]
+        hashes = [str(h).encode()[:16] for h in existing["row_hash"]]
+        self._hashes = np.array(hashes, dtype="S16")[self._order]
+        self._pool = pa.array(existing["pool"].astype(object), type=pa.string())
+        self._did = pa.array(existing["did"].astype(object), type=pa.string())
+        self._seen = np.zeros(len(keys), dtype=bool)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def diff(self, rows: pd.DataFrame) -> RowDiff:
+        """The rows of this chunk that are new or changed (no deletes: see `gone`)."""
+        if not len(self._keys) or not len(rows):
+            return RowDiff(rows.reset_index(drop=True), pd.DataFrame(columns=KEY), 0)
+        keys = _keys(rows["pool"], rows["did"])
+        at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
+        found = self._keys[at] == keys
+        self._seen[at[found]] = True
+        new = np.array([str(h).encode()[:16] for h in rows["row_hash"]], dtype="S16")
+        changed = ~(found & (self._hashes[at] == new))
+        return RowDiff(
+            rows[changed].reset_index(drop=True), pd.DataFrame(columns=KEY), int((~changed).sum())
+        )
+
+    def gone(self) -> pd.DataFrame:
+        """KEY columns of the rows no chunk held, in the table's order."""
+        index = np.sort(self._order[~self._seen])
+        return pd.DataFrame(
+            {"pool": self._pool.take(index).to_pylist(), "did": self._did.take(index).to_pylist()},
+            columns=KEY,
+        )
+
+
+def _keys(pools: Iterable[Any], dids: Iterable[Any]) -> np.ndarray:
+    digest = hashlib.blake2b
+    return np.array(
+        [
+            digest(f"{p}\0{d}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
+            for p, d in zip(pools, dids, strict=True)
+        ],
+        dtype="S16",
     )
 
 

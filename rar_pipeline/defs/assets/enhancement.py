@@ -17,10 +17,15 @@ from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceStats
-from rar_pipeline.core.enhance.merge import merge_corpus
+from rar_pipeline.core.enhance.merge import merge_corpus_files
 from rar_pipeline.core.enhance.perception import Perceiver
 from rar_pipeline.core.enhance.prompts import Side, routed_prompts
-from rar_pipeline.core.enhance.steps import caption_candidates, fit_captioner, rewrite_queries
+from rar_pipeline.core.enhance.steps import (
+    caption_shard,
+    fit_captioner,
+    pool_rows,
+    rewrite_queries,
+)
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import (
@@ -30,7 +35,13 @@ from rar_pipeline.defs.checks import (
     failure_rate_spec,
 )
 from rar_pipeline.defs.drift import prompt_metadata
-from rar_pipeline.defs.io import data_version, progress_bar, read_input, read_records, samples_table
+from rar_pipeline.defs.io import (
+    data_version,
+    progress_bar,
+    read_records,
+    require_input,
+    samples_table,
+)
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
 
@@ -152,16 +163,21 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """Dense captions of the shard's image and image+text candidates (cached)."""
         shard, paths = context.partition_key, corpus.artifacts()
-        cands = read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
-        backend, result = _run_step(caption_candidates, cands, corpus, vlm, f"captions {shard}")
-        path = write_parquet(result.frame, paths.captions(shard))
-        images = result.frame[result.frame["item_type"] != "text"]
+        pool = require_input(paths.pool(shard), f"candidate_pool[{shard}]")
+        backend = vlm.create(paths)
+        cache = EnhancementCache(paths.enhancement_cache)
+        with progress_bar(f"captions {shard}", pool_rows(pool)) as progress:
+            # streamed: one chunk of the shard in memory at a time
+            result = caption_shard(pool, paths.captions(shard), corpus.root, backend, cache,
+                                   vlm.options(), progress=progress)  # fmt: skip
         coverage = caption_coverage_result(
-            int(images["caption"].notna().sum()), len(images), vlm.min_caption_coverage
+            result.captioned, result.images, vlm.min_caption_coverage
         )
         return dg.MaterializeResult(
-            metadata=_enhanced(context, backend, result.stats, path, result.samples, "corpus"),
-            data_version=data_version(result.frame, "caption"),
+            metadata=_enhanced(
+                context, backend, result.stats, result.path, result.samples, "corpus"
+            ),
+            data_version=dg.DataVersion(result.data_version),
             check_results=[_failure_check(result.stats, vlm), coverage],
         )
 
@@ -177,23 +193,25 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
     ) -> dg.MaterializeResult:
         """Candidates as the retriever embeds them: text, caption, or text + Visual Context."""
         shard, paths = context.partition_key, corpus.artifacts()
-        cands = read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
-        captions = read_input(paths.captions(shard), f"corpus_captions[{shard}]")
-        merged = merge_corpus(cands, captions, vlm.options().guard)
-        path = write_parquet(merged.frame, paths.enhanced_corpus(shard))
+        pool = require_input(paths.pool(shard), f"candidate_pool[{shard}]")
+        captions = require_input(paths.captions(shard), f"corpus_captions[{shard}]")
+        # streamed: one chunk of the shard in memory at a time
+        merged = merge_corpus_files(
+            pool, captions, paths.enhanced_corpus(shard), vlm.options().guard
+        )
         return dg.MaterializeResult(
             metadata={
-                "dagster/row_count": len(merged.frame),
+                "dagster/row_count": merged.rows,
                 **prompt_metadata(routed_prompts("corpus")),
                 "items_by_type": dict(merged.items_by_type),
                 "without_enhanced_text": merged.without_enhanced_txt,
                 "guard_policy": vlm.hallucination_policy,
                 "guard_flagged": merged.guard_flagged,
                 "guard_dropped": merged.guard_dropped,
-                "path": dg.MetadataValue.path(str(path)),
+                "path": dg.MetadataValue.path(str(merged.path)),
                 "samples": samples_table(merged.samples),
             },
-            data_version=data_version(merged.frame, "enhanced_txt"),
+            data_version=dg.DataVersion(merged.data_version),
         )
 
     @dg.asset(

@@ -8,20 +8,17 @@ indexes and leaves `none` and `query` fresh. An update embeds only new or change
 """
 
 import dagster as dg
+import pyarrow.parquet as pq
 
 from rar_pipeline.core.corpus.mbeir import write_jsonl
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
-from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, index_rows
+from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, iter_index_rows
 from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.defs.assets.corpus import candidate_pool
-from rar_pipeline.defs.assets.retrieval import (
-    enhanced_corpus_texts,
-    read_pools,
-)
-from rar_pipeline.defs.io import markdown_table, progress_bar
+from rar_pipeline.defs.io import markdown_table, progress_bar, require_input
 from rar_pipeline.defs.resources import CorpusResource, LanceDBResource, RetrieverResource
 
 GROUP = "index"
@@ -62,9 +59,12 @@ def _index_asset(
     ) -> dg.MaterializeResult:
         """Every candidate embedded by this config's retriever, with vector and text indexes."""
         paths, layout = corpus.artifacts(), corpus.layout()
-        pools = read_pools(corpus)
+        pools = {s: require_input(paths.pool(s), f"candidate_pool[{s}]") for s in layout.pools}
         enhanced = (
-            enhanced_corpus_texts(paths, list(layout.pools))
+            {
+                s: require_input(paths.enhanced_corpus(s), f"enhanced_corpus[{s}]")
+                for s in layout.pools
+            }
             if config.representation.enhanced_corpus
             else None
         )
@@ -78,8 +78,10 @@ def _index_asset(
             context.log.warning(f"no checkpoint for {config.retriever.name}: indexing with the "
                                 "untrained base encoder (zero-shot)")  # fmt: skip
         provenance = Provenance(reference, versions["enhanced_corpus"], vlm_model)
-        rows = index_rows(config, pools, provenance, enhanced)
-        with progress_bar(f"index {config.name}", len(rows)) as update:
+        # streamed: rows are built, diffed, embedded and written a chunk at a time
+        rows = iter_index_rows(config, pools, provenance, enhanced)
+        total = sum(pq.ParquetFile(p).metadata.num_rows for p in pools.values())
+        with progress_bar(f"index {config.name}", total) as update:
             done = update_index(lancedb, config.table, rows, encoder, layout.root,
                                 DEFAULT_PLAN, progress=update)  # fmt: skip
         context.log.info(
