@@ -18,9 +18,9 @@ import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
 from rar_pipeline.core.corpus.images import ImageCheck
+from rar_pipeline.core.corpus.lines import CHUNK_LINES
 from rar_pipeline.core.corpus.mbeir import CorpusLayout
 from rar_pipeline.core.corpus.readers import (
-    CHUNK_LINES,
     KnownCandidates,
     iter_candidates,
     read_instructions,

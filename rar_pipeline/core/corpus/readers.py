@@ -7,14 +7,10 @@ good rows go on. Only a missing or unreadable *file* raises.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
-
-import numpy as np
+from typing import Any
 
 from rar_pipeline.core.corpus.fields import (
     CANDIDATE_FIELDS,
@@ -24,6 +20,13 @@ from rar_pipeline.core.corpus.fields import (
     src_content,
 )
 from rar_pipeline.core.corpus.images import ImageCheck
+from rar_pipeline.core.corpus.lines import (
+    CHUNK_LINES,
+    quarantined_row,
+    read_rows,
+    scan_rows,
+    text_lines,
+)
 from rar_pipeline.core.corpus.mbeir import LayoutError, source_name
 from rar_pipeline.core.corpus.records import (
     Candidate,
@@ -35,17 +38,6 @@ from rar_pipeline.core.corpus.records import (
     ReadResult,
     Reason,
 )
-
-T = TypeVar("T")
-_RAW_LIMIT = 500
-CHUNK_LINES = 100_000  # lines validated per chunk by the streaming readers
-
-
-# ---------------------------------------------------------------------------
-# readers
-
-
-_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -94,182 +86,6 @@ def _missing(known: Collection[str] | KnownCandidates, did: str) -> str:
     )
 
 
-def _text_lines(path: Path) -> Iterator[tuple[int, str, str | None]]:
-    """Yield (line_no, text, error) for every non-blank line, decoded as strict UTF-8.
-
-    A byte-order mark at the start of the file is dropped. A line that is not valid UTF-8
-    comes with an error (its text decoded with replacement characters, for the record):
-    silently replacing bytes could make two different ids collide.
-    """
-    with path.open("rb") as fh:
-        for line_no, data in enumerate(fh, start=1):
-            if line_no == 1 and data.startswith(_BOM):
-                data = data[len(_BOM) :]
-            try:
-                text, error = data.decode("utf-8"), None
-            except UnicodeDecodeError as exc:
-                text = data.decode("utf-8", errors="replace")
-                error = f"not valid UTF-8 ({exc.reason} at byte {exc.start})"
-            if text.strip():
-                yield line_no, text, error
-
-
-def _iter_json_lines(
-    path: Path,
-) -> Iterator[tuple[int, str, dict[str, Any] | None, Reason | None, str]]:
-    """Yield (line_no, raw, obj, reason, detail) for every non-blank line."""
-    for line_no, raw, error in _text_lines(path):
-        if error is not None:
-            yield line_no, raw, None, Reason.BAD_ENCODING, error
-            continue
-        try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            yield line_no, raw, None, Reason.BAD_JSON, f"bad JSON: {exc.msg} at column {exc.colno}"
-            continue
-        if not isinstance(obj, dict):
-            detail = f"expected a JSON object, got {type(obj).__name__}"
-            yield line_no, raw, None, Reason.NOT_AN_OBJECT, detail
-            continue
-        yield line_no, raw, obj, None, ""
-
-
-def _quarantine(
-    source: str, line_no: int, raw: str, reason: Reason, detail: str, row_id: str | None
-) -> QuarantinedRow:
-    return QuarantinedRow(
-        source=source,
-        line=line_no,
-        row_id=row_id,
-        reason=reason,
-        detail=detail,
-        raw=raw.rstrip("\n")[:_RAW_LIMIT],
-    )
-
-
-class SeenIds:
-    """Which ids a file has defined so far, and on which line: compact at millions of ids.
-
-    The latest ids sit in a dict; every `FREEZE` of them move into sorted numpy arrays of
-    their 128-bit blake2b digests and line numbers (24 bytes an id, where a dict of strings
-    takes ~130). Two different ids share a digest with probability ~n^2 / 2^129.
-    """
-
-    FREEZE = 100_000
-
-    def __init__(self) -> None:
-        self._recent: dict[str, int] = {}
-        self._digests = np.empty(0, dtype="S16")
-        self._lines = np.empty(0, dtype=np.int64)
-
-    def __len__(self) -> int:
-        return len(self._recent) + len(self._digests)
-
-    @staticmethod
-    def _digest(key: str) -> bytes:
-        return hashlib.blake2b(key.encode("utf-8", "surrogatepass"), digest_size=16).digest()
-
-    def first_lines(self, keys: Sequence[str]) -> list[int | None]:
-        """For each key, the line that defined it earlier (None: new); does not add them."""
-        found: list[int | None] = [self._recent.get(k) for k in keys]
-        if len(self._digests):
-            probe = np.array([self._digest(k) for k in keys], dtype="S16")
-            at = np.minimum(np.searchsorted(self._digests, probe), len(self._digests) - 1)
-            hit = self._digests[at] == probe
-            for i in np.flatnonzero(hit):
-                found[i] = int(self._lines[at[i]])
-        return found
-
-    def add(self, key: str, line: int) -> None:
-        self._recent[key] = line
-        if len(self._recent) >= self.FREEZE:
-            self._freeze()
-
-    def _freeze(self) -> None:
-        digests = np.array([self._digest(k) for k in self._recent], dtype="S16")
-        lines = np.fromiter(self._recent.values(), dtype=np.int64, count=len(self._recent))
-        order = np.argsort(digests, kind="stable")
-        digests, lines = digests[order], lines[order]
-        at = np.searchsorted(self._digests, digests)
-        self._digests = np.insert(self._digests, at, digests)
-        self._lines = np.insert(self._lines, at, lines)
-        self._recent = {}
-
-
-def _scan_rows(
-    path: Path,
-    root: Path,
-    parse: Callable[[dict[str, Any]], T],
-    row_id: Callable[[T], str],
-    raw_id: Callable[[dict[str, Any]], str | None],
-    progress: Callable[[int], None] | None,
-    chunk_lines: int,
-) -> Iterator[ReadResult[T]]:
-    """Validate a file `chunk_lines` lines at a time: one `ReadResult` per chunk, in order.
-
-    Only the ids seen so far (`SeenIds`) outlive a chunk: a repeated id is quarantined
-    wherever its first definition was.
-    """
-    source = source_name(path, root)
-    seen = SeenIds()
-    parsed: list[tuple[int, str, T]] = []
-    quarantined: list[QuarantinedRow] = []
-
-    def flush() -> ReadResult[T]:
-        keys = [row_id(row) for _, _, row in parsed]
-        earlier = seen.first_lines(keys)
-        rows: list[T] = []
-        bad = list(quarantined)
-        local: dict[str, int] = {}  # this chunk's ids: `earlier` knows only the others'
-        for (line_no, raw, row), key, first in zip(parsed, keys, earlier, strict=True):
-            first = first if first is not None else local.get(key)
-            if first is None:
-                local[key] = line_no
-                seen.add(key, line_no)
-                rows.append(row)
-                continue
-            detail = f"id {key!r} already defined on line {first}"
-            bad.append(_quarantine(source, line_no, raw, Reason.DUPLICATE_ID, detail, key))
-        bad.sort(key=lambda q: q.line)
-        parsed.clear()
-        quarantined.clear()
-        return ReadResult(rows=rows, quarantined=bad)
-
-    for line_no, raw, obj, reason, detail in _iter_json_lines(path):
-        if progress is not None:
-            progress(1)
-        if obj is None:
-            assert reason is not None
-            quarantined.append(_quarantine(source, line_no, raw, reason, detail, None))
-        else:
-            rid = raw_id(obj)
-            try:
-                parsed.append((line_no, raw, parse(obj)))
-            except RowError as exc:
-                quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, rid))
-        if len(parsed) + len(quarantined) >= chunk_lines:
-            yield flush()
-    if parsed or quarantined:
-        yield flush()
-
-
-def _read_rows(
-    path: Path,
-    root: Path,
-    parse: Callable[[dict[str, Any]], T],
-    row_id: Callable[[T], str],
-    raw_id: Callable[[dict[str, Any]], str | None],
-    progress: Callable[[int], None] | None,
-    chunk_lines: int = CHUNK_LINES,
-) -> ReadResult[T]:
-    rows: list[T] = []
-    quarantined: list[QuarantinedRow] = []
-    for chunk in _scan_rows(path, root, parse, row_id, raw_id, progress, chunk_lines):
-        rows.extend(chunk.rows)
-        quarantined.extend(chunk.quarantined)
-    return ReadResult(rows=rows, quarantined=quarantined)
-
-
 def _str_id(obj: dict[str, Any], name: str) -> str | None:
     value = obj.get(name)
     return value if isinstance(value, str) else None
@@ -310,7 +126,7 @@ def read_candidates(
         quarantined.
     """
     parse = _candidate_parser(root, image_check or ImageCheck())
-    return _read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
+    return read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
 
 
 def iter_candidates(
@@ -327,7 +143,7 @@ def iter_candidates(
     rows and quarantined rows gives exactly what `read_candidates` returns.
     """
     parse = _candidate_parser(root, image_check or ImageCheck())
-    return _scan_rows(
+    return scan_rows(
         path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress, chunk_lines
     )
 
@@ -404,7 +220,7 @@ def read_queries(
             src_content=src_content(obj.get("query_src_content")),
         )
 
-    result = _read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+    result = read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
     kept = {q.qid for q in result.rows}  # a duplicate row's references were never kept
     result.dropped = [d for d in dropped if d.qid in kept]
     return result
@@ -454,14 +270,16 @@ def read_qrels(
             )
         return Qrel(qid=qid, did=did, relevance=int(relevance), task_id=int(line_task))
 
-    for line_no, raw, error in _text_lines(path):
+    for line_no, raw, error in text_lines(path):
         parts = raw.split()
         try:
             if error is not None:
                 raise RowError(Reason.BAD_ENCODING, error)
             qrel = parse(parts)
         except RowError as exc:
-            quarantined.append(_quarantine(source, line_no, raw, exc.reason, exc.detail, parts[0]))
+            quarantined.append(
+                quarantined_row(source, line_no, raw, exc.reason, exc.detail, parts[0])
+            )
             continue
         seen[(qrel.qid, qrel.did)] = line_no
         rows.append(qrel)
@@ -477,7 +295,7 @@ def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
     source = source_name(path, root)
     rows: list[Instruction] = []
     quarantined: list[QuarantinedRow] = []
-    lines = _text_lines(path)
+    lines = text_lines(path)
     _, first, _ = next(lines, (1, "", None))
     header = first.rstrip("\r\n").split("\t")
     required = ["query_modality", "cand_modality", "dataset_name", "dataset_id"]
@@ -489,7 +307,7 @@ def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
         if error is not None or len(parts) < 5 or not prompts:
             reason = Reason.BAD_ENCODING if error else Reason.BAD_INSTRUCTION_LINE
             detail = error or "expected 4 key columns and at least one prompt"
-            quarantined.append(_quarantine(source, line_no, raw, reason, detail, None))
+            quarantined.append(quarantined_row(source, line_no, raw, reason, detail, None))
             continue
         rows.append(Instruction(*(p.strip() for p in parts[:4]), prompts=prompts))
     return ReadResult(rows=rows, quarantined=quarantined)

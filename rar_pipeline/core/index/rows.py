@@ -228,15 +228,22 @@ class ExistingRows:
     keys it sees, and `gone` is every key no chunk had.
     """
 
-    def __init__(self, existing: pd.DataFrame) -> None:
-        keys = _keys(existing["pool"], existing["did"])
-        self._order = np.argsort(keys, kind="stable")
-        self._keys = keys[self._order]
-        hashes = [str(h).encode()[:16] for h in existing["row_hash"]]
-        self._hashes = np.array(hashes, dtype="S16")[self._order]
-        self._pool = pa.array(existing["pool"].astype(object), type=pa.string())
-        self._did = pa.array(existing["did"].astype(object), type=pa.string())
-        self._seen = np.zeros(len(keys), dtype=bool)
+    def __init__(self, existing: Iterable[pa.RecordBatch]) -> None:
+        """Read the table's (pool, did, row_hash) batches (`row_hashes`) one at a time."""
+        keys, hashes, pools, dids = [], [], [], []
+        for batch in existing:
+            pool, did = batch.column("pool").to_pylist(), batch.column("did").to_pylist()
+            keys.append(_keys(pool, did))
+            hashes.append(_hashes(batch.column("row_hash").to_pylist()))
+            pools.append(pa.array(pool, type=pa.string()))
+            dids.append(pa.array(did, type=pa.string()))
+        all_keys = np.concatenate(keys) if keys else np.empty(0, dtype="S16")
+        self._order = np.argsort(all_keys, kind="stable")
+        self._keys = all_keys[self._order]
+        self._hashes = (np.concatenate(hashes) if hashes else np.empty(0, "S16"))[self._order]
+        self._pool = pa.concat_arrays(pools) if pools else pa.array([], pa.string())
+        self._did = pa.concat_arrays(dids) if dids else pa.array([], pa.string())
+        self._seen = np.zeros(len(all_keys), dtype=bool)
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -249,7 +256,7 @@ class ExistingRows:
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = self._keys[at] == keys
         self._seen[at[found]] = True
-        new = np.array([str(h).encode()[:16] for h in rows["row_hash"]], dtype="S16")
+        new = _hashes(rows["row_hash"])
         changed = ~(found & (self._hashes[at] == new))
         return RowDiff(
             rows[changed].reset_index(drop=True), pd.DataFrame(columns=KEY), int((~changed).sum())
@@ -262,6 +269,11 @@ class ExistingRows:
             {"pool": self._pool.take(index).to_pylist(), "did": self._did.take(index).to_pylist()},
             columns=KEY,
         )
+
+
+def _hashes(row_hashes: Iterable[Any]) -> np.ndarray:
+    """Row hashes as fixed 16-byte strings (their first 16 characters)."""
+    return np.array([str(h).encode()[:16] for h in row_hashes], dtype="S16")
 
 
 def _keys(pools: Iterable[Any], dids: Iterable[Any]) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.configs import IndexedConfig
@@ -27,7 +28,7 @@ class SearchStore(Protocol):
 
     def count_rows(self, name: str) -> int: ...
 
-    def row_hashes(self, name: str) -> pd.DataFrame: ...
+    def row_hashes(self, name: str) -> pa.RecordBatchReader: ...
 
     def search_vectors(
         self,

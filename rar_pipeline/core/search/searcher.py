@@ -169,8 +169,10 @@ class Searcher:
     def pools(self) -> list[str]:
         """The pools the table holds (read once, when first asked: it scans the table)."""
         if self._pools is None:
-            keys = self.store.row_hashes(self.config.table)
-            self._pools = sorted(keys["pool"].unique().tolist())
+            found: set[str] = set()
+            for batch in self.store.row_hashes(self.config.table):
+                found.update(batch.column("pool").unique().to_pylist())
+            self._pools = sorted(found)
         return self._pools
 
     def search(

@@ -26,6 +26,8 @@ from rar_pipeline.core.search.rank import SearchStore
 KEY = ["pool", "did"]
 TEXT_COLUMN = "text"
 DELETE_CHUNK = 500
+HASH_BATCH_ROWS = 100_000  # rows per Arrow batch when the keys and row hashes are read
+ROW_HASHES = pa.schema([("pool", pa.string()), ("did", pa.string()), ("row_hash", pa.string())])
 SEARCH_CHUNK = 256  # query vectors per LanceDB search call
 RRF_K = 60  # reciprocal rank fusion's constant (LanceDB's RRFReranker default)
 
@@ -105,12 +107,13 @@ class LanceDBResource(dg.ConfigurableResource):
         return hits.rename(columns={"_distance": "distance"})
 
     # -- what an index needs
-    def row_hashes(self, name: str) -> pd.DataFrame:
-        """(pool, did, row_hash) of every row (empty when the table does not exist)."""
+    def row_hashes(self, name: str) -> pa.RecordBatchReader:
+        """(pool, did, row_hash) of every row, streamed in Arrow batches (none: no table)."""
         if name not in self.table_names():
-            return pd.DataFrame(columns=[*KEY, "row_hash"])
+            return pa.RecordBatchReader.from_batches(ROW_HASHES, [])
         table = self.connect().open_table(name)
-        return table.search().select([*KEY, "row_hash"]).limit(None).to_pandas()
+        query = table.search().select([*KEY, "row_hash"]).limit(None)
+        return query.to_batches(HASH_BATCH_ROWS)
 
     def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
         """Insert or replace `rows` by (pool, did), delete the `delete` keys; the new version.
@@ -137,14 +140,18 @@ class LanceDBResource(dg.ConfigurableResource):
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
         """The full-text index on `text`, the ANN index once the table is big enough.
 
-        An existing index is updated incrementally (`optimize`), not rebuilt.
+        An existing index is updated incrementally (`optimize`: fold in the rows it does
+        not cover yet, compact small files), not rebuilt, and only when some rows are not
+        in it: an update that changed nothing costs no rewrite of the table. (Rows deleted
+        by an update stay masked until the next write's `optimize` compacts them away.)
         """
         import lancedb.index
 
         table = self.connect().open_table(name)
         rows = table.count_rows()
-        have = {tuple(i.columns): i.index_type for i in table.list_indices()}
-        if have:  # fold new rows into the existing indexes, compact small files
+        indices = table.list_indices()
+        have = {tuple(i.columns): i.index_type for i in indices}
+        if any(table.index_stats(i.name).num_unindexed_rows for i in indices):
             table.optimize()
         if (TEXT_COLUMN,) not in have:
             table.create_index(TEXT_COLUMN, config=lancedb.index.FTS())
@@ -265,10 +272,10 @@ class FakeVectorStore(dg.ConfigurableResource):
         order = np.argsort(distance, kind="stable")[:k]
         return table.iloc[order].assign(distance=distance[order]).reset_index(drop=True)
 
-    def row_hashes(self, name: str) -> pd.DataFrame:
-        if name not in self._tables:
-            return pd.DataFrame(columns=[*KEY, "row_hash"])
-        return self._tables[name][[*KEY, "row_hash"]].copy()
+    def row_hashes(self, name: str) -> pa.RecordBatchReader:
+        frame = self._tables.get(name, pd.DataFrame(columns=[*KEY, "row_hash"]))
+        table = pa.Table.from_pandas(frame[[*KEY, "row_hash"]], ROW_HASHES, preserve_index=False)
+        return pa.RecordBatchReader.from_batches(ROW_HASHES, table.to_batches(HASH_BATCH_ROWS))
 
     def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
         rows = rows.to_pandas()

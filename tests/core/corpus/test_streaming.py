@@ -10,8 +10,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from rar_pipeline.core.corpus.ingest import ingest_pool, known_candidate_ids
+from rar_pipeline.core.corpus.lines import SeenIds
 from rar_pipeline.core.corpus.mbeir import CorpusLayout, discover, pool_file
-from rar_pipeline.core.corpus.readers import SeenIds
 from rar_pipeline.core.corpus.records import Reason
 from rar_pipeline.core.corpus.tables import write_parquet, write_parquet_chunks
 from rar_pipeline.core.files import TextColumnHasher, values_hash

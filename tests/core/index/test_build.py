@@ -139,6 +139,32 @@ def test_lancedb_builds_an_ann_index_once_the_table_is_big_enough(tmp_path):
     assert hits["did"].tolist() == ["1:new"]
 
 
+def test_lancedb_optimizes_its_indexes_only_when_rows_are_not_in_them(tmp_path, monkeypatch):
+    import lancedb.table
+
+    optimized = []
+    real_optimize = lancedb.table.LanceTable.optimize
+
+    def counting(self, *args, **kwargs):
+        optimized.append(self.name)
+        return real_optimize(self, *args, **kwargs)
+
+    monkeypatch.setattr(lancedb.table.LanceTable, "optimize", counting)
+    store = LanceDBResource(uri=str(tmp_path / "lance"))
+    plan = AnnPlan(min_rows=300, rows_per_partition=300)
+    big = {"task1_cand_pool": pool("1", 400)}
+    update_index(store, "none", iter([rows_for(big)[:200], rows_for(big)[200:]]),
+                 WordEncoder(), tmp_path, plan)  # fmt: skip
+    assert optimized == []  # a first build creates the indexes over every row
+    unchanged = update_index(store, "none", rows_for(big), WordEncoder(), tmp_path, plan)
+    assert unchanged.written == 0 and optimized == []  # nothing new: no rewrite of the table
+    big["task1_cand_pool"].append(Candidate("1:new", Modality.TEXT, "zebra zebra zebra", None))
+    update_index(store, "none", rows_for(big), WordEncoder(), tmp_path, plan)
+    assert optimized == ["none"]
+    table = store.connect().open_table("none")
+    assert all(table.index_stats(i.name).num_unindexed_rows == 0 for i in table.list_indices())
+
+
 class PickyEncoder(WordEncoder):
     """Fails on any batch holding an image named broken*, as PIL fails on a rotten file."""
 

@@ -89,3 +89,35 @@ def test_rows_read_from_the_tables_in_chunks_equal_rows_from_records(tmp_path, c
     )
     assert chunked["row_hash"].tolist() == expected["row_hash"].tolist()
     assert chunked[["pool", "did"]].values.tolist() == expected[["pool", "did"]].values.tolist()
+
+
+@pytest.mark.parametrize("kind", ["lancedb", "fake"])
+def test_the_tables_keys_read_in_batches_of_three_give_the_diff_of_one_batch(
+    tmp_path, kind, monkeypatch
+):
+    from rar_pipeline.defs.resources import lancedb as store_module
+
+    whole, batched = _stores(tmp_path, kind)
+    changed = {**POOLS, "task1_cand_pool": POOLS["task1_cand_pool"][:20] + pool("1x", 4)}
+    most_batches = 0
+    for pools in (POOLS, changed, {"task2_cand_pool": POOLS["task2_cand_pool"]}):
+        rows = index_rows(INDEXED["none"], pools, Provenance("none@1"))
+        a = update_index(whole, "none", rows, WordEncoder(), tmp_path, PLAN)
+        with monkeypatch.context() as patch:
+            patch.setattr(store_module, "HASH_BATCH_ROWS", 3)
+            batches = list(batched.row_hashes("none"))
+            assert all(batch.num_rows <= 3 for batch in batches)
+            most_batches = max(most_batches, len(batches))
+            b = update_index(batched, "none", rows, WordEncoder(), tmp_path, PLAN)
+        assert (b.written, b.deleted, b.unchanged, b.by_pool) == (
+            a.written, a.deleted, a.unchanged, a.by_pool
+        )  # fmt: skip
+        pd.testing.assert_frame_equal(_table(batched, "none"), _table(whole, "none"))
+    assert most_batches > 1
+
+
+@pytest.mark.parametrize("kind", ["lancedb", "fake"])
+def test_a_missing_table_has_no_keys_but_their_schema(tmp_path, kind):
+    store = _stores(tmp_path, kind)[0]
+    keys = store.row_hashes("nothing").read_all()
+    assert keys.num_rows == 0 and keys.column_names == ["pool", "did", "row_hash"]
