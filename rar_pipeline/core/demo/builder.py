@@ -304,6 +304,17 @@ def _make_queries(
             pos = [items.photo[o.key].did for o in by_combo[target]]
             add(7, split, Modality.IMAGE_TEXT, text, p.img_path, pos)
             made += 1
+
+    # A train product may share shape, colour and brand with a test product, and the
+    # phrasings are shared: a train query that says exactly what a test query says (same
+    # task, text and image) would be a test query in the training pairs. Drop it (after
+    # every draw, so the rest of the corpus stays what the seed made).
+    def content(q: Query) -> tuple:
+        return (q.task_id, q.txt, q.img_path)
+
+    tests = {content(q) for splits in queries.values() for q in splits["test"]}
+    for splits in queries.values():
+        splits["train"] = [q for q in splits["train"] if content(q) not in tests]
     return queries
 
 

@@ -143,3 +143,23 @@ def test_builder_is_idempotent_and_guards_foreign_folders(tmp_path: Path):
     with pytest.raises(FileExistsError, match="refusing"):
         build_demo_corpus(foreign, cfg)
     assert (foreign / "precious.txt").read_text() == "do not touch"
+
+
+def test_no_train_query_says_exactly_what_a_test_query_says(tmp_path: Path):
+    # the default corpus: train and test products share attributes and phrasings, so its
+    # draws repeat 18 test queries word for word (the training pairs' leak check caught it)
+    cfg = DemoConfig()
+    root = tmp_path / "demo"
+    build_demo_corpus(root, cfg)
+    layout = discover(root)
+    content = {
+        split: {
+            (q.task_id, q.txt, q.img_path)
+            for splits in layout.queries.values()
+            if split in splits
+            for q in read_queries(splits[split], root, split=split).rows
+        }
+        for split in ("train", "test")
+    }
+    assert content["train"] and content["test"]
+    assert not content["train"] & content["test"]
