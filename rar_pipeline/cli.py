@@ -24,26 +24,56 @@ from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, LayoutError, discover
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.search.query import MAX_K
 from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
 from rar_pipeline.defs.groups import GROUPS
 
-# Settings with a flag that `run` and `demo` take (`--data` and `--artifacts` are added
-# per command); each flag's help, choices and type come from the settings table.
-GRAPH_FLAGS = [s for s in SETTINGS if s.flag and s.name not in ("data_root", "artifacts_dir")]
+# Settings with a flag that `run`, `demo`, `search` and `serve` take (`--data` and
+# `--artifacts` are added per command); each flag's help, choices, type and bounds come
+# from the settings table. `serve` also takes the search page's own.
+GRAPH_FLAGS = [
+    s
+    for s in SETTINGS
+    if s.flag and s.scope == "graph" and s.name not in ("data_root", "artifacts_dir")
+]
+SERVE_FLAGS = [s for s in SETTINGS if s.flag and s.scope == "serve"]
 
 
 def _add_setting(parser: argparse._ActionsContainer, setting: Setting, **overrides) -> None:
     """A flag for a setting: unset (None) unless given, so the environment can decide."""
     fallback = "the project default" if callable(setting.default) else repr(setting.default)
     default_help = f" (default: ${setting.env}, else {fallback})"
+
+    def parse(raw: str) -> object:
+        try:
+            return setting.parse(raw, setting.flag or setting.name)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
+
+    parse.__name__ = setting.name  # what argparse names in its errors
     parser.add_argument(
         setting.flag,
         dest=setting.name,
-        type=setting.kind,
+        type=parse,
         choices=list(setting.choices) if setting.choices else None,
         help=setting.help + default_help,
         **overrides,
     )
+
+
+def bounded(low: int, high: int) -> object:
+    """An argparse type: a whole number from `low` to `high`, else a one-line error."""
+
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{raw[:20]!r} is not a whole number") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{raw[:20]} is not between {low} and {high}")
+        return value
+
+    return parse
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -63,15 +93,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
     defaults = DemoConfig()
-    demo.add_argument("--train-products", type=int, default=defaults.n_train_products)
-    demo.add_argument("--test-products", type=int, default=defaults.n_test_products)
+    count = bounded(1, 100_000)
+    demo.add_argument("--train-products", type=count, default=defaults.n_train_products)
+    demo.add_argument("--test-products", type=count, default=defaults.n_test_products)
     demo.add_argument(
-        "--train-queries", type=int, default=defaults.train_queries_per_task, help="per task"
+        "--train-queries", type=count, default=defaults.train_queries_per_task, help="per task"
     )
     demo.add_argument(
-        "--test-queries", type=int, default=defaults.test_queries_per_task, help="per task"
+        "--test-queries", type=count, default=defaults.test_queries_per_task, help="per task"
     )
-    demo.add_argument("--seed", type=int, default=defaults.seed)
+    demo.add_argument("--seed", type=bounded(0, 2**32 - 1), default=defaults.seed)
 
     run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
     _add_setting(run, data, required=True)
@@ -109,7 +140,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     _add_setting(validate, BY_NAME["image_check"])
     _add_setting(validate, BY_NAME["strict_paths"])
     validate.add_argument(
-        "--show", type=int, default=20, help="how many quarantined rows to list (default 20)"
+        "--show",
+        type=bounded(0, 10**9),
+        default=20,
+        help="how many quarantined rows to list (default 20)",
     )
     validate.add_argument("--json", action="store_true", help="print a JSON summary instead")
     validate.add_argument(
@@ -128,11 +162,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     search.add_argument("text", nargs="?", help="the query's words (omit for an image query)")
     search.add_argument("--image", type=Path, help="the query's image")
-    search.add_argument("-k", type=int, default=10, help="results to show (default 10)")
+    search.add_argument(
+        "-k", type=bounded(1, MAX_K), default=10, help=f"results to show, 1-{MAX_K} (default 10)"
+    )
     search.add_argument("--format", choices=["table", "json"], default="table")
     serve = sub.add_parser("serve", help="the search page, on 127.0.0.1 unless told otherwise")
     serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
-    serve.add_argument("--port", type=int, default=8765, help="default 8765")
+    serve.add_argument("--port", type=bounded(1, 65_535), default=8765, help="default 8765")
+    for setting in SERVE_FLAGS:
+        _add_setting(serve, setting)
     for command in (search, serve):
         _add_setting(command, data)
         _add_setting(command, artifacts)
@@ -374,16 +412,27 @@ def _serve(args: argparse.Namespace, preload: str = "full") -> int:
     import uvicorn
 
     from rar_pipeline.defs.searchers import Searchers
-    from rar_pipeline.web.app import create_app, is_loopback
+    from rar_pipeline.web.app import PageLimits, create_app
+    from rar_pipeline.web.guard import is_loopback
 
-    searchers = Searchers.from_settings(settings_from_args(args))
-    app = create_app(searchers)
+    settings = settings_from_args(args)
+    searchers = Searchers.from_settings(settings)
+    allowed = [h.strip() for h in settings.search_allowed_hosts.split(",") if h.strip()]
+    if not is_loopback(args.host) and args.host not in ("0.0.0.0", "::"):
+        allowed.append(args.host)  # the address it was told to serve on is its own name
+    limits = PageLimits(
+        max_upload_bytes=settings.search_max_upload_mb * 2**20,
+        upload_quota_bytes=settings.search_upload_quota_mb * 2**20,
+        allowed_hosts=tuple(allowed),
+    )
+    app = create_app(searchers, limits)
     print(f"loading the {preload} index and its models ...", flush=True)
     app.state.search.worker.submit(searchers.open, preload).result()  # on the search thread
     if not is_loopback(args.host):
         print(
             f"warning: serving on {args.host}: anyone who can reach this machine can search "
-            "and upload images (there is no authentication)",
+            "and upload images (there is no authentication); it answers to the host names "
+            f"localhost, 127.0.0.1{''.join(', ' + h for h in allowed)} (--allowed-hosts)",
             flush=True,
         )
     print(f"search page: http://{args.host}:{args.port}  (Ctrl-C stops it)", flush=True)
@@ -395,18 +444,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rar` command; returns the exit code."""
     args = parse_args(argv)
     try:
-        if args.command == "validate":
-            return _validate(args)
-        if args.command == "compact-cache":
-            return _compact(args)
-        if args.command == "sync-tracking":
-            return _sync_tracking(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "search":
-            return _search(args)
-        if args.command == "serve":
-            return _serve(args)
+        if args.command in COMMANDS:
+            return COMMANDS[args.command](args)
         settings = settings_from_args(args)
         if args.command == "run":
             discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path
@@ -422,13 +461,28 @@ def main(argv: Sequence[str] | None = None) -> int:
             }
             return _run_graph(settings, args, build_demo=demo_config)
     except (LayoutError, OSError, ValueError, KeyError) as exc:
+        # a SearchError too: it names what to fix (the query, or the asset to materialize)
         print(f"rar: error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # a failed step (defs.launch.StepFailed)
+    except RuntimeError as exc:
         print(f"rar: error: {exc}", file=sys.stderr)
+        if args.command not in ("run", "demo"):
+            return 2
+        # a failed step (defs.launch.StepFailed): Dagster recorded the run
         print("  the run's full log is in the Dagster UI: make ui -> Runs", file=sys.stderr)
         return 1
     return 2
+
+
+# the commands that do not run the graph
+COMMANDS = {
+    "validate": _validate,
+    "compact-cache": _compact,
+    "sync-tracking": _sync_tracking,
+    "report": _report,
+    "search": _search,
+    "serve": _serve,
+}
 
 
 if __name__ == "__main__":

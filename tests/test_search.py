@@ -4,6 +4,7 @@ evaluation wrote for every test query."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 from PIL import Image
@@ -112,3 +113,48 @@ class TestRarSearch:
         assert "no index for config 'none': materialize lancedb_index_none" in (
             capsys.readouterr().err
         )
+
+
+class TestRarSearchRefusesWhatItCannotServe:
+    def test_numbers_out_of_bounds_are_one_line_errors(self, demo_project, monkeypatch, capsys):
+        point_at_project(monkeypatch, demo_project.root)
+        # -k 4611686018427387904 was an OverflowError traceback from LanceDB
+        for k in ("4611686018427387904", "0", "-3", "ten"):
+            with pytest.raises(SystemExit) as exited:
+                main(["search", "red", "-k", k])
+            assert exited.value.code == 2
+            assert "argument -k:" in capsys.readouterr().err
+        with pytest.raises(SystemExit):
+            main(["search", "red", "--epochs", "0"])
+        assert "between 1 and 100000" in capsys.readouterr().err
+        monkeypatch.setenv("RAR_LR", "inf")
+        assert main(["search", "red"]) == 2
+        assert "RAR_LR: 'inf' is not a valid train_lr" in capsys.readouterr().err
+
+    def test_hybrid_search_takes_quotes_and_operators(self, demo_project, monkeypatch, capsys):
+        point_at_project(monkeypatch, demo_project.root)
+        for text in ('"yellow rectangle"', "yellow AND (rectangle", "text:yellow*"):
+            assert main(["search", text, "--hybrid", "-k", "3", "--format", "json"]) == 0
+            assert len(json.loads(capsys.readouterr().out)["hits"]) == 3
+
+    def test_a_damaged_index_or_checkpoint_names_the_asset_to_materialize(
+        self, demo_project, tmp_path, monkeypatch, capsys
+    ):
+        root = tmp_path / "project"
+        shutil.copytree(demo_project.root, root, ignore=shutil.ignore_patterns("dagster_home"))
+        point_at_project(monkeypatch, root)
+        artifacts = root / "artifacts" / "demo"
+        for data in (artifacts / "lancedb" / "full.lance" / "data").iterdir():
+            data.unlink()
+        assert main(["search", "red"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("rar: error: the full index cannot be read (RuntimeError")
+        assert err.rstrip().endswith("materialize lancedb_index_full")
+        assert "Dagster UI" not in err and len(err.strip().splitlines()) == 1
+        (artifacts / "checkpoints" / "none" / "checkpoint.json").unlink()
+        assert main(["search", "red", "--config", "none"]) == 2  # was served untrained
+        assert "materialize retriever_checkpoint_none" in capsys.readouterr().err
+        shutil.rmtree(artifacts / "checkpoints" / "none")  # gone: the index says it was trained
+        assert main(["search", "red", "--config", "inference-only"]) == 2
+        err = capsys.readouterr().err
+        assert "embedded by none@" in err and "retriever_checkpoint_none" in err

@@ -60,6 +60,10 @@ WHERE = {
     "mlflow_artifacts": ("mla", lambda s, r: Path(r["mlflow"].artifact_location).name),
     "lancedb_uri": ("s3://bucket/db", lambda s, r: r["lancedb"].uri),
     "dagster_home": ("dh", lambda s, r: s.dagster_home.name),
+    # the search page's own (tests/web/test_serve.py): no part of the graph
+    "search_max_upload_mb": (None, None),
+    "search_upload_quota_mb": (None, None),
+    "search_allowed_hosts": (None, None),
 }
 
 

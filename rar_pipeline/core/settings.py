@@ -11,6 +11,7 @@ VLM backend defaults come from `core.enhance.vlm.config.DEFAULTS`.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
@@ -22,6 +23,7 @@ from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.vlm.config import BACKENDS, DEFAULTS, VLMConfig
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
 from rar_pipeline.core.retrieval.options import ENCODERS, TRAINED, TrainOptions
+from rar_pipeline.core.search.query import MAX_UPLOAD_BYTES, UPLOAD_QUOTA_BYTES
 
 
 @dataclass(frozen=True)
@@ -36,6 +38,9 @@ class Setting:
         help: what it means, for `--help` and the README.
         kind: how a string from the environment is parsed (str, float, Path).
         choices: the allowed values, when there is a fixed set.
+        bounds: the smallest and largest value a number may take (inclusive).
+        scope: which commands take the flag: "graph" (run, demo, search and serve: what
+            the pipeline's resources are made of) or "serve" (the search page only).
     """
 
     name: str
@@ -45,6 +50,8 @@ class Setting:
     help: str
     kind: Callable[[str], Any] = str
     choices: tuple[str, ...] | None = None
+    bounds: tuple[float, float] | None = None
+    scope: str = "graph"
 
     def parse(self, raw: Any, source: str) -> Any:
         """Turn a raw value into the setting's type, refusing values outside `choices`."""
@@ -57,6 +64,11 @@ class Setting:
                 f"{source}: {raw!r} is not a valid {self.name}; choose one of "
                 + ", ".join(self.choices)
             )
+        if self.bounds is not None:
+            low, high = self.bounds
+            if not (math.isfinite(value) and low <= value <= high):
+                raise ValueError(f"{source}: {raw!r} is not a valid {self.name}: it must be "
+                                 f"between {low:g} and {high:g}")  # fmt: skip
         return value
 
 
@@ -111,6 +123,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "vlm_timeout_s", "RAR_VLM_TIMEOUT_S", "--vlm-timeout", DEFAULTS.timeout_s,
         "openai backend: seconds to wait on a server per attempt", kind=float,
+        bounds=(0.1, 86_400),
     ),
     Setting(
         "vlm_device", "RAR_VLM_DEVICE", "--vlm-device", DEFAULTS.device,
@@ -143,25 +156,26 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "train_epochs", "RAR_EPOCHS", "--epochs", TrainOptions.epochs,
         "training: at most this many epochs (early stopping on validation recall ends "
-        "most runs sooner)", kind=int,
+        "most runs sooner)", kind=int, bounds=(1, 100_000),
     ),
     Setting(
         "train_max_steps", "RAR_MAX_STEPS", "--max-steps", TrainOptions.max_steps,
         "training: at most this many optimiser steps (0: no limit)", kind=int,
+        bounds=(0, 10**9),
     ),
     Setting(
         "train_batch_size", "RAR_BATCH_SIZE", "--batch-size", TrainOptions.batch_size,
-        "training: queries per batch", kind=int,
+        "training: queries per batch", kind=int, bounds=(1, 65_536),
     ),
     Setting(
         "train_lr", "RAR_LR", "--lr", TrainOptions.lr, "training: Adam's learning rate",
-        kind=float,
+        kind=float, bounds=(1e-9, 10),
     ),
     Setting(
         "mined_negatives", "RAR_MINED_NEGATIVES", "--mined-negatives",
         TrainOptions.mined_negatives,
         "training: hard negatives per query mined with the retriever each epoch (0: none)",
-        kind=int,
+        kind=int, bounds=(0, 1_000),
     ),
     Setting(
         "mlflow_tracking_uri", "MLFLOW_TRACKING_URI", None,
@@ -181,6 +195,24 @@ SETTINGS: tuple[Setting, ...] = (
     Setting(
         "dagster_home", "DAGSTER_HOME", None, lambda s: _project(s).dagster_home,
         "the Dagster instance that records runs (the Makefile sets it)", kind=Path,
+    ),
+    Setting(
+        "search_max_upload_mb", "RAR_SEARCH_MAX_UPLOAD_MB", "--max-upload-mb",
+        MAX_UPLOAD_BYTES // 2**20,
+        "search page: the largest query image, in MiB (a bigger request is refused as it "
+        "arrives)", kind=int, bounds=(1, 1024), scope="serve",
+    ),
+    Setting(
+        "search_upload_quota_mb", "RAR_SEARCH_UPLOAD_QUOTA_MB", "--upload-quota-mb",
+        UPLOAD_QUOTA_BYTES // 2**20,
+        "search page: what the kept uploads may take, in MiB; the oldest go first",
+        kind=int, bounds=(1, 10**7), scope="serve",
+    ),
+    Setting(
+        "search_allowed_hosts", "RAR_SEARCH_ALLOWED_HOSTS", "--allowed-hosts", "",
+        "search page: host names it answers to besides localhost and 127.0.0.1, "
+        "comma-separated (for serving beyond this machine: --host 0.0.0.0 "
+        "--allowed-hosts search.example.org)", scope="serve",
     ),
 )  # fmt: skip
 BY_NAME = {s.name: s for s in SETTINGS}
@@ -215,6 +247,9 @@ class Settings:
     mlflow_artifacts: Path
     lancedb_uri: str
     dagster_home: Path
+    search_max_upload_mb: int
+    search_upload_quota_mb: int
+    search_allowed_hosts: str
 
     @property
     def project(self) -> ProjectLayout:

@@ -16,7 +16,7 @@ from rar_pipeline.core.retrieval.checkpoint import CheckpointError
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.core.search.enhance import QueryEnhancer
-from rar_pipeline.core.search.query import SearchError
+from rar_pipeline.core.search.query import IndexUnavailable, SearchError
 from rar_pipeline.core.search.searcher import Searcher
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.resources import resources_from_settings
@@ -60,7 +60,8 @@ class Searchers:
         """The config's searcher.
 
         Raises:
-            SearchError: an unknown config, a damaged checkpoint, or no index table.
+            SearchError: an unknown config.
+            IndexUnavailable: a damaged checkpoint, or no readable index table.
         """
         if config not in INDEXED:
             raise SearchError(f"unknown config {config!r}; choose one of {', '.join(INDEXED)}")
@@ -87,9 +88,8 @@ class Searchers:
                     self.paths.checkpoint(name), name, lambda: self.retriever.create(cache), cache
                 )
             except CheckpointError as exc:
-                raise SearchError(
-                    f"the {name} checkpoint is damaged ({exc}); rematerialize retriever_{name}"
-                ) from exc
+                asset = INDEXED[name].checkpoint_asset
+                raise IndexUnavailable(f"the {name} checkpoint is damaged ({exc})", asset) from exc
             self._encoders[name] = (encoder, reference)
             self.loads += 1
         return self._encoders[name]

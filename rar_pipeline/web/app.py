@@ -9,25 +9,33 @@
 
 Every search runs on one worker thread: models are loaded there once and kept (SQLite
 caches and models stay on the thread that opened them), and requests queue rather than
-compete for two cores. Uploads are bounded in bytes and checked like corpus images; media
-routes serve only decodable images, only from the data root or the uploads folder.
+compete for two cores. A request whose client has gone is dropped before it runs.
+`web.guard.RequestGuard` checks every request's host, origin and body size first. Uploads
+are checked like corpus images and kept under a quota; media routes serve only decodable
+images, only from the data root or the uploads folder. A search that cannot run is
+answered with its status (400: the request; 409: an index or checkpoint to materialize)
+and a message, as JSON from the API and in the page.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
+import logging
+import threading
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
@@ -35,19 +43,43 @@ from rar_pipeline.core.corpus.images import thumbnail
 from rar_pipeline.core.corpus.mbeir import resolve_in_root
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.search.query import (
+    MAX_K,
     MAX_UPLOAD_BYTES,
     QUERY_IMAGE_CHECK,
     UPLOAD_NAME,
+    UPLOAD_QUOTA_BYTES,
     SearchError,
     SearchQuery,
     save_upload,
 )
 from rar_pipeline.core.search.searcher import SearchResult
 from rar_pipeline.defs.searchers import Searchers
-from rar_pipeline.web.page import PageState, render
+from rar_pipeline.web.guard import BodyTooLarge, RequestGuard, content_security_policy
+from rar_pipeline.web.page import STYLE, PageState, render
 
 THUMBNAIL_PX = 200
-MAX_K = 100
+FORM_OVERHEAD = 64 * 1024  # the form's fields and multipart framing besides the image
+CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PageLimits:
+    """What the page accepts (`rar serve`'s settings).
+
+    Attributes:
+        max_upload_bytes: the largest query image.
+        upload_quota_bytes: the uploads folder's size; the oldest uploads go beyond it.
+        allowed_hosts: host names it answers to besides this machine's loopback names.
+    """
+
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    upload_quota_bytes: int = UPLOAD_QUOTA_BYTES
+    allowed_hosts: tuple[str, ...] = ()
+
+
+class ClientGone(Exception):
+    """The client disconnected: its work is dropped."""
 
 
 @functools.lru_cache(maxsize=2048)
@@ -64,35 +96,65 @@ def thumbnail_response(path: Path) -> Response:
     return Response(data, media_type="image/png", headers={"Cache-Control": "max-age=3600"})
 
 
-class SearchApp:
-    """The page's state: the searchers, their worker thread, the upload limit."""
+async def _disconnected(request: Request) -> None:
+    """Return once the client has closed the connection (its body is already read)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
 
-    def __init__(self, searchers: Searchers, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> None:
+
+class SearchApp:
+    """The page's state: the searchers, their worker thread, the limits."""
+
+    def __init__(self, searchers: Searchers, limits: PageLimits = PageLimits()) -> None:
         self.searchers = searchers
-        self.max_upload_bytes = max_upload_bytes
+        self.limits = limits
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-search")
 
-    async def run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        """Run `fn` on the search thread."""
-        call = functools.partial(fn, *args, **kwargs)
-        return await asyncio.get_running_loop().run_in_executor(self.worker, call)
+    async def run(self, request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        """Run `fn` on the search thread, unless the client goes while it waits its turn.
+
+        Raises:
+            ClientGone: the client disconnected first (the work is dropped if it has not
+                started; a search already running finishes, unseen).
+        """
+        gone = threading.Event()
+
+        def job() -> Any:
+            if gone.is_set():
+                raise ClientGone
+            return fn(*args, **kwargs)
+
+        work = asyncio.get_running_loop().run_in_executor(self.worker, job)
+        watch = asyncio.ensure_future(_disconnected(request))
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watch.cancel()
+        if not work.done():
+            gone.set()
+            work.cancel()
+            raise ClientGone
+        return work.result()
 
     # -- reading a request
 
     async def _params(self, request: Request) -> tuple[dict[str, Any], UploadFile | None]:
         if request.method == "GET":
             return dict(request.query_params), None
-        length = int(request.headers.get("content-length") or 0)
-        if length > self.max_upload_bytes + 64 * 1024:
-            raise SearchError(f"the request is {length:,} bytes; uploads are limited to "
-                              f"{self.max_upload_bytes:,}")  # fmt: skip
-        form = await request.form(max_files=1, max_fields=20, max_part_size=64 * 1024)
+        limit = self.limits.max_upload_bytes
+        try:
+            form = await request.form(max_files=1, max_fields=20, max_part_size=FORM_OVERHEAD)
+        except BodyTooLarge:
+            raise SearchError(f"the request is too large: uploads are limited to {limit:,} "
+                              "bytes", status=413) from None  # fmt: skip
+        except HTTPException as exc:  # a malformed form
+            raise SearchError(f"the form cannot be read: {exc.detail}") from None
         upload = form.get("image")
         params = {k: v for k, v in form.items() if isinstance(v, str)}
         has_file = isinstance(upload, UploadFile) and bool(upload.filename)
         return params, upload if has_file else None
 
-    async def _search(self, request: Request) -> tuple[PageState, SearchResult | None]:
+    async def _search(self, request: Request) -> PageState:
         state = PageState(configs=list(INDEXED))
         started = time.perf_counter()
         try:
@@ -104,18 +166,23 @@ class SearchApp:
             state.k = _k(params.get("k"))
             image = None
             if upload is not None:
-                data = await upload.read(self.max_upload_bytes + 1)
-                folder, limit = self.searchers.uploads, self.max_upload_bytes
-                image = await self.run(save_upload, data, folder, max_bytes=limit)
+                data = await upload.read(self.limits.max_upload_bytes + 1)
+                image = await self.run(
+                    request, save_upload, data, self.searchers.uploads,
+                    max_bytes=self.limits.max_upload_bytes,
+                    quota_bytes=self.limits.upload_quota_bytes,
+                )  # fmt: skip
                 state.query_image_url = f"/media/upload/{image.name}"
             if not state.text.strip() and image is None:
-                return state, None  # the empty form
+                return state  # the empty form
             query = SearchQuery(state.text, image)
-            state.result = await self.run(self._search_sync, state, query)
-        except (ValueError, OSError) as exc:  # SearchError, a missing model or memory
-            state.error = str(exc)
+            state.result = await self.run(request, self._search_sync, state, query)
+        except SearchError as exc:
+            state.error, state.status, state.asset = str(exc), exc.status, exc.asset
+        except (ValueError, OSError) as exc:  # a model that cannot read the query, memory
+            state.error, state.status = str(exc), 400
         state.request_ms = (time.perf_counter() - started) * 1000
-        return state, state.result
+        return state
 
     def _search_sync(self, state: PageState, query: SearchQuery) -> SearchResult:
         searcher = self.searchers.get(state.config)
@@ -125,16 +192,21 @@ class SearchApp:
     # -- routes
 
     async def page(self, request: Request) -> Response:
-        state, _ = await self._search(request)
-        status = 400 if state.error else 200
-        return HTMLResponse(render(state), status_code=status, headers=_timing(state))
+        state = await self._search(request)
+        return HTMLResponse(render(state), status_code=state.status, headers=_timing(state))
 
     async def api(self, request: Request) -> Response:
-        state, result = await self._search(request)
-        if state.error or result is None:
+        state = await self._search(request)
+        if state.error or state.result is None:
             error = state.error or "a query needs text (q), an image, or both"
-            return JSONResponse({"error": error}, status_code=400)
-        body = {**result.as_dict(), "request_ms": round(state.request_ms or 0, 2)}
+            status = state.status if state.error else 400
+            answer = {"error": error, "status": status}
+            if state.asset:
+                answer["asset"] = state.asset
+            return JSONResponse(answer, status_code=status)
+        body = {**state.result.as_dict(), "request_ms": round(state.request_ms or 0, 2)}
+        # the client's own view of its image: the page's URL for it, never a server path
+        body["query"]["image"] = state.query_image_url
         return JSONResponse(body, headers=_timing(state))
 
     async def data_media(self, request: Request) -> Response:
@@ -146,20 +218,20 @@ class SearchApp:
             )
         except ValueError:
             return PlainTextResponse("outside the data root", status_code=404)
-        return await self.run(thumbnail_response, path)
+        return await self.run(request, thumbnail_response, path)
 
     async def upload_media(self, request: Request) -> Response:
         name = request.path_params["name"]
         if not UPLOAD_NAME.match(name):
             return PlainTextResponse("no such upload", status_code=404)
-        return await self.run(thumbnail_response, self.searchers.uploads / name)
+        return await self.run(request, thumbnail_response, self.searchers.uploads / name)
 
 
 def _k(raw: Any) -> int:
     try:
         k = int(raw) if raw not in (None, "") else 10
     except (TypeError, ValueError):
-        raise SearchError(f"results must be a whole number, not {raw!r}") from None
+        raise SearchError(f"results must be a whole number, not {str(raw)[:20]!r}") from None
     if not 1 <= k <= MAX_K:
         raise SearchError(f"results must be between 1 and {MAX_K}")
     return k
@@ -173,32 +245,50 @@ async def _health(request: Request) -> Response:
     return PlainTextResponse("ok")
 
 
-def create_app(searchers: Searchers, max_upload_bytes: int = MAX_UPLOAD_BYTES) -> Starlette:
+def _quietly(route: Any) -> Any:
+    """A route that answers a client that has gone with nothing, and a bug with JSON."""
+
+    @functools.wraps(route)
+    async def answer(request: Request) -> Response:
+        try:
+            return await route(request)
+        except (ClientGone, ClientDisconnect):
+            return Response(status_code=CLIENT_GONE)
+        except BodyTooLarge:
+            raise  # the guard answers it
+        except Exception as exc:
+            log.exception("the search page failed on %s", request.url.path)
+            message = f"the server failed on this request ({type(exc).__name__}: {exc})"
+            return JSONResponse({"error": message, "status": 500}, status_code=500)
+
+    return answer
+
+
+def create_app(searchers: Searchers, limits: PageLimits = PageLimits()) -> Starlette:
     """The search page's ASGI app over `searchers` (`app.state.search` holds them)."""
-    search = SearchApp(searchers, max_upload_bytes)
+    search = SearchApp(searchers, limits)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
-        search.worker.shutdown(wait=False)
+        search.worker.shutdown(wait=False, cancel_futures=True)
 
+    guard = Middleware(
+        RequestGuard,
+        max_body_bytes=limits.max_upload_bytes + FORM_OVERHEAD,
+        allowed_hosts=limits.allowed_hosts,
+        csp=content_security_policy([STYLE]),
+    )
     app = Starlette(
         routes=[
-            Route("/", search.page, methods=["GET", "POST"]),
-            Route("/api/search", search.api, methods=["GET", "POST"]),
-            Route("/media/data/{path:path}", search.data_media),
-            Route("/media/upload/{name}", search.upload_media),
+            Route("/", _quietly(search.page), methods=["GET", "POST"]),
+            Route("/api/search", _quietly(search.api), methods=["GET", "POST"]),
+            Route("/media/data/{path:path}", _quietly(search.data_media)),
+            Route("/media/upload/{name}", _quietly(search.upload_media)),
             Route("/healthz", _health),
         ],
+        middleware=[guard],
         lifespan=lifespan,
     )
     app.state.search = search
     return app
-
-
-def is_loopback(host: str) -> bool:
-    """Whether `host` is this machine only (127.0.0.0/8, ::1, localhost)."""
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"

@@ -40,6 +40,8 @@ class PageState:
     modality: str = ""
     result: SearchResult | None = None
     error: str | None = None
+    status: int = 200  # the HTTP status the page is answered with (an error's own)
+    asset: str | None = None  # what to materialize, when the error is the project's state
     query_image_url: str | None = None
     request_ms: float | None = None
     pools: list[str] = field(default_factory=list)

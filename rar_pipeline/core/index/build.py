@@ -28,6 +28,8 @@ class IndexStore(Protocol):
 
     def row_hashes(self, name: str) -> pa.RecordBatchReader: ...
 
+    def drop_table(self, name: str) -> None: ...
+
     def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int: ...
 
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]: ...
@@ -47,6 +49,7 @@ class IndexUpdate:
     # {"pool", "did", "reason"}; both are tried again by the next update
     failed: list[dict[str, str]] = field(default_factory=list)
     degraded: list[dict[str, str]] = field(default_factory=list)
+    rebuilt: str | None = None  # why the table was dropped and built afresh
 
     @property
     def items_per_s(self) -> float:
@@ -70,6 +73,9 @@ def update_index(
     table's keys and hashes (held compactly, `rows.ExistingRows`), embedded and upserted
     before the next is read, and the rows no chunk held are deleted at the end. The table
     ends the same either way; a run stopped between chunks leaves rows a rerun puts right.
+    A table whose rows cannot be read (data files lost or damaged) is dropped and built
+    afresh, and `IndexUpdate.rebuilt` says why: rematerializing is how a damaged index is
+    repaired.
 
     Args:
         store: the vector store.
@@ -82,8 +88,13 @@ def update_index(
         progress: called with the number of items embedded after each batch.
     """
     chunks = [rows] if isinstance(rows, pd.DataFrame) else rows
-    existing = ExistingRows(store.row_hashes(table))
     done = IndexUpdate(0, 0, 0, 0.0)
+    try:
+        existing = ExistingRows(store.row_hashes(table))
+    except Exception as exc:  # LanceDB raises OSError, RuntimeError, ... for lost files
+        done.rebuilt = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        store.drop_table(table)
+        existing = ExistingRows(store.row_hashes(table))
     wrote = False
     for chunk in chunks:
         diff = existing.diff(chunk)

@@ -42,6 +42,16 @@ class IndexedConfig:
         """The config as part of an asset name (letters, digits and underscores)."""
         return self.name.replace("-", "_")
 
+    @property
+    def index_asset(self) -> str:
+        """The asset that builds this config's table."""
+        return f"lancedb_index_{self.asset_suffix}"
+
+    @property
+    def checkpoint_asset(self) -> str:
+        """The asset that trains the retriever this config embeds with."""
+        return f"retriever_checkpoint_{self.retriever.name}"
+
 
 INDEXED: dict[str, IndexedConfig] = {
     **{name: IndexedConfig(name, c, c) for name, c in CONFIGS.items()},

@@ -27,6 +27,12 @@ from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
 CHECKPOINT_FILE = "checkpoint.json"
 ENCODER_DIR = "encoder"
 CHECKPOINT_FORMAT = 1
+UNTRAINED = "untrained"  # a retriever reference's version where no checkpoint was trained
+
+
+def is_untrained(reference: str) -> bool:
+    """Whether a retriever reference ("<config>@<version>") names the untrained base."""
+    return reference.endswith(f"@{UNTRAINED}")
 
 
 class CheckpointError(ValueError):

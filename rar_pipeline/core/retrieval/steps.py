@@ -15,6 +15,7 @@ from typing import Any
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.checkpoint import (
     CHECKPOINT_FILE,
+    UNTRAINED,
     CheckpointError,
     read_checkpoint,
     write_checkpoint,
@@ -91,10 +92,14 @@ def open_retriever(
         "<config>@untrained", the checkpoint's manifest or None).
 
     Raises:
-        CheckpointError: a checkpoint is there but damaged (never loaded).
+        CheckpointError: a checkpoint is there but damaged (never loaded), or its folder
+            holds files but no manifest (a partial copy: never taken for "untrained").
     """
-    if not (Path(directory) / CHECKPOINT_FILE).is_file():
-        return base(), f"{config}@untrained", None
+    directory = Path(directory)
+    if not (directory / CHECKPOINT_FILE).is_file():
+        if directory.is_dir() and any(directory.iterdir()):
+            raise CheckpointError(f"{directory} has files but no {CHECKPOINT_FILE}")
+        return base(), f"{config}@{UNTRAINED}", None
     manifest = read_checkpoint(directory)
     reference = f"{config}@{values_hash(sorted(manifest['files'].items()))[:12]}"
     return load_encoder(directory, cache_dir=cache_dir), reference, manifest

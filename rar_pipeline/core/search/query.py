@@ -1,13 +1,14 @@
 """A search query as a person gives it (text, an image, or both), and the images it brings.
 
 Query images are checked as corpus images are (`core.corpus.images.check_image`, decoded
-with the same pixel bound against decompression bombs). Uploaded bytes are bounded,
-checked, and stored under a content-addressed name in one folder, so a page can serve
-an upload back by a name that cannot point anywhere else.
+with the same pixel and aspect bounds). Uploaded bytes are bounded, checked, and stored
+under a content-addressed name in one folder, so a page can serve an upload back by a name
+that cannot point anywhere else; the folder is kept under a quota, oldest uploads first out.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -20,7 +21,9 @@ from PIL import Image
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image
 from rar_pipeline.core.corpus.records import Modality, Query
 
+MAX_K = 100  # hits a search returns at most: what evaluation ranks per query
 MAX_UPLOAD_BYTES = 16 * 2**20
+UPLOAD_QUOTA_BYTES = 512 * 2**20
 QUERY_IMAGE_CHECK = ImageCheck(level=ImageCheckLevel.DECODE)
 # formats a query image may have, and the suffix an upload of each is stored under
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
@@ -28,7 +31,24 @@ UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpg|gif|webp|bmp)$")
 
 
 class SearchError(ValueError):
-    """A search that cannot run; the message says why and what to do."""
+    """A search that cannot run; the message says why and what to do.
+
+    Attributes:
+        status: the HTTP status the page and the API answer it with (400: the request is at
+            fault; 409: the project's state is, and `asset` says what to materialize).
+        asset: the asset whose materialization would let the search run, if any.
+    """
+
+    def __init__(self, message: str, *, status: int = 400, asset: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.asset = status, asset
+
+
+class IndexUnavailable(SearchError):
+    """An index table or retriever checkpoint is missing or cannot be read."""
+
+    def __init__(self, message: str, asset: str) -> None:
+        super().__init__(f"{message}: materialize {asset}", status=409, asset=asset)
 
 
 @dataclass(frozen=True)
@@ -89,15 +109,17 @@ def save_upload(
     folder: Path,
     *,
     max_bytes: int = MAX_UPLOAD_BYTES,
+    quota_bytes: int = UPLOAD_QUOTA_BYTES,
     check: ImageCheck = QUERY_IMAGE_CHECK,
 ) -> Path:
     """Check uploaded image bytes and keep them as `folder/<content hash>.<format>`.
 
-    The same bytes always land at the same name (a repeated upload hits the caches).
+    The same bytes always land at the same name (a repeated upload hits the caches). The
+    folder is then trimmed to `quota_bytes`, least recently uploaded first.
 
     Raises:
         SearchError: empty, over `max_bytes`, not an image of a known format, or failing
-            the corpus image check (truncated, too many pixels).
+            the corpus image check (truncated, too many pixels, too thin).
     """
     if not data:
         raise SearchError("the uploaded image is empty")
@@ -111,8 +133,9 @@ def save_upload(
             handle.write(data)
         problem = check_image(Path(tmp), check)
         if problem is not None:
-            reason = problem[0].replace("_", " ")
-            raise SearchError(f"the uploaded image is not usable ({reason})")
+            reason, detail = problem[0], problem[1].replace(tmp, "the upload")  # no paths
+            raise SearchError(f"the uploaded image is not usable ({reason.replace('_', ' ')}: "
+                              f"{detail})")  # fmt: skip
         with Image.open(tmp) as image:
             suffix = SUFFIXES.get(image.format or "")
         if suffix is None:
@@ -120,8 +143,35 @@ def save_upload(
                 f"the uploaded image's format is not one of {', '.join(sorted(SUFFIXES))}"
             )
         target = folder / f"{hashlib.sha256(data).hexdigest()[:32]}{suffix}"
-        os.replace(tmp, target)
-        return target
+        os.replace(tmp, target)  # a new modification time: a repeat counts as recent
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    evict_uploads(folder, quota_bytes, keep=target)
+    return target
+
+
+def evict_uploads(folder: Path, quota_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Delete the oldest uploads until the folder holds at most `quota_bytes`.
+
+    Returns:
+        The uploads deleted. `keep` (the one just saved) is never among them.
+    """
+    uploads = []
+    for path in Path(folder).iterdir():
+        if UPLOAD_NAME.match(path.name):
+            with contextlib.suppress(FileNotFoundError):  # another request evicted it
+                stat = path.stat()
+                uploads.append((stat.st_mtime_ns, stat.st_size, path))
+    total = sum(size for _, size, _ in uploads)
+    deleted = []
+    for _, size, path in sorted(uploads):
+        if total <= quota_bytes:
+            break
+        if path == keep:
+            continue
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+        total -= size
+        deleted.append(path)
+    return deleted

@@ -30,6 +30,10 @@ class SearchStore(Protocol):
 
     def row_hashes(self, name: str) -> pa.RecordBatchReader: ...
 
+    def peek(self, name: str, columns: Sequence[str], n: int = 1) -> pd.DataFrame:
+        """The first `n` rows' `columns` (what a table was made with, without a scan)."""
+        ...
+
     def search_vectors(
         self,
         name: str,

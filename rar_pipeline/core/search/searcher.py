@@ -9,8 +9,9 @@ the searcher is opened, never per query.
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -20,10 +21,11 @@ from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS
 from rar_pipeline.core.index.ann import DEFAULT_PLAN, AnnPlan
 from rar_pipeline.core.index.configs import IndexedConfig
+from rar_pipeline.core.retrieval.checkpoint import is_untrained
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem, Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
 from rar_pipeline.core.search.enhance import EnhancedQuery, QueryEnhancer, query_type
-from rar_pipeline.core.search.query import SearchError, SearchQuery
+from rar_pipeline.core.search.query import MAX_K, IndexUnavailable, SearchError, SearchQuery
 from rar_pipeline.core.search.rank import DenseHits, SearchStore, dense_search, unique_hits
 
 # what a hit shows besides (pool, did, score)
@@ -140,8 +142,10 @@ class Searcher:
         plan: the table's ANN query parameters.
 
     Raises:
-        SearchError: the config's table does not exist, or the config needs an enhancer
-            and none was given.
+        IndexUnavailable: the config's table does not exist or cannot be read, or it was
+            embedded by a trained retriever while `retriever` is the untrained one (its
+            checkpoint is gone).
+        SearchError: the config needs an enhancer and none was given.
     """
 
     def __init__(
@@ -153,25 +157,55 @@ class Searcher:
         enhancer: QueryEnhancer | None,
         plan: AnnPlan = DEFAULT_PLAN,
     ) -> None:
-        if config.table not in store.table_names():
-            raise SearchError(
-                f"there is no index for config {config.name!r}: materialize "
-                f"lancedb_index_{config.asset_suffix} (make demo, or rar run --data DIR)"
-            )
-        if config.representation.enhanced_queries and enhancer is None:
-            raise SearchError(f"config {config.name!r} embeds enhanced queries: it needs a VLM")
         self.config, self.encoder, self.retriever = config, encoder, retriever
         self.store, self.enhancer, self.plan = store, enhancer, plan
-        self.rows = store.count_rows(config.table)
+        with self._reading():
+            if config.table not in store.table_names():
+                raise IndexUnavailable(
+                    f"there is no index for config {config.name!r} (make demo, or rar run "
+                    "--data DIR)",
+                    config.index_asset,
+                )
+            self.rows = store.count_rows(config.table)
+            embedded_by = store.peek(config.table, ["retriever"])["retriever"].tolist()
+        if config.representation.enhanced_queries and enhancer is None:
+            raise SearchError(f"config {config.name!r} embeds enhanced queries: it needs a VLM")
+        trained = [r for r in embedded_by if not is_untrained(str(r))]
+        if is_untrained(retriever) and trained:
+            raise IndexUnavailable(
+                f"the {config.name} index was embedded by {trained[0]}, but the "
+                f"{config.retriever.name} checkpoint is not there to embed queries",
+                config.checkpoint_asset,
+            )
         self._pools: list[str] | None = None
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn a store's failure (a damaged or half-deleted table) into `IndexUnavailable`.
+
+        Any exception the store raises is about the table, not the query: the query's own
+        mistakes are refused before the store is asked (`_check`), and full-text queries
+        are matched as plain words, never parsed.
+        """
+        try:
+            yield
+        except SearchError:
+            raise
+        except Exception as exc:  # LanceDB raises OSError, RuntimeError, ValueError, ...
+            raise IndexUnavailable(
+                f"the {self.config.name} index cannot be read ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else 'no message'})",
+                self.config.index_asset,
+            ) from exc
 
     @property
     def pools(self) -> list[str]:
         """The pools the table holds (read once, when first asked: it scans the table)."""
         if self._pools is None:
             found: set[str] = set()
-            for batch in self.store.row_hashes(self.config.table):
-                found.update(batch.column("pool").unique().to_pylist())
+            with self._reading():
+                for batch in self.store.row_hashes(self.config.table):
+                    found.update(batch.column("pool").unique().to_pylist())
             self._pools = sorted(found)
         return self._pools
 
@@ -206,7 +240,8 @@ class Searcher:
             pool: only this pool's candidates (default: every pool, each candidate once).
 
         Raises:
-            SearchError: k below 1, an unknown modality or pool.
+            SearchError: k outside 1..MAX_K, an unknown modality or pool.
+            IndexUnavailable: the table cannot be read.
         """
         self._check(k, modality, pool)
         started = time.perf_counter()
@@ -264,31 +299,36 @@ class Searcher:
 
         A candidate is in several pools (its task's and a union pool). Over every pool a
         search fetches twice k rows, keeps each candidate once, and fetches four times as
-        many again while a query is left with fewer than k though more rows remain.
+        many again while a query is left with fewer than k though more rows remain; a
+        hybrid search widens its fused list the same way.
         """
         fetch = k if pool is not None else 2 * k
-        dense = dense_search(
-            self.store, self.config, self.encoder, items, fetch, pool=pool, plan=self.plan,
-            modality=modality, columns=HIT_COLUMNS,
-        )  # fmt: skip
-        by_query = unique_hits(dense.hits, k)
-        while pool is None and self._short(dense.hits, by_query, k, fetch):
-            fetch *= 4
-            hits = self.store.search_vectors(
-                self.config.table, dense.embedded.vectors, fetch, pool=pool, plan=self.plan,
-                modality=modality, columns=HIT_COLUMNS,
-            )  # fmt: skip
-            dense.hits = hits[~hits["query_index"].isin(list(dense.embedded.failed))]
+        where = {"pool": pool, "plan": self.plan, "modality": modality, "columns": HIT_COLUMNS}
+        with self._reading():
+            dense = dense_search(self.store, self.config, self.encoder, items, fetch, **where)
             by_query = unique_hits(dense.hits, k)
-        if hybrid:
-            for i, text in enumerate(texts):
-                if text and i not in dense.embedded.failed:
-                    fused = self.store.search_hybrid(
-                        self.config.table, dense.embedded.vectors[i], text, fetch, pool=pool,
-                        plan=self.plan, modality=modality, columns=HIT_COLUMNS,
-                    )  # fmt: skip
-                    by_query[i] = unique_hits(fused, k).get(0, fused.iloc[0:0])
+            wider = fetch
+            while pool is None and self._short(dense.hits, by_query, k, wider):
+                wider *= 4
+                hits = self.store.search_vectors(
+                    self.config.table, dense.embedded.vectors, wider, **where
+                )
+                dense.hits = hits[~hits["query_index"].isin(list(dense.embedded.failed))]
+                by_query = unique_hits(dense.hits, k)
+            if hybrid:
+                for i, text in enumerate(texts):
+                    if text and i not in dense.embedded.failed:
+                        by_query[i] = self._fused(dense.embedded.vectors[i], text, k, fetch, where)
         return dense, by_query
+
+    def _fused(self, vector: Any, text: str, k: int, fetch: int, where: dict) -> pd.DataFrame:
+        """One query's k best distinct candidates by dense and full-text search, fused."""
+        while True:
+            fused = self.store.search_hybrid(self.config.table, vector, text, fetch, **where)
+            best = unique_hits(fused, k).get(0, fused.iloc[0:0])
+            if where["pool"] is not None or not self._short(fused, {0: best}, k, fetch):
+                return best
+            fetch *= 4
 
     @staticmethod
     def _short(hits: pd.DataFrame, by_query: dict[int, pd.DataFrame], k: int, fetch: int) -> bool:
@@ -297,8 +337,8 @@ class Searcher:
         return any(len(by_query[i]) < k and n >= fetch for i, n in fetched.items())
 
     def _check(self, k: int, modality: Sequence[str] | None, pool: str | None) -> None:
-        if k < 1:
-            raise SearchError(f"k must be at least 1, not {k}")
+        if not 1 <= k <= MAX_K:
+            raise SearchError(f"k must be between 1 and {MAX_K}, not {k}")
         unknown = sorted(set(modality or ()) - set(MODALITIES))
         if unknown:
             raise SearchError(f"unknown modality {unknown}; choose from {', '.join(MODALITIES)}")
@@ -345,7 +385,7 @@ class Searcher:
         if other_retrievers:
             out.append(
                 f"the index was embedded by {', '.join(sorted(other_retrievers))} but queries "
-                f"by {self.retriever}: rematerialize lancedb_index_{self.config.asset_suffix}"
+                f"by {self.retriever}: materialize {self.config.index_asset}"
             )
         if result.enhancement == "failed":
             out.append(f"enhancement failed ({enhanced.error}); searched with the query's text")

@@ -16,6 +16,7 @@ from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
 from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, iter_index_rows
+from rar_pipeline.core.retrieval.checkpoint import is_untrained
 from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.defs.assets.corpus import candidate_pool
 from rar_pipeline.defs.io import markdown_table, progress_bar, require_input
@@ -44,7 +45,7 @@ def _index_asset(
     checkpoint_version = checkpoint.code_versions_by_key[checkpoint.key] or ""
 
     @dg.asset(
-        name=f"lancedb_index_{config.asset_suffix}",
+        name=config.index_asset,
         group_name=GROUP,
         code_version=index_code_version(config, checkpoint_version, versions),
         deps=deps,
@@ -74,7 +75,7 @@ def _index_asset(
             lambda: retriever.create(paths.perception_cache),
             paths.perception_cache,
         )
-        if reference.endswith("@untrained"):
+        if is_untrained(reference):
             context.log.warning(f"no checkpoint for {config.retriever.name}: indexing with the "
                                 "untrained base encoder (zero-shot)")  # fmt: skip
         provenance = Provenance(reference, versions["enhanced_corpus"], vlm_model)
@@ -84,6 +85,9 @@ def _index_asset(
         with progress_bar(f"index {config.name}", total) as update:
             done = update_index(lancedb, config.table, rows, encoder, layout.root,
                                 DEFAULT_PLAN, progress=update)  # fmt: skip
+        if done.rebuilt:
+            context.log.warning(f"{config.table} could not be read ({done.rebuilt}): "
+                                "dropped and built afresh")  # fmt: skip
         context.log.info(
             f"{config.table}: {done.written} rows embedded, {done.deleted} deleted, "
             f"{done.unchanged} unchanged"
@@ -105,6 +109,7 @@ def _index_asset(
                 "rows_embedded": done.written,
                 "rows_deleted": done.deleted,
                 "rows_unchanged": done.unchanged,
+                "rebuilt": done.rebuilt or "no",
                 "rows_left_out": len(done.failed),
                 "rows_text_only": len(done.degraded),
                 "left_out_report": dg.MetadataValue.path(str(report)),

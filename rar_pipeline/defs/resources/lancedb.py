@@ -106,6 +106,13 @@ class LanceDBResource(dg.ConfigurableResource):
         hits = table.search(np.asarray(vector, dtype=np.float32)).limit(k).to_pandas()
         return hits.rename(columns={"_distance": "distance"})
 
+    def drop_table(self, name: str) -> None:
+        self.connect().drop_table(name, ignore_missing=True)
+
+    def peek(self, name: str, columns: Sequence[str], n: int = 1) -> pd.DataFrame:
+        table = self.connect().open_table(name)
+        return table.search().select(list(columns)).limit(n).to_pandas()[list(columns)]
+
     # -- what an index needs
     def row_hashes(self, name: str) -> pa.RecordBatchReader:
         """(pool, did, row_hash) of every row, streamed in Arrow batches (none: no table)."""
@@ -218,11 +225,14 @@ class LanceDBResource(dg.ConfigurableResource):
         """One query's k best rows: dense and full-text (`text`) search, fused by RRF.
 
         The two searches run apart (each with its own score column, within the same
-        filter) and LanceDB's own `RRFReranker` (k=60) fuses them.
+        filter) and LanceDB's own `RRFReranker` (k=60) fuses them. The text is matched as
+        plain words (`MatchQuery`), never parsed as query syntax: quotes, AND/OR, field
+        names and wildcards a person types are words like any other.
 
         Returns:
             As `search_vectors` (query_index 0), with score the fused relevance.
         """
+        from lancedb.query import MatchQuery
         from lancedb.rerankers import RRFReranker
 
         table = self.connect().open_table(name)
@@ -230,7 +240,7 @@ class LanceDBResource(dg.ConfigurableResource):
         select = [*KEY, *[c for c in columns if c not in KEY]]
         dense = table.search(np.asarray(vector, dtype=np.float32)).distance_type(METRIC)
         dense = dense.select([*select, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
-        lexical = table.search(text, query_type="fts", fts_columns=TEXT_COLUMN)
+        lexical = table.search(MatchQuery(text, TEXT_COLUMN), query_type="fts")
         lexical = lexical.select([*select, "_score"])
         found = []
         for query in (dense, lexical):
@@ -271,6 +281,13 @@ class FakeVectorStore(dg.ConfigurableResource):
         distance = ((matrix - np.asarray(vector, dtype=np.float32)) ** 2).sum(axis=1)
         order = np.argsort(distance, kind="stable")[:k]
         return table.iloc[order].assign(distance=distance[order]).reset_index(drop=True)
+
+    def drop_table(self, name: str) -> None:
+        self._tables.pop(name, None)
+        self._versions.pop(name, None)
+
+    def peek(self, name: str, columns: Sequence[str], n: int = 1) -> pd.DataFrame:
+        return self._tables[name][list(columns)].head(n).reset_index(drop=True)
 
     def row_hashes(self, name: str) -> pa.RecordBatchReader:
         frame = self._tables.get(name, pd.DataFrame(columns=[*KEY, "row_hash"]))

@@ -19,7 +19,7 @@ from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, index_rows
 from rar_pipeline.core.search.enhance import QueryEnhancer
-from rar_pipeline.core.search.query import SearchError, SearchQuery
+from rar_pipeline.core.search.query import IndexUnavailable, SearchError, SearchQuery
 from rar_pipeline.core.search.searcher import Searcher
 from rar_pipeline.defs.resources import FakeVectorStore, LanceDBResource
 from tests.word_encoder import WordEncoder
@@ -96,6 +96,31 @@ class TestAnsweringQueries:
         result = s.search(SearchQuery("wool hat"), k=8)
         assert len({h.did for h in result.hits}) == len(result.hits) == 8
         assert len(s.search(SearchQuery("wool hat"), k=50).hits) == 12  # the table ran out
+
+    def test_hybrid_fills_k_results_from_candidates_in_many_pools(self, store, root):
+        # the fused list of 2k rows held fewer than k candidates: hybrid returned short
+        shared = [Candidate(f"c:{i}", Modality.TEXT, f"wool hat number {i}", None)
+                  for i in range(12)]  # fmt: skip
+        pools = {f"pool_{p}": shared for p in range(4)}
+        rows = index_rows(INDEXED["none"], pools, Provenance("none@abc"))
+        update_index(store, "none", rows, WordEncoder(), root, PLAN)
+        s = Searcher(INDEXED["none"], WordEncoder(), "none@abc", store, None, PLAN)
+        result = s.search(SearchQuery("wool hat"), k=8, hybrid=True)
+        assert result.hybrid and len({h.did for h in result.hits}) == len(result.hits) == 8
+        assert len(s.search(SearchQuery("wool hat"), k=50, hybrid=True).hits) == 12
+
+    @pytest.mark.parametrize(
+        "text",
+        ['"red wool hat"', "red AND hat", "red OR", "(hat", "txt:hat", "ha*", 'hat"', "+-!~^:",
+         "NOT", "' OR 1=1 --", "\\"],
+    )  # fmt: skip
+    def test_hybrid_takes_any_text_as_plain_words(self, store, root, tmp_path, vlm, text):
+        # a quoted phrase was a LanceDB error ("position is not found ... phrase queries")
+        s = searcher(store, root, tmp_path, vlm, config="none")
+        result = s.search(SearchQuery(text), k=3, hybrid=True)
+        assert len(result.hits) == 3
+        if "hat" in text:
+            assert result.hits[0].did == "p:1"
 
     def test_a_pool_and_a_modality_narrow_the_candidates(self, store, root, tmp_path, vlm):
         s = searcher(store, root, tmp_path, vlm)
@@ -198,8 +223,9 @@ class TestErrors:
             s.search(SearchQuery("hat"), pool="nope")
         with pytest.raises(SearchError, match="unknown modality"):
             s.search(SearchQuery("hat"), modality=["video"])
-        with pytest.raises(SearchError, match="k must be"):
-            s.search(SearchQuery("hat"), k=0)
+        for k in (0, 101, 4611686018427387904):  # the last was an OverflowError in LanceDB
+            with pytest.raises(SearchError, match="k must be between 1 and 100"):
+                s.search(SearchQuery("hat"), k=k)
 
     def test_an_index_from_another_checkpoint_is_flagged(self, store, root, tmp_path, vlm):
         encoder = WordEncoder()
@@ -207,7 +233,37 @@ class TestErrors:
         enhancer = QueryEnhancer(lambda: vlm, tmp_path / "c.sqlite", EnhanceOptions())
         s = Searcher(INDEXED["full"], encoder, "full@retrained", store, enhancer, PLAN)
         result = s.search(SearchQuery("hat"))
-        assert any("rematerialize lancedb_index_full" in w for w in result.warnings)
+        assert any("materialize lancedb_index_full" in w for w in result.warnings)
+
+    def test_an_index_trained_retriever_made_is_never_searched_untrained(self, store, root):
+        # its checkpoint gone, the searcher was given the base encoder and answered with it
+        build(store, root, "none", WordEncoder())
+        with pytest.raises(IndexUnavailable, match="none@abc") as raised:
+            Searcher(INDEXED["none"], WordEncoder(), "none@untrained", store, None, PLAN)
+        assert raised.value.status == 409
+        assert raised.value.asset == "retriever_checkpoint_none"
+        untrained = index_rows(INDEXED["none"], POOLS, Provenance("none@untrained"))
+        update_index(store, "none", untrained, WordEncoder(), root, PLAN)
+        s = Searcher(INDEXED["none"], WordEncoder(), "none@untrained", store, None, PLAN)
+        assert s.search(SearchQuery("red wool hat")).hits[0].did == "p:1"
+
+    def test_a_table_that_cannot_be_read_names_the_index_to_materialize(self, root, tmp_path):
+        store = LanceDBResource(uri=str(tmp_path / "lancedb"))
+        build(store, root, "none", WordEncoder())
+        s = Searcher(INDEXED["none"], WordEncoder(), "none@abc", store, None, PLAN)
+        for data in (tmp_path / "lancedb" / "none.lance" / "data").iterdir():
+            data.unlink()  # a half-deleted copy: LanceDB raises RuntimeError
+        for hybrid in (False, True):
+            with pytest.raises(IndexUnavailable, match="none index cannot be read") as raised:
+                s.search(SearchQuery("red wool hat"), hybrid=hybrid)
+            assert raised.value.asset == "lancedb_index_none" and raised.value.status == 409
+            assert "materialize lancedb_index_none" in str(raised.value)
+        # materializing it repairs it: the update drops the table it cannot read
+        done = update_index(store, "none", index_rows(INDEXED["none"], POOLS,
+                            Provenance("none@abc")), WordEncoder(), root, PLAN)  # fmt: skip
+        assert done.rebuilt and "RuntimeError" in done.rebuilt and done.written == 6
+        again = Searcher(INDEXED["none"], WordEncoder(), "none@abc", store, None, PLAN)
+        assert again.search(SearchQuery("red wool hat")).hits[0].did == "p:1"
 
     def test_an_unembeddable_query_ranks_nothing_and_says_why(self, store, root, tmp_path, vlm):
         class Broken(WordEncoder):
