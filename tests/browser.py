@@ -30,9 +30,18 @@ def chromium(*, required: bool = True) -> str | None:
     return None
 
 
+# Buttons that close a dialog a fresh browser profile meets at any moment (Dagster's
+# newsletter prompt appears a while after the first page load, over whatever is there).
+FIRST_VISIT_DIALOGS = ("Skip",)
+
+
 @contextlib.contextmanager
 def browser_page(executable: str, width: int = 1280, height: int = 1000) -> Iterator:
-    """A Playwright page in headless Chromium, closed afterwards."""
+    """A Playwright page in headless Chromium, closed afterwards.
+
+    First-visit dialogs are dismissed whenever they appear: Playwright clicks their close
+    button before any action or assertion they would block (`add_locator_handler`).
+    """
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
@@ -40,7 +49,11 @@ def browser_page(executable: str, width: int = 1280, height: int = 1000) -> Iter
             executable_path=executable, args=["--no-sandbox", "--disable-dev-shm-usage"]
         )
         try:
-            yield browser.new_page(viewport={"width": width, "height": height})
+            page = browser.new_page(viewport={"width": width, "height": height})
+            for name in FIRST_VISIT_DIALOGS:
+                button = page.get_by_role("button", name=name, exact=True)
+                page.add_locator_handler(button, lambda found: found.click())
+            yield page
         finally:
             browser.close()
 

@@ -13,9 +13,15 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from rar_pipeline.core.corpus.images import ImageCheck, check_image, thumbnail
+from rar_pipeline.core.corpus.images import (
+    ImageCheck,
+    ImageRefused,
+    check_image,
+    image_data_url,
+    load_image,
+    thumbnail,
+)
 from rar_pipeline.core.enhance.prompts import QUERY_CAPTION
-from rar_pipeline.core.enhance.vlm.base import image_data_url, load_image
 from rar_pipeline.core.enhance.vlm.offline import OfflineVLM
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.rank import embed_robustly
@@ -38,8 +44,9 @@ def test_validation_quarantines_it(bomb):
 def test_the_vlm_backends_and_encoders_refuse_it(bomb, opener):
     # load_image: perception, the transformers backend, CLIP and vlm-embed encoders;
     # image_data_url: the openai and vllm backends
-    with pytest.raises(ValueError, match="image too large"):
+    with pytest.raises(ImageRefused, match="image_too_large") as refused:
         opener(bomb)
+    assert refused.value.reason == "image_too_large"
 
 
 def test_the_offline_vlm_fails_only_that_request(bomb, tmp_path):
@@ -47,7 +54,7 @@ def test_the_offline_vlm_fails_only_that_request(bomb, tmp_path):
     results = OfflineVLM().generate(
         [QUERY_CAPTION.request(None, bomb), QUERY_CAPTION.request(None, tmp_path / "ok.png")]
     )
-    assert "image too large" in results[0].error
+    assert results[0].error.startswith("image_too_large: ") and not results[0].retryable
     assert results[1].error is None and results[1].text
 
 
@@ -62,7 +69,7 @@ def test_an_encoder_embeds_the_item_from_its_text_alone(bomb):
             return [[1.0, 0.0] for _ in items]
 
     embedded = embed_robustly(ImageEncoder(), [EncodeItem("a caption", bomb)])
-    assert "image too large" in embedded.degraded[0] and not embedded.failed
+    assert "image_too_large" in embedded.degraded[0] and not embedded.failed
 
 
 def test_search_and_the_page_refuse_it(bomb, tmp_path):

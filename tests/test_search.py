@@ -110,9 +110,9 @@ class TestRarSearch:
         Image.new("RGB", (4, 4)).save(tmp_path / "q.png")
         assert main(["search", "hat", "--config", "none", "--data", str(demo_project.data),
                      "--artifacts", str(tmp_path / "empty")]) == 2  # fmt: skip
-        assert "no index for config 'none': materialize lancedb_index_none" in (
-            capsys.readouterr().err
-        )
+        err = capsys.readouterr().err
+        assert "no index for config 'none' (make demo, or rar run --data DIR)" in err
+        assert err.rstrip().endswith(": materialize lancedb_index_none")
 
 
 class TestRarSearchRefusesWhatItCannotServe:
@@ -158,3 +158,16 @@ class TestRarSearchRefusesWhatItCannotServe:
         assert main(["search", "red", "--config", "inference-only"]) == 2
         err = capsys.readouterr().err
         assert "embedded by none@" in err and "retriever_checkpoint_none" in err
+
+
+def test_opening_a_config_loads_every_model_a_query_needs(demo_project):
+    # the shipped backbones loaded on the first uncached query: seconds and ~300 MB
+    from rar_pipeline.core.enhance import perception
+    from rar_pipeline.core.retrieval.encoders import offline
+
+    for lazy in (offline._minilm, perception._efficientnet, perception._ocr_engine):
+        lazy.cache_clear()
+    searchers = Searchers.from_settings(load_settings({"RAR_PROJECT_DIR": str(demo_project.root)}))
+    searchers.open("full")
+    for lazy in (offline._minilm, perception._efficientnet, perception._ocr_engine):
+        assert lazy.cache_info().currsize == 1, lazy

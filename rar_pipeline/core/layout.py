@@ -118,6 +118,10 @@ class ArtifactLayout:
         """Every pool's candidates in the config's representation (beside its pairs)."""
         return self.root / "training_pairs" / f"{config}.candidates.parquet"
 
+    def training_pairs_left_out(self, config: str) -> Path:
+        """The pairs and hard negatives left out as test labels, with why (JSON lines)."""
+        return self.root / "training_pairs" / f"{config}.left_out.jsonl"
+
     def checkpoint(self, config: str) -> Path:
         """A fine-tuned retriever (a folder of safetensors and its config)."""
         return self.root / "checkpoints" / config

@@ -8,7 +8,8 @@ Blocking (severity ERROR: the partition's downstream does not run, in the run th
 it, in `rar run`, and under automation until the check passes):
 - quarantine_ceiling (candidate_pool, queries): a shard or task mostly quarantined.
 - caption_coverage (corpus_captions): image items left without a caption.
-- no_test_leakage (training_pairs_*): anything of the test split in the training pairs.
+- no_test_leakage (training_pairs_*): anything of the test split in the training pairs (a
+  test label the pair builder should have left out, a test query, a test-only candidate).
 
 And recall_floor (retrieval_eval, ERROR): a config whose macro Recall@5 is under a floor
 (an index embedded by the wrong model, a broken checkpoint).
@@ -138,12 +139,17 @@ NO_TEST_LEAKAGE = "no_test_leakage"
 
 def no_test_leakage_spec(asset: str) -> dg.AssetCheckSpec:
     """Blocks training on pairs that hold anything of the test split."""
-    return _blocking(NO_TEST_LEAKAGE, asset, "No test query, and no candidate only test "
-                     "queries label, is in the training pairs.")  # fmt: skip
+    return _blocking(NO_TEST_LEAKAGE, asset, "No test label (a test query's text and image "
+                     "with one of its positives, as a pair or a hard negative), no test "
+                     "query, and no candidate only test queries label, is in the training pairs. "
+                     "The builder leaves such pairs out and lists them; this audit, independent "
+                     "of it, blocks what it let through.")  # fmt: skip
 
 
-def no_test_leakage_result(leaks: dict[str, list[str]]) -> dg.AssetCheckResult:
-    """From `core.retrieval.pairs.pair_leaks`."""
+def no_test_leakage_result(
+    leaks: dict[str, list[str]], *, left_out: int | None = None
+) -> dg.AssetCheckResult:
+    """From `core.retrieval.pairs.pair_leaks`; `left_out`: what the builder already left out."""
     return dg.AssetCheckResult(
         check_name=NO_TEST_LEAKAGE,
         passed=not any(leaks.values()),
@@ -151,6 +157,7 @@ def no_test_leakage_result(leaks: dict[str, list[str]]) -> dg.AssetCheckResult:
         metadata={
             **{kind: len(ids) for kind, ids in leaks.items()},
             "examples": dg.MetadataValue.json({k: v[:5] for k, v in leaks.items() if v}),
+            **({"left_out_by_the_builder": left_out} if left_out is not None else {}),
         },
     )
 

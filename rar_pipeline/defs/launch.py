@@ -314,6 +314,8 @@ def run_pipeline(
             detail = f"{md['dagster/row_count']} rows, {md['quarantined']} quarantined"
         elif "dagster/row_count" in md:
             detail = f"{md['dagster/row_count']} rows"
+            if md.get("pairs_left_out"):  # training pairs that would reveal a test label
+                detail += f", {md['pairs_left_out']} left out as test labels"
         elif "pairs" in md:
             detail = f"{md['pairs']} train pairs"
         elif "skipped" in md:

@@ -74,10 +74,19 @@ class Searchers:
         return self._searchers[config]
 
     def open(self, config: str) -> Searcher:
-        """The config's searcher with everything a query touches loaded (models, caches)."""
+        """The config's searcher with everything a query touches loaded (models, caches).
+
+        Models that load lazily (the offline encoder's and VLM's shipped ones) have a
+        `preload` method: it runs now, so no query pays for it.
+        """
         searcher = self.get(config)
+        models: list[object] = [searcher.encoder]
         if searcher.config.representation.enhanced_queries:
             self.enhancer.open()
+            models.append(self.enhancer.vlm)
+        for model in models:
+            if callable(preload := getattr(model, "preload", None)):
+                preload()
         return searcher
 
     def _encoder(self, name: str) -> tuple[Encoder, str]:

@@ -85,7 +85,7 @@ class RequestGuard:
             (b"content-security-policy", csp.encode()),
             (b"x-frame-options", b"DENY"),
             (b"x-content-type-options", b"nosniff"),
-            (b"referrer-policy", b"no-referrer"),
+            (b"referrer-policy", b"same-origin"),  # "no-referrer" makes form posts say Origin: null
             (b"cross-origin-resource-policy", b"same-origin"),
             (b"cross-origin-opener-policy", b"same-origin"),
         ]

@@ -6,6 +6,7 @@ import dagster as dg
 import numpy as np
 import pytest
 
+from rar_pipeline.core.retrieval.pairs import LEAK_KINDS
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.checks import (
@@ -19,6 +20,7 @@ from rar_pipeline.defs.checks import (
     failure_rate_result,
     failure_rate_spec,
     no_test_leakage_result,
+    no_test_leakage_spec,
     quarantine_ceiling_result,
     quarantine_rate_result,
     quarantine_rate_spec,
@@ -198,6 +200,20 @@ def test_leakage_fails_on_any_leak_and_shows_examples():
     leaked = no_test_leakage_result({"test_split_pairs": [], "test_only_positives": ["d1"]})
     assert not leaked.passed
     assert _values(leaked)["test_only_positives"] == 1
+
+
+def test_leakage_blocks_only_what_the_builder_let_through_and_counts_what_it_left_out():
+    nothing = {kind: [] for kind in LEAK_KINDS}
+    # the builder left out 3 label-revealing pairs and negatives; none slipped through
+    passed = no_test_leakage_result(nothing, left_out=3)
+    assert passed.passed and _values(passed)["left_out_by_the_builder"] == 3
+    slipped = no_test_leakage_result({**nothing, "test_label_positives": ["train/q5 c3"]},
+                                     left_out=3)  # fmt: skip
+    assert not slipped.passed and slipped.severity == dg.AssetCheckSeverity.ERROR
+    assert _values(slipped)["test_label_positives"] == 1
+    assert _values(slipped)["examples"] == {"test_label_positives": ["train/q5 c3"]}
+    spec = no_test_leakage_spec("training_pairs_none")
+    assert spec.blocking and "test label" in spec.description
 
 
 def test_the_recall_floor_names_the_configs_under_it():

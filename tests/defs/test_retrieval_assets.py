@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import dagster as dg
@@ -17,7 +18,7 @@ from rar_pipeline.core.enhance import prompts
 from rar_pipeline.core.retrieval.checkpoint import read_checkpoint
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.encoders.factory import load_encoder
-from rar_pipeline.core.retrieval.pairs import PAIR_COLUMNS
+from rar_pipeline.core.retrieval.pairs import PAIR_COLUMNS, read_left_out
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
@@ -28,6 +29,7 @@ from rar_pipeline.defs.resources import (
     MlflowResource,
     RetrieverResource,
 )
+from tests.graph_resources import graph_resources
 
 CONFIGS = ("none", "corpus", "query", "full")
 
@@ -100,6 +102,61 @@ def test_every_config_has_pairs_from_the_train_split(built):
     assert (
         len(listing) and not frames["none"].cand_txt.str.contains("Visual Context", na=False).any()
     )
+
+
+def test_each_pairs_asset_says_what_it_left_out_and_its_audit_passed(built):
+    corpus, _, instance, _, _ = built
+    for c in CONFIGS:
+        key = dg.AssetKey(f"training_pairs_{c}")
+        metadata = instance.get_latest_materialization_event(key).asset_materialization.metadata
+        assert metadata["pairs_left_out"].value == 0  # the small demo repeats no test query
+        assert metadata["negatives_revealing_a_test_label"].value == 0
+        report = corpus.artifacts().training_pairs_left_out(c)
+        assert metadata["left_out_report"].value == str(report) and report.read_text() == ""
+        check = instance.event_log_storage.get_latest_asset_check_execution_by_key(
+            [dg.AssetCheckKey(key, "no_test_leakage")]
+        )[dg.AssetCheckKey(key, "no_test_leakage")]
+        assert check.evaluation.passed
+        frame = pd.read_parquet(corpus.artifacts().training_pairs(c))
+        assert all(k.split("/")[0] == "train" for k in frame["query_key"])  # held-out ones too
+
+
+@pytest.mark.slow
+def test_a_train_split_copying_the_test_split_leaves_every_pair_out_and_trains_nothing(
+    mini_corpus: Path, tmp_path: Path
+):
+    shutil.copyfile(mini_corpus / "query/test/mbeir_mini_task0_test.jsonl",
+                    mini_corpus / "query/train/mbeir_mini_task0_train.jsonl")  # fmt: skip
+    out = tmp_path / "out"
+    corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(out))
+    earlier = corpus.artifacts().checkpoint("none")  # what an earlier run trained, on other data
+    earlier.mkdir(parents=True)
+    (earlier / "checkpoint.json").write_text("{}")
+    with dg.instance_for_test() as instance:
+        result = run_pipeline(
+            load_settings(data_root=mini_corpus, artifacts_dir=out),
+            resources=graph_resources(corpus),
+            assets=build_assets(FakeVLMResource()),
+            instance=instance,
+            through="retrieval",
+        )
+    assert not result.blocked
+    steps = {s.asset: s for s in result.steps}
+    for c in CONFIGS:
+        pairs = steps[f"training_pairs_{c}"]
+        assert pairs.checks_passed and pairs.metadata["dagster/row_count"] == 0
+        assert pairs.metadata["pairs_left_out"] >= 2
+        assert "test query 77:2000" in pairs.metadata["left_out"]
+        assert "reveal a test label" in pairs.metadata["nothing_to_train"]
+        listed = read_left_out(corpus.artifacts().training_pairs_left_out(c))
+        assert {("train/77:2000", "77:1"), ("train/77:2001", "77:2")} <= set(
+            zip(listed.query_key, listed.did, strict=True)
+        )
+        skipped = steps[f"retriever_checkpoint_{c}"].metadata["skipped"]
+        assert skipped.startswith("no train pairs: ") and "reveal a test label" in skipped
+    # the config has nothing trained now: the earlier checkpoint is not served for this data
+    assert steps["retriever_checkpoint_none"].metadata["removed"] == str(earlier)
+    assert not earlier.exists()
 
 
 def test_before_any_edit_every_config_is_fresh(built):

@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import functools
+import http.server
 import os
 import sys
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -15,6 +18,12 @@ from rar_pipeline.core.layout import ArtifactLayout
 from tests.browser import browser_page, chromium, screenshot
 from tests.projects import PROJECT_VARS
 from tests.servers import free_port, server_process
+
+# an 8 x 8 PNG no other test uploads
+PNG_BASE64 = (
+    "iVBORw0KGgoAAAANSUhEUgAAAAgAAAAICAIAAABLbSncAAAAFElEQVR4nGPk"
+    "OSHPgA0wYRUdtBIAwucBA+UpdBMAAAAASUVORK5CYII="
+)
 
 
 @pytest.fixture
@@ -71,3 +80,41 @@ def test_a_question_about_an_uploaded_photo_finds_its_answer(demo_project, serve
         assert page.locator("#query-image").count() == 1
         assert page.locator("tr.hit td.thumb img").count() >= 1
         screenshot(page, tmp_path / "search_page.png", full_page=True)
+
+
+def test_a_page_on_another_origin_cannot_make_the_browser_search_or_upload(
+    demo_project, server, tmp_path
+):
+    # a page elsewhere made the operator's Chromium upload five files (fetch, no-cors)
+    executable = chromium()
+    attack = tmp_path / "attack"
+    attack.mkdir()
+    (attack / "index.html").write_text(f"""<!doctype html><body><script>
+    const png = Uint8Array.from(atob("{PNG_BASE64}"), c => c.charCodeAt(0));
+    const form = new FormData();
+    form.append("q", "from elsewhere");
+    form.append("image", new Blob([png], {{type: "image/png"}}), "x.png");
+    Promise.allSettled([
+      fetch("{server}/api/search", {{method: "POST", mode: "no-cors", body: form}}),
+      fetch("{server}/", {{method: "POST", mode: "no-cors", body: form}}),
+      fetch("{server}/api/search?q=from+elsewhere", {{mode: "no-cors"}}),
+    ]).then(() => document.title = "done");
+    </script></body>""")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(attack))
+    uploads = ArtifactLayout(demo_project.artifacts).search_uploads
+    before = set(uploads.iterdir()) if uploads.is_dir() else set()
+    with http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler) as site:
+        threading.Thread(target=site.serve_forever, daemon=True).start()
+        with browser_page(executable) as page:
+            sent, blocked = [], []
+            page.on("request", lambda r: sent.append(r.url))
+            page.on("requestfailed", lambda r: blocked.append(r.failure))
+            page.goto(f"http://localhost:{site.server_address[1]}/")
+            page.wait_for_function("() => document.title === 'done'")
+        site.shutdown()
+    assert len([url for url in sent if url.startswith(server)]) == 3
+    # the server refused them (403, tests/web/test_guard.py), and the browser let the page
+    # read nothing of its answers (Cross-Origin-Resource-Policy: same-origin)
+    assert blocked == ["net::ERR_BLOCKED_BY_RESPONSE.NotSameOrigin"] * 3
+    after = set(uploads.iterdir()) if uploads.is_dir() else set()
+    assert after == before  # nothing was stored

@@ -118,6 +118,7 @@ class Reason(StrEnum):
     IMAGE_UNREADABLE = "image_unreadable"
     IMAGE_TRUNCATED = "image_truncated"
     IMAGE_TOO_LARGE = "image_too_large"
+    IMAGE_ASPECT_RATIO = "image_aspect_ratio"  # too thin: models stretch the short side
     DUPLICATE_ID = "duplicate_id"
     UNKNOWN_REFERENCE = "unknown_reference"
     BAD_QREL_LINE = "bad_qrel_line"

@@ -75,7 +75,7 @@ from rar_pipeline.core.demo.world import (
 from rar_pipeline.core.files import files_hash
 from rar_pipeline.core.layout import demo_truth_file
 
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3  # 3: train queries repeating a test query's words are kept again
 MARKER = ".rar_demo.json"
 IMAGE_DIR = f"mbeir_images/{DATASET}_images"
 
@@ -304,17 +304,10 @@ def _make_queries(
             pos = [items.photo[o.key].did for o in by_combo[target]]
             add(7, split, Modality.IMAGE_TEXT, text, p.img_path, pos)
             made += 1
-
-    # A train product may share shape, colour and brand with a test product, and the
-    # phrasings are shared: a train query that says exactly what a test query says (same
-    # task, text and image) would be a test query in the training pairs. Drop it (after
-    # every draw, so the rest of the corpus stays what the seed made).
-    def content(q: Query) -> tuple:
-        return (q.task_id, q.txt, q.img_path)
-
-    tests = {content(q) for splits in queries.values() for q in splits["test"]}
-    for splits in queries.values():
-        splits["train"] = [q for q in splits["train"] if content(q) not in tests]
+    # Train and test products share attributes and phrasings, so some train queries say
+    # word for word what a test query says, with other positives (other products): as in
+    # real corpora (COCO's captions recur across images). They stay; the pair builder keeps
+    # them and leaves out only a pair that would reveal a test label.
     return queries
 
 

@@ -3,6 +3,10 @@
 These are what the offline enhancer sees of an image. Each model file is pinned by sha256
 and loaded without pickle. `Perceiver` runs them once per image content and keeps the
 results in durable cache stores.
+
+Every image is opened by `core.corpus.images.load_image`: refused from its header when too
+large or too thin, otherwise shrunk and padded so OCR's detection input stays within
+736 x 2944 px. An image that is refused or cannot be read fails alone, with its reason.
 """
 
 from __future__ import annotations
@@ -16,8 +20,14 @@ from typing import Any
 
 import numpy as np
 
+from rar_pipeline.core.corpus.images import (
+    CANVAS_ASPECT,
+    ImageRefused,
+    bounded_size,
+    load_image,
+    needs_canvas,
+)
 from rar_pipeline.core.enhance.store import SqliteStore
-from rar_pipeline.core.enhance.vlm.base import load_image
 from rar_pipeline.core.files import file_hash
 
 # Supply-chain pin: the EfficientNet-Lite0 ImageNet weights shipped by
@@ -27,6 +37,14 @@ FEATURE_SIZE = 160  # pixels; features ~10 ms/image on 2 cores
 FEATURE_DIM = 1280
 # Part of every perception cache key: bump when features, OCR or colour naming change.
 PERCEPTION_VERSION = "offline-2"
+# ...and this too, for images `load_image` pads onto a canvas (thinner than CANVAS_ASPECT):
+# what is read off those changed with the canvas, while every other image reads exactly as
+# before, so its entries stay valid.
+CANVAS_TAG = f"+canvas{CANVAS_ASPECT}"
+FEATURE_BATCH = 32  # images decoded at a time: at most 32 x 7 MB of pixels held
+# How an image fails alone: refused (too large, too thin) or unreadable (missing, truncated,
+# not an image). Anything else is a bug and raises.
+_UNREADABLE = (ImageRefused, OSError)
 
 # Common English colour names (CSS values). Nearest name wins, in RGB.
 COLOUR_NAMES: dict[str, tuple[int, int, int]] = {
@@ -173,6 +191,34 @@ class Perception:
     colours: tuple[str, ...]  # main object colours, label masked out
 
 
+@dataclass(frozen=True)
+class Features:
+    """Features of a batch of images; an image that cannot be read fails alone.
+
+    Attributes:
+        vectors: (n, 1280) L2-normalised; a failed image's row is zeros.
+        failed: index -> why that image was not read: `ImageRefused` (too large, too
+            thin; its `reason` is the quarantine reason) or an OSError (missing,
+            truncated, not an image).
+    """
+
+    vectors: np.ndarray
+    failed: dict[int, Exception]
+
+
+@dataclass(frozen=True)
+class Perceived:
+    """What perception read off a batch of images; an image that cannot be read fails alone.
+
+    Attributes:
+        items: one `Perception` per image, None where it failed.
+        failed: index -> why (as `Features.failed`).
+    """
+
+    items: list[Perception | None]
+    failed: dict[int, Exception]
+
+
 class Perceiver:
     """Runs and caches features and OCR per image content hash."""
 
@@ -182,63 +228,113 @@ class Perceiver:
         self.read_store = SqliteStore(cache_dir / "ocr.sqlite") if cache_dir else None
         self._memo: dict[str, Any] = {}
 
-    def features(self, paths: Sequence[Path]) -> np.ndarray:
-        """(n, 1280) features, computed once per image content."""
-        shas = [file_hash(p) for p in paths]
-        if self.features_store is not None:
-            self.features_store.prefetch(f"{PERCEPTION_VERSION}:{sha}" for sha in shas)
-        missing = [
-            (sha, p)
-            for sha, p in dict(zip(shas, paths, strict=True)).items()
-            if self._feature(sha) is None
-        ]
-        if missing:
-            feats = image_features([load_image(p) for _, p in missing])
-            for (sha, _), f in zip(missing, feats, strict=True):
-                self._memo[f"f:{sha}"] = f
-                if self.features_store is not None:
-                    self.features_store.put(f"{PERCEPTION_VERSION}:{sha}", {"v": f.tobytes()})
-        return (
-            np.stack([self._feature(sha) for sha in shas]) if shas else np.zeros((0, FEATURE_DIM))
-        )
+    def preload(self) -> None:
+        """Load the models now (they load on the first image otherwise: seconds)."""
+        _efficientnet()
+        if self.ocr:
+            _ocr_engine()
 
-    def _feature(self, sha: str) -> np.ndarray | None:
-        if f"f:{sha}" in self._memo:
-            return self._memo[f"f:{sha}"]
-        row = (
-            self.features_store.get(f"{PERCEPTION_VERSION}:{sha}")
-            if self.features_store is not None
-            else None
-        )
+    @staticmethod
+    def _identify(paths: Sequence[Path]) -> list[tuple[str, str] | Exception]:
+        """Each image's (cache version, content sha256), or why it cannot be read.
+
+        The header is checked before any cache is: an image refused now stays refused
+        even where an older version cached what it read off it.
+        """
+        out: list[tuple[str, str] | Exception] = []
+        for path in paths:
+            try:
+                tag = CANVAS_TAG if needs_canvas(bounded_size(path)) else ""
+                out.append((PERCEPTION_VERSION + tag, file_hash(path)))
+            except _UNREADABLE as exc:
+                out.append(exc)
+        return out
+
+    def features(self, paths: Sequence[Path]) -> Features:
+        """(n, 1280) features, computed once per image content; bad images fail alone."""
+        return self._features(paths, self._identify(paths))
+
+    def _features(self, paths: Sequence[Path], ids: list[tuple[str, str] | Exception]) -> Features:
+        failed = {i: x for i, x in enumerate(ids) if isinstance(x, Exception)}
+        keys = {i: f"{x[0]}:{x[1]}" for i, x in enumerate(ids) if not isinstance(x, Exception)}
+        if self.features_store is not None:
+            self.features_store.prefetch(keys.values())
+        todo = {key: paths[i] for i, key in keys.items() if self._feature(key) is None}
+        broken = self._compute_features(todo)
+        vectors = np.zeros((len(paths), FEATURE_DIM), dtype=np.float32)
+        for i, key in keys.items():
+            if key in broken:
+                failed[i] = broken[key]
+            else:
+                vectors[i] = self._feature(key)
+        return Features(vectors, dict(sorted(failed.items())))
+
+    def _compute_features(self, todo: dict[str, Path]) -> dict[str, Exception]:
+        """Featurize each key's image, `FEATURE_BATCH` at a time; returns those that failed."""
+        broken: dict[str, Exception] = {}
+        pending = list(todo.items())
+        for start in range(0, len(pending), FEATURE_BATCH):
+            images = {}
+            for key, path in pending[start : start + FEATURE_BATCH]:
+                try:
+                    images[key] = load_image(path)
+                except _UNREADABLE as exc:
+                    broken[key] = exc
+            if not images:
+                continue
+            for key, f in zip(images, image_features(list(images.values())), strict=True):
+                self._memo[f"f:{key}"] = f
+                if self.features_store is not None:
+                    self.features_store.put(key, {"v": f.tobytes()})
+        return broken
+
+    def _feature(self, key: str) -> np.ndarray | None:
+        if f"f:{key}" in self._memo:
+            return self._memo[f"f:{key}"]
+        row = self.features_store.get(key) if self.features_store is not None else None
         if row is None:
             return None
         value = np.frombuffer(row["v"], dtype=np.float32)
-        self._memo[f"f:{sha}"] = value
+        self._memo[f"f:{key}"] = value
         return value
 
-    def perceive(self, paths: Sequence[Path]) -> list[Perception]:
-        """Features, printed text and colours of each image."""
-        feats = self.features(paths)
-        keys = [f"{PERCEPTION_VERSION}:ocr={self.ocr}:{file_hash(p)}" for p in paths]
+    def perceive(self, paths: Sequence[Path]) -> Perceived:
+        """Features, printed text and colours of each image; bad images fail alone."""
+        ids = self._identify(paths)
+        feats = self._features(paths, ids)
+        failed = dict(feats.failed)
+        keys = {
+            i: f"{x[0]}:ocr={self.ocr}:{x[1]}"
+            for i, x in enumerate(ids)
+            if i not in failed and not isinstance(x, Exception)
+        }
         if self.read_store is not None:
-            self.read_store.prefetch(keys)
-        out = []
-        for path, f, key in zip(paths, feats, keys, strict=True):
-            row = self.read_store.get(key) if self.read_store is not None else self._memo.get(key)
-            if row is None:
-                image = load_image(path)
-                boxes = read_text(image) if self.ocr else []
-                row = {
-                    "text": json.dumps([b.text for b in boxes]),
-                    "colours": json.dumps(dominant_colours(image, boxes)),
-                }
-                self._memo[key] = row
-                if self.read_store is not None:
-                    self.read_store.put(key, row)
-            out.append(
-                Perception(f, tuple(json.loads(row["text"])), tuple(json.loads(row["colours"])))
-            )
-        return out
+            self.read_store.prefetch(keys.values())
+        items: list[Perception | None] = [None] * len(paths)
+        for i, key in keys.items():
+            try:
+                row = self._read(paths[i], key)
+            except _UNREADABLE as exc:
+                failed[i] = exc
+                continue
+            text, colours = json.loads(row["text"]), json.loads(row["colours"])
+            items[i] = Perception(feats.vectors[i], tuple(text), tuple(colours))
+        return Perceived(items, dict(sorted(failed.items())))
+
+    def _read(self, path: Path, key: str) -> dict[str, str]:
+        """The image's OCR lines and colours (JSON), from the cache or computed."""
+        row = self.read_store.get(key) if self.read_store is not None else self._memo.get(key)
+        if row is None:
+            image = load_image(path)
+            boxes = read_text(image) if self.ocr else []
+            row = {
+                "text": json.dumps([b.text for b in boxes]),
+                "colours": json.dumps(dominant_colours(image, boxes)),
+            }
+            self._memo[key] = row
+            if self.read_store is not None:
+                self.read_store.put(key, row)
+        return row
 
     def flush(self) -> None:
         for store in (self.features_store, self.read_store):

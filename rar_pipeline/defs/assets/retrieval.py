@@ -8,11 +8,13 @@ enhanced sides it reads: a caption prompt edit stales `corpus` and `full`, never
 could not say this). A checkpoint reads only its own config's pairs, so it inherits that.
 """
 
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
+import pandas as pd
 
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
@@ -23,9 +25,13 @@ from rar_pipeline.core.retrieval.pairs import (
     CONFIGS,
     PAIRS_VERSION,
     AblationConfig,
+    Pairs,
     build_pairs,
+    no_train_pairs_reason,
     pair_leaks,
+    read_left_out,
     represent_candidates,
+    write_left_out,
 )
 from rar_pipeline.core.retrieval.steps import fit_retriever, reusable_checkpoint
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
@@ -79,10 +85,14 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
         candidates = {c.did: c for shard in pools.values() for c in shard}
         pairs = build_pairs(config, qs, candidates, enhanced_queries, enhanced_corpus)
         table = represent_candidates(config, pools, qs, enhanced_corpus)
-        path = write_parquet(pairs.frame, corpus.artifacts().training_pairs(config.name))
-        write_parquet(table, corpus.artifacts().training_candidates(config.name))
+        paths = corpus.artifacts()
+        path = write_parquet(pairs.frame, paths.training_pairs(config.name))
+        write_parquet(table, paths.training_candidates(config.name))
+        report = write_left_out(pairs.left_out, paths.training_pairs_left_out(config.name))
+        why_nothing = _say_what_was_left_out(context, pairs, report)
         head = pairs.frame.head(5)
         samples = zip(head["qid"], head["query_txt"], head["cand_txt"], strict=True)
+        leaks = pair_leaks(pairs.frame, table, qs)  # the audit: what the builder let through
         return dg.MaterializeResult(
             metadata={
                 **pairs.counts,
@@ -91,11 +101,40 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
                 "candidates": len(table),
                 "path": dg.MetadataValue.path(str(path)),
                 "samples": samples_table(list(samples)),
+                "left_out_report": dg.MetadataValue.path(str(report)),
+                "left_out": _left_out_table(pairs.left_out),
+                **why_nothing,
             },
-            check_results=[no_test_leakage_result(pair_leaks(pairs.frame, table, qs))],
+            check_results=[no_test_leakage_result(leaks, left_out=len(pairs.left_out))],
         )
 
     return training_pairs
+
+
+def _say_what_was_left_out(
+    context: dg.AssetExecutionContext, pairs: Pairs, report: Path
+) -> dict[str, str]:
+    """Warn of what the builder left out; returns why nothing trains, if so, for metadata."""
+    if len(pairs.left_out):
+        context.log.warning(
+            f"{pairs.counts['pairs_left_out']} pairs and "
+            f"{pairs.counts['negatives_revealing_a_test_label']} hard negatives left out: each "
+            f"would reveal a test label (a test query's words with its positive); see {report}"
+        )
+    if pairs.counts["pairs_train"]:
+        return {}
+    reason = no_train_pairs_reason(pairs.left_out, report)
+    context.log.warning(reason)
+    return {"nothing_to_train": reason}
+
+
+def _left_out_table(left_out: pd.DataFrame, limit: int = 10) -> dg.MetadataValue:
+    """The first left-out pairs and negatives, with the test query each would reveal."""
+    columns = ["query_key", "did", "role", "test_qid", "reason"]
+    rows = left_out[columns].head(limit).values.tolist()
+    if len(left_out) > limit:
+        rows.append([f"... {len(left_out) - limit} more", "", "", "", ""])
+    return markdown_table(columns, rows)
 
 
 def _read_inputs(
@@ -175,9 +214,7 @@ def _checkpoint_asset(
             corpus.layout().root,
         )
         if not data.train:
-            reason = "no train pairs: the corpus has no train split with resolvable positives"
-            context.log.warning(f"{reason}; nothing to train, no checkpoint written")
-            yield dg.AssetObservation(asset_key=context.asset_key, metadata={"skipped": reason})
+            yield _nothing_to_train(context, paths, config.name)
             return
         encoder, options = retriever.create(paths.perception_cache), retriever.options()
         path, model = paths.checkpoint(config.name), f"rar-{name}-{config.name}"
@@ -208,6 +245,30 @@ def _checkpoint_asset(
         yield dg.MaterializeResult(metadata=metadata, data_version=_checkpoint_version(manifest))
 
     return retriever_checkpoint
+
+
+def _nothing_to_train(
+    context: dg.AssetExecutionContext, paths: ArtifactLayout, config: str
+) -> dg.AssetObservation:
+    """No train pairs: say why, and take away a checkpoint an earlier run trained.
+
+    That checkpoint was trained on data this corpus no longer has (in the worst case on
+    pairs now known to reveal test labels): left in place, the indexes, the evaluation and
+    the search would serve it as this config's. Without it they use the untrained base
+    encoder and say so (`<config>@untrained`). Its MLflow run and model version stay.
+    """
+    left_out = paths.training_pairs_left_out(config)
+    reason = no_train_pairs_reason(read_left_out(left_out), left_out)
+    context.log.warning(f"{reason}; nothing to train, no checkpoint written")
+    metadata: dict[str, Any] = {"skipped": reason}
+    stale = [p for p in (paths.checkpoint(config), paths.training_state(config)) if p.exists()]
+    for path in stale:
+        shutil.rmtree(path)
+    if stale:
+        removed = ", ".join(map(str, stale))
+        context.log.warning(f"removed {removed}: trained by an earlier run on other data")
+        metadata["removed"] = removed
+    return dg.AssetObservation(asset_key=context.asset_key, metadata=metadata)
 
 
 def _checkpoint_version(manifest: dict) -> dg.DataVersion:

@@ -2,13 +2,29 @@
 
 from __future__ import annotations
 
+import base64
+import io
 from pathlib import Path
 
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw, ImageFile
 
-from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image, thumbnail
+from rar_pipeline.core.corpus.images import (
+    CANVAS_ASPECT,
+    MAX_IMAGE_SIDE,
+    ImageCheck,
+    ImageCheckLevel,
+    ImageRefused,
+    border_colour,
+    check_image,
+    image_data_url,
+    load_image,
+    needs_canvas,
+    thumbnail,
+)
 from rar_pipeline.core.corpus.records import Reason
+from rar_pipeline.core.enhance.perception import dominant_colours
+from tests.probe_images import DETAILS, PROBES, write_probes
 
 DECODE = ImageCheckLevel.DECODE
 HEADER = ImageCheckLevel.HEADER
@@ -60,8 +76,8 @@ def _check(path: Path, level: ImageCheckLevel, max_pixels: int = 40_000_000):
     return check_image(path, ImageCheck(level=level, max_pixels=max_pixels))
 
 
-def test_the_default_check_decodes_with_a_forty_megapixel_limit():
-    assert ImageCheck() == ImageCheck(level=DECODE, max_pixels=40_000_000)
+def test_the_default_check_decodes_with_a_forty_megapixel_and_twenty_to_one_limit():
+    assert ImageCheck() == ImageCheck(level=DECODE, max_pixels=40_000_000, max_aspect=20)
 
 
 @pytest.mark.parametrize("level", list(ImageCheckLevel))
@@ -210,3 +226,160 @@ def test_a_thumbnail_refuses_what_the_check_refuses(tmp_path, truncated_png):
         thumbnail(truncated_png, 64)
     with pytest.raises(ValueError, match="image_missing"):
         thumbnail(tmp_path / "nothing.png", 64)
+
+
+# ---------------------------------------------------------------------------
+# thin images (issue 19): refused from the header by aspect ratio
+
+
+@pytest.fixture(scope="module")
+def probes(tmp_path_factory) -> dict[str, Path]:
+    return write_probes(tmp_path_factory.mktemp("probes"))
+
+
+def test_the_probes_are_small_real_pngs(probes):
+    for name, (width, height) in PROBES.items():
+        assert probes[name].stat().st_size < 100_000
+        with Image.open(probes[name]) as image:
+            assert (image.format, image.size) == ("PNG", (width, height))
+    assert 39_999_999 <= ImageCheck().max_pixels  # the tall one passes the pixel bound
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+@pytest.mark.parametrize("level", [DECODE, HEADER])
+def test_a_thin_image_is_refused_for_its_aspect_ratio(probes, name, level):
+    assert _check(probes[name], level) == (Reason.IMAGE_ASPECT_RATIO, DETAILS[name])
+
+
+@pytest.mark.parametrize("level", [EXISTS, OFF])
+def test_the_aspect_bound_needs_the_header_to_be_read(probes, level):
+    assert _check(probes["1x2000"], level) is None
+
+
+@pytest.mark.parametrize("name", list(PROBES))
+def test_a_thin_image_is_refused_before_any_pixel_is_decoded(probes, name, monkeypatch):
+    def decode(self):  # pragma: no cover - failing is the point
+        raise AssertionError("decoded")
+
+    monkeypatch.setattr(ImageFile.ImageFile, "load", decode)
+    assert _check(probes[name], DECODE)[0] == Reason.IMAGE_ASPECT_RATIO
+    for opener in (load_image, image_data_url):
+        with pytest.raises(ImageRefused) as refused:
+            opener(probes[name])
+        assert (refused.value.reason, refused.value.detail) == ("image_aspect_ratio", DETAILS[name])
+        assert isinstance(refused.value, ValueError) and str(probes[name]) in str(refused.value)
+
+
+def test_the_aspect_bound_is_a_setting_and_its_edge_passes(tmp_path, probes):
+    assert check_image(probes["10x500"], ImageCheck(max_aspect=50)) is None
+    Image.new("RGB", (7, 140)).save(tmp_path / "edge.png")  # exactly 20:1
+    assert _check(tmp_path / "edge.png", DECODE) is None
+    Image.new("RGB", (7, 141)).save(tmp_path / "over.png")
+    assert _check(tmp_path / "over.png", DECODE) == (
+        Reason.IMAGE_ASPECT_RATIO,
+        "7x141: aspect ratio 20.1:1 > 20:1",
+    )
+
+
+def test_too_many_pixels_is_reported_before_the_aspect_ratio(good_png):
+    assert _check(good_png, DECODE, max_pixels=10)[0] == Reason.IMAGE_TOO_LARGE
+
+
+def test_a_thumbnail_refuses_a_thin_image(probes):
+    with pytest.raises(ValueError, match=r"image_aspect_ratio \(1x2000: aspect ratio 2000:1"):
+        thumbnail(probes["1x2000"], 64)
+
+
+# ---------------------------------------------------------------------------
+# what a model receives: load_image's bounds
+
+
+def _before(path: Path) -> Image.Image:
+    """What `load_image` returned before the canvas existed (the reference)."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    if max(rgb.size) > MAX_IMAGE_SIDE:
+        rgb.thumbnail((MAX_IMAGE_SIDE, MAX_IMAGE_SIDE))
+    return rgb
+
+
+@pytest.mark.parametrize(
+    ("size", "mode", "fmt"),
+    [
+        ((160, 136), "RGB", "PNG"),
+        ((160, 136), "P", "PNG"),
+        ((3000, 2000), "RGB", "JPEG"),
+        ((64, 256), "L", "PNG"),
+        ((1344, 336), "RGBA", "PNG"),
+    ],  # fmt: skip
+)
+def test_an_image_within_the_canvas_aspect_comes_out_exactly_as_before(tmp_path, size, mode, fmt):
+    path = tmp_path / f"image.{fmt.lower()}"
+    image = _patterned(size).convert(mode)
+    image.save(path, format=fmt)
+    loaded = load_image(path)
+    assert (loaded.mode, loaded.size) == ("RGB", _before(path).size)
+    assert loaded.tobytes() == _before(path).tobytes()
+
+
+@pytest.mark.parametrize(
+    ("size", "canvas"),
+    [
+        ((100, 2000), (336, 1344)),
+        ((2000, 100), (1344, 336)),
+        ((7, 140), (35, 140)),
+        ((41, 165), (42, 165)),
+        ((5000, 300), (1344, 336)),
+    ],  # fmt: skip
+)
+def test_a_thin_image_is_padded_onto_a_bounded_canvas(tmp_path, size, canvas):
+    Image.new("RGB", size, (30, 60, 200)).save(tmp_path / "thin.png")
+    loaded = load_image(tmp_path / "thin.png")
+    assert (loaded.mode, loaded.size) == ("RGB", canvas)
+    assert max(loaded.size) <= MAX_IMAGE_SIDE
+    assert max(loaded.size) <= CANVAS_ASPECT * min(loaded.size)
+    assert needs_canvas(size) and not needs_canvas(loaded.size)
+
+
+def test_the_canvas_is_the_images_border_colour_and_the_image_is_centred(tmp_path):
+    image = Image.new("RGB", (60, 600), (250, 250, 250))
+    ImageDraw.Draw(image).rectangle((10, 250, 50, 350), fill=(200, 0, 0))
+    image.save(tmp_path / "tall.png")
+    loaded = load_image(tmp_path / "tall.png")
+    assert loaded.size == (150, 600)
+    assert loaded.getpixel((0, 0)) == loaded.getpixel((149, 599)) == (250, 250, 250)
+    assert loaded.getpixel((75, 300)) == (200, 0, 0)  # the object, in the middle
+    assert loaded.crop((45, 0, 105, 600)).tobytes() == image.tobytes()
+    assert dominant_colours(loaded) == ["red"]  # the padding reads as background
+
+
+def test_the_border_colour_is_the_most_common_one_along_the_border():
+    image = Image.new("RGB", (40, 40), (255, 255, 255))
+    ImageDraw.Draw(image).rectangle((0, 0, 39, 3), fill=(0, 0, 255))  # one side of four
+    assert border_colour(image) == (255, 255, 255)
+
+
+# ---------------------------------------------------------------------------
+# what the openai and vllm backends send: image_data_url
+
+
+def _decoded(url: str) -> Image.Image:
+    head, data = url.split(",", 1)
+    assert head.endswith(";base64")
+    return Image.open(io.BytesIO(base64.b64decode(data)))
+
+
+def test_a_small_png_or_jpeg_is_sent_as_its_own_bytes(good_png, tmp_path):
+    assert image_data_url(good_png) == (
+        "data:image/png;base64," + base64.b64encode(good_png.read_bytes()).decode()
+    )
+    _patterned((32, 32)).save(tmp_path / "photo.jpg", quality=80)
+    assert image_data_url(tmp_path / "photo.jpg").startswith("data:image/jpeg;base64,")
+
+
+@pytest.mark.parametrize(("size", "sent"), [((100, 2000), (336, 1344)), ((20, 200), (50, 200))])
+def test_a_thin_image_is_sent_as_the_bounded_canvas(tmp_path, size, sent):
+    Image.new("RGB", size, (30, 60, 200)).save(tmp_path / "thin.png")
+    url = image_data_url(tmp_path / "thin.png")
+    assert url.startswith("data:image/png;base64,")
+    assert _decoded(url).size == sent

@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.core.corpus.ingest import validate_corpus
 from rar_pipeline.core.corpus.mbeir import discover
-from rar_pipeline.core.corpus.readers import read_queries
+from rar_pipeline.core.corpus.readers import read_candidates, read_queries
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import (
     BRANDS,
@@ -20,6 +21,13 @@ from rar_pipeline.core.demo.builder import (
     build_demo_corpus,
     compose_product,
     easy_vqa_labels,
+)
+from rar_pipeline.core.retrieval.pairs import (
+    CONFIGS,
+    build_pairs,
+    pair_leaks,
+    query_content,
+    represent_candidates,
 )
 
 QA_RULE = re.compile(r"^\s*(what|where|why|when|which|how)\b", re.IGNORECASE)
@@ -145,21 +153,25 @@ def test_builder_is_idempotent_and_guards_foreign_folders(tmp_path: Path):
     assert (foreign / "precious.txt").read_text() == "do not touch"
 
 
-def test_no_train_query_says_exactly_what_a_test_query_says(tmp_path: Path):
+def test_the_pipeline_trains_on_the_train_queries_that_repeat_a_test_querys_words(tmp_path):
     # the default corpus: train and test products share attributes and phrasings, so its
-    # draws repeat 18 test queries word for word (the training pairs' leak check caught it)
-    cfg = DemoConfig()
+    # draws repeat test queries word for word (18, in tasks 0 and 2) with other products as
+    # positives, as real corpora do; the pairs keep them, and nothing of the test split leaks
     root = tmp_path / "demo"
-    build_demo_corpus(root, cfg)
+    build_demo_corpus(root, DemoConfig())
     layout = discover(root)
-    content = {
-        split: {
-            (q.task_id, q.txt, q.img_path)
-            for splits in layout.queries.values()
-            if split in splits
-            for q in read_queries(splits[split], root, split=split).rows
-        }
-        for split in ("train", "test")
-    }
-    assert content["train"] and content["test"]
-    assert not content["train"] & content["test"]
+    check = ImageCheck(ImageCheckLevel.EXISTS)
+    queries = [q for splits in layout.queries.values() for split, path in splits.items()
+               for q in read_queries(path, root, split=split, image_check=check).rows]  # fmt: skip
+    pools = {s: read_candidates(path, root, image_check=check).rows
+             for s, path in layout.pools.items()}  # fmt: skip
+    tests = {query_content(q) for q in queries if q.split == "test"}
+    repeats = [q for q in queries if q.split == "train" and query_content(q) in tests]
+    assert len(repeats) >= 10
+    config = CONFIGS["none"]
+    pairs = build_pairs(config, queries, {c.did: c for pool in pools.values() for c in pool})
+    kept = set(zip(pairs.frame.query_key, pairs.frame.did, strict=True))
+    assert {(q.key, d) for q in repeats for d in q.pos_cand_list} <= kept
+    assert pairs.left_out.empty and pairs.counts["queries_repeating_a_test_query"] == len(repeats)
+    table = represent_candidates(config, pools, queries)
+    assert not any(pair_leaks(pairs.frame, table, queries).values())

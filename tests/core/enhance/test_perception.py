@@ -185,12 +185,12 @@ def test_a_second_perceiver_on_the_same_cache_reads_what_the_first_computed(
     tmp_path: Path, images: list[Path], counting: _Counting
 ):
     first = Perceiver(tmp_path / "cache")
-    before = first.perceive(images)
+    before = first.perceive(images).items
     first.flush()
     assert (counting.feature_images, counting.ocr_images) == (2, 2)
 
     second = Perceiver(tmp_path / "cache")
-    after = second.perceive(images)
+    after = second.perceive(images).items
     assert (counting.feature_images, counting.ocr_images) == (2, 2)  # nothing recomputed
     for a, b in zip(before, after, strict=True):
         np.testing.assert_array_equal(a.features, b.features)
@@ -205,7 +205,7 @@ def test_perceiving_computes_each_image_content_once(
     copy = tmp_path / "img" / "red_copy.png"
     copy.write_bytes(images[0].read_bytes())
     perceiver = Perceiver(tmp_path / "cache")
-    out = perceiver.perceive([images[0], copy, images[1]])
+    out = perceiver.perceive([images[0], copy, images[1]]).items
     assert counting.feature_images == 2
     assert counting.ocr_images == 2
     np.testing.assert_array_equal(out[0].features, out[1].features)
@@ -217,8 +217,8 @@ def test_features_come_back_in_the_order_asked(
     tmp_path: Path, images: list[Path], counting: _Counting
 ):
     perceiver = Perceiver(tmp_path / "cache")
-    forward = perceiver.features(images)
-    backward = perceiver.features(images[::-1])
+    forward = perceiver.features(images).vectors
+    backward = perceiver.features(images[::-1]).vectors
     assert forward.shape == (2, FEATURE_DIM)
     np.testing.assert_array_equal(forward[::-1], backward)
     assert counting.feature_images == 2
@@ -227,7 +227,7 @@ def test_features_come_back_in_the_order_asked(
 def test_a_perceiver_without_ocr_reads_no_text_but_still_names_colours(
     tmp_path: Path, images: list[Path], counting: _Counting
 ):
-    out = Perceiver(tmp_path / "cache", ocr=False).perceive(images)
+    out = Perceiver(tmp_path / "cache", ocr=False).perceive(images).items
     assert counting.ocr_images == 0
     assert [p.text for p in out] == [(), ()]
     assert [p.colours for p in out] == [("red",), ("blue",)]
@@ -246,5 +246,56 @@ def test_a_perceiver_without_a_cache_dir_remembers_within_the_process_only(
 
 
 def test_features_of_no_paths_is_an_empty_matrix(tmp_path: Path, counting: _Counting):
-    assert Perceiver(tmp_path / "cache").features([]).shape == (0, FEATURE_DIM)
+    assert Perceiver(tmp_path / "cache").features([]).vectors.shape == (0, FEATURE_DIM)
     assert counting.feature_images == 0
+
+
+# ---------------------------------------------------------------------------
+# bounded images (issue 19): a bad image fails alone; caches of unchanged images stay valid
+
+
+def test_cache_keys_are_unchanged_for_images_within_the_canvas_and_tagged_for_padded_ones(
+    tmp_path: Path, images: list[Path], counting: _Counting
+):
+    banner = tmp_path / "img" / "banner.png"
+    Image.new("RGB", (600, 60), WHITE).save(banner)  # 10:1, padded onto a 4:1 canvas
+    perceiver = Perceiver(tmp_path / "cache")
+    perceiver.perceive([images[0], banner])
+    perceiver.flush()
+    store = Perceiver(tmp_path / "cache").features_store
+    square, padded = perception.file_hash(images[0]), perception.file_hash(banner)
+    version, tagged = perception.PERCEPTION_VERSION, perception.PERCEPTION_VERSION + "+canvas4"
+    assert perception.CANVAS_TAG == "+canvas4" and version == "offline-2"
+    assert store.get(f"{version}:{square}") is not None  # the key an older run wrote
+    assert store.get(f"{tagged}:{padded}") is not None and store.get(f"{version}:{padded}") is None
+
+
+def test_an_unreadable_image_fails_alone_with_its_error(
+    tmp_path: Path, images: list[Path], counting: _Counting
+):
+    broken = tmp_path / "img" / "broken.png"
+    broken.write_bytes(images[0].read_bytes()[:60])  # the header, cut short
+    missing = tmp_path / "img" / "gone.png"
+    seen = Perceiver().perceive([images[0], broken, missing, images[1]])
+    assert [p is not None for p in seen.items] == [True, False, False, True]
+    assert isinstance(seen.failed[1], OSError) and "truncated" in str(seen.failed[1])
+    assert isinstance(seen.failed[2], FileNotFoundError)
+    assert [p.colours for p in seen.items if p] == [("red",), ("blue",)]
+
+
+def test_features_decode_a_bounded_number_of_images_at_a_time(
+    tmp_path: Path, counting: _Counting, monkeypatch
+):
+    batches: list[int] = []
+    real = counting.image_features
+    monkeypatch.setattr(
+        perception,
+        "image_features",
+        lambda ims, batch_size=32: batches.append(len(ims)) or real(ims),
+    )
+    paths = []
+    for i in range(perception.FEATURE_BATCH + 3):
+        paths.append(tmp_path / f"{i}.png")
+        Image.new("RGB", (8, 8), (i, 0, 0)).save(paths[-1])
+    assert Perceiver().features(paths).vectors.shape == (len(paths), FEATURE_DIM)
+    assert batches == [perception.FEATURE_BATCH, 3]

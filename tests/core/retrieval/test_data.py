@@ -24,7 +24,8 @@ CANDIDATES = pd.DataFrame(
 
 
 def _pair(qid, split, did, neg=()):
-    return [qid, split, 6, "who made this?", "img/q.png", did, "x", None, list(neg)]
+    return [qid, split, 6, "who made this?", "img/q.png", did, "x", None, list(neg),
+            f"{split}/{qid}"]  # fmt: skip
 
 
 PAIRS = pd.DataFrame(

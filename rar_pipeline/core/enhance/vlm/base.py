@@ -3,20 +3,19 @@
 A backend never raises for one bad item: it returns a `VLMResult` with `error` set, and the
 enhancer decides whether to retry. It may raise for whole-batch failures (model not found,
 out of memory); the enhancer treats those as every item failing.
+
+Backends open images through `core.corpus.images`, the one bounded opener; `image_error`
+is the result for an image the opener refuses or that cannot be read.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-# Images are sent at most this big on their longer side: VLM processors resize anyway, and
-# a 6000-pixel photo as a data URL would be tens of MB per request.
-MAX_IMAGE_SIDE = 1344
+from rar_pipeline.core.corpus.images import ImageRefused
 
 
 @dataclass(frozen=True)
@@ -90,55 +89,6 @@ class VLM(Protocol):
         ...
 
 
-def open_bounded(path: Path) -> Any:
-    """`PIL.Image.open` that refuses more pixels than corpus validation allows.
-
-    The size comes from the header: a decompression bomb is refused before any pixel is
-    decoded.
-
-    Raises:
-        ValueError: more than `ImageCheck.max_pixels` pixels.
-    """
-    from PIL import Image
-
-    from rar_pipeline.core.corpus.images import ImageCheck
-
-    image = Image.open(path)
-    width, height = image.size
-    if width * height > ImageCheck.max_pixels:
-        image.close()
-        raise ValueError(
-            f"{path}: image too large: {width}x{height} pixels > {ImageCheck.max_pixels}"
-        )
-    return image
-
-
-def load_image(path: Path, max_side: int = MAX_IMAGE_SIDE) -> Any:
-    """Open an image as RGB, shrunk so its longer side is at most `max_side`.
-
-    Raises:
-        ValueError: the image has more pixels than corpus validation allows.
-    """
-    with open_bounded(path) as im:
-        image = im.convert("RGB")
-    if max(image.size) > max_side:
-        image.thumbnail((max_side, max_side))
-    return image
-
-
-def image_data_url(path: Path, max_side: int = MAX_IMAGE_SIDE) -> str:
-    """The image as a `data:` URL (PNG/JPEG kept as is when small enough, else re-encoded)."""
-    with open_bounded(path) as im:
-        small = max(im.size) <= max_side
-        fmt = (im.format or "").upper()
-    if small and fmt in {"PNG", "JPEG"}:
-        mime = "image/png" if fmt == "PNG" else "image/jpeg"
-        return f"data:{mime};base64,{base64.b64encode(path.read_bytes()).decode()}"
-    buf = io.BytesIO()
-    load_image(path, max_side).save(buf, format="PNG")
-    return f"data:image/png;base64,{base64.b64encode(buf.getvalue()).decode()}"
-
-
 def chat_messages(request: VLMRequest, image: Any = None) -> list[dict[str, Any]]:
     """OpenAI-style chat messages for a request.
 
@@ -166,3 +116,18 @@ def results_for_batch_error(requests: Sequence[VLMRequest], exc: BaseException) 
     """Every request failed for the same reason (a batch-level error)."""
     message = f"{type(exc).__name__}: {exc}"
     return [VLMResult(text=None, error=message) for _ in requests]
+
+
+def image_error(request: VLMRequest, exc: BaseException) -> VLMResult:
+    """The result of a request whose image cannot be opened (fails that request alone).
+
+    A refused image (`ImageRefused`: too large, too thin) fails with its reason first and
+    is not retried: the same file is refused again. Other errors (missing, truncated, not
+    an image) name the image and the exception type.
+    """
+    if isinstance(exc, ImageRefused):
+        return VLMResult(text=None, error=str(exc), retryable=False)
+    return VLMResult(
+        text=None,
+        error=f"cannot read image {request.image_path}: {type(exc).__name__}: {exc}",
+    )

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.enhance.perception import FEATURE_DIM, Perceiver, Perception
-from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult
+from rar_pipeline.core.enhance.perception import FEATURE_DIM, Perceived, Perceiver, Perception
+from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult, image_error
 
 OFFLINE_VERSION = "offline-2"
 SELF_SIMILARITY = 0.9999  # cosine at or above which two images count as the same image
@@ -136,12 +136,23 @@ class CaptionMemory:
 
     @classmethod
     def fit(cls, pairs: Sequence[tuple[Path, str]], perceiver: Perceiver) -> CaptionMemory:
-        """Featurize every pair's image (each distinct image once)."""
+        """Featurize every pair's image (each distinct image once).
+
+        A pair whose image is refused (too large, too thin) or unreadable is left out.
+        """
+        return cls._fit(pairs, perceiver)[0]
+
+    @classmethod
+    def _fit(
+        cls, pairs: Sequence[tuple[Path, str]], perceiver: Perceiver
+    ) -> tuple[CaptionMemory, list[tuple[Path, str]]]:
+        """The memory, and the pairs it holds (those whose image could be read)."""
         if not pairs:
-            return cls(np.zeros((0, FEATURE_DIM), dtype=np.float32), [])
+            return cls(np.zeros((0, FEATURE_DIM), dtype=np.float32), []), []
         feats = perceiver.features([p for p, _ in pairs])
         perceiver.flush()
-        return cls(feats, [t for _, t in pairs])
+        kept = [i for i in range(len(pairs)) if i not in feats.failed]
+        return cls(feats.vectors[kept], [pairs[i][1] for i in kept]), [pairs[i] for i in kept]
 
     @classmethod
     def from_train_split(
@@ -154,10 +165,9 @@ class CaptionMemory:
         """Fit on the pairs the train split's labels assert (see `train_pairs`).
 
         Returns:
-            The memory and the pairs it was fitted on.
+            The memory and the pairs it was fitted on (those whose image could be read).
         """
-        pairs = train_pairs(queries, candidates, root)
-        return cls.fit(pairs, perceiver), pairs
+        return cls._fit(train_pairs(queries, candidates, root), perceiver)
 
     @staticmethod
     def exists(directory: Path) -> bool:
@@ -219,6 +229,10 @@ class OfflineVLM:
         self.perceiver = perceiver or Perceiver()
         self.k = k
 
+    def preload(self) -> None:
+        """Load the shipped models now, not on the first image."""
+        self.perceiver.preload()
+
     @property
     def model_id(self) -> str:
         ocr = "ocr" if self.perceiver.ocr else "no-ocr"
@@ -227,23 +241,44 @@ class OfflineVLM:
     def generate(self, requests: Sequence[VLMRequest]) -> list[VLMResult]:
         """One result per request; an unreadable image fails only its own request."""
         results: list[VLMResult | None] = [None] * len(requests)
-        with_image = [i for i, r in enumerate(requests) if r.image_path is not None]
-        seen: dict[int, Perception] = {}
-        try:  # the whole batch at once: one cache lookup, batched features
-            perceived = self.perceiver.perceive([requests[i].image_path for i in with_image])
-            seen = dict(zip(with_image, perceived, strict=True))
-        except Exception:  # some image is unreadable: find it, failing only its request
-            for i in with_image:
-                try:
-                    seen[i] = self.perceiver.perceive([requests[i].image_path])[0]
-                except Exception as exc:
-                    results[i] = VLMResult(None, f"{type(exc).__name__}: {exc}")
-        self.perceiver.flush()
+        seen = self._perceive(requests, results)
         for i, request in enumerate(requests):
             if results[i] is not None:
                 continue
             results[i] = self._one(request, seen.get(i))
         return [r for r in results if r is not None]
+
+    def _perceive(
+        self, requests: Sequence[VLMRequest], results: list[VLMResult | None]
+    ) -> dict[int, Perception]:
+        """What perception reads off each request's image.
+
+        An image that is refused, unreadable or that a model raises on fails its own
+        request alone: its error result is set in `results`.
+        """
+        with_image = [i for i, r in enumerate(requests) if r.image_path is not None]
+        if not with_image:
+            return {}
+        parts: list[tuple[list[int], Perceived]] = []
+        try:  # the whole batch at once: one cache lookup, batched features
+            parts.append(
+                (with_image, self.perceiver.perceive([requests[i].image_path for i in with_image]))
+            )
+        except Exception:  # a model raised on some image: find it, failing only its request
+            for i in with_image:
+                try:
+                    parts.append(([i], self.perceiver.perceive([requests[i].image_path])))
+                except Exception as exc:
+                    results[i] = image_error(requests[i], exc)
+        self.perceiver.flush()
+        seen: dict[int, Perception] = {}
+        for indices, perceived in parts:
+            for j, i in enumerate(indices):
+                if j in perceived.failed:
+                    results[i] = image_error(requests[i], perceived.failed[j])
+                elif (item := perceived.items[j]) is not None:
+                    seen[i] = item
+        return seen
 
     def _one(self, request: VLMRequest, seen: Perception | None) -> VLMResult:
         if request.prompt == "modification":

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field
 from http.client import HTTPException
 from typing import Any
 
-from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult, chat_messages, image_data_url
+from rar_pipeline.core.corpus.images import image_data_url
+from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult, chat_messages, image_error
 from rar_pipeline.core.enhance.vlm.config import DEFAULTS
 
 logger = logging.getLogger(__name__)
@@ -249,11 +250,8 @@ class OpenAIVLM:
         if request.image_path is not None:
             try:
                 image = image_data_url(request.image_path)
-            except Exception as exc:  # missing, truncated or not an image: PIL raises many types
-                reason = f"{type(exc).__name__}: {exc}"
-                return VLMResult(
-                    text=None, error=f"unreadable image {request.image_path}: {reason}"
-                )
+            except Exception as exc:  # missing, truncated, refused or not an image
+                return image_error(request, exc)
             messages = chat_messages(request, image)
         else:
             messages = chat_messages(request)

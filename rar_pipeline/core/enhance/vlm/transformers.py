@@ -29,11 +29,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from rar_pipeline.core.corpus.images import load_image
 from rar_pipeline.core.enhance.vlm.base import (
     VLMRequest,
     VLMResult,
     chat_messages,
-    load_image,
+    image_error,
     results_for_batch_error,
 )
 from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, DEFAULTS
@@ -53,7 +54,11 @@ _DTYPES = {
 
 
 class _ItemError(Exception):
-    """One request cannot be turned into model input; the message says why."""
+    """One request cannot be turned into model input; `result` is its error result."""
+
+    def __init__(self, result: VLMResult) -> None:
+        super().__init__(result.error)
+        self.result = result
 
 
 @dataclass
@@ -214,7 +219,7 @@ class TransformersVLM:
             try:
                 item = self._prepare(index, request)
             except _ItemError as exc:  # a bad item fails alone; the others still run
-                results[index] = VLMResult(text=None, error=str(exc))
+                results[index] = exc.result
                 continue
             groups.setdefault(item.group, []).append(item)
 
@@ -241,9 +246,7 @@ class TransformersVLM:
             try:
                 image = load_image(request.image_path)
             except Exception as exc:
-                raise _ItemError(
-                    f"cannot read image {request.image_path}: {type(exc).__name__}: {exc}"
-                ) from exc
+                raise _ItemError(image_error(request, exc)) from exc
         # The image part only selects the template's placeholder (see the module docstring);
         # the image itself goes to the processor call.
         messages = chat_messages(request, image=image)
@@ -252,9 +255,8 @@ class TransformersVLM:
                 messages, add_generation_prompt=True, tokenize=False
             )
         except Exception as exc:
-            raise _ItemError(
-                f"cannot render the chat template: {type(exc).__name__}: {exc}"
-            ) from exc
+            error = f"cannot render the chat template: {type(exc).__name__}: {exc}"
+            raise _ItemError(VLMResult(text=None, error=error)) from exc
         return _Prepared(index=index, request=request, text=text, image=image)
 
     def _generate_batch(self, batch: Sequence[_Prepared]) -> list[str]:

@@ -32,11 +32,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from rar_pipeline.core.corpus.images import image_data_url
 from rar_pipeline.core.enhance.vlm.base import (
     VLMRequest,
     VLMResult,
     chat_messages,
-    image_data_url,
+    image_error,
     results_for_batch_error,
 )
 from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, DEFAULTS
@@ -164,11 +165,8 @@ class VLLMVLM:
         for i, request in enumerate(batch):
             try:
                 conversation = self._conversation(request)
-            except Exception as exc:  # any unreadable image fails its own item only
-                results[i] = VLMResult(
-                    text=None,
-                    error=f"cannot read image {request.image_path}: {type(exc).__name__}: {exc}",
-                )
+            except Exception as exc:  # any unreadable or refused image fails its own item only
+                results[i] = image_error(request, exc)
                 continue
             sent.append(i)
             conversations.append(conversation)

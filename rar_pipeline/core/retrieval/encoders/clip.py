@@ -151,7 +151,7 @@ class ClipEncoder:
         """
         import torch
 
-        from rar_pipeline.core.enhance.vlm.base import load_image
+        from rar_pipeline.core.corpus.images import load_image
 
         text_rows = [i for i, item in enumerate(items) if item.txt]
         image_rows = [i for i, item in enumerate(items) if item.image_path is not None]

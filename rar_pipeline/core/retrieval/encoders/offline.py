@@ -90,6 +90,11 @@ class FrozenFeatures:
         self._memo: dict[str, np.ndarray] = {}
         self._by_path: dict[Path, np.ndarray] = {}  # a file is hashed once per process
 
+    def preload(self) -> None:
+        """Load both backbones now, not when the first uncached item needs one."""
+        _minilm()
+        self._perceiver.preload()
+
     def _lookup(self, kind: str, keys: list[str]) -> dict[str, np.ndarray]:
         found = {k: self._memo[k] for k in keys if k in self._memo}
         store = self._stores.get(kind)
@@ -119,12 +124,23 @@ class FrozenFeatures:
         return np.stack([self._memo[k] for k in keys]) if keys else np.zeros((0, TEXT_DIM))
 
     def images(self, paths: Sequence[Path]) -> np.ndarray:
-        """(n, 1280) features of images (each distinct image content once)."""
+        """(n, 1280) features of images (each distinct image content once).
+
+        Raises:
+            ImageRefused, OSError: an image is refused (too large, too thin) or unreadable;
+                the others' features are kept (`rank.embed_robustly` narrows it down).
+        """
         todo = list(dict.fromkeys(p for p in paths if p not in self._by_path))
         if todo:
             computed = self._perceiver.features(todo)
             self._perceiver.flush()
-            self._by_path.update(zip(todo, computed, strict=True))
+            self._by_path.update(
+                (p, v)
+                for i, (p, v) in enumerate(zip(todo, computed.vectors, strict=True))
+                if i not in computed.failed
+            )
+            if computed.failed:
+                raise next(iter(computed.failed.values()))
         if not paths:
             return np.zeros((0, IMAGE_DIM), dtype=np.float32)
         return np.stack([self._by_path[p] for p in paths]).astype(np.float32)
@@ -226,6 +242,14 @@ class OfflineEncoder:
             self._max_length = int(shared.max_seq_length)
         self.module = torch.nn.ModuleDict(modules)
         self.module.eval()  # the trainer calls module.train()
+
+    def preload(self) -> None:
+        """Load the frozen backbones now (MiniLM, EfficientNet), not on the first item.
+
+        Cached features need neither, so without this a server's first uncached query
+        paid seconds (and ~300 MB) for them.
+        """
+        self.features.preload()
 
     def inputs(self, items: Sequence[EncodeItem]) -> dict[str, Any]:
         """Presence masks of items and, as tensors for `forward`, cached backbone features.

@@ -278,7 +278,7 @@ class VlmEmbedEncoder:
         """The items' chats tokenised, their images as pixels, for `forward`."""
         import torch
 
-        from rar_pipeline.core.enhance.vlm.base import load_image
+        from rar_pipeline.core.corpus.images import load_image
 
         texts = [
             self.processor.apply_chat_template(
