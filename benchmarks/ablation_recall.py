@@ -35,8 +35,8 @@ from rar_pipeline.core.retrieval.data import encode_item, home_pools, training_d
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder, load_encoder
 from rar_pipeline.core.retrieval.options import TrainOptions
 from rar_pipeline.core.retrieval.pairs import CONFIGS
-from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools
 from rar_pipeline.core.retrieval.train import train_retriever
+from rar_pipeline.core.retrieval.validation import hit_rate, rank_in_pools
 
 RUNS = {  # row label -> (retriever, representations)
     "none": ("none", "none"),

@@ -37,11 +37,10 @@ from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, index_rows
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
-from rar_pipeline.core.retrieval.checkpoint import CHECKPOINT_FILE
+from rar_pipeline.core.retrieval.checkpoint import CHECKPOINT_FILE, open_retriever
 from rar_pipeline.core.retrieval.data import encode_item
+from rar_pipeline.core.retrieval.embedding import embed_all
 from rar_pipeline.core.retrieval.encoders.factory import load_encoder
-from rar_pipeline.core.retrieval.rank import embed_all
-from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.defs.resources import LanceDBResource
 
 

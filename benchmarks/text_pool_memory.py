@@ -129,11 +129,13 @@ def run_stage(stage: str, data: Path, out: Path) -> int:
     from rar_pipeline.defs.partitions import register_corpus_partitions
     from rar_pipeline.defs.resources import (
         CorpusResource,
-        FakeMlflow,
         FakeVLMResource,
         LanceDBResource,
         RetrieverResource,
     )
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' FakeMlflow
+    from tests.fake_mlflow import FakeMlflow
 
     class HashRetriever(RetrieverResource):
         def create(self, cache_dir: Path | None = None):  # type: ignore[override]

@@ -24,9 +24,9 @@ from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, LayoutError, discover
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.names import GROUPS
 from rar_pipeline.core.search.query import MAX_K
 from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
-from rar_pipeline.defs.groups import GROUPS
 
 # Settings with a flag that `run`, `demo`, `search` and `serve` take (`--data` and
 # `--artifacts` are added per command); each flag's help, choices, type and bounds come

@@ -12,13 +12,14 @@ from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.demo import demo_caption_accuracy, demo_corpus
 from rar_pipeline.defs.assets.enhancement import build_enhancement_assets
 from rar_pipeline.defs.assets.evaluation import build_evaluation_asset
 from rar_pipeline.defs.assets.index import build_index_assets
-from rar_pipeline.defs.assets.retrieval import CHECKPOINT_PREFIX, build_retrieval_assets
+from rar_pipeline.defs.assets.retrieval import build_retrieval_assets
 from rar_pipeline.defs.automation import SENSORS as AUTOMATION_SENSORS
 from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.drift import build_drift_sensor, current_version_checks
@@ -37,9 +38,9 @@ def build_assets(
     """
     retrieval = build_retrieval_assets(vlm, retriever or RetrieverResource())
     checkpoints = {
-        a.key.path[-1].removeprefix(CHECKPOINT_PREFIX): a
+        a.key.path[-1].removeprefix(names.RETRIEVER_CHECKPOINT): a
         for a in retrieval
-        if a.key.path[-1].startswith(CHECKPOINT_PREFIX)
+        if a.key.path[-1].startswith(names.RETRIEVER_CHECKPOINT)
     }
     versions = vlm.code_versions()
     model = {"vlm_backend": vlm.backend, "vlm_model": vlm.resolved_model_id()}

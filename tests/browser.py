@@ -31,8 +31,9 @@ def chromium(*, required: bool = True) -> str | None:
 
 
 # Buttons that close a dialog a fresh browser profile meets at any moment (Dagster's
-# newsletter prompt appears a while after the first page load, over whatever is there).
-FIRST_VISIT_DIALOGS = ("Skip",)
+# newsletter prompt appears a while after the first page load, over whatever is there;
+# MLflow 3.17's feature tours, e.g. "Detect Issues in Your Traces", end in "Got it").
+FIRST_VISIT_DIALOGS = ("Skip", "Got it")
 
 
 @contextlib.contextmanager

@@ -7,15 +7,22 @@ from typing import Any
 
 from rar_pipeline.defs.resources import (
     CorpusResource,
-    FakeMlflow,
     FakeVLMResource,
     LanceDBResource,
     RetrieverResource,
     VLMResource,
 )
+from tests.fake_mlflow import FakeMlflow
 
 # a real offline retriever, small and short: the graph's tests check wiring, not recall
 SMALL_RETRIEVER = RetrieverResource(dim=16, epochs=2, batch_size=16, patience=1)
+
+
+def graph_assets(vlm: VLMResource | None = None) -> list:
+    """The graph as `graph_resources` runs it: its versions made from the same resources."""
+    from rar_pipeline.definitions import build_assets
+
+    return build_assets(vlm if vlm is not None else FakeVLMResource(), SMALL_RETRIEVER)
 
 
 def graph_resources(corpus: CorpusResource, vlm: VLMResource | None = None) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -118,7 +119,18 @@ def test_demo_builds_the_corpus_and_materializes_every_asset(demo_project, monke
     point_at_project(monkeypatch, project)
     assert main(TINY_DEMO) == 0
     again = capsys.readouterr().out
-    assert "rebuilt=False" in again and again.count("(kept)") == 4
+    assert "products, already there" in again and again.count("(kept)") == 4
+
+
+def test_every_step_says_what_it_did_in_one_line(demo_project):
+    """`rar run` prints each asset's own `summary` entry, never guessing from its metadata."""
+    steps = re.findall(r"^  (\S+) +(.*?)  \(\d+\.\ds\)", demo_project.output, re.M)
+    assert len(steps) == 53  # every asset partition of the tiny demo
+    assert all(detail.strip() for _, detail in steps), [s for s in steps if not s[1].strip()]
+    details = dict(steps)
+    assert re.fullmatch(r"\d+ rows \(\d+ embedded, 0 deleted\), table v\d+",
+                        details["lancedb_index_full"])  # fmt: skip
+    assert re.fullmatch(r"\d+ pairs", details["training_pairs_full"])
 
 
 @pytest.fixture

@@ -23,8 +23,8 @@ from rar_pipeline.core.corpus.images import (
 )
 from rar_pipeline.core.enhance.prompts import QUERY_CAPTION
 from rar_pipeline.core.enhance.vlm.offline import OfflineVLM
+from rar_pipeline.core.retrieval.embedding import embed_robustly
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
-from rar_pipeline.core.retrieval.rank import embed_robustly
 from rar_pipeline.core.search.query import SearchError, check_query_image, save_upload
 
 

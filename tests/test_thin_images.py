@@ -26,9 +26,9 @@ from rar_pipeline.core.enhance import perception
 from rar_pipeline.core.enhance.perception import FEATURE_DIM, Perceiver, TextBox
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, QUERY_CAPTION
 from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM
+from rar_pipeline.core.retrieval.embedding import embed_robustly
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder
-from rar_pipeline.core.retrieval.rank import embed_robustly
 from rar_pipeline.core.search.query import SearchError, check_query_image, save_upload
 from tests.probe_images import (
     DETAILS,

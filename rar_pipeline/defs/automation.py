@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterable
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.defs.jobs import INDEX_RUN, VLM_RUN
 
 AC = dg.AutomationCondition
@@ -60,12 +61,12 @@ def fit_once() -> dg.AutomationCondition:
 
 # asset name (or name prefix ending in "_") -> its condition; absent: nothing automatic
 CONDITIONS: dict[str, Callable[[], dg.AutomationCondition]] = {
-    "offline_captioner": fit_once,
-    "corpus_captions": refresh,
-    "enhanced_corpus": refresh,
-    "enhanced_queries": refresh,
-    "lancedb_index_": refresh,
-    "retrieval_eval": refresh,
+    names.OFFLINE_CAPTIONER: fit_once,
+    names.CORPUS_CAPTIONS: refresh,
+    names.ENHANCED_CORPUS: refresh,
+    names.ENHANCED_QUERIES: refresh,
+    names.LANCEDB_INDEX: refresh,
+    names.RETRIEVAL_EVAL: refresh,
 }
 
 
@@ -93,14 +94,14 @@ def with_automation(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetsDefi
 # the instance limits (dagster_home/dagster.yaml): VLM-heavy runs apart from index runs.
 automation_enhancement = dg.AutomationConditionSensorDefinition(
     "automation_enhancement",
-    target=dg.AssetSelection.groups("enhancement"),
+    target=dg.AssetSelection.groups(names.ENHANCEMENT_GROUP),
     run_tags=VLM_RUN,
     description="Evaluates the enhancement assets' automation conditions (captions, merges, "
     "query rewrites); its runs are tagged rar/workload=vlm.",
 )
 automation_index = dg.AutomationConditionSensorDefinition(
     "automation_index",
-    target=dg.AssetSelection.groups("index", "evaluation"),
+    target=dg.AssetSelection.groups(names.INDEX_GROUP, names.EVALUATION_GROUP),
     run_tags=INDEX_RUN,
     description="Evaluates the index and evaluation assets' automation conditions; its runs "
     "are tagged rar/workload=index.",

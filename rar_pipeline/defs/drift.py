@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.enhance.prompts import PROMPTS, PromptSpec
 
 CURRENT_VERSION = "current_version"
@@ -166,7 +167,7 @@ def check_keys(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetCheckKey]:
     return [dg.AssetCheckKey(a.key, CURRENT_VERSION) for a in versioned(assets)]
 
 
-DRIFT_JOB = "current_version_checks"
+DRIFT_JOB = names.CURRENT_VERSION_CHECKS_JOB
 _IN_FLIGHT = [
     dg.DagsterRunStatus.QUEUED,
     dg.DagsterRunStatus.NOT_STARTED,

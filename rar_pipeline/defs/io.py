@@ -15,17 +15,21 @@ import dagster as dg
 import pandas as pd
 from tqdm.auto import tqdm
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.options import TrainOptions
 from rar_pipeline.core.retrieval.train import Observer
 from rar_pipeline.defs.resources.tracking_rules import RunLogger
 
+# the metadata entry in which each asset says, in one line, what it did (`rar run` prints it)
+SUMMARY = "summary"
+
 
 def require_input(path: Path, what: str) -> Path:
     """`path`, or a `dg.Failure` naming the asset to materialize first (`what`)."""
     if not path.is_file():
-        raise dg.Failure(f"{path} does not exist: materialize {what} first")
+        raise dg.Failure(f"{path} does not exist: {names.materialize(what, first=True)}")
     return path
 
 

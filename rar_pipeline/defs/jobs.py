@@ -9,57 +9,60 @@ from __future__ import annotations
 
 import dagster as dg
 
+from rar_pipeline.core import names
+from rar_pipeline.core.names import WORKLOAD
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 
-WORKLOAD = "rar/workload"  # run tag: vlm | training | index (limits in dagster.yaml)
 VLM_RUN = {WORKLOAD: "vlm"}
 TRAINING_RUN = {WORKLOAD: "training"}
 INDEX_RUN = {WORKLOAD: "index"}
 
 ingest_pools_job = dg.define_asset_job(
-    "ingest_pools",
-    selection=dg.AssetSelection.assets("candidate_pool"),
+    names.INGEST_POOLS_JOB,
+    selection=dg.AssetSelection.assets(names.CANDIDATE_POOL),
     description="Validate candidate pool shards into Parquet plus quarantine files.",
 )
 ingest_queries_job = dg.define_asset_job(
-    "ingest_queries",
-    selection=dg.AssetSelection.assets("queries"),
+    names.INGEST_QUERIES_JOB,
+    selection=dg.AssetSelection.assets(names.QUERIES),
     description="Validate query tasks (all splits, with qrels) against the candidate pools.",
 )
 build_demo_job = dg.define_asset_job(
-    "build_demo",
-    selection=dg.AssetSelection.assets("demo_corpus"),
+    names.BUILD_DEMO_JOB,
+    selection=dg.AssetSelection.assets(names.DEMO_CORPUS),
     description="Write the shapeshop demo corpus and register its partitions.",
 )
 
 enhance_corpus_job = dg.define_asset_job(
-    "enhance_corpus",
-    selection=dg.AssetSelection.assets("corpus_captions", "enhanced_corpus"),
+    names.ENHANCE_CORPUS_JOB,
+    selection=dg.AssetSelection.assets(names.CORPUS_CAPTIONS, names.ENHANCED_CORPUS),
     description="Caption pool shards and merge the captions into what the retriever embeds.",
     tags=VLM_RUN,
 )
 enhance_queries_job = dg.define_asset_job(
-    "enhance_queries",
-    selection=dg.AssetSelection.assets("enhanced_queries"),
+    names.ENHANCE_QUERIES_JOB,
+    selection=dg.AssetSelection.assets(names.ENHANCED_QUERIES),
     description="Rewrite query tasks: captions, QA rewrites, modification constraints.",
     tags=VLM_RUN,
 )
 
 training_pairs_job = dg.define_asset_job(
-    "training_pairs",
-    selection=dg.AssetSelection.assets(*(f"training_pairs_{c}" for c in CONFIGS)),
+    names.TRAINING_PAIRS_JOB,
+    selection=dg.AssetSelection.assets(
+        *(names.per_config(names.TRAINING_PAIRS, c) for c in CONFIGS)
+    ),
     description="Build the training pairs of every ablation config (none, corpus, query, full).",
 )
 train_retrievers_job = dg.define_asset_job(
-    "train_retrievers",
-    selection=dg.AssetSelection.groups("retrieval"),
+    names.TRAIN_RETRIEVERS_JOB,
+    selection=dg.AssetSelection.groups(names.RETRIEVAL_GROUP),
     description="Build the pairs and train the retriever of every ablation config.",
     tags=TRAINING_RUN,
 )
 
 index_and_evaluate_job = dg.define_asset_job(
-    "index_and_evaluate",
-    selection=dg.AssetSelection.groups("index", "evaluation"),
+    names.INDEX_AND_EVALUATE_JOB,
+    selection=dg.AssetSelection.groups(names.INDEX_GROUP, names.EVALUATION_GROUP),
     description="Bring every config's LanceDB index up to date and run the ablation.",
     tags=INDEX_RUN,
 )

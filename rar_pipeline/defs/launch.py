@@ -16,14 +16,16 @@ from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, discover
+from rar_pipeline.core.names import DEMO_GROUP, GROUPS
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.checks import BLOCKING
-from rar_pipeline.defs.groups import DEMO_GROUP, GROUPS
+from rar_pipeline.defs.io import SUMMARY
 from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-LAUNCHED_BY = {"rar/launched_by": "rar-cli"}
+LAUNCHED_BY = {names.LAUNCHED_BY: "rar-cli"}
 _ACTIVE = [dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED]
 
 
@@ -73,38 +75,27 @@ def fail_stale_runs(instance: dg.DagsterInstance) -> list[str]:
 def stages(
     assets: Sequence[dg.AssetsDefinition], *, demo: bool, through: str | None = None
 ) -> list[tuple[str, str | None]]:
-    """The graph's assets in dependency order, each with what it is partitioned by.
+    """The graph's assets in the order Dagster resolves it, each with its partitioning.
 
-    Derived from the definitions themselves, so a new asset is run by `rar run` as soon
-    as it is in the graph. Ties keep declaration order. Demo assets (group "demo") are
-    included only when `demo` is set; with `through`, groups after it in `GROUPS` are left
-    out.
+    Dagster's own topological order of the definitions (each level alphabetically), so a
+    new asset is run by `rar run` as soon as it is in the graph. Demo assets are included
+    only when `demo` is set; with `through`, groups after it in `GROUPS` are left out.
 
     Returns:
         (asset name, "shards" | "tasks" | None) per asset.
     """
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+
     by_partitions = {pool_shards.name: "shards", query_tasks.name: "tasks"}
     later = set(GROUPS[GROUPS.index(through) + 1 :]) if through else set()
-    specs = {}
-    for asset in assets:
-        for spec in asset.specs:
-            if (spec.group_name == DEMO_GROUP and not demo) or spec.group_name in later:
-                continue
-            partitions = getattr(asset.partitions_def, "name", None)
-            specs[spec.key] = (spec, by_partitions.get(partitions) if partitions else None)
-    waiting = {
-        key: {d.asset_key for d in spec.deps} & specs.keys() for key, (spec, _) in specs.items()
-    }
-    order: list[tuple[str, str | None]] = []
-    while waiting:
-        ready = [key for key, deps in waiting.items() if not deps]
-        if not ready:
-            raise ValueError(f"the asset graph has a cycle among {sorted(map(str, waiting))}")
-        key = ready[0]
-        order.append((key.to_user_string(), specs[key][1]))
-        del waiting[key]
-        for deps in waiting.values():
-            deps.discard(key)
+    graph = AssetGraph.from_assets(list(assets))
+    order = []
+    for key in graph.toposorted_asset_keys:
+        node = graph.get(key)
+        if (node.group_name == DEMO_GROUP and not demo) or node.group_name in later:
+            continue
+        partitions = getattr(node.partitions_def, "name", None)
+        order.append((key.to_user_string(), by_partitions.get(partitions) if partitions else None))
     return order
 
 
@@ -305,38 +296,7 @@ def run_pipeline(
         md = res.metadata
         if failed := sorted(set(res.failed_checks) & BLOCKING):
             blocked.add(asset, partition, f"blocked by {label}'s {', '.join(failed)} check")
-        if "backend_calls" in md:
-            detail = (
-                f"{md['items']} items, {md['backend_calls']} backend calls, "
-                f"{md['cache_hits']} cached, {md['failures']} failed"
-            )
-        elif "quarantined" in md:
-            detail = f"{md['dagster/row_count']} rows, {md['quarantined']} quarantined"
-        elif "dagster/row_count" in md:
-            detail = f"{md['dagster/row_count']} rows"
-            if md.get("pairs_left_out"):  # training pairs that would reveal a test label
-                detail += f", {md['pairs_left_out']} left out as test labels"
-        elif "pairs" in md:
-            detail = f"{md['pairs']} train pairs"
-        elif "skipped" in md:
-            detail = f"skipped: {md['skipped']}"
-        elif "steps" in md and "registered_model" in md:
-            recall = next(k for k in md if k.startswith("best_val_recall_at_"))
-            detail = (
-                f"val R@{recall.rsplit('_', 1)[-1]} {md[recall]:.3f} (epoch {md['best_epoch']}), "
-                f"{md['steps']} steps, {md['registered_model']}"
-            )
-        elif "rows_embedded" in md:
-            detail = (
-                f"{md['dagster/row_count']} rows ({md['rows_embedded']} embedded, "
-                f"{md['rows_deleted']} deleted), table v{md['table_version']}"
-            )
-        elif "test_queries" in md:
-            detail = f"{md['test_queries']} test queries x 5 configs ({md['settings']})"
-        elif "caption_accuracy_all" in md:
-            detail = f"{md['caption_accuracy_n']} photos, {md['caption_accuracy_all']:.0%} right"
-        else:
-            detail = ", ".join(f"{k}={md[k]}" for k in ("products", "rebuilt") if k in md)
+        detail = md.get(SUMMARY, "")  # what the asset says it did, in one line
         warn = "".join(
             f"  [{'blocking check failed' if name in BLOCKING else 'check warning'}: {name}]"
             for name in res.failed_checks
@@ -345,7 +305,7 @@ def run_pipeline(
 
     if build_demo is not None:
         echo(f"demo corpus -> {settings.data_root}")
-        step("demo_corpus", None, {"ops": {"demo_corpus": {"config": build_demo}}})
+        step(names.DEMO_CORPUS, None, {"ops": {names.DEMO_CORPUS: {"config": build_demo}}})
     layout = discover(settings.data_root)
     selected = list(tasks) if tasks else list(layout.queries)
     unknown = sorted(set(selected) - set(layout.queries))
@@ -356,7 +316,7 @@ def run_pipeline(
         echo("warning: " + NO_TRAIN_SPLIT)
     keys = {"shards": list(layout.pools), "tasks": selected, None: [None]}
     for asset, partitioned_by in stages(assets, demo=build_demo is not None, through=through):
-        if asset == "demo_corpus":
+        if asset == names.DEMO_CORPUS:  # built first, above
             continue
         partitions = keys[partitioned_by]
         echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))

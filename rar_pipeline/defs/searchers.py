@@ -12,9 +12,8 @@ from typing import Any
 
 from rar_pipeline.core.index.ann import DEFAULT_PLAN, AnnPlan
 from rar_pipeline.core.index.configs import INDEXED
-from rar_pipeline.core.retrieval.checkpoint import CheckpointError
+from rar_pipeline.core.retrieval.checkpoint import CheckpointError, open_retriever
 from rar_pipeline.core.retrieval.encoders.base import Encoder
-from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.core.search.enhance import QueryEnhancer
 from rar_pipeline.core.search.query import IndexUnavailable, SearchError
 from rar_pipeline.core.search.searcher import Searcher

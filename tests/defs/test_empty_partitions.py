@@ -8,12 +8,11 @@ import dagster as dg
 import pandas as pd
 
 from rar_pipeline.core.enhance.merge import CORPUS_COLUMNS, QUERY_COLUMNS
-from rar_pipeline.core.enhance.steps import CAPTION_COLUMNS
+from rar_pipeline.core.enhance.outputs import CAPTION_COLUMNS
 from rar_pipeline.core.settings import load_settings
-from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
-from tests.graph_resources import graph_resources
+from tests.graph_resources import graph_assets, graph_resources
 
 
 def _run(mini_corpus: Path, tmp_path: Path):
@@ -23,7 +22,7 @@ def _run(mini_corpus: Path, tmp_path: Path):
     result = run_pipeline(
         load_settings(data_root=mini_corpus, artifacts_dir=tmp_path / "out"),
         resources=graph_resources(corpus, vlm),
-        assets=build_assets(vlm),
+        assets=graph_assets(vlm),
         instance=dg.DagsterInstance.ephemeral(),
     )
     return corpus, result

@@ -218,7 +218,7 @@ def test_a_prompt_edit_changes_the_assets_version_and_the_cache_keys_together(co
     from rar_pipeline.core.corpus.records import Candidate
     from rar_pipeline.core.corpus.tables import frame_to_records
     from rar_pipeline.core.enhance.cache import EnhancementCache
-    from rar_pipeline.core.enhance.steps import caption_candidates
+    from rar_pipeline.core.enhance.outputs import caption_candidates
 
     vlm = FakeVLMResource()
     instance = dg.DagsterInstance.ephemeral()

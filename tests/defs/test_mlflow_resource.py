@@ -1,4 +1,5 @@
-"""Run tracking for training: tags, file artifacts, the model registry, run links, resuming.
+"""Run tracking for training: tags, file artifacts, datasets, logged models, the model
+registry, run links, resuming.
 
 Shared behaviour is one specification run against both `MlflowResource` (real MLflow on a
 module-wide sqlite store and artifact folder) and `FakeMlflow`, so that stages tested against
@@ -9,17 +10,27 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import uuid
 from pathlib import Path
 
 import mlflow.artifacts
+import mlflow.exceptions
 import numpy as np
+import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from rar_pipeline.defs.resources.fake_mlflow import FakeMlflow
 from rar_pipeline.defs.resources.mlflow import MlflowResource
-from rar_pipeline.defs.resources.tracking_rules import registered_model_name
+from rar_pipeline.defs.resources.tracking_rules import (
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    TrackedDataset,
+    frame_dataset,
+    logged_model_name,
+    registered_model_name,
+)
+from tests.fake_mlflow import FakeMlflow
 
 
 def _sha(data: bytes) -> str:
@@ -46,6 +57,12 @@ def _checkpoint(root: Path, seed: int) -> Path:
     (folder / "config.json").write_text(json.dumps({"dim": 384, "seed": seed}))
     (folder / "tokenizer" / "vocab.txt").write_text("[PAD]\n[UNK]\nhello\n")
     return folder
+
+
+def _model_holding(source: str) -> str | None:
+    """The logged model whose artifact location `source` is, if it is one."""
+    found = re.search(r"/models/(m-[0-9a-f]+)/artifacts$", source)
+    return found.group(1) if found else None
 
 
 def _model_name() -> str:
@@ -95,12 +112,59 @@ class RealTracker:
                     "tags": dict(mv.tags),
                     "description": mv.description or None,
                     "files": _hash_tree(Path(local)),
+                    # MLflow 3.17's sqlite registry does not keep a version's model_id: what
+                    # links them is the source (the model's artifact location) and the model's
+                    # `mlflow.modelVersions` tag (`model()`), which the UI reads
+                    "model_id": mv.model_id or _model_holding(mv.source),
                 }
             )
         return out
 
     def model_names(self) -> set[str]:
         return {m.name for m in self.client.search_registered_models(max_results=1000)}
+
+    def datasets(self, run_id: str) -> list[tuple[TrackedDataset, str | None]]:
+        """The run's dataset inputs, with their context."""
+        out = []
+        for given in self.client.get_run(run_id).inputs.dataset_inputs:
+            d, tags = given.dataset, {t.key: t.value for t in given.tags}
+            dataset = TrackedDataset(d.name, d.digest, json.loads(d.source)["uri"], d.schema,
+                                     d.profile, d.source_type)  # fmt: skip
+            out.append((dataset, tags.get("mlflow.data.context")))
+        return out
+
+    def model_inputs(self, run_id: str) -> list[str]:
+        return [m.model_id for m in self.client.get_run(run_id).inputs.model_inputs]
+
+    def model_outputs(self, run_id: str) -> list[str]:
+        return [m.model_id for m in self.client.get_run(run_id).outputs.model_outputs]
+
+    def model(self, model_id: str, scratch: Path) -> dict:
+        """A logged model: what it is, where it came from, its files (downloaded), metrics."""
+        model = self.client.get_logged_model(model_id)
+        dst = scratch / model_id
+        dst.mkdir(parents=True)
+        try:
+            local = mlflow.artifacts.download_artifacts(model.artifact_location, dst_path=str(dst))
+        except mlflow.exceptions.MlflowException as exc:  # nothing logged to it yet
+            assert "No such artifact" in exc.message
+            local = str(dst)
+        metrics: dict[str, list] = {}
+        for m in model.metrics or []:
+            metrics.setdefault(m.key, []).append((m.step, m.value))
+        return {
+            "name": model.name,
+            "status": str(model.status),
+            "source_run_id": model.source_run_id,
+            "params": dict(model.params),
+            "model_type": model.model_type,
+            "files": _hash_tree(Path(local)),
+            "metrics": {k: sorted(v) for k, v in metrics.items()},
+            "versions": [
+                (v["name"], v["version"])
+                for v in json.loads(model.tags.get("mlflow.modelVersions", "[]"))
+            ],  # fmt: skip
+        }
 
 
 class FakeTracker:
@@ -133,12 +197,35 @@ class FakeTracker:
                 "tags": dict(mv.tags),
                 "description": mv.description,
                 "files": dict(mv.files),
+                "model_id": mv.model_id,
             }
             for mv in self.resource.registry.get(name, [])
         ]
 
     def model_names(self) -> set[str]:
         return set(self.resource.registry)
+
+    def datasets(self, run_id: str) -> list[tuple[TrackedDataset, str | None]]:
+        return list(self._run(run_id).datasets)
+
+    def model_inputs(self, run_id: str) -> list[str]:
+        return list(self._run(run_id).model_inputs)
+
+    def model_outputs(self, run_id: str) -> list[str]:
+        return list(self._run(run_id).model_outputs)
+
+    def model(self, model_id: str, scratch: Path) -> dict:
+        model = self.resource.models[model_id]
+        return {
+            "name": model.name,
+            "status": model.status,
+            "source_run_id": model.source_run_id,
+            "params": dict(model.params),
+            "model_type": model.model_type,
+            "files": dict(model.files),
+            "metrics": {k: sorted(v) for k, v in model.metrics.items()},
+            "versions": list(model.versions),
+        }
 
 
 @pytest.fixture(params=["mlflow", "fake"])
@@ -305,6 +392,90 @@ class TestTrainingTrackingSpec:
                 pass
         assert tracker.status(run.run_id) == "FINISHED"
 
+    def test_a_checkpoint_is_a_logged_model_the_run_outputs_and_a_version_holds(
+        self, tracker, tmp_path
+    ):
+        name, ckpt = _model_name(), _checkpoint(tmp_path, seed=30)
+        with tracker.resource.start_run("train-model") as run:
+            model_id = run.create_logged_model(name, params={"lr": 0.01}, model_type="retriever")
+            assert tracker.model(model_id, tmp_path / "pending")["status"] == "PENDING"
+            run.log_metrics({"best_val_recall_at_1": 0.75}, model_id=model_id)
+            run.log_model_artifacts(model_id, ckpt)
+            run.finalize_logged_model(model_id)
+            version = run.register_model(name, model_id=model_id, description="trained")
+
+        model = tracker.model(model_id, tmp_path / "dl")
+        assert model == {
+            "name": name, "status": "READY", "source_run_id": run.run_id,
+            "params": {"lr": "0.01"}, "model_type": "retriever", "files": _hash_tree(ckpt),
+            "metrics": {"best_val_recall_at_1": [(0, 0.75)]}, "versions": [(name, "1")],
+        }  # fmt: skip
+        assert tracker.model_outputs(run.run_id) == [model_id]
+        assert tracker.metrics(run.run_id, "best_val_recall_at_1") == [(0, 0.75)]  # the run's too
+        (registered,) = tracker.versions(name, tmp_path / "versions")
+        assert version == registered["version"] == "1"
+        assert registered["model_id"] == model_id and registered["run_id"] == run.run_id
+        assert registered["files"] == _hash_tree(ckpt)  # the model's files, not the run's
+        assert tracker.files(run.run_id, tmp_path / "run") == {}  # stored once, with the model
+
+    def test_a_failed_run_leaves_its_unfinished_model_failed(self, tracker, tmp_path):
+        with pytest.raises(RuntimeError, match="diverged"):
+            with tracker.resource.start_run("train-diverged") as run:
+                model_id = run.create_logged_model(_model_name())
+                raise RuntimeError("diverged")
+        assert tracker.model(model_id, tmp_path)["status"] == "FAILED"
+
+    def test_the_training_data_is_the_runs_dataset_input(self, tracker, tmp_path):
+        frame = pd.DataFrame({"qid": ["1:1", "1:2"], "query_img_path": [None, "a.png"],
+                              "task_id": [0, 3], "neg_dids": [["9:2"], []]})  # fmt: skip
+        frame.to_parquet(tmp_path / "pairs.parquet")
+        dataset = frame_dataset(frame, "training_pairs_full", tmp_path / "pairs.parquet")
+        with tracker.resource.start_run("train-data") as run:
+            run.log_input(dataset, context="training")
+        assert tracker.datasets(run.run_id) == [(dataset, "training")]
+        assert dataset.source == str(tmp_path / "pairs.parquet") and len(dataset.digest) == 16
+        columns = {c["name"]: c for c in json.loads(dataset.schema)["mlflow_colspec"]}
+        assert columns["qid"] == {"type": "string", "name": "qid", "required": True}
+        assert columns["task_id"]["type"] == "long" and not columns["query_img_path"]["required"]
+        assert json.loads(dataset.profile) == {"num_rows": 2, "num_elements": 8}
+
+    def test_an_evaluation_links_the_model_it_evaluated(self, tracker, tmp_path):
+        with tracker.resource.start_run("train-evaluated") as train:
+            model_id = train.create_logged_model(_model_name())
+            train.log_model_artifacts(model_id, _checkpoint(tmp_path, seed=31))
+            train.finalize_logged_model(model_id)
+        with tracker.resource.start_run("eval-it") as evaluation:
+            evaluation.log_input(model_id=model_id)
+            evaluation.log_metrics({"local/macro/recall_at_5": 0.5}, model_id=model_id)
+        assert tracker.model_inputs(evaluation.run_id) == [model_id]
+        assert tracker.model_outputs(evaluation.run_id) == []
+        assert tracker.model(model_id, tmp_path)["metrics"] == {
+            "local/macro/recall_at_5": [(0, 0.5)]
+        }
+
+    def test_a_model_the_store_does_not_hold_is_not_linked(self, tracker):
+        with tracker.resource.start_run("eval-unknown") as run:
+            run.log_input(model_id="m-00000000000000000000000000000000")  # e.g. not synced
+            run.log_metrics({"recall": 0.5}, model_id="m-00000000000000000000000000000000")
+        assert tracker.model_inputs(run.run_id) == []
+        assert tracker.metrics(run.run_id, "recall") == [(0, 0.5)]  # the run still has it
+
+    def test_what_logged_models_mlflow_cannot_store_are_refused(self, tracker, tmp_path):
+        name = _model_name()
+        with tracker.resource.start_run("bad-logged-model") as run:
+            with pytest.raises(ValueError, match="Invalid logged model name"):
+                run.create_logged_model("rar-demo.v1")
+            with pytest.raises(ValueError, match="one of them"):
+                run.register_model(name)
+            with pytest.raises(ValueError, match="one of them"):
+                run.register_model(name, "checkpoint", model_id="m-1")
+            with pytest.raises(ValueError, match="READY or FAILED"):
+                run.finalize_logged_model("m-1", "DONE")
+            with pytest.raises(ValueError, match="a dataset or a model_id"):
+                run.log_input()
+        assert tracker.model_outputs(run.run_id) == [] and name not in tracker.model_names()
+        assert logged_model_name("rar-demo.v1/full") == "rar-demo-v1-full"
+
 
 class TestMlflowRegistry:
     """Real MLflow only: what the registry stores and how it copes with a concurrent creator."""
@@ -341,6 +512,29 @@ class TestRunUrl:
         experiment = tracker.client.get_experiment_by_name("urls")
         assert run.run_url == (
             f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs/{run.run_id}"
+            "?workflowType=machine_learning"  # the UI's model-training mode, not GenAI's
+        )
+        assert tracker.resource.experiment_url(experiment.experiment_id) == (
+            f"http://127.0.0.1:5000/#/experiments/{experiment.experiment_id}/runs"
+            "?workflowType=machine_learning"
+        )
+
+    def test_the_experiment_is_a_model_training_one_unless_a_person_chose(self, mlflow_store):
+        tracker = RealTracker(experiment="kind", **mlflow_store)
+        with tracker.resource.start_run("first"):
+            pass
+        experiment = tracker.client.get_experiment_by_name("kind")
+        assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
+        # an experiment made before (untagged) is tagged; a kind picked in the UI stays
+        older = tracker.client.create_experiment("older", artifact_location="file:///tmp/x")
+        genai = {EXPERIMENT_KIND_TAG: "genai_development"}
+        chosen = tracker.client.create_experiment("chosen", "file:///tmp/y", tags=genai)
+        for name in ("older", "chosen"):
+            with tracker.resource.model_copy(update={"experiment": name}).start_run("r"):
+                pass
+        assert tracker.client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+        assert (
+            tracker.client.get_experiment(chosen).tags[EXPERIMENT_KIND_TAG] == "genai_development"
         )
 
     def test_ui_url_is_configurable_and_can_be_turned_off(self):
@@ -348,15 +542,15 @@ class TestRunUrl:
             resource = MlflowResource(tracking_uri=tracking_uri, artifact_location="/x", **kw)
             return resource.run_url("7", "abc")
 
-        sqlite = "sqlite:////tmp/mlflow.db"
-        assert (
-            url(sqlite, ui_url="http://host:8080/") == "http://host:8080/#/experiments/7/runs/abc"
+        sqlite, mode = "sqlite:////tmp/mlflow.db", "?workflowType=machine_learning"
+        assert url(sqlite, ui_url="http://host:8080/") == (
+            f"http://host:8080/#/experiments/7/runs/abc{mode}"
         )
         assert url(sqlite, ui_url="") is None
         assert url("https://mlflow.example.org/") == (
-            "https://mlflow.example.org/#/experiments/7/runs/abc"
+            f"https://mlflow.example.org/#/experiments/7/runs/abc{mode}"
         )
-        assert url("http://10.0.0.5:5000") == "http://10.0.0.5:5000/#/experiments/7/runs/abc"
+        assert url("http://10.0.0.5:5000") == f"http://10.0.0.5:5000/#/experiments/7/runs/abc{mode}"
         assert url("databricks") is None
 
     def test_fake_has_no_link_unless_given_a_ui_url(self):
@@ -365,7 +559,9 @@ class TestRunUrl:
         with FakeMlflow(ui_url="http://fake-ui").start_run("linked") as linked:
             pass
         assert plain.run_url is None
-        assert linked.run_url == f"http://fake-ui/#/experiments/0/runs/{linked.run_id}"
+        assert linked.run_url == (
+            f"http://fake-ui/#/experiments/0/runs/{linked.run_id}?workflowType=machine_learning"
+        )
 
 
 @pytest.mark.parametrize(

@@ -21,11 +21,11 @@ from mlflow.tracking import MlflowClient
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
 from rar_pipeline.defs.resources import (
     CorpusResource,
-    FakeMlflow,
-    FakeVectorStore,
     LanceDBResource,
     MlflowResource,
 )
+from tests.fake_mlflow import FakeMlflow
+from tests.fake_stores import FakeVectorStore
 
 # ---------------------------------------------------------------------------
 # vector store: one specification, two implementations
@@ -405,6 +405,28 @@ def test_fake_mlflow_run_is_running_inside_the_block():
     with fake.start_run("live"):
         assert fake.runs[0].status == "RUNNING"
     assert fake.runs[0].status == "FINISHED"
+
+
+def test_fake_mlflow_records_what_the_steps_of_a_graph_logged(tmp_path):
+    """Dagster hands a step a copy of the resource: the test's instance still sees it all."""
+    import dagster as dg
+
+    (tmp_path / "weights.safetensors").write_bytes(b"w")
+
+    @dg.asset
+    def trained(mlflow: FakeMlflow) -> None:
+        with mlflow.start_run("train") as run:
+            model_id = run.create_logged_model("model")
+            run.log_model_artifacts(model_id, tmp_path)
+            run.finalize_logged_model(model_id)
+            run.register_model("model", model_id=model_id)
+
+    fake = FakeMlflow()
+    assert dg.materialize([trained], resources={"mlflow": fake}).success
+    (run,) = fake.runs
+    (model,) = fake.models.values()
+    assert run.model_outputs == [model.model_id] and model.status == "READY"
+    assert [v.model_id for v in fake.registry["model"]] == [model.model_id]
 
 
 # ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ from rar_pipeline.defs.resources import (
     MlflowResource,
     RetrieverResource,
 )
-from tests.graph_resources import graph_resources
+from tests.graph_resources import graph_assets, graph_resources
 
 CONFIGS = ("none", "corpus", "query", "full")
 
@@ -136,7 +136,7 @@ def test_a_train_split_copying_the_test_split_leaves_every_pair_out_and_trains_n
         result = run_pipeline(
             load_settings(data_root=mini_corpus, artifacts_dir=out),
             resources=graph_resources(corpus),
-            assets=build_assets(FakeVLMResource()),
+            assets=graph_assets(),
             instance=instance,
             through="retrieval",
         )
@@ -222,10 +222,20 @@ def test_each_training_is_an_mlflow_run_with_a_registered_model_version(built):
         assert len(losses) == read_checkpoint(corpus.artifacts().checkpoint(c))["steps"]
         recalls = client.get_metric_history(run.info.run_id, "val_recall_at_1")
         assert 1 <= len(recalls) <= retriever.epochs
-        logged = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")}
-        assert {"checkpoint/checkpoint.json", "checkpoint/encoder"} <= logged
+        # MLflow 3: the pairs are the run's dataset, the checkpoint a logged model it outputs
+        (pairs,) = run.inputs.dataset_inputs
+        assert pairs.dataset.name == f"training_pairs_{c}"
+        assert {t.key: t.value for t in pairs.tags} == {"mlflow.data.context": "training"}
+        (output,) = run.outputs.model_outputs
+        model = client.get_logged_model(output.model_id)
+        assert str(model.status) == "READY" and model.source_run_id == run.info.run_id
+        manifest = read_checkpoint(corpus.artifacts().checkpoint(c))
+        assert manifest["mlflow_model_id"] == model.model_id  # what evaluation links
+        logged = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+        assert {"checkpoint.json", "encoder"} <= logged
         versions = client.search_model_versions(f"name='rar-{corpus.name}-{c}'")
         assert [v.run_id for v in versions] == [run.info.run_id]
+        assert [v.source for v in versions] == [model.artifact_location]
 
 
 def test_the_graph_shows_the_ablation(built):
@@ -373,6 +383,10 @@ def test_each_config_has_an_mlflow_evaluation_run_linked_to_its_training(built):
     for config, run in by_config.items():
         retriever_config = "none" if config == "inference-only" else config
         assert run.data.tags["training_run_id"] == training[retriever_config]
+        # the logged model of that training (search_runs leaves model inputs out)
+        (evaluated,) = client.get_run(run.info.run_id).inputs.model_inputs
+        model = client.get_logged_model(evaluated.model_id)
+        assert model.source_run_id == training[retriever_config]
         assert run.data.params["vlm_backend"] == vlm.backend
         assert run.data.params["retriever_version"] == retriever.code_version()
         assert run.data.params["prompt.corpus_caption"] == prompts.PROMPTS["corpus_caption"].version

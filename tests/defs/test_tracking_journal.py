@@ -3,6 +3,7 @@ into MLflow once the store is back, with nothing lost."""
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 
@@ -12,7 +13,14 @@ from mlflow.tracking import MlflowClient
 from rar_pipeline.cli import main
 from rar_pipeline.defs.resources import MlflowResource
 from rar_pipeline.defs.resources.mlflow import unreachable
-from rar_pipeline.defs.resources.tracking_journal import pending, read_calls, replay
+from rar_pipeline.defs.resources.tracking_journal import (
+    CALLS,
+    JOURNAL_MODEL,
+    pending,
+    read_calls,
+    replay,
+)
+from rar_pipeline.defs.resources.tracking_rules import TrackedDataset
 from tests.projects import point_at_project
 
 
@@ -30,15 +38,29 @@ def store(tmp_path: Path, **kw) -> MlflowResource:
     )
 
 
-def track(run, checkpoint: Path) -> None:
-    """What a training asset logs: params, per-step metrics, tags, a dict, files, a model."""
+PAIRS = TrackedDataset("training_pairs_full", "0123456789abcdef", "/data/pairs.parquet",
+                       schema='{"mlflow_colspec": []}', profile='{"num_rows": 2}')  # fmt: skip
+
+
+def track(run, checkpoint: Path) -> str:
+    """What a training asset logs; returns the id of the logged model it created.
+
+    Params, its data, per-step metrics, tags, a dict, files, the checkpoint as a logged model
+    and that model's registration.
+    """
     run.log_params({"lr": 0.001, "epochs": 3})
+    run.log_input(PAIRS, context="training")
+    model_id = run.create_logged_model("rar-test-full", params={"lr": 0.001})
     for step in range(5):
         run.log_metrics({"loss": 1.0 / (step + 1)}, step=step)
+    run.log_metrics({"best_val_recall_at_1": 0.5}, model_id=model_id)
     run.set_tags({"config": "full"})
     run.log_dict({"rows": [1, 2]}, "pairs_sample.json")
     run.log_artifacts(checkpoint, "checkpoint")
-    run.register_model("rar-test-full", "checkpoint")
+    run.log_model_artifacts(model_id, checkpoint)
+    run.finalize_logged_model(model_id)
+    run.register_model("rar-test-full", model_id=model_id)
+    return model_id
 
 
 @pytest.fixture
@@ -50,7 +72,7 @@ def checkpoint(tmp_path) -> Path:
     return folder
 
 
-def assert_synced(tmp_path: Path, run_name: str) -> None:
+def assert_synced(tmp_path: Path, run_name: str, *, logged_model: bool = True) -> None:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("rar_pipeline").experiment_id
     (run,) = client.search_runs([experiment], f"attributes.run_name = '{run_name}'")
@@ -63,6 +85,24 @@ def assert_synced(tmp_path: Path, run_name: str) -> None:
     assert files == {"checkpoint/weights.safetensors", "checkpoint/checkpoint.json"}
     (version,) = client.search_model_versions("name = 'rar-test-full'")
     assert version.run_id == run.info.run_id
+    if not logged_model:  # a journal written before runs had datasets and logged models
+        return
+    (given,) = run.inputs.dataset_inputs
+    assert (given.dataset.name, given.dataset.digest) == (PAIRS.name, PAIRS.digest)
+    assert {t.key: t.value for t in given.tags} == {"mlflow.data.context": "training"}
+    (output,) = run.outputs.model_outputs
+    model = client.get_logged_model(output.model_id)
+    assert (model.name, str(model.status), model.source_run_id) == (
+        "rar-test-full", "READY", run.info.run_id
+    )  # fmt: skip
+    assert model.params == {"lr": "0.001"}
+    assert {m.key: m.value for m in model.metrics} == {"best_val_recall_at_1": 0.5}
+    stored = {a.path for a in client.list_logged_model_artifacts(model.model_id)}
+    assert stored == {"weights.safetensors", "checkpoint.json"}
+    assert version.source == model.artifact_location
+    assert json.loads(model.tags["mlflow.modelVersions"]) == [
+        {"name": "rar-test-full", "version": "1"}
+    ]
 
 
 def test_an_unreachable_server_at_the_start_journals_the_whole_run(tmp_path, checkpoint):
@@ -72,18 +112,56 @@ def test_an_unreachable_server_at_the_start_journals_the_whole_run(tmp_path, che
         journal_dir=str(tmp_path / "journal"),
     )
     with down.start_run("train-demo-full", tags={"corpus": "demo"}) as run:
-        track(run, checkpoint)
+        model_id = track(run, checkpoint)
     assert run.journal is not None and run.run_url is None
     assert "rar sync-tracking" in run.journal.note()
+    assert model_id.startswith(JOURNAL_MODEL)  # the journal's own id, mapped when replayed
+    # an evaluation of that model, journaled too: the link cannot be made after a sync
+    with down.start_run("eval-demo-full") as evaluation:
+        evaluation.log_input(model_id=model_id)
+        evaluation.log_metrics({"recall": 0.5}, model_id=model_id)
     # the files were copied when logged: a checkpoint rewritten meanwhile cannot leak in
     (checkpoint / "weights.safetensors").write_bytes(b"changed")
-    (folder,) = pending(tmp_path / "journal")
-    calls = [c["call"] for c in read_calls(folder)]
-    assert calls[0] == "start" and calls[-1] == "end" and calls.count("log_metrics") == 5
+    (train,) = [f for f in pending(tmp_path / "journal") if "-train-" in f.name]
+    (evaluated,) = [f for f in pending(tmp_path / "journal") if "-eval-" in f.name]
+    calls = [c["call"] for c in read_calls(train)]
+    assert calls[0] == "start" and calls[-1] == "end" and calls.count("log_metrics") == 6
 
-    replay(folder, store(tmp_path))
+    replay(train, store(tmp_path))
     assert_synced(tmp_path, "train-demo-full")
+    replay(evaluated, store(tmp_path))  # the model it names is not in MLflow: not linked
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (synced,) = client.search_runs(
+        [client.get_experiment_by_name("rar_pipeline").experiment_id],
+        "attributes.run_name = 'eval-demo-full'",
+    )
+    assert synced.inputs.model_inputs == [] and synced.data.metrics == {"recall": 0.5}
     assert pending(tmp_path / "journal") == []  # synced once
+
+
+def test_a_journal_written_before_logged_models_still_replays(tmp_path, checkpoint):
+    """The calls as the journal wrote them before runs had datasets and logged models."""
+    folder = tmp_path / "journal" / "20250101T000000-train-demo-full-abc123"
+    kept = folder / "files" / "6" / "ckpt"
+    kept.mkdir(parents=True)
+    for path in checkpoint.iterdir():
+        (kept / path.name).write_bytes(path.read_bytes())
+    lines = [
+        {"call": "start", "run_name": "train-demo-full", "tags": {"corpus": "demo"},
+         "reason": "ConnectionError: refused", "resume_run_id": None},
+        {"call": "log_params", "params": {"lr": "0.001", "epochs": "3"}},
+        *({"call": "log_metrics", "metrics": {"loss": 1.0 / (step + 1)}, "step": step}
+          for step in range(5)),
+        {"call": "set_tags", "tags": {"config": "full"}},
+        {"call": "log_dict", "data": {"rows": [1, 2]}, "artifact_file": "pairs_sample.json"},
+        {"call": "log_artifacts", "file": "files/6/ckpt", "artifact_path": "checkpoint"},
+        {"call": "register_model", "name": "rar-test-full", "artifact_path": "checkpoint",
+         "tags": {}, "description": None},
+        {"call": "end", "status": "FINISHED"},
+    ]  # fmt: skip
+    (folder / CALLS).write_text("".join(json.dumps(line) + "\n" for line in lines))
+    replay(folder, store(tmp_path))
+    assert_synced(tmp_path, "train-demo-full", logged_model=False)
 
 
 def test_a_store_that_stops_answering_part_way_moves_the_rest_of_the_run(
@@ -101,9 +179,10 @@ def test_a_store_that_stops_answering_part_way_moves_the_rest_of_the_run(
 
     monkeypatch.setattr(Client, "log_batch", flaky)
     with tracker.start_run("train-demo-full") as run:
-        track(run, checkpoint)
+        model_id = track(run, checkpoint)
     monkeypatch.undo()
     assert run.journal is not None
+    assert not model_id.startswith(JOURNAL_MODEL)  # made in MLflow before it went down
     # MLflow holds the start of the run (marked RUNNING: its end is in the journal)
     client = MlflowClient(tracking_uri=tracker.tracking_uri)
     assert client.get_run(run.run_id).info.status == "RUNNING"
@@ -117,9 +196,13 @@ def test_mistakes_are_not_mistaken_for_an_outage(tmp_path):
     tracker = store(tmp_path, journal_dir=str(tmp_path / "journal"))
     from mlflow.exceptions import MlflowException
 
-    with pytest.raises(MlflowException, match="Names may only contain"):
+    with pytest.raises(MlflowException, match="Changing param values is not allowed"):
         with tracker.start_run("r") as run:
-            run.log_params({"bad name!": 1})
+            run.log_params({"lr": 1})
+            run.log_params({"lr": 2})  # refused by MLflow
+    with pytest.raises(ValueError, match="Names may only contain"):
+        with tracker.start_run("r") as run:
+            run.log_params({"bad name!": 1})  # refused before MLflow is asked
     assert pending(tmp_path / "journal") == []
     assert unreachable(ConnectionRefusedError()) and not unreachable(ValueError("x"))
 

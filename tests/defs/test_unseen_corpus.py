@@ -13,10 +13,9 @@ import pytest
 
 from rar_pipeline.cli import main
 from rar_pipeline.core.settings import load_settings
-from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
-from tests.graph_resources import graph_resources
+from tests.graph_resources import graph_assets, graph_resources
 from tests.run_files import recall_from_files
 
 CONFIGS = {"none", "corpus", "query", "full", "inference-only"}
@@ -28,7 +27,7 @@ def _run_and_report(data: Path, out: Path, capsys) -> list[dict]:
     run_pipeline(
         load_settings(data_root=data, artifacts_dir=out),
         resources=graph_resources(corpus, vlm),
-        assets=build_assets(vlm),
+        assets=graph_assets(vlm),
         instance=dg.DagsterInstance.ephemeral(),
     )
     capsys.readouterr()

@@ -51,7 +51,7 @@ def test_settings_choose_the_backend_and_the_guard(tmp_path: Path):
 def test_a_knob_set_on_the_resource_reaches_the_backend(tmp_path: Path):
     vllm = VLMResource(backend="vllm", engine_batch_size=8, max_model_len=2048, seed=3)
     backend = vllm.create(ArtifactLayout(tmp_path))
-    assert backend._batch_size == 8
+    assert backend.batch_size == 8
     assert backend.engine_kwargs()["max_model_len"] == 2048
     assert backend.engine_kwargs()["seed"] == 3
 

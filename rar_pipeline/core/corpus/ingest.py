@@ -23,20 +23,16 @@ from rar_pipeline.core.corpus.mbeir import CorpusLayout
 from rar_pipeline.core.corpus.readers import (
     KnownCandidates,
     iter_candidates,
-    read_instructions,
     read_qrels,
     read_queries,
+    read_task_instructions,
 )
 from rar_pipeline.core.corpus.records import (
-    TASK_MODALITIES,
     Candidate,
-    DroppedRef,
-    Instruction,
     Qrel,
     QuarantinedRow,
     Query,
     ReadResult,
-    normalize_modality,
     task_id_of,
 )
 from rar_pipeline.core.corpus.tables import (
@@ -138,71 +134,81 @@ def ingest_pool(
         raise KeyError(f"no pool shard {shard!r} in {layout.root}; have {sorted(layout.pools)}")
     path = layout.pools[shard]
     in_memory = artifacts is None
-    ids: list[str] = []
-    hashes: list[str] = []
-    quarantined: list[QuarantinedRow] = []
-    by_modality: Counter = Counter()
-    preview: list[pd.DataFrame] = []
-    filled: set[str] = set()  # columns with a value in some row (pandas types them so)
-    kept = 0
-
-    def frames(bar: tqdm) -> Iterator[pd.DataFrame]:
-        nonlocal kept
+    scan = _PoolScan(in_memory)
+    output = quarantine_file = None
+    with _bar(shard, progress) as bar:
         chunks = iter_candidates(
             path, layout.root, image_check=image_check, progress=bar.update, chunk_lines=chunk_rows
         )
-        for chunk in chunks:
-            quarantined.extend(chunk.quarantined)
-            kept += len(chunk.rows)
-            by_modality.update(c.modality for c in chunk.rows)
-            frame = records_to_frame(chunk.rows, Candidate)
-            if sum(len(p) for p in preview) < 5:
-                preview.append(frame.head(5).astype(object))
-            filled.update(c for c in frame.columns if frame[c].notna().any())
-            if in_memory:
-                ids.extend(c.did for c in chunk.rows)
-                hashes.extend(_content_hashes(frame) if len(frame) else [])
-            yield frame
-        yield records_to_frame([], Candidate)  # the schema, for a shard without valid rows
-
-    output = quarantine_file = None
-    with _bar(shard, progress) as bar:
         if artifacts is None:
-            for _ in frames(bar):
+            for _ in scan.frames(chunks):
                 pass
         else:
-            output = write_parquet_chunks(frames(bar), artifacts.pool(shard))
+            output = write_parquet_chunks(scan.frames(chunks), artifacts.pool(shard))
     if artifacts is not None:
         quarantine_file = write_quarantine(
-            quarantined, artifacts.quarantine("candidate_pool", shard)
+            scan.quarantined, artifacts.quarantine("candidate_pool", shard)
         )
-    head = _preview(preview, filled)
     return IngestReport(
         key=shard,
         sources=[layout.rel(path)],
-        summary=summarize_counts(kept, by_modality, quarantined),
-        quarantined=quarantined,
+        summary=summarize_counts(scan.kept, scan.by_modality, scan.quarantined),
+        quarantined=scan.quarantined,
         output=output,
         quarantine_file=quarantine_file,
         data_version=file_digest([path]),
-        preview=head,
-        kept_ids=ids if in_memory else None,
-        extra={"content_hashes": hashes} if in_memory else {},
+        preview=scan.head(),
+        kept_ids=scan.ids if in_memory else None,
+        extra={"content_hashes": scan.hashes} if in_memory else {},
     )
 
 
-def _preview(heads: list[pd.DataFrame], filled: set[str]) -> pd.DataFrame:
-    """The first 5 rows as `frame.head(5)` of the whole shard's frame would hold them.
+@dataclass
+class _PoolScan:
+    """What streaming a pool shard keeps besides its rows (which go to the output).
 
-    pandas types a column by all its rows: one with a string anywhere holds NaN for a
-    missing value, one without holds None. A stand-in last row carries that to the head.
+    Attributes:
+        in_memory: validating without writing: keep the ids and content hashes too.
+        filled: columns with a value in some row (pandas types them so).
     """
-    columns = [f.name for f in fields(Candidate)]
-    rows = [row for head in heads for row in head.values.tolist()][:5]
-    if not rows:
-        return records_to_frame([], Candidate)
-    stand_in = ["x" if c in filled else None for c in columns]
-    return pd.DataFrame([*rows, stand_in], columns=columns).iloc[:-1]
+
+    in_memory: bool
+    quarantined: list[QuarantinedRow] = field(default_factory=list)
+    by_modality: Counter = field(default_factory=Counter)
+    kept: int = 0
+    preview: list[pd.DataFrame] = field(default_factory=list)
+    filled: set[str] = field(default_factory=set)
+    ids: list[str] = field(default_factory=list)
+    hashes: list[str] = field(default_factory=list)
+
+    def frames(self, chunks: Iterable[ReadResult[Candidate]]) -> Iterator[pd.DataFrame]:
+        """Each chunk's valid rows as a frame, counted as they pass."""
+        for chunk in chunks:
+            self.quarantined.extend(chunk.quarantined)
+            self.kept += len(chunk.rows)
+            self.by_modality.update(c.modality for c in chunk.rows)
+            frame = records_to_frame(chunk.rows, Candidate)
+            if sum(len(p) for p in self.preview) < 5:
+                self.preview.append(frame.head(5).astype(object))
+            self.filled.update(c for c in frame.columns if frame[c].notna().any())
+            if self.in_memory:
+                self.ids.extend(c.did for c in chunk.rows)
+                self.hashes.extend(_content_hashes(frame) if len(frame) else [])
+            yield frame
+        yield records_to_frame([], Candidate)  # the schema, for a shard without valid rows
+
+    def head(self) -> pd.DataFrame:
+        """The first 5 rows as `frame.head(5)` of the whole shard's frame would hold them.
+
+        pandas types a column by all its rows: one with a string anywhere holds NaN for a
+        missing value, one without holds None. A stand-in last row carries that to the head.
+        """
+        columns = [f.name for f in fields(Candidate)]
+        rows = [row for head in self.preview for row in head.values.tolist()][:5]
+        if not rows:
+            return records_to_frame([], Candidate)
+        stand_in = ["x" if c in self.filled else None for c in columns]
+        return pd.DataFrame([*rows, stand_in], columns=columns).iloc[:-1]
 
 
 def known_candidate_ids(
@@ -265,36 +271,6 @@ def _conflicts(content: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]
     }
 
 
-def _instructions_for(
-    layout: CorpusLayout, task: str, queries: list[Query]
-) -> tuple[list[Instruction], list[QuarantinedRow]]:
-    """The instruction rows of this partition's datasets and modality pairs (UniIR's keying).
-
-    A task partition (`mbeir_cirr_task7`) names its task; a training file without one
-    (`mbeir_cirr_train.jsonl`, `mbeir_union_up_train.jsonl`) gets the instructions of every
-    (dataset, task) its rows carry.
-    """
-    named = task_id_of(task)
-    wanted = {
-        (q.qid.split(":", 1)[0], TASK_MODALITIES[tid])
-        for q in queries
-        if (tid := named if named is not None else q.task_id) in TASK_MODALITIES
-    }
-    if layout.instructions is None or not wanted:
-        return [], []
-    result = read_instructions(layout.instructions, layout.root)
-    matching = [
-        i
-        for i in result.rows
-        if (
-            i.dataset_id,
-            (normalize_modality(i.query_modality), normalize_modality(i.cand_modality)),
-        )
-        in wanted
-    ]
-    return matching, result.quarantined
-
-
 def ingest_queries(
     layout: CorpusLayout,
     task: str,
@@ -321,68 +297,33 @@ def ingest_queries(
     """
     if task not in layout.queries:
         raise KeyError(f"no query task {task!r} in {layout.root}; have {sorted(layout.queries)}")
-    splits = layout.queries[task]
-    rows: list[Query] = []
-    quarantined: list[QuarantinedRow] = []
-    dropped: list[DroppedRef] = []
-    per_split: dict[str, dict[str, Any]] = {}
-    for split, path in sorted(splits.items()):
-        with _bar(f"{task}/{split}", progress) as bar:
-            result = read_queries(
-                path,
-                layout.root,
-                split=split,
-                known_dids=known_dids,
-                image_check=image_check,
-                progress=bar.update,
-            )
-        rows.extend(result.rows)
-        quarantined.extend(result.quarantined)
-        dropped.extend(result.dropped)
-        per_split[split] = summarize(result)
-
-    qrels: list[Qrel] = []
-    qrels_summary: dict[str, Any] = {}
-    for split, path in sorted(layout.qrels.get(task, {}).items()):
-        split_qids = {q.qid for q in rows if q.split == split}
-        result = read_qrels(
-            path,
-            layout.root,
-            known_qids=split_qids,
-            known_dids=known_dids,
-            task_id=task_id_of(task),
-        )
-        qrels.extend(result.rows)
-        quarantined.extend(result.quarantined)
-        qrels_summary[split] = summarize(result, with_modality=False)
-
+    read, per_split = _read_splits(layout, task, known_dids, image_check, progress)
+    qrels, qrels_summary = _read_task_qrels(layout, task, read, known_dids)
     # The instructions file is corpus-wide: its bad lines go to their own quarantine file
     # rather than being counted again against every task.
-    instructions, bad_instructions = _instructions_for(layout, task, rows)
-
-    frame = records_to_frame(rows, Query)
+    instructions, bad_instructions = read_task_instructions(layout, task, read.rows)
+    frame = records_to_frame(read.rows, Query)
     output = quarantine_file = None
     if artifacts is not None:
         output = write_parquet(frame, artifacts.queries(task))
         write_parquet(records_to_frame(qrels, Qrel), artifacts.qrels(task))
-        quarantine_file = write_quarantine(quarantined, artifacts.quarantine("queries", task))
-        write_dropped(dropped, artifacts.dropped_refs(task))
+        quarantine_file = write_quarantine(read.quarantined, artifacts.quarantine("queries", task))
+        write_dropped(read.dropped, artifacts.dropped_refs(task))
         if layout.instructions is not None:  # rewritten each time: a fixed line leaves it
             write_quarantine(bad_instructions, artifacts.quarantine("instructions", "instructions"))
-    total = summarize(ReadResult(rows=rows, quarantined=quarantined))
-    sources = [*splits.values(), *layout.qrels.get(task, {}).values()]
+    sources = [*layout.queries[task].values(), *layout.qrels.get(task, {}).values()]
     if layout.instructions is not None:  # its prompts are part of this task's output
         sources.append(layout.instructions)
     return IngestReport(
         key=task,
         sources=[layout.rel(p) for p in sources],
-        summary=total,
-        quarantined=quarantined,
+        summary=summarize(ReadResult(rows=read.rows, quarantined=read.quarantined)),
+        quarantined=read.quarantined,
         output=output,
         quarantine_file=quarantine_file,
         data_version=file_digest(sorted(sources)),
         preview=frame.head(5),
-        kept_ids=[q.qid for q in rows],
+        kept_ids=[q.qid for q in read.rows],
         id_column="qid",
         extra={
             "splits": per_split,
@@ -390,24 +331,75 @@ def ingest_queries(
             "qrels_rows": len(qrels),
             "instructions": [list(i.prompts) for i in instructions],
             "instructions_quarantined": bad_instructions,
-            # references kept queries lost (unknown negatives; positives in no pool, while
-            # another positive resolves): counted by side, listed in the dropped-refs file
-            "dropped_refs": dict(Counter(d.side for d in dropped)),
-            # positives that two pools define differently: which one gets indexed is undefined
-            "conflicting_positives": sorted(
-                {
-                    d
-                    for q in rows
-                    for d in q.pos_cand_list
-                    if isinstance(known_dids, KnownCandidates) and d in known_dids.conflicts
-                }
-            ),
-            # kept apart by split (`Query.key`), but worth knowing: a leak risk upstream
-            "qids_in_several_splits": sorted(
-                qid for qid, n in Counter(q.qid for q in rows).items() if n > 1
-            ),
+            **_reference_notes(read, known_dids),
         },
     )
+
+
+def _read_splits(
+    layout: CorpusLayout,
+    task: str,
+    known_dids: KnownCandidates | set[str] | None,
+    image_check: ImageCheck | None,
+    progress: bool,
+) -> tuple[ReadResult[Query], dict[str, dict[str, Any]]]:
+    """Every split's queries of a task, joined, and each split's summary."""
+    read: ReadResult[Query] = ReadResult(rows=[], quarantined=[])
+    per_split: dict[str, dict[str, Any]] = {}
+    for split, path in sorted(layout.queries[task].items()):
+        with _bar(f"{task}/{split}", progress) as bar:
+            result = read_queries(
+                path, layout.root, split=split, known_dids=known_dids,
+                image_check=image_check, progress=bar.update,
+            )  # fmt: skip
+        read.rows.extend(result.rows)
+        read.quarantined.extend(result.quarantined)
+        read.dropped.extend(result.dropped)
+        per_split[split] = summarize(result)
+    return read, per_split
+
+
+def _read_task_qrels(
+    layout: CorpusLayout,
+    task: str,
+    read: ReadResult[Query],
+    known_dids: KnownCandidates | set[str] | None,
+) -> tuple[list[Qrel], dict[str, Any]]:
+    """A task's qrels of every split (bad lines join `read.quarantined`), and summaries."""
+    qrels: list[Qrel] = []
+    summaries: dict[str, Any] = {}
+    for split, path in sorted(layout.qrels.get(task, {}).items()):
+        split_qids = {q.qid for q in read.rows if q.split == split}
+        result = read_qrels(path, layout.root, known_qids=split_qids, known_dids=known_dids,
+                            task_id=task_id_of(task))  # fmt: skip
+        qrels.extend(result.rows)
+        read.quarantined.extend(result.quarantined)
+        summaries[split] = summarize(result, with_modality=False)
+    return qrels, summaries
+
+
+def _reference_notes(
+    read: ReadResult[Query], known_dids: KnownCandidates | set[str] | None
+) -> dict[str, Any]:
+    """What a task's kept queries say about the corpus: lost, conflicting, repeated ids."""
+    return {
+        # references kept queries lost (unknown negatives; positives in no pool, while
+        # another positive resolves): counted by side, listed in the dropped-refs file
+        "dropped_refs": dict(Counter(d.side for d in read.dropped)),
+        # positives that two pools define differently: which one gets indexed is undefined
+        "conflicting_positives": sorted(
+            {
+                d
+                for q in read.rows
+                for d in q.pos_cand_list
+                if isinstance(known_dids, KnownCandidates) and d in known_dids.conflicts
+            }
+        ),
+        # kept apart by split (`Query.key`), but worth knowing: a leak risk upstream
+        "qids_in_several_splits": sorted(
+            qid for qid, n in Counter(q.qid for q in read.rows).items() if n > 1
+        ),
+    }
 
 
 def validate_corpus(

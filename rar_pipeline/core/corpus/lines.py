@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -135,7 +135,7 @@ def scan_rows(
     row_id: Callable[[T], str],
     raw_id: Callable[[dict[str, Any]], str | None],
     progress: Callable[[int], None] | None,
-    chunk_lines: int,
+    chunk_lines: int = CHUNK_LINES,
 ) -> Iterator[ReadResult[T]]:
     """Validate a file `chunk_lines` lines at a time: one `ReadResult` per chunk, in order.
 
@@ -187,19 +187,11 @@ def scan_rows(
         yield flush()
 
 
-def read_rows(
-    path: Path,
-    root: Path,
-    parse: Callable[[dict[str, Any]], T],
-    row_id: Callable[[T], str],
-    raw_id: Callable[[dict[str, Any]], str | None],
-    progress: Callable[[int], None] | None,
-    chunk_lines: int = CHUNK_LINES,
-) -> ReadResult[T]:
-    """The whole file at once: `scan_rows`' chunks joined."""
+def joined(chunks: Iterable[ReadResult[T]]) -> ReadResult[T]:
+    """A whole file's rows and quarantined rows at once: its chunks (`scan_rows`) joined."""
     rows: list[T] = []
     quarantined: list[QuarantinedRow] = []
-    for chunk in scan_rows(path, root, parse, row_id, raw_id, progress, chunk_lines):
+    for chunk in chunks:
         rows.extend(chunk.rows)
         quarantined.extend(chunk.quarantined)
     return ReadResult(rows=rows, quarantined=quarantined)

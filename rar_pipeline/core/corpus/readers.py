@@ -22,13 +22,14 @@ from rar_pipeline.core.corpus.fields import (
 from rar_pipeline.core.corpus.images import ImageCheck
 from rar_pipeline.core.corpus.lines import (
     CHUNK_LINES,
+    joined,
     quarantined_row,
-    read_rows,
     scan_rows,
     text_lines,
 )
-from rar_pipeline.core.corpus.mbeir import LayoutError, source_name
+from rar_pipeline.core.corpus.mbeir import CorpusLayout, LayoutError, source_name
 from rar_pipeline.core.corpus.records import (
+    TASK_MODALITIES,
     Candidate,
     DroppedRef,
     Instruction,
@@ -37,6 +38,8 @@ from rar_pipeline.core.corpus.records import (
     Query,
     ReadResult,
     Reason,
+    normalize_modality,
+    task_id_of,
 )
 
 
@@ -106,29 +109,6 @@ def _candidate_parser(root: Path, image_check: ImageCheck) -> Callable[[dict[str
     return parse
 
 
-def read_candidates(
-    path: Path,
-    root: Path,
-    *,
-    image_check: ImageCheck | None = None,
-    progress: Callable[[int], None] | None = None,
-) -> ReadResult[Candidate]:
-    """Read and validate one candidate pool file.
-
-    Args:
-        path: the pool JSONL file.
-        root: the data root that `img_path` values are relative to.
-        image_check: how hard to look at images (default: decode them fully).
-        progress: called with 1 per line read, for progress bars.
-
-    Returns:
-        Valid candidates and quarantined rows. Duplicate `did`s after the first are
-        quarantined.
-    """
-    parse = _candidate_parser(root, image_check or ImageCheck())
-    return read_rows(path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress)
-
-
 def iter_candidates(
     path: Path,
     root: Path,
@@ -137,15 +117,30 @@ def iter_candidates(
     progress: Callable[[int], None] | None = None,
     chunk_lines: int = CHUNK_LINES,
 ) -> Iterator[ReadResult[Candidate]]:
-    """`read_candidates` a chunk of `chunk_lines` lines at a time (same rows, same order).
+    """Read and validate one candidate pool file, a chunk of `chunk_lines` lines at a time.
 
-    Memory holds one chunk and the ids seen so far, not the file: concatenating the chunks'
-    rows and quarantined rows gives exactly what `read_candidates` returns.
+    Memory holds one chunk and the ids seen so far, not the file.
+
+    Args:
+        path: the pool JSONL file.
+        root: the data root that `img_path` values are relative to.
+        image_check: how hard to look at images (default: decode them fully).
+        progress: called with 1 per line read, for progress bars.
+        chunk_lines: lines validated per chunk (the rows, and their order, do not depend on it).
+
+    Returns:
+        Each chunk's valid candidates and quarantined rows. Duplicate `did`s after the first
+        are quarantined.
     """
     parse = _candidate_parser(root, image_check or ImageCheck())
     return scan_rows(
         path, root, parse, lambda c: c.did, lambda o: _str_id(o, "did"), progress, chunk_lines
     )
+
+
+def read_candidates(path: Path, root: Path, **options: Any) -> ReadResult[Candidate]:
+    """A whole pool file at once: `iter_candidates`' chunks joined (same options)."""
+    return joined(iter_candidates(path, root, **options))
 
 
 def read_queries(
@@ -220,7 +215,9 @@ def read_queries(
             src_content=src_content(obj.get("query_src_content")),
         )
 
-    result = read_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+    result = joined(
+        scan_rows(path, root, parse, lambda q: q.qid, lambda o: _str_id(o, "qid"), progress)
+    )
     kept = {q.qid for q in result.rows}  # a duplicate row's references were never kept
     result.dropped = [d for d in dropped if d.qid in kept]
     return result
@@ -311,3 +308,33 @@ def read_instructions(path: Path, root: Path) -> ReadResult[Instruction]:
             continue
         rows.append(Instruction(*(p.strip() for p in parts[:4]), prompts=prompts))
     return ReadResult(rows=rows, quarantined=quarantined)
+
+
+def read_task_instructions(
+    layout: CorpusLayout, task: str, queries: list[Query]
+) -> tuple[list[Instruction], list[QuarantinedRow]]:
+    """The instruction rows of a partition's datasets and modality pairs (UniIR's keying).
+
+    A task partition (`mbeir_cirr_task7`) names its task; a training file without one
+    (`mbeir_cirr_train.jsonl`, `mbeir_union_up_train.jsonl`) gets the instructions of every
+    (dataset, task) its rows carry.
+    """
+    named = task_id_of(task)
+    wanted = {
+        (q.qid.split(":", 1)[0], TASK_MODALITIES[tid])
+        for q in queries
+        if (tid := named if named is not None else q.task_id) in TASK_MODALITIES
+    }
+    if layout.instructions is None or not wanted:
+        return [], []
+    result = read_instructions(layout.instructions, layout.root)
+    matching = [
+        i
+        for i in result.rows
+        if (
+            i.dataset_id,
+            (normalize_modality(i.query_modality), normalize_modality(i.cand_modality)),
+        )
+        in wanted
+    ]
+    return matching, result.quarantined

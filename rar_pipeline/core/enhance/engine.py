@@ -12,7 +12,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,12 @@ class EnhanceStats:
     @property
     def items(self) -> int:
         return sum(self.items_by_type.values())
+
+    def add(self, part: EnhanceStats) -> EnhanceStats:
+        """Add another run's stats to these (counts, counters and seconds summed)."""
+        for f in fields(EnhanceStats):
+            setattr(self, f.name, getattr(self, f.name) + getattr(part, f.name))
+        return self
 
     def as_metadata(self) -> dict[str, Any]:
         return {
@@ -245,86 +251,14 @@ def run_enhancement(
     if repeated:
         raise ValueError(f"item ids must be unique in a run; repeated: {repeated[:5]}")
     started = time.perf_counter()
-    stats = EnhanceStats()
+    run = _Run(vlm, cache, options, progress)
     damaged_before = cache.store.damaged
     sent_before = getattr(vlm, "requests_sent", None)
-    outputs: dict[str, ItemOutput] = {}
-    hashes = _ImageHashes()
-    backend, model_id = vlm.backend, vlm.model_id
-    keyed: list[tuple[WorkItem, str, VLMRequest]] = []
-    for item in items:
-        stats.items_by_type[item.item_type.value] += 1
-        if item.spec is None:
-            outputs[item.item_id] = ItemOutput(item.item_id, item.item_type, None, "passthrough")
-            if progress:
-                progress(1)
-            continue
-        request = build_request(item, options)
-        try:
-            image_hash = hashes(request.image_path)
-        except OSError as exc:
-            outputs[item.item_id] = _fail(item, f"image unreadable: {exc}", 0, stats)
-            if progress:
-                progress(1)
-            continue
-        key = cache_key(
-            content_hash(item.txt, image_hash),
-            item.spec,
-            backend,
-            model_id,
-            request.sampling,
-        )
-        keyed.append((item, key, request))
-
+    keyed = run.keyed(items)
     cache.prefetch(key for _, key, _ in keyed)  # one filtered read for the whole partition
-    pending: list[tuple[WorkItem, str, VLMRequest]] = []
-    for item, key, request in keyed:
-        hit = cache.get(key)
-        if hit is not None:
-            stats.cache_hits += 1
-            outputs[item.item_id] = ItemOutput(
-                item.item_id, item.item_type, hit.generated, "cached"
-            )
-            if progress:
-                progress(1)
-            continue
-        pending.append((item, key, request))
-
-    attempts: Counter = Counter()
-    while pending:
-        retry: list[tuple[WorkItem, str, VLMRequest]] = []
-        for start in range(0, len(pending), options.batch_size):
-            batch = pending[start : start + options.batch_size]
-            requests = [r for _, _, r in batch]
-            stats.backend_calls += len(requests)
-            try:
-                results = vlm.generate(requests)
-                if len(results) != len(requests):
-                    raise RuntimeError(
-                        f"backend returned {len(results)} results for {len(requests)} requests"
-                    )
-            except Exception as exc:  # a whole-batch failure: every item may retry
-                results = results_for_batch_error(requests, exc)
-            for (item, key, _), result in zip(batch, results, strict=True):
-                attempts[item.item_id] += 1
-                done = _settle(
-                    item,
-                    key,
-                    result,
-                    attempts[item.item_id],
-                    options.max_attempts,
-                    vlm,
-                    cache,
-                    stats,
-                )
-                if done is None:
-                    retry.append((item, key, _))
-                    continue
-                outputs[item.item_id] = done
-                if progress:
-                    progress(1)
-        pending = retry
+    run.generate(run.uncached(keyed))
     cache.flush()
+    stats = run.stats
     stats.cache_damaged = cache.store.damaged - damaged_before
     # What went over the wire (HTTP retries included) where the backend counts it;
     # otherwise one request per item handed over.
@@ -333,7 +267,104 @@ def run_enhancement(
         sent_after - sent_before if sent_before is not None else stats.backend_calls
     )
     stats.seconds = time.perf_counter() - started
-    return outputs, stats
+    return run.outputs, stats
+
+
+_Keyed = tuple[WorkItem, str, VLMRequest]  # an item to generate for, its cache key, request
+
+
+@dataclass
+class _Run:
+    """The steps of one `run_enhancement`: what is settled so far and what it counted."""
+
+    vlm: VLM
+    cache: EnhancementCache
+    options: EnhanceOptions
+    progress: Callable[[int], None] | None
+    stats: EnhanceStats = field(default_factory=EnhanceStats)
+    outputs: dict[str, ItemOutput] = field(default_factory=dict)
+
+    def settled(self, output: ItemOutput) -> None:
+        self.outputs[output.item_id] = output
+        if self.progress:
+            self.progress(1)
+
+    def keyed(self, items: Sequence[WorkItem]) -> list[_Keyed]:
+        """Count items; settle pass-through ones and unreadable images; key the others."""
+        hashes = _ImageHashes()
+        backend, model_id = self.vlm.backend, self.vlm.model_id
+        keyed: list[_Keyed] = []
+        for item in items:
+            self.stats.items_by_type[item.item_type.value] += 1
+            if item.spec is None:
+                self.settled(ItemOutput(item.item_id, item.item_type, None, "passthrough"))
+                continue
+            request = build_request(item, self.options)
+            try:
+                image_hash = hashes(request.image_path)
+            except OSError as exc:
+                self.settled(_fail(item, f"image unreadable: {exc}", 0, self.stats))
+                continue
+            key = cache_key(
+                content_hash(item.txt, image_hash),
+                item.spec,
+                backend,
+                model_id,
+                request.sampling,
+            )
+            keyed.append((item, key, request))
+        return keyed
+
+    def uncached(self, keyed: list[_Keyed]) -> list[_Keyed]:
+        """Settle the items the cache holds; the others, still to generate."""
+        pending: list[_Keyed] = []
+        for item, key, request in keyed:
+            hit = self.cache.get(key)
+            if hit is not None:
+                self.stats.cache_hits += 1
+                self.settled(ItemOutput(item.item_id, item.item_type, hit.generated, "cached"))
+                continue
+            pending.append((item, key, request))
+        return pending
+
+    def generate(self, pending: list[_Keyed]) -> None:
+        """The VLM in batches; items it fails retry in later rounds, up to max_attempts."""
+        attempts: Counter = Counter()
+        while pending:
+            retry: list[_Keyed] = []
+            for start in range(0, len(pending), self.options.batch_size):
+                batch = pending[start : start + self.options.batch_size]
+                results = self.results([r for _, _, r in batch])
+                for (item, key, request), result in zip(batch, results, strict=True):
+                    attempts[item.item_id] += 1
+                    done = _settle(
+                        item,
+                        key,
+                        result,
+                        attempts[item.item_id],
+                        self.options.max_attempts,
+                        self.vlm,
+                        self.cache,
+                        self.stats,
+                    )
+                    if done is None:
+                        retry.append((item, key, request))
+                    else:
+                        self.settled(done)
+            pending = retry
+
+    def results(self, requests: list[VLMRequest]) -> list[VLMResult]:
+        """One batch's results; a whole-batch failure is every item's (each may retry)."""
+        self.stats.backend_calls += len(requests)
+        try:
+            results = self.vlm.generate(requests)
+            if len(results) != len(requests):
+                raise RuntimeError(
+                    f"backend returned {len(results)} results for {len(requests)} requests"
+                )
+        except Exception as exc:
+            return results_for_batch_error(requests, exc)
+        return results
 
 
 def _fail(item: WorkItem, reason: str, attempts: int, stats: EnhanceStats) -> ItemOutput:

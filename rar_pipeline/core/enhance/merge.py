@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pyarrow.parquet as pq
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import (
     frame_to_records,
@@ -144,7 +145,9 @@ def merge_corpus(
     rows = []
     for c in candidates:
         if c.did not in by_did:
-            raise KeyError(f"candidate {c.did} has no caption row: rematerialize corpus_captions")
+            raise KeyError(
+                f"candidate {c.did} has no caption row: {names.materialize(names.CORPUS_CAPTIONS)}"
+            )
         item_type, caption = by_did[c.did]
         caption, flags = _text(caption), ()
         if caption and c.txt:

@@ -31,7 +31,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.data import encode_item, home_pools
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
-from rar_pipeline.core.search.rank import SearchStore, dense_search, unique_hits
+from rar_pipeline.core.search.store import SearchStore, TableSearch, dense_search, unique_hits
 
 Setting = Literal["local", "global"]
 RUN_DEPTH = 100  # candidates kept per query in a run file
@@ -147,9 +147,8 @@ def rank_config(
         pool = pool_of.get(str(task))
         fetch = depth if pool is not None else depth * max(1, copies)
         # a query with nothing embeddable ranks nothing (it scores 0)
-        dense = dense_search(
-            store, config, encoder, items, fetch, pool=pool, plan=plan, progress=progress
-        )
+        search = TableSearch(pool, plan)
+        dense = dense_search(store, config, encoder, items, fetch, search, progress=progress)
         unembedded += len(dense.embedded.failed)
         hits = dense.hits
         by_query = unique_hits(hits, depth)

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from rar_pipeline.core import names
 from rar_pipeline.core.evaluation.metrics import KS, MEASURES, randomization_test
 from rar_pipeline.core.files import write_atomic
 
@@ -204,7 +205,7 @@ def read_report(path: Path) -> dict[str, Any]:
     """
     if not Path(path).is_file():
         raise FileNotFoundError(
-            f"no evaluation report at {path}: materialize retrieval_eval first "
-            "(rar run, or make demo)"
+            f"no evaluation report at {path}: {names.materialize(names.RETRIEVAL_EVAL, first=True)}"
+            " (rar run, or make demo)"
         )
     return json.loads(Path(path).read_text())

@@ -19,8 +19,8 @@ import pyarrow as pa
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.rows import KEY, ROW_COLUMNS, ExistingRows, RowDiff, arrow_rows
 from rar_pipeline.core.retrieval.data import encode_item
+from rar_pipeline.core.retrieval.embedding import embed_robustly
 from rar_pipeline.core.retrieval.encoders.base import Encoder
-from rar_pipeline.core.retrieval.rank import embed_robustly
 
 
 class IndexStore(Protocol):

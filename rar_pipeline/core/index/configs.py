@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from rar_pipeline.core import names
 from rar_pipeline.core.retrieval.pairs import CONFIGS, AblationConfig
 
 
@@ -38,19 +39,14 @@ class IndexedConfig:
         return self.name
 
     @property
-    def asset_suffix(self) -> str:
-        """The config as part of an asset name (letters, digits and underscores)."""
-        return self.name.replace("-", "_")
-
-    @property
     def index_asset(self) -> str:
         """The asset that builds this config's table."""
-        return f"lancedb_index_{self.asset_suffix}"
+        return names.per_config(names.LANCEDB_INDEX, self.name)
 
     @property
     def checkpoint_asset(self) -> str:
         """The asset that trains the retriever this config embeds with."""
-        return f"retriever_checkpoint_{self.retriever.name}"
+        return names.per_config(names.RETRIEVER_CHECKPOINT, self.retriever.name)
 
 
 INDEXED: dict[str, IndexedConfig] = {

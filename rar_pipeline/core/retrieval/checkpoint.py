@@ -8,7 +8,8 @@ A checkpoint is a folder:
 
 `read_checkpoint` (which `encoders.factory.load_encoder` calls) refuses a checkpoint whose
 files do not match their recorded hashes (a truncated copy, a tampered file): nothing
-unverified is ever loaded.
+unverified is ever loaded. `open_retriever` is how index, evaluation and search get a
+config's retriever: its checkpoint, or the untrained base encoder where none was trained.
 
 The trainer's resumable state (`TrainingState`) lives in a separate folder: the encoder as
 last saved, the optimiser's tensors as safetensors, and the loop's position as JSON.
@@ -17,12 +18,14 @@ last saved, the optimiser's tensors as safetensors, and the loop's position as J
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rar_pipeline.core.files import file_hash, recover_dir, write_dir_atomic
-from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
+from rar_pipeline.core.files import file_hash, recover_dir, values_hash, write_dir_atomic
+from rar_pipeline.core.retrieval.encoders.base import Encoder, TrainableEncoder
+from rar_pipeline.core.retrieval.encoders.factory import load_encoder
 
 CHECKPOINT_FILE = "checkpoint.json"
 ENCODER_DIR = "encoder"
@@ -88,6 +91,32 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
             f"(changed: {changed}, missing: {missing}, unexpected: {extra}); refusing to load it"
         )
     return manifest
+
+
+def open_retriever(
+    directory: Path, config: str, base: Callable[[], Encoder], cache_dir: Path | None = None
+) -> tuple[Encoder, str, dict[str, Any] | None]:
+    """A config's trained retriever, or the untrained base one where none was trained.
+
+    A corpus without a train split still gets indexes and an evaluation (of the base
+    encoder, zero-shot); the reference says which it was.
+
+    Returns:
+        (encoder, reference "<config>@<hash of the checkpoint's files>" or
+        "<config>@untrained", the checkpoint's manifest or None).
+
+    Raises:
+        CheckpointError: a checkpoint is there but damaged (never loaded), or its folder
+            holds files but no manifest (a partial copy: never taken for "untrained").
+    """
+    directory = Path(directory)
+    if not (directory / CHECKPOINT_FILE).is_file():
+        if directory.is_dir() and any(directory.iterdir()):
+            raise CheckpointError(f"{directory} has files but no {CHECKPOINT_FILE}")
+        return base(), f"{config}@{UNTRAINED}", None
+    manifest = read_checkpoint(directory)
+    reference = f"{config}@{values_hash(sorted(manifest['files'].items()))[:12]}"
+    return load_encoder(directory, cache_dir=cache_dir), reference, manifest
 
 
 # -- resumable training state ---------------------------------------------------------------

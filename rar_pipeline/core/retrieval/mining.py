@@ -8,6 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from rar_pipeline.core.retrieval.data import TrainingData
+from rar_pipeline.core.retrieval.encoders.base import Encoder
+from rar_pipeline.core.retrieval.validation import rank_in_pools
+
 
 def mine_negatives(
     ranked: Sequence[Sequence[str]],
@@ -32,3 +36,15 @@ def mine_negatives(
 def mining_depth(k: int, positives: Sequence[frozenset[str]], exclude: frozenset[str]) -> int:
     """How deep to rank so that k negatives survive the filter whatever it removes."""
     return k + max((len(p) for p in positives), default=0) + len(exclude)
+
+
+def mine_train_negatives(encoder: Encoder, data: TrainingData, k: int) -> dict[str, list[str]]:
+    """Each train query's k hardest negatives as `encoder` ranks its pool now (by qid)."""
+    positives = [frozenset(q.positives) for q in data.train]
+    depth = mining_depth(k, positives, data.test_only)
+    ranked = rank_in_pools(
+        encoder, [q.item for q in data.train], [q.pool for q in data.train],
+        data.pools, data.candidates, depth,
+    )  # fmt: skip
+    found = mine_negatives(ranked, positives, k, data.test_only)
+    return {q.qid: m for q, m in zip(data.train, found, strict=True)}

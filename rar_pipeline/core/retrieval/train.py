@@ -4,7 +4,8 @@ One epoch visits every train query once, with one of its positives drawn (seeded
 epoch, so a query with many positives does not dominate. A batch holds `batch_size`
 queries, their drawn positives and up to `hard_negatives` negatives each (the corpus' own,
 then mined ones); in-batch candidates that are labelled positives of a query other than its
-target are masked out of its softmax (`losses.false_negative_mask`).
+target are masked out of its softmax (`losses.false_negative_mask`); the loss
+(`losses.InfoNCELoss`) owns the temperature, learnt or not.
 
 Seeded and deterministic on CPU. The loop saves its whole state (encoder, best encoder,
 optimiser, RNG, position) every `checkpoint_every` optimiser steps; a run started again
@@ -12,6 +13,10 @@ with the same options and data resumes from there and ends with the same weights
 uninterrupted one. Validation Recall@k (UniIR's: any positive in the top k, ranked against
 the query's own pool) runs after every epoch; training stops after `patience` epochs
 without improvement and keeps the best encoder.
+
+Two parts: `EpochLoop` runs one epoch (mining, the seeded plan, optimiser steps with
+gradient accumulation, step observers, periodic saves) and validates it (best weights,
+patience); `train_retriever` is the driver around it (resume, stopping, the result).
 """
 
 from __future__ import annotations
@@ -23,20 +28,25 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.checkpoint import LoopPosition, load_state, save_state
 from rar_pipeline.core.retrieval.data import TrainingData, TrainQuery
-from rar_pipeline.core.retrieval.encoders.base import EncodeItem, TrainableEncoder
-from rar_pipeline.core.retrieval.losses import compute_loss_from_embeddings, false_negative_mask
-from rar_pipeline.core.retrieval.mining import mine_negatives, mining_depth
+from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
+from rar_pipeline.core.retrieval.mining import mine_train_negatives
 from rar_pipeline.core.retrieval.options import TrainOptions
-from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools
+from rar_pipeline.core.retrieval.validation import validation_recall
+
+if TYPE_CHECKING:  # losses imports torch: loaded when training starts, not with the assets
+    from rar_pipeline.core.retrieval.losses import InfoNCELoss
 
 TRAINER_VERSION = "trainer-1"  # bump when the loop's rules change: part of asset versions
+
+# One micro-batch: (query, its drawn positive, its negatives) per query.
+Batch = list[tuple[TrainQuery, str, list[str]]]
 
 
 @dataclass
@@ -54,6 +64,17 @@ class TrainResult:
     recall_k: int = 1
     signature: str = ""  # `run_signature` of this run
 
+    @classmethod
+    def ended_at(
+        cls, encoder: TrainableEncoder, position: LoopPosition, resumed_from: int, recall_k: int
+    ) -> TrainResult:
+        """The result of a run whose loop ended at `position`."""
+        p = position
+        return cls(
+            encoder, p.best_recall, p.best_epoch, p.epoch, p.step, p.stopped, resumed_from,
+            p.history, recall_k, p.signature,
+        )  # fmt: skip
+
     def summary(self) -> dict[str, Any]:
         """The run's results as flat values (asset metadata, checkpoint manifest)."""
         return {
@@ -70,33 +91,9 @@ class TrainResult:
 Observer = Callable[[str, int, dict[str, float]], None]
 
 
-def validation_recall(
-    encoder: TrainableEncoder, data: TrainingData, k: int, batch_size: int = 256
-) -> float:
-    """Recall@k of the validation queries, each ranked against its own pool."""
-    if not data.val:
-        return float("nan")
-    ranked = rank_in_pools(
-        encoder, [q.item for q in data.val], [q.pool for q in data.val],
-        data.pools, data.candidates, k, batch_size,
-    )  # fmt: skip
-    return hit_rate(ranked, [q.positives for q in data.val], k)
-
-
-def _mine(encoder: TrainableEncoder, data: TrainingData, k: int) -> dict[str, list[str]]:
-    positives = [frozenset(q.positives) for q in data.train]
-    depth = mining_depth(k, positives, data.test_only)
-    ranked = rank_in_pools(
-        encoder, [q.item for q in data.train], [q.pool for q in data.train],
-        data.pools, data.candidates, depth,
-    )  # fmt: skip
-    found = mine_negatives(ranked, positives, k, data.test_only)
-    return {q.qid: m for q, m in zip(data.train, found, strict=True)}
-
-
 def _epoch_plan(
     data: TrainingData, options: TrainOptions, epoch: int, mined: dict[str, list[str]]
-) -> list[list[tuple[TrainQuery, str, list[str]]]]:
+) -> list[Batch]:
     """This epoch's batches: (query, drawn positive, negatives), the same on every run."""
     rng = np.random.default_rng([options.seed, epoch])
     order = rng.permutation(len(data.train))
@@ -114,7 +111,7 @@ def _epoch_plan(
     if not options.batch_by_pool:
         size = options.batch_size
         return [planned[i : i + size] for i in range(0, len(planned), size)]
-    by_pool: dict[str, list[tuple[TrainQuery, str, list[str]]]] = {}
+    by_pool: dict[str, Batch] = {}
     for entry in planned:
         by_pool.setdefault(entry[0].pool, []).append(entry)
     batches = [
@@ -126,23 +123,24 @@ def _epoch_plan(
 
 
 def _batch_loss(
-    encoder: TrainableEncoder,
-    batch: list[tuple[TrainQuery, str, list[str]]],
-    data: TrainingData,
-    labelled: dict[str, frozenset[str]],
-    temperature: Any,
+    loss: InfoNCELoss, batch: Batch, data: TrainingData, labelled: dict[str, frozenset[str]]
 ) -> Any:
+    """The loss of one micro-batch, false negatives masked.
+
+    Each query is trained towards its drawn positive, against every candidate of the batch
+    (the positives, then the negatives).
+    """
     import torch
 
-    queries = [q.item for q, _, _ in batch]
+    from rar_pipeline.core.retrieval.losses import false_negative_mask
+
     cand_ids = [positive for _, positive, _ in batch]
     cand_ids += [d for _, _, negatives in batch for d in negatives]
-    cand_items: list[EncodeItem] = [data.candidates[d] for d in cand_ids]
-    q_emb = encoder.forward(encoder.inputs(queries))
-    c_emb = encoder.forward(encoder.inputs(cand_items))
     targets = list(range(len(batch)))
     mask = false_negative_mask([labelled[q.qid] for q, _, _ in batch], cand_ids, targets)
-    return compute_loss_from_embeddings(q_emb, c_emb, torch.tensor(targets), mask, temperature)
+    queries = [q.item for q, _, _ in batch]
+    candidates = [data.candidates[d] for d in cand_ids]
+    return loss(queries, candidates, torch.tensor(targets), mask)
 
 
 def run_signature(encoder: TrainableEncoder, data: TrainingData, options: TrainOptions) -> str:
@@ -155,6 +153,122 @@ def run_signature(encoder: TrainableEncoder, data: TrainingData, options: TrainO
             data.fingerprint(),
         ]
     )
+
+
+@dataclass
+class EpochLoop:
+    """One training run's moving parts, and the epoch that moves them.
+
+    `run_epoch` trains from `position.batch` to the epoch's end (or `max_steps`),
+    `validate` scores it and keeps the best weights; `checkpoint` saves all of it, so a run
+    started again resumes exactly here.
+    """
+
+    encoder: TrainableEncoder
+    data: TrainingData
+    options: TrainOptions
+    loss: InfoNCELoss
+    optimizer: Any  # Adam over the encoder's trainable parameters, then the loss's
+    position: LoopPosition
+    state_dir: Path
+    observe: Observer | None = None
+    best: dict[str, Any] | None = None  # the encoder's state dict at its best validation
+    samples: int = 0
+    started: float = field(default_factory=time.perf_counter)
+
+    def __post_init__(self) -> None:
+        self.labelled = self.data.labelled()
+
+    def checkpoint(self) -> None:
+        """Save the whole state (weights, best, optimiser, temperature, RNG, position)."""
+        weights = self.encoder.module.state_dict()
+        extra = dict(self.loss.state_dict())
+        save_state(self.state_dir, weights, self.best, self.optimizer, extra, self.position)
+
+    def run_epoch(self) -> None:
+        """The epoch's batches from `position.batch` on, `grad_accum` per optimiser step."""
+        options, position = self.options, self.position
+        if position.batch == 0 and options.mined_negatives:
+            self.encoder.module.eval()
+            position.mined = mine_train_negatives(self.encoder, self.data, options.mined_negatives)
+        batches = _epoch_plan(self.data, options, position.epoch, position.mined)
+        self.encoder.module.train()
+        while position.batch < len(batches):
+            group = batches[position.batch : position.batch + options.grad_accum]
+            loss = self._step(group)
+            position.batch += len(group)
+            position.step += 1
+            if self.observe:
+                rate = self.samples / max(time.perf_counter() - self.started, 1e-9)
+                temp = self.loss.learnt_temperature()
+                metrics = {"loss": loss, "temperature": temp, "samples_per_s": rate}
+                self.observe("step", position.step, metrics)
+            if position.step % options.checkpoint_every == 0:
+                self.checkpoint()
+            if options.max_steps and position.step >= options.max_steps:
+                position.batch = len(batches)  # the epoch ends here; validation follows
+
+    def _step(self, group: list[Batch]) -> float:
+        """One optimiser step over `group`'s micro-batches (gradients summed); its loss."""
+        self.optimizer.zero_grad()
+        total = 0.0
+        for batch in group:
+            loss = _batch_loss(self.loss, batch, self.data, self.labelled) / len(group)
+            loss.backward()
+            total += float(loss.detach())
+            self.samples += len(batch)
+        self.optimizer.step()
+        return total
+
+    def validate(self) -> None:
+        """Validation Recall@k of the epoch just trained: history, best weights, patience."""
+        options, position = self.options, self.position
+        self.encoder.module.eval()
+        recall = validation_recall(self.encoder, self.data, options.recall_k)
+        position.history.append({"epoch": position.epoch, "step": position.step, "recall": recall})
+        if self.observe:
+            metrics = {f"val_recall_at_{options.recall_k}": recall, "epoch": position.epoch}
+            self.observe("eval", position.step, metrics)
+        if math.isnan(recall) or recall > position.best_recall:
+            position.best_recall, position.best_epoch, position.bad_evals = (
+                recall,
+                position.epoch,
+                0,
+            )
+            self.best = {k: v.detach().clone() for k, v in self.encoder.module.state_dict().items()}
+        else:
+            position.bad_evals += 1
+        position.epoch, position.batch, position.mined = position.epoch + 1, 0, {}
+
+
+def _resume(
+    encoder: TrainableEncoder,
+    optimizer: Any,
+    loss: InfoNCELoss,
+    state_dir: Path,
+    signature: str,
+    log: Callable[[str], None],
+) -> tuple[LoopPosition, dict[str, Any] | None]:
+    """Where the run starts, and its best weights so far.
+
+    From the state in `state_dir` if this very run (same signature) saved it: its weights,
+    optimiser, temperature and RNG are loaded back. Any other state is left to be replaced.
+    """
+    import torch
+
+    saved = load_state(state_dir)
+    if saved is not None and saved.position.signature != signature:
+        log(f"training state in {state_dir} is from other options or data: starting afresh")
+        saved = None
+    if saved is None:
+        return LoopPosition(signature=signature), None
+    encoder.module.load_state_dict(saved.weights)
+    optimizer.load_state_dict(saved.optimizer)
+    loss.load_state_dict({k: saved.extra[k] for k in loss.state_dict()})
+    torch.set_rng_state(saved.extra["rng"])
+    position = saved.position
+    log(f"resuming from step {position.step} (epoch {position.epoch}, batch {position.batch})")
+    return position, saved.best
 
 
 def train_retriever(
@@ -182,87 +296,24 @@ def train_retriever(
     """
     import torch
 
+    from rar_pipeline.core.retrieval.losses import InfoNCELoss
+
     if not data.train:
         raise ValueError("no train query: the corpus has no train split with resolvable positives")
     torch.manual_seed(options.seed)
     signature = run_signature(encoder, data, options)
-    log_scale = torch.nn.Parameter(torch.tensor(math.log(1 / options.temperature)))
+    loss = InfoNCELoss(encoder, options.temperature, learnable=options.learn_temperature)
     params = [p for p in encoder.module.parameters() if p.requires_grad]
-    if options.learn_temperature:
-        params.append(log_scale)
+    params += [p for p in loss.parameters() if p.requires_grad]
     optimizer = torch.optim.Adam(params, lr=options.lr)
-    position = LoopPosition(signature=signature)
-    best: dict[str, Any] | None = None
-    saved = load_state(state_dir)
-    if saved is not None and saved.position.signature != signature:
-        log(f"training state in {state_dir} is from other options or data: starting afresh")
-        saved = None
-    if saved is not None:
-        encoder.module.load_state_dict(saved.weights)
-        best, position = saved.best, saved.position
-        optimizer.load_state_dict(saved.optimizer)
-        with torch.no_grad():
-            log_scale.copy_(saved.extra["log_scale"])
-        torch.set_rng_state(saved.extra["rng"])
-        log(f"resuming from step {position.step} (epoch {position.epoch}, batch {position.batch})")
+    position, best = _resume(encoder, optimizer, loss, Path(state_dir), signature, log)
     resumed_from = position.step
-    labelled = data.labelled()
-    samples, started = 0, time.perf_counter()
-
-    def checkpoint() -> None:
-        weights = encoder.module.state_dict()
-        save_state(state_dir, weights, best, optimizer, {"log_scale": log_scale}, position)
-
+    loop = EpochLoop(
+        encoder, data, options, loss, optimizer, position, Path(state_dir), observe, best
+    )
     while not position.stopped and position.epoch < options.epochs:
-        if position.batch == 0 and options.mined_negatives:
-            encoder.module.eval()
-            position.mined = _mine(encoder, data, options.mined_negatives)
-        batches = _epoch_plan(data, options, position.epoch, position.mined)
-        encoder.module.train()
-        while position.batch < len(batches):
-            group = batches[position.batch : position.batch + options.grad_accum]
-            optimizer.zero_grad()
-            total = 0.0
-            for batch in group:
-                temperature = torch.exp(-log_scale).clamp(min=1e-3)
-                loss = _batch_loss(encoder, batch, data, labelled, temperature) / len(group)
-                loss.backward()
-                total += float(loss.detach())
-                samples += len(batch)
-            optimizer.step()
-            position.batch += len(group)
-            position.step += 1
-            if observe:
-                rate = samples / max(time.perf_counter() - started, 1e-9)
-                temp = float(torch.exp(-log_scale.detach()))
-                observe(
-                    "step",
-                    position.step,
-                    {"loss": total, "temperature": temp, "samples_per_s": rate},
-                )
-            if position.step % options.checkpoint_every == 0:
-                checkpoint()
-            if options.max_steps and position.step >= options.max_steps:
-                position.batch = len(batches)  # the epoch ends here; validation follows
-        encoder.module.eval()
-        recall = validation_recall(encoder, data, options.recall_k)
-        position.history.append({"epoch": position.epoch, "step": position.step, "recall": recall})
-        if observe:
-            observe(
-                "eval",
-                position.step,
-                {f"val_recall_at_{options.recall_k}": recall, "epoch": position.epoch},
-            )
-        if math.isnan(recall) or recall > position.best_recall:
-            position.best_recall, position.best_epoch, position.bad_evals = (
-                recall,
-                position.epoch,
-                0,
-            )
-            best = {k: v.detach().clone() for k, v in encoder.module.state_dict().items()}
-        else:
-            position.bad_evals += 1
-        position.epoch, position.batch, position.mined = position.epoch + 1, 0, {}
+        loop.run_epoch()
+        loop.validate()
         if options.max_steps and position.step >= options.max_steps:
             position.stopped = f"reached {options.max_steps} steps"
         elif position.bad_evals >= options.patience:
@@ -271,22 +322,10 @@ def train_retriever(
                 f"for {options.patience} epochs"
             )
             log(position.stopped)
-        checkpoint()
+        loop.checkpoint()
     position.stopped = position.stopped or f"reached {options.epochs} epochs"
-    if best is not None:
-        encoder.module.load_state_dict(best)
+    if loop.best is not None:
+        encoder.module.load_state_dict(loop.best)
     encoder.module.eval()
-    result = TrainResult(
-        encoder=encoder,
-        best_recall=position.best_recall,
-        best_epoch=position.best_epoch,
-        epochs=position.epoch,
-        steps=position.step,
-        stopped=position.stopped,
-        resumed_from_step=resumed_from,
-        history=position.history,
-        recall_k=options.recall_k,
-        signature=signature,
-    )
     shutil.rmtree(state_dir, ignore_errors=True)
-    return result
+    return TrainResult.ended_at(encoder, position, resumed_from, options.recall_k)

@@ -1,6 +1,6 @@
 """Enhance search queries exactly as the pipeline enhances a task's queries.
 
-`enhance_queries` hands search queries to `core.enhance.steps.rewrite_queries`, the
+`enhance_queries` hands search queries to `core.enhance.outputs.rewrite_queries`, the
 function behind the `enhanced_queries` asset: the same classification (and a task's
 override), prompts, backend, cache and guard. A query enhanced before (the same words and
 the same image bytes, under the same prompt version, backend, model and sampling) is a
@@ -16,7 +16,7 @@ from pathlib import Path
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.classify import classify_query
 from rar_pipeline.core.enhance.engine import EnhanceOptions, EnhanceStats
-from rar_pipeline.core.enhance.steps import rewrite_queries
+from rar_pipeline.core.enhance.outputs import rewrite_queries
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.search.query import SearchQuery
 
@@ -112,20 +112,5 @@ def enhance_queries(
                 error=row.error,
                 guard_flagged=tuple(row.guard_flagged),
             )
-        _add(total, result.stats)
+        total.add(result.stats)
     return [out[i] for i in range(len(queries))], total
-
-
-def _add(total: EnhanceStats, part: EnhanceStats) -> None:
-    total.items_by_type.update(part.items_by_type)
-    total.failure_reasons.update(part.failure_reasons)
-    for name in (
-        "backend_calls",
-        "requests_sent",
-        "cache_hits",
-        "cache_damaged",
-        "generated",
-        "failures",
-    ):
-        setattr(total, name, getattr(total, name) + getattr(part, name))
-    total.seconds += part.seconds

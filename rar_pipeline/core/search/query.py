@@ -18,6 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image
 from rar_pipeline.core.corpus.records import Modality, Query
 
@@ -48,7 +49,7 @@ class IndexUnavailable(SearchError):
     """An index table or retriever checkpoint is missing or cannot be read."""
 
     def __init__(self, message: str, asset: str) -> None:
-        super().__init__(f"{message}: materialize {asset}", status=409, asset=asset)
+        super().__init__(f"{message}: {names.materialize(asset)}", status=409, asset=asset)
 
 
 @dataclass(frozen=True)

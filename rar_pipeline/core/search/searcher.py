@@ -3,7 +3,7 @@
 A query takes the path a test query takes through the pipeline: enhancement as the
 `enhanced_queries` asset does it (`core.search.enhance`), the config's choice of text
 (`pairs.query_text`), the config's retriever, and the config's table
-(`core.search.rank.dense_search`, what evaluation ranks with). Models are loaded once, when
+(`core.search.store.dense_search`, what evaluation ranks with). Models are loaded once, when
 the searcher is opened, never per query.
 """
 
@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS
 from rar_pipeline.core.index.ann import DEFAULT_PLAN, AnnPlan
@@ -26,7 +27,13 @@ from rar_pipeline.core.retrieval.encoders.base import EncodeItem, Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
 from rar_pipeline.core.search.enhance import EnhancedQuery, QueryEnhancer, query_type
 from rar_pipeline.core.search.query import MAX_K, IndexUnavailable, SearchError, SearchQuery
-from rar_pipeline.core.search.rank import DenseHits, SearchStore, dense_search, unique_hits
+from rar_pipeline.core.search.store import (
+    DenseHits,
+    SearchStore,
+    TableSearch,
+    dense_search,
+    unique_hits,
+)
 
 # what a hit shows besides (pool, did, score)
 HIT_COLUMNS = ["modality", "txt", "enhanced_txt", "text", "img_path", "retriever"]
@@ -303,15 +310,15 @@ class Searcher:
         hybrid search widens its fused list the same way.
         """
         fetch = k if pool is not None else 2 * k
-        where = {"pool": pool, "plan": self.plan, "modality": modality, "columns": HIT_COLUMNS}
+        where = TableSearch(pool, self.plan, modality, HIT_COLUMNS)
         with self._reading():
-            dense = dense_search(self.store, self.config, self.encoder, items, fetch, **where)
+            dense = dense_search(self.store, self.config, self.encoder, items, fetch, where)
             by_query = unique_hits(dense.hits, k)
             wider = fetch
             while pool is None and self._short(dense.hits, by_query, k, wider):
                 wider *= 4
                 hits = self.store.search_vectors(
-                    self.config.table, dense.embedded.vectors, wider, **where
+                    self.config.table, dense.embedded.vectors, wider, where
                 )
                 dense.hits = hits[~hits["query_index"].isin(list(dense.embedded.failed))]
                 by_query = unique_hits(dense.hits, k)
@@ -321,12 +328,14 @@ class Searcher:
                         by_query[i] = self._fused(dense.embedded.vectors[i], text, k, fetch, where)
         return dense, by_query
 
-    def _fused(self, vector: Any, text: str, k: int, fetch: int, where: dict) -> pd.DataFrame:
+    def _fused(
+        self, vector: Any, text: str, k: int, fetch: int, where: TableSearch
+    ) -> pd.DataFrame:
         """One query's k best distinct candidates by dense and full-text search, fused."""
         while True:
-            fused = self.store.search_hybrid(self.config.table, vector, text, fetch, **where)
+            fused = self.store.search_hybrid(self.config.table, vector, text, fetch, where)
             best = unique_hits(fused, k).get(0, fused.iloc[0:0])
-            if where["pool"] is not None or not self._short(fused, {0: best}, k, fetch):
+            if where.pool is not None or not self._short(fused, {0: best}, k, fetch):
                 return best
             fetch *= 4
 
@@ -385,7 +394,7 @@ class Searcher:
         if other_retrievers:
             out.append(
                 f"the index was embedded by {', '.join(sorted(other_retrievers))} but queries "
-                f"by {self.retriever}: materialize {self.config.index_asset}"
+                f"by {self.retriever}: {names.materialize(self.config.index_asset)}"
             )
         if result.enhancement == "failed":
             out.append(f"enhancement failed ({enhanced.error}); searched with the query's text")

@@ -4,6 +4,7 @@ from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.ingest import (
     READER_VERSION,
     IngestReport,
@@ -18,7 +19,7 @@ from rar_pipeline.defs.checks import (
     quarantine_rate_result,
     quarantine_rate_spec,
 )
-from rar_pipeline.defs.io import clip, markdown_table
+from rar_pipeline.defs.io import SUMMARY, clip, markdown_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource
 
@@ -35,6 +36,7 @@ def _report_metadata(report: IngestReport) -> dict[str, Any]:
     summary = report.summary
     by_modality = summary["by_modality"]
     metadata: dict[str, Any] = {
+        SUMMARY: f"{summary['rows']} rows, {summary['quarantined']} quarantined",
         "dagster/row_count": summary["rows"],
         "rows_text": by_modality.get("text", 0),
         "rows_image": by_modality.get("image", 0),
@@ -116,10 +118,14 @@ def _warn_findings(context: dg.AssetExecutionContext, report: IngestReport) -> N
 
 
 @dg.asset(
+    name=names.CANDIDATE_POOL,
     partitions_def=pool_shards,
-    group_name="corpus",
+    group_name=names.CORPUS_GROUP,
     code_version=READER_VERSION,
-    check_specs=[quarantine_rate_spec("candidate_pool"), quarantine_ceiling_spec("candidate_pool")],
+    check_specs=[
+        quarantine_rate_spec(names.CANDIDATE_POOL),
+        quarantine_ceiling_spec(names.CANDIDATE_POOL),
+    ],  # fmt: skip
     kinds={"parquet"},
 )
 def candidate_pool(
@@ -137,11 +143,12 @@ def candidate_pool(
 
 
 @dg.asset(
+    name=names.QUERIES,
     partitions_def=query_tasks,
-    group_name="corpus",
+    group_name=names.CORPUS_GROUP,
     code_version=READER_VERSION,
     deps=[dg.AssetDep(candidate_pool, partition_mapping=dg.AllPartitionMapping())],
-    check_specs=[quarantine_rate_spec("queries"), quarantine_ceiling_spec("queries")],
+    check_specs=[quarantine_rate_spec(names.QUERIES), quarantine_ceiling_spec(names.QUERIES)],
     kinds={"parquet"},
 )
 def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:

@@ -6,16 +6,15 @@ the production enhancement assets never read it.
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.core.corpus.records import Candidate
 from rar_pipeline.core.demo.builder import BUILDER_VERSION, DemoConfig, build_demo_corpus
 from rar_pipeline.core.demo.evaluate import caption_accuracy, image_captions
 from rar_pipeline.core.layout import demo_truth_file
-from rar_pipeline.defs.io import read_input, read_records
+from rar_pipeline.defs.io import SUMMARY, read_input, read_records
 from rar_pipeline.defs.partitions import register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource
-
-GROUP = "demo"
 
 
 class DemoCorpusConfig(dg.Config):
@@ -30,7 +29,12 @@ class DemoCorpusConfig(dg.Config):
     force: bool = False
 
 
-@dg.asset(group_name=GROUP, code_version=f"demo-builder-{BUILDER_VERSION}", kinds={"python"})
+@dg.asset(
+    name=names.DEMO_CORPUS,
+    group_name=names.DEMO_GROUP,
+    code_version=f"demo-builder-{BUILDER_VERSION}",
+    kinds={"python"},
+)
 def demo_corpus(
     context: dg.AssetExecutionContext, config: DemoCorpusConfig, corpus: CorpusResource
 ) -> dg.MaterializeResult:
@@ -44,6 +48,8 @@ def demo_corpus(
     )
     return dg.MaterializeResult(
         metadata={
+            SUMMARY: f"{summary['products']} products"
+            + (", rebuilt" if summary["rebuilt"] else ", already there"),
             "data_root": dg.MetadataValue.path(summary["data_root"]),
             "rebuilt": summary["rebuilt"],
             "products": summary["products"],
@@ -60,8 +66,9 @@ def demo_corpus(
 
 
 @dg.asset(
-    group_name=GROUP,
-    deps=[dg.AssetDep(dg.AssetKey("corpus_captions"), partition_mapping=dg.AllPartitionMapping())],
+    name=names.DEMO_CAPTION_ACCURACY,
+    group_name=names.DEMO_GROUP,
+    deps=[dg.AssetDep(names.CORPUS_CAPTIONS, partition_mapping=dg.AllPartitionMapping())],
     kinds={"python"},
 )
 def demo_caption_accuracy(corpus: CorpusResource) -> dg.MaterializeResult:
@@ -73,12 +80,13 @@ def demo_caption_accuracy(corpus: CorpusResource) -> dg.MaterializeResult:
     by_image: dict[str, str] = {}
     shards = [s for s in corpus.layout().pools if paths.captions(s).is_file()]
     for shard in shards:
-        cands = read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
-        captions = read_input(paths.captions(shard), f"corpus_captions[{shard}]")
+        cands = read_records(paths.pool(shard), Candidate, f"{names.CANDIDATE_POOL}[{shard}]")
+        captions = read_input(paths.captions(shard), f"{names.CORPUS_CAPTIONS}[{shard}]")
         by_image.update(image_captions(cands, captions))
     accuracy = caption_accuracy(by_image, truth)
     return dg.MaterializeResult(
         metadata={
+            SUMMARY: f"{accuracy['n']} photos, {accuracy['all']:.0%} right",
             **{f"caption_accuracy_{k}": v for k, v in accuracy.items()},
             "shards_scored": shards,
             "truth_file": dg.MetadataValue.path(str(truth)),

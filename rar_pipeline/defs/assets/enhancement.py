@@ -13,19 +13,20 @@ from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceStats
 from rar_pipeline.core.enhance.merge import merge_corpus_files
-from rar_pipeline.core.enhance.perception import Perceiver
-from rar_pipeline.core.enhance.prompts import Side, routed_prompts
-from rar_pipeline.core.enhance.steps import (
+from rar_pipeline.core.enhance.outputs import (
     caption_shard,
     fit_captioner,
     pool_rows,
     rewrite_queries,
 )
+from rar_pipeline.core.enhance.perception import Perceiver
+from rar_pipeline.core.enhance.prompts import Side, routed_prompts
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import (
@@ -36,6 +37,7 @@ from rar_pipeline.defs.checks import (
 )
 from rar_pipeline.defs.drift import prompt_metadata
 from rar_pipeline.defs.io import (
+    SUMMARY,
     data_version,
     progress_bar,
     read_records,
@@ -44,8 +46,7 @@ from rar_pipeline.defs.io import (
 )
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
-
-GROUP = "enhancement"
+from rar_pipeline.defs.versions import require_defined_version
 
 
 def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult:
@@ -84,6 +85,8 @@ def _enhanced(
     if stats.failures:
         context.log.warning(f"{stats.failures} items failed: {dict(stats.failure_reasons)}")
     return {
+        SUMMARY: f"{stats.items} items, {stats.backend_calls} backend calls, "
+        f"{stats.cache_hits} cached, {stats.failures} failed",
         **stats.as_metadata(),
         **prompt_metadata(routed_prompts(side)),
         "backend": backend.backend,
@@ -101,7 +104,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
     if vlm.backend == "offline":
 
         @dg.asset(
-            group_name=GROUP,
+            name=names.OFFLINE_CAPTIONER,
+            group_name=names.ENHANCEMENT_GROUP,
             code_version=versions["offline_captioner"],
             deps=[
                 dg.AssetDep(queries, partition_mapping=dg.AllPartitionMapping()),
@@ -117,15 +121,24 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             candidates = {
                 c.did: c
                 for shard in layout.pools
-                for c in read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
+                for c in read_records(
+                    paths.pool(shard), Candidate, f"{names.CANDIDATE_POOL}[{shard}]"
+                )
             }
             # Learn from every query task ingested so far (a run may ingest a subset).
             tasks = [t for t in layout.queries if paths.queries(t).is_file()]
             if not tasks:
-                raise dg.Failure("no query task has been materialized: run queries first")
+                raise dg.Failure(
+                    "no query task has been materialized: "
+                    + names.materialize(names.QUERIES, first=True)
+                )
             if skipped := sorted(set(layout.queries) - set(tasks)):
                 context.log.warning(f"learning without un-ingested tasks: {skipped}")
-            qs = [q for t in tasks for q in read_records(paths.queries(t), Query, f"queries[{t}]")]
+            qs = [
+                q
+                for t in tasks
+                for q in read_records(paths.queries(t), Query, f"{names.QUERIES}[{t}]")
+            ]
             memory, counts = fit_captioner(
                 qs, candidates, corpus.root, Perceiver(paths.perception_cache)
             )
@@ -137,6 +150,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             memory.save(paths.captioner)
             return dg.MaterializeResult(
                 metadata={
+                    SUMMARY: f"{counts['pairs']} train pairs",
                     **counts,
                     "tasks_used": tasks,
                     "path": dg.MetadataValue.path(str(paths.captioner)),
@@ -148,13 +162,14 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         captioner.append(offline_captioner)
 
     @dg.asset(
+        name=names.CORPUS_CAPTIONS,
         partitions_def=pool_shards,
-        group_name=GROUP,
+        group_name=names.ENHANCEMENT_GROUP,
         code_version=versions["corpus_captions"],
         deps=[candidate_pool, *captioner],
         check_specs=[
-            failure_rate_spec("corpus_captions"),
-            caption_coverage_spec("corpus_captions"),
+            failure_rate_spec(names.CORPUS_CAPTIONS),
+            caption_coverage_spec(names.CORPUS_CAPTIONS),
         ],
         kinds={"parquet"},
     )
@@ -162,8 +177,9 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Dense captions of the shard's image and image+text candidates (cached)."""
+        require_defined_version(context, vlm)
         shard, paths = context.partition_key, corpus.artifacts()
-        pool = require_input(paths.pool(shard), f"candidate_pool[{shard}]")
+        pool = require_input(paths.pool(shard), f"{names.CANDIDATE_POOL}[{shard}]")
         backend = vlm.create(paths)
         cache = EnhancementCache(paths.enhancement_cache)
         with progress_bar(f"captions {shard}", pool_rows(pool)) as progress:
@@ -182,8 +198,9 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        name=names.ENHANCED_CORPUS,
         partitions_def=pool_shards,
-        group_name=GROUP,
+        group_name=names.ENHANCEMENT_GROUP,
         code_version=versions["enhanced_corpus"],
         deps=[candidate_pool, corpus_captions],
         kinds={"parquet"},
@@ -192,15 +209,17 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Candidates as the retriever embeds them: text, caption, or text + Visual Context."""
+        require_defined_version(context, vlm)
         shard, paths = context.partition_key, corpus.artifacts()
-        pool = require_input(paths.pool(shard), f"candidate_pool[{shard}]")
-        captions = require_input(paths.captions(shard), f"corpus_captions[{shard}]")
+        pool = require_input(paths.pool(shard), f"{names.CANDIDATE_POOL}[{shard}]")
+        captions = require_input(paths.captions(shard), f"{names.CORPUS_CAPTIONS}[{shard}]")
         # streamed: one chunk of the shard in memory at a time
         merged = merge_corpus_files(
             pool, captions, paths.enhanced_corpus(shard), vlm.options().guard
         )
         return dg.MaterializeResult(
             metadata={
+                SUMMARY: f"{merged.rows} rows, {merged.without_enhanced_txt} without enhanced text",
                 "dagster/row_count": merged.rows,
                 **prompt_metadata(routed_prompts("corpus")),
                 "items_by_type": dict(merged.items_by_type),
@@ -215,19 +234,21 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
         )
 
     @dg.asset(
+        name=names.ENHANCED_QUERIES,
         partitions_def=query_tasks,
-        group_name=GROUP,
+        group_name=names.ENHANCEMENT_GROUP,
         code_version=versions["enhanced_queries"],
         deps=[queries, *captioner],
-        check_specs=[failure_rate_spec("enhanced_queries")],
+        check_specs=[failure_rate_spec(names.ENHANCED_QUERIES)],
         kinds={"parquet"},
     )
     def enhanced_queries(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Queries as the retriever embeds them: caption, QA rewrite or distilled constraints."""
+        require_defined_version(context, vlm)
         task, paths = context.partition_key, corpus.artifacts()
-        qs = read_records(paths.queries(task), Query, f"queries[{task}]")
+        qs = read_records(paths.queries(task), Query, f"{names.QUERIES}[{task}]")
         backend, result = _run_step(rewrite_queries, qs, corpus, vlm, f"queries {task}", task=task)
         merged = result.merged
         path = write_parquet(merged.frame, paths.enhanced_queries(task))

@@ -14,6 +14,7 @@ import dagster as dg
 import pandas as pd
 from pydantic import Field
 
+from rar_pipeline.core import names
 from rar_pipeline.core.enhance.prompts import PROMPTS
 from rar_pipeline.core.evaluation.evaluate import Evaluation, evaluate_ablation, load_test_queries
 from rar_pipeline.core.evaluation.metrics import KS
@@ -21,19 +22,20 @@ from rar_pipeline.core.evaluation.report import markdown
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.retrieval.checkpoint import open_retriever
 from rar_pipeline.core.retrieval.pairs import CONFIGS
-from rar_pipeline.core.retrieval.steps import open_retriever
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
 from rar_pipeline.defs.checks import recall_floor_result, recall_floor_spec
-from rar_pipeline.defs.io import progress_bar, read_input, require_input
+from rar_pipeline.defs.io import SUMMARY, progress_bar, read_input, require_input
 from rar_pipeline.defs.resources import (
     CorpusResource,
     LanceDBResource,
     MlflowResource,
     RetrieverResource,
+    VLMResource,
 )
+from rar_pipeline.defs.versions import require_defined_version
 
-GROUP = "evaluation"
 EVAL_VERSION = "eval-1"
 
 
@@ -56,14 +58,14 @@ class EvalConfig(dg.Config):
 def _labels(paths: ArtifactLayout, tasks: list[str]) -> dict[str, list[list[str]]]:
     """Every query's positives, per task (which pool is a task's own)."""
     return {
-        t: [list(p) for p in read_input(paths.queries(t), f"queries[{t}]")["pos_cand_list"]]
+        t: [list(p) for p in read_input(paths.queries(t), f"{names.QUERIES}[{t}]")["pos_cand_list"]]
         for t in tasks
     }
 
 
 def _test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
     for task in tasks:
-        require_input(paths.enhanced_queries(task), f"enhanced_queries[{task}]")
+        require_input(paths.enhanced_queries(task), f"{names.ENHANCED_QUERIES}[{task}]")
     return load_test_queries(paths, tasks)
 
 
@@ -107,7 +109,13 @@ def _log_runs(
                 f"{config.representation.name} representations). Trained in "
                 f"[{manifest['mlflow_run_id']}]({manifest['mlflow_run_url']})."
             )
+        # the logged model evaluated (none for the base encoder, or a checkpoint older than
+        # logged models); its page shows the figures of its own representation's evaluation
+        # (inference-only evaluates the `none` model on other inputs: linked, no figures)
+        model_id = manifest.get("mlflow_model_id")
         with mlflow.start_run(f"eval-{corpus_name}-{config.name}", tags=tags) as run:
+            if model_id:
+                run.log_input(model_id=model_id)
             run.log_params(
                 {
                     **params,
@@ -126,7 +134,7 @@ def _log_runs(
                 for k in KS:
                     mean = sum(r[f"recall_at_{k}"] for r in level) / len(level)
                     metrics[f"{setting}/macro/recall_at_{k}"] = mean
-            run.log_metrics(metrics)
+            run.log_metrics(metrics, model_id=model_id if config.aligned else None)
             for setting in {r["setting"] for r in rows}:
                 folder = paths.run_file(config.name, "x", setting).parent
                 run.log_artifacts(folder, f"runs/{setting}")
@@ -140,38 +148,40 @@ def _log_runs(
 
 
 def build_evaluation_asset(
-    indexes: list[dg.AssetsDefinition], versions: dict[str, str], vlm: dict[str, str]
+    indexes: list[dg.AssetsDefinition], versions: dict[str, str], model: dict[str, str]
 ) -> dg.AssetsDefinition:
     """`retrieval_eval` over the given index assets."""
     all_partitions = dg.AllPartitionMapping()
 
     @dg.asset(
-        name="retrieval_eval",
-        group_name=GROUP,
+        name=names.RETRIEVAL_EVAL,
+        group_name=names.EVALUATION_GROUP,
         code_version="+".join(
             [EVAL_VERSION, versions["enhanced_queries"], versions["enhanced_corpus"]]
         ),
         deps=[
             *indexes,
             dg.AssetDep(queries_asset, partition_mapping=all_partitions),
-            dg.AssetDep("enhanced_queries", partition_mapping=all_partitions),
+            dg.AssetDep(names.ENHANCED_QUERIES, partition_mapping=all_partitions),
         ],
         kinds={"lancedb", "mlflow"},
-        check_specs=[recall_floor_spec("retrieval_eval")],
+        check_specs=[recall_floor_spec(names.RETRIEVAL_EVAL)],
     )
     def retrieval_eval(
         context: dg.AssetExecutionContext,
         config: EvalConfig,
         corpus: CorpusResource,
         retriever: RetrieverResource,
+        vlm: VLMResource,
         lancedb: LanceDBResource,
         mlflow: MlflowResource,
     ) -> dg.MaterializeResult:
         """Recall@1/5/10 per task and query type for the five configs, with significance."""
+        require_defined_version(context, vlm, retriever)
         paths, layout = corpus.artifacts(), corpus.layout()
         tasks = [t for t in layout.queries if paths.queries(t).is_file()]
         queries = _test_queries(paths, tasks)
-        pools = {s: read_input(paths.pool(s), f"candidate_pool[{s}]")["did"].tolist()
+        pools = {s: read_input(paths.pool(s), f"{names.CANDIDATE_POOL}[{s}]")["did"].tolist()
                  for s in layout.pools}  # fmt: skip
         encoders, references, trained = {}, {}, {}
         for name in CONFIGS:
@@ -183,7 +193,7 @@ def build_evaluation_asset(
         params = {
             **{f"prompt.{n}": p.version for n, p in PROMPTS.items()},
             **{f"version.{k}": v for k, v in versions.items()},
-            **vlm,
+            **model,
             "retriever_version": retriever.code_version(),
             **{f"retriever.{k}": v for k, v in references.items()},
             **{f"table_version.{c}": lancedb.table_version(c) for c in INDEXED},
@@ -202,6 +212,8 @@ def build_evaluation_asset(
             if r["p_value"] is not None
         }
         metadata: dict[str, Any] = {
+            SUMMARY: f"{len(queries)} test queries x {len(INDEXED)} configs "
+            f"({', '.join(settings)})",
             "ablation": dg.MetadataValue.md(markdown(evaluation.rows)),
             "test_queries": len(queries),
             "queries_without_vector": dg.MetadataValue.json(evaluation.unembedded),

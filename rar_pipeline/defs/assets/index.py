@@ -10,19 +10,23 @@ indexes and leaves `none` and `query` fresh. An update embeds only new or change
 import dagster as dg
 import pyarrow.parquet as pq
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import write_jsonl
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
 from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, iter_index_rows
-from rar_pipeline.core.retrieval.checkpoint import is_untrained
-from rar_pipeline.core.retrieval.steps import open_retriever
+from rar_pipeline.core.retrieval.checkpoint import is_untrained, open_retriever
 from rar_pipeline.defs.assets.corpus import candidate_pool
-from rar_pipeline.defs.io import markdown_table, progress_bar, require_input
-from rar_pipeline.defs.resources import CorpusResource, LanceDBResource, RetrieverResource
-
-GROUP = "index"
+from rar_pipeline.defs.io import SUMMARY, markdown_table, progress_bar, require_input
+from rar_pipeline.defs.resources import (
+    CorpusResource,
+    LanceDBResource,
+    RetrieverResource,
+    VLMResource,
+)
+from rar_pipeline.defs.versions import require_defined_version
 
 
 def index_code_version(config: IndexedConfig, checkpoint_version: str, versions: dict) -> str:
@@ -41,29 +45,33 @@ def _index_asset(
 ) -> dg.AssetsDefinition:
     deps = [dg.AssetDep(candidate_pool, partition_mapping=dg.AllPartitionMapping()), checkpoint]
     if config.representation.enhanced_corpus:
-        deps.append(dg.AssetDep("enhanced_corpus", partition_mapping=dg.AllPartitionMapping()))
+        deps.append(dg.AssetDep(names.ENHANCED_CORPUS, partition_mapping=dg.AllPartitionMapping()))
     checkpoint_version = checkpoint.code_versions_by_key[checkpoint.key] or ""
 
     @dg.asset(
         name=config.index_asset,
-        group_name=GROUP,
+        group_name=names.INDEX_GROUP,
         code_version=index_code_version(config, checkpoint_version, versions),
         deps=deps,
         kinds={"lancedb"},
-        tags={"rar/config": config.name},
+        tags={names.CONFIG_TAG: config.name},
     )
     def lancedb_index(
         context: dg.AssetExecutionContext,
         corpus: CorpusResource,
         retriever: RetrieverResource,
+        vlm: VLMResource,
         lancedb: LanceDBResource,
     ) -> dg.MaterializeResult:
         """Every candidate embedded by this config's retriever, with vector and text indexes."""
+        require_defined_version(context, vlm, retriever)
         paths, layout = corpus.artifacts(), corpus.layout()
-        pools = {s: require_input(paths.pool(s), f"candidate_pool[{s}]") for s in layout.pools}
+        pools = {
+            s: require_input(paths.pool(s), f"{names.CANDIDATE_POOL}[{s}]") for s in layout.pools
+        }
         enhanced = (
             {
-                s: require_input(paths.enhanced_corpus(s), f"enhanced_corpus[{s}]")
+                s: require_input(paths.enhanced_corpus(s), f"{names.ENHANCED_CORPUS}[{s}]")
                 for s in layout.pools
             }
             if config.representation.enhanced_corpus
@@ -102,6 +110,9 @@ def _index_asset(
                                 f"embedded from their text alone: see {report}")  # fmt: skip
         return dg.MaterializeResult(
             metadata={
+                SUMMARY: f"{done.index['rows']} rows ({done.written} embedded, {done.deleted} "
+                f"deleted), table v{done.index['table_version']}"
+                + (" (rebuilt: it could not be read)" if done.rebuilt else ""),
                 "dagster/row_count": done.index["rows"],
                 "table": config.table,
                 "table_version": done.index["table_version"],

@@ -16,11 +16,13 @@ from typing import Any
 import dagster as dg
 import pandas as pd
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import write_parquet
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.data import training_data
+from rar_pipeline.core.retrieval.fitting import fit_retriever, reusable_checkpoint
 from rar_pipeline.core.retrieval.pairs import (
     CONFIGS,
     PAIRS_VERSION,
@@ -33,10 +35,10 @@ from rar_pipeline.core.retrieval.pairs import (
     represent_candidates,
     write_left_out,
 )
-from rar_pipeline.core.retrieval.steps import fit_retriever, reusable_checkpoint
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import no_test_leakage_result, no_test_leakage_spec
 from rar_pipeline.defs.io import (
+    SUMMARY,
     markdown_table,
     read_input,
     read_records,
@@ -49,9 +51,8 @@ from rar_pipeline.defs.resources import (
     RetrieverResource,
     VLMResource,
 )
-
-GROUP = "retrieval"
-CHECKPOINT_PREFIX = "retriever_checkpoint_"
+from rar_pipeline.defs.resources.tracking_rules import frame_dataset, logged_model_name
+from rar_pipeline.defs.versions import require_defined_version
 
 
 def _all(asset: dg.AssetsDefinition | str) -> dg.AssetDep:
@@ -62,25 +63,26 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
     deps = [_all(candidate_pool), _all(queries)]
     version = [PAIRS_VERSION]
     if config.enhanced_corpus:
-        deps.append(_all("enhanced_corpus"))
+        deps.append(_all(names.ENHANCED_CORPUS))
         version.append(versions["enhanced_corpus"])
     if config.enhanced_queries:
-        deps.append(_all("enhanced_queries"))
+        deps.append(_all(names.ENHANCED_QUERIES))
         version.append(versions["enhanced_queries"])
 
     @dg.asset(
-        name=f"training_pairs_{config.name}",
-        group_name=GROUP,
+        name=names.per_config(names.TRAINING_PAIRS, config.name),
+        group_name=names.RETRIEVAL_GROUP,
         code_version="+".join(version),
         deps=deps,
         kinds={"parquet"},
-        tags={"rar/config": config.name},
-        check_specs=[no_test_leakage_spec(f"training_pairs_{config.name}")],
+        tags={names.CONFIG_TAG: config.name},
+        check_specs=[no_test_leakage_spec(names.per_config(names.TRAINING_PAIRS, config.name))],
     )
     def training_pairs(
-        context: dg.AssetExecutionContext, corpus: CorpusResource
+        context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Train and validation pairs of one ablation config (labels of train/val only)."""
+        require_defined_version(context, vlm)
         qs, pools, enhanced_queries, enhanced_corpus = _read_inputs(context, corpus, config)
         candidates = {c.did: c for shard in pools.values() for c in shard}
         pairs = build_pairs(config, qs, candidates, enhanced_queries, enhanced_corpus)
@@ -95,6 +97,12 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
         leaks = pair_leaks(pairs.frame, table, qs)  # the audit: what the builder let through
         return dg.MaterializeResult(
             metadata={
+                SUMMARY: f"{len(pairs.frame)} pairs"
+                + (
+                    f", {n} left out as test labels"
+                    if (n := pairs.counts["pairs_left_out"])
+                    else ""
+                ),
                 **pairs.counts,
                 "dagster/row_count": len(pairs.frame),
                 "config": config.name,
@@ -150,13 +158,13 @@ def _read_inputs(
     tasks = [t for t in layout.queries if paths.queries(t).is_file()]
     if skipped := sorted(set(layout.queries) - set(tasks)):
         context.log.warning(f"pairs without un-ingested tasks: {skipped}")
-    qs = [q for t in tasks for q in read_records(paths.queries(t), Query, f"queries[{t}]")]
+    qs = [q for t in tasks for q in read_records(paths.queries(t), Query, f"{names.QUERIES}[{t}]")]
     pools = read_pools(corpus)
     enhanced_queries = enhanced_corpus = None
     if config.enhanced_queries:
         enhanced_queries = {}
         for t in tasks:
-            frame = read_input(paths.enhanced_queries(t), f"enhanced_queries[{t}]")
+            frame = read_input(paths.enhanced_queries(t), f"{names.ENHANCED_QUERIES}[{t}]")
             keys = (f"{s}/{q}" for s, q in zip(frame["split"], frame["qid"], strict=True))
             enhanced_queries.update(zip(keys, frame["enhanced_txt"], strict=True))
     if config.enhanced_corpus:
@@ -168,7 +176,7 @@ def read_pools(corpus: CorpusResource) -> dict[str, list[Candidate]]:
     """Every pool shard's candidates (each shard must have been ingested)."""
     paths = corpus.artifacts()
     return {
-        shard: read_records(paths.pool(shard), Candidate, f"candidate_pool[{shard}]")
+        shard: read_records(paths.pool(shard), Candidate, f"{names.CANDIDATE_POOL}[{shard}]")
         for shard in corpus.layout().pools
     }
 
@@ -177,7 +185,7 @@ def enhanced_corpus_texts(paths: ArtifactLayout, shards: list[str]) -> dict[str,
     """The enhanced text of every candidate of the given shards, by did."""
     texts: dict[str, str | None] = {}
     for shard in shards:
-        frame = read_input(paths.enhanced_corpus(shard), f"enhanced_corpus[{shard}]")
+        frame = read_input(paths.enhanced_corpus(shard), f"{names.ENHANCED_CORPUS}[{shard}]")
         texts.update(zip(frame["did"], frame["enhanced_txt"], strict=True))
     return texts
 
@@ -189,23 +197,25 @@ def _checkpoint_asset(
     data_versions: dict[str, str],
 ) -> dg.AssetsDefinition:
     @dg.asset(
-        name=f"{CHECKPOINT_PREFIX}{config.name}",
-        group_name=GROUP,
+        name=names.per_config(names.RETRIEVER_CHECKPOINT, config.name),
+        group_name=names.RETRIEVAL_GROUP,
         # the pairs' version too: Dagster marks a child stale for its parent's new code
         # version only once the parent is rematerialized
         code_version=f"{retriever_version}+{data_versions['pairs']}",
         deps=[pairs],
         kinds={"pytorch", "safetensors", "mlflow"},
-        tags={"rar/config": config.name},
+        tags={names.CONFIG_TAG: config.name},
         output_required=False,  # a corpus without train pairs has nothing to train
     )
     def retriever_checkpoint(
         context: dg.AssetExecutionContext,
         corpus: CorpusResource,
         retriever: RetrieverResource,
+        vlm: VLMResource,
         mlflow: MlflowResource,
     ) -> Iterator[dg.MaterializeResult | dg.AssetObservation]:
         """A retriever fine-tuned on one config's pairs until validation recall stops rising."""
+        require_defined_version(context, vlm, retriever)
         paths, name = corpus.artifacts(), corpus.name
         pairs_frame = read_input(paths.training_pairs(config.name), pairs.key.to_user_string())
         data = training_data(
@@ -228,17 +238,25 @@ def _checkpoint_asset(
         tags = {"corpus": name, "config": config.name, "dagster_run_id": context.run.run_id}
         with mlflow.start_run(f"train-{name}-{config.name}", tags=tags) as run:
             run.log_params(retriever.params() | data_versions)
+            pairs_file = paths.training_pairs(config.name)
+            dataset = frame_dataset(pairs_frame, pairs.key.to_user_string(), pairs_file)
+            run.log_input(dataset, context="training")
+            # the checkpoint, as MLflow 3 keeps a model: a logged model the run outputs
+            model_id = run.create_logged_model(logged_model_name(model), retriever.params(),
+                                               model_type="retriever")  # fmt: skip
             info = {"config": config.name, "corpus": name, "params": retriever.params(),
                     "data_versions": data_versions, "mlflow_run_id": run.run_id,
-                    "mlflow_run_url": run.run_url}  # fmt: skip
+                    "mlflow_run_url": run.run_url, "mlflow_model_id": model_id}  # fmt: skip
             with training_observer(run, f"train {config.name}", options) as observe:
                 manifest = fit_retriever(encoder, data, options, path,
                                          paths.training_state(config.name), info, observe,
                                          context.log.info)  # fmt: skip
-            run.log_metrics({k: v for k, v in manifest.items() if k.startswith("best_")})
-            run.log_artifacts(path, "checkpoint")
+            best = {k: v for k, v in manifest.items() if k.startswith("best_")}
+            run.log_metrics(best, model_id=model_id)
+            run.log_model_artifacts(model_id, path)
+            run.finalize_logged_model(model_id)
             run.log_dict({"rows": pairs_frame.head(50).to_dict("records")}, "pairs_sample.json")
-            version = run.register_model(model, "checkpoint")
+            version = run.register_model(model, model_id=model_id)
         metadata = _checkpoint_metadata(manifest, path, model, version)
         if run.journal is not None:
             metadata["tracking"] = run.journal.note()
@@ -260,7 +278,7 @@ def _nothing_to_train(
     left_out = paths.training_pairs_left_out(config)
     reason = no_train_pairs_reason(read_left_out(left_out), left_out)
     context.log.warning(f"{reason}; nothing to train, no checkpoint written")
-    metadata: dict[str, Any] = {"skipped": reason}
+    metadata: dict[str, Any] = {SUMMARY: f"skipped: {reason}", "skipped": reason}
     stale = [p for p in (paths.checkpoint(config), paths.training_state(config)) if p.exists()]
     for path in stale:
         shutil.rmtree(path)
@@ -280,7 +298,10 @@ def _checkpoint_metadata(manifest: dict, path: Path, model: str, version: str) -
     """What the UI shows for a checkpoint (`version` "kept": reused, not retrained)."""
     recall = next(k for k in manifest if k.startswith("best_val_recall_at_"))
     url = manifest.get("mlflow_run_url")
+    registered = f"{model} v{version}" if version != "kept" else f"{model} (kept)"
     return {
+        SUMMARY: f"val R@{recall.rsplit('_', 1)[-1]} {manifest[recall]:.3f} (epoch "
+        f"{manifest['best_epoch']}), {manifest['steps']} steps, {registered}",
         recall: manifest[recall],
         **{k: manifest[k] for k in ("best_epoch", "epochs", "steps", "stopped")},
         "learning_curve": markdown_table(
@@ -289,7 +310,7 @@ def _checkpoint_metadata(manifest: dict, path: Path, model: str, version: str) -
         ),
         "path": dg.MetadataValue.path(str(path)),
         "mlflow_run": dg.MetadataValue.url(url) if url else manifest["mlflow_run_id"],
-        "registered_model": f"{model} v{version}" if version != "kept" else f"{model} (kept)",
+        "registered_model": registered,
     }
 
 

@@ -5,8 +5,8 @@
 | corpus    | `CorpusResource`    | (itself, on temp dirs) | the data root and artifacts folder |
 | vlm       | `VLMResource`       | `FakeVLMResource`      | the VLM backend that enhances items |
 | retriever | `RetrieverResource` | (itself, tiny settings) | the retriever backbone, training  |
-| lancedb   | `LanceDBResource`   | `FakeVectorStore`      | vector tables                     |
-| mlflow    | `MlflowResource`    | `FakeMlflow`           | run tracking                      |
+| lancedb   | `LanceDBResource`   | `tests/fake_stores.py` | vector tables                     |
+| mlflow    | `MlflowResource`    | `tests/fake_mlflow.py` | run tracking                      |
 
 `resources_from_settings` builds the real ones; `definitions.py` binds them, tests pass
 fakes or real ones on temp dirs.
@@ -19,17 +19,14 @@ from typing import Any
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.resources.corpus import CorpusResource
-from rar_pipeline.defs.resources.fake_mlflow import FakeMlflow
-from rar_pipeline.defs.resources.lancedb import FakeVectorStore, LanceDBResource
+from rar_pipeline.defs.resources.lancedb import LanceDBResource
 from rar_pipeline.defs.resources.mlflow import MlflowResource
 from rar_pipeline.defs.resources.retriever import RetrieverResource
 from rar_pipeline.defs.resources.vlm import FakeVLMResource, VLMResource
 
 __all__ = [
     "CorpusResource",
-    "FakeMlflow",
     "FakeVLMResource",
-    "FakeVectorStore",
     "LanceDBResource",
     "MlflowResource",
     "RetrieverResource",

@@ -1,14 +1,14 @@
-"""Vector tables: `LanceDBResource` (real LanceDB, local folder or s3://) and `FakeVectorStore`.
+"""Vector tables: `LanceDBResource` (real LanceDB, local folder or s3://).
 
 Besides whole-table writes and single-vector search, the store does what an index
 needs: read the keys and row hashes it holds, upsert rows by (pool, did) and delete
 others, build the full-text and (above a size) ANN indexes, and search many vectors at
 once within one pool. Scores are cosine similarities (1 - LanceDB's cosine distance).
+Tests' in-memory stand-in, `FakeVectorStore`, lives in `tests/fake_stores.py`.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -17,11 +17,10 @@ import dagster as dg
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-from pydantic import PrivateAttr
 
 from rar_pipeline.core.index.ann import METRIC, AnnPlan
 from rar_pipeline.core.index.build import IndexStore
-from rar_pipeline.core.search.rank import SearchStore
+from rar_pipeline.core.search.store import SearchStore, TableSearch
 
 KEY = ["pool", "did"]
 TEXT_COLUMN = "text"
@@ -47,7 +46,7 @@ def _filter(pool: str | None, modality: Sequence[str] | None = None) -> str | No
     return " AND ".join(parts) or None
 
 
-def _scored(parts: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
+def scored_hits(parts: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
     """Hits of many searches, best first per query: query_index, pool, did, score, columns."""
     out = [*KEY, *[c for c in columns if c not in KEY]]
     if not parts:
@@ -61,7 +60,7 @@ class VectorStore(IndexStore, SearchStore, Protocol):
     """What the pipeline needs from a vector database.
 
     What updating an index needs (`core.index.build.IndexStore`), what search and
-    evaluation need (`core.search.rank.SearchStore`), and whole-table writes.
+    evaluation need (`core.search.store.SearchStore`), and whole-table writes.
     """
 
     def write_table(self, name: str, frame: pd.DataFrame, *, mode: str = "overwrite") -> int: ...
@@ -173,26 +172,18 @@ class LanceDBResource(dg.ConfigurableResource):
         }
 
     def search_vectors(
-        self,
-        name: str,
-        vectors: np.ndarray,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
+        self, name: str, vectors: np.ndarray, k: int, search: TableSearch
     ) -> pd.DataFrame:
-        """Each vector's k nearest rows (of `pool` and `modality` only, when given).
+        """Each vector's k nearest rows (of the search's pool and modalities only, when given).
 
         Returns:
-            query_index, pool, did, any `columns` asked for, score (cosine similarity) per
-            hit, best first.
+            query_index, pool, did, any `search.columns` asked for, score (cosine
+            similarity) per hit, best first.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         table = self.connect().open_table(name)
-        where = _filter(pool, modality)
-        select = [*KEY, *[c for c in columns if c not in KEY], "_distance"]
+        where, plan = _filter(search.pool, search.modality), search.plan
+        select = [*KEY, *[c for c in search.columns if c not in KEY], "_distance"]
         parts = []
         for start in range(0, len(vectors), SEARCH_CHUNK):
             chunk = vectors[start : start + SEARCH_CHUNK]
@@ -208,19 +199,10 @@ class LanceDBResource(dg.ConfigurableResource):
             found["query_index"] += start
             found["score"] = 1.0 - found.pop("_distance").astype(np.float64)
             parts.append(found)
-        return _scored(parts, columns)
+        return scored_hits(parts, search.columns)
 
     def search_hybrid(
-        self,
-        name: str,
-        vector: np.ndarray,
-        text: str,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
+        self, name: str, vector: np.ndarray, text: str, k: int, search: TableSearch
     ) -> pd.DataFrame:
         """One query's k best rows: dense and full-text (`text`) search, fused by RRF.
 
@@ -236,8 +218,8 @@ class LanceDBResource(dg.ConfigurableResource):
         from lancedb.rerankers import RRFReranker
 
         table = self.connect().open_table(name)
-        where = _filter(pool, modality)
-        select = [*KEY, *[c for c in columns if c not in KEY]]
+        where, plan = _filter(search.pool, search.modality), search.plan
+        select = [*KEY, *[c for c in search.columns if c not in KEY]]
         dense = table.search(np.asarray(vector, dtype=np.float32)).distance_type(METRIC)
         dense = dense.select([*select, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
         lexical = table.search(MatchQuery(text, TEXT_COLUMN), query_type="fts")
@@ -250,126 +232,7 @@ class LanceDBResource(dg.ConfigurableResource):
             found.append(query.to_arrow())
         fused = RRFReranker(K=RRF_K).rerank_hybrid(text, *found).to_pandas().head(k)
         fused = fused.assign(query_index=0, score=fused["_relevance_score"].astype(np.float64))
-        return _scored([fused], columns)
+        return scored_hits([fused], search.columns)
 
     def table_version(self, name: str) -> int:
         return int(self.connect().open_table(name).version)
-
-
-class FakeVectorStore(dg.ConfigurableResource):
-    """In-memory brute-force stand-in for `LanceDBResource` (L2 distance, like LanceDB)."""
-
-    uri: str = "memory://"
-    _tables: dict[str, pd.DataFrame] = PrivateAttr(default_factory=dict)
-    _versions: dict[str, int] = PrivateAttr(default_factory=dict)
-
-    def write_table(self, name: str, frame: pd.DataFrame, *, mode: str = "overwrite") -> int:
-        if mode == "append" and name in self._tables:
-            frame = pd.concat([self._tables[name], frame], ignore_index=True)
-        self._tables[name] = frame.reset_index(drop=True)
-        return len(self._tables[name])
-
-    def table_names(self) -> list[str]:
-        return sorted(self._tables)
-
-    def count_rows(self, name: str) -> int:
-        return len(self._tables[name])
-
-    def search(self, name: str, vector: np.ndarray, k: int) -> pd.DataFrame:
-        table = self._tables[name]
-        matrix = np.stack(table["vector"].to_numpy()).astype(np.float32)
-        distance = ((matrix - np.asarray(vector, dtype=np.float32)) ** 2).sum(axis=1)
-        order = np.argsort(distance, kind="stable")[:k]
-        return table.iloc[order].assign(distance=distance[order]).reset_index(drop=True)
-
-    def drop_table(self, name: str) -> None:
-        self._tables.pop(name, None)
-        self._versions.pop(name, None)
-
-    def peek(self, name: str, columns: Sequence[str], n: int = 1) -> pd.DataFrame:
-        return self._tables[name][list(columns)].head(n).reset_index(drop=True)
-
-    def row_hashes(self, name: str) -> pa.RecordBatchReader:
-        frame = self._tables.get(name, pd.DataFrame(columns=[*KEY, "row_hash"]))
-        table = pa.Table.from_pandas(frame[[*KEY, "row_hash"]], ROW_HASHES, preserve_index=False)
-        return pa.RecordBatchReader.from_batches(ROW_HASHES, table.to_batches(HASH_BATCH_ROWS))
-
-    def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
-        rows = rows.to_pandas()
-        table = self._tables.get(name, rows.iloc[0:0])
-        drop = set(zip(rows["pool"], rows["did"], strict=True)) | set(
-            zip(delete["pool"], delete["did"], strict=True)
-        )
-        keep = [(p, d) not in drop for p, d in zip(table["pool"], table["did"], strict=True)]
-        self._tables[name] = pd.concat([table[keep], rows], ignore_index=True)
-        self._versions[name] = self._versions.get(name, 0) + 1
-        return self._versions[name]
-
-    def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
-        rows = len(self._tables[name])
-        return {**plan.describe(rows), "fts_index": TEXT_COLUMN, "rows": rows,
-                "table_version": self._versions[name]}  # fmt: skip
-
-    def _rows(self, name: str, pool: str | None, modality: Sequence[str] | None):
-        table = self._tables[name]
-        if pool is not None:
-            table = table[table["pool"] == pool]
-        if modality:
-            table = table[table["modality"].isin(list(modality))]
-        return table.reset_index(drop=True)
-
-    def search_vectors(
-        self,
-        name: str,
-        vectors: np.ndarray,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Exact cosine search (the fake has no ANN index; `plan` is ignored)."""
-        table = self._rows(name, pool, modality)
-        parts = []
-        if len(table):
-            matrix = np.stack(table["vector"].to_numpy()).astype(np.float32)
-            matrix /= np.maximum(np.linalg.norm(matrix, axis=1, keepdims=True), 1e-12)
-            for i, vector in enumerate(np.asarray(vectors, dtype=np.float32)):
-                cosine = matrix @ (vector / max(float(np.linalg.norm(vector)), 1e-12))
-                order = np.argsort(-cosine, kind="stable")[:k]
-                parts.append(table.iloc[order].assign(query_index=i, score=cosine[order]))
-        return _scored(parts, columns)
-
-    def search_hybrid(
-        self,
-        name: str,
-        vector: np.ndarray,
-        text: str,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
-    ) -> pd.DataFrame:
-        """Reciprocal rank fusion (k=60) of exact cosine search and word-overlap search."""
-        table = self._rows(name, pool, modality)
-        dense = self.search_vectors(name, vector[None, :], len(table), pool=pool, plan=plan,
-                                    modality=modality)  # fmt: skip
-        words = set(re.findall(r"\w+", text.lower()))
-        overlap = [len(words & set(re.findall(r"\w+", str(t).lower()))) for t in table["text"]]
-        lexical = [i for i in np.argsort(-np.asarray(overlap), kind="stable") if overlap[i]]
-        fused: dict[tuple[str, str], float] = {}
-        ranked = [list(zip(dense["pool"], dense["did"], strict=True)),
-                  [(table["pool"][i], table["did"][i]) for i in lexical]]  # fmt: skip
-        for keys in ranked:
-            for rank, key in enumerate(keys):
-                fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank + 1)
-        best = sorted(fused, key=lambda key: -fused[key])[:k]
-        rows = table.set_index(KEY).loc[best].reset_index()
-        rows = rows.assign(query_index=0, score=[fused[key] for key in best])
-        return _scored([rows], columns)
-
-    def table_version(self, name: str) -> int:
-        return self._versions[name]

@@ -8,10 +8,15 @@ down mid-training). Training never stops for tracking. The journal is a folder p
 `calls.jsonl` of every call in order, and copies of the files it logged, taken when they
 were logged. `replay` re-creates the run (or, for a run that began in MLflow, resumes it by
 id) and renames the folder `*.synced`.
+
+Its calls are the `RunLogger` methods, one JSON line each. Dataset inputs, logged models
+and their links came later: their calls are new lines, and the fields they added to older
+ones (`model_id`) are optional, so a journal written before them replays as it did.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import time
@@ -20,22 +25,19 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from rar_pipeline.defs.resources.tracking_rules import (
-    check_artifact_path,
-    check_local_dir,
-    check_local_file,
-    check_name,
-    check_registration,
-)
+from rar_pipeline.defs.resources.tracking_rules import Registration, RunLogger, TrackedDataset
 
 CALLS = "calls.jsonl"
 SYNCED = ".synced"
+JOURNAL_MODEL = "journal-model-"  # the ids of logged models created in a journal
 
 
-class JournalRun:
+class JournalRun(RunLogger):
     """A `RunLogger` that writes each call to a journal folder instead of MLflow.
 
-    It applies MLflow's naming rules, so what it accepts will replay.
+    It applies MLflow's naming rules (`RunLogger`), so what it accepts will replay. A
+    logged model created here gets an id of its own (`JOURNAL_MODEL` + hex), which the
+    journal's later calls use and `replay` maps to the id MLflow gives it.
 
     Args:
         root: the journal's folder (one sub-folder per run).
@@ -80,49 +82,59 @@ class JournalRun:
             shutil.copy2(source, target)
         return str(target.relative_to(self.folder))
 
-    def log_params(self, params: Mapping[str, Any]) -> None:
-        for key in params:
-            check_name(key)
+    def _log_params(self, params: dict[str, Any]) -> None:
         self._append("log_params", params={k: str(v) for k, v in params.items()})
 
-    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
-        for key in metrics:
-            check_name(key)
-        self._append("log_metrics", metrics={k: float(v) for k, v in metrics.items()}, step=step)
+    def _log_metrics(self, metrics: dict[str, float], step: int, model_id: str | None) -> None:
+        linked = {"model_id": model_id} if model_id else {}  # most lines: none, left out
+        self._append("log_metrics", metrics=metrics, step=step, **linked)
 
-    def log_metric_batch(self, batch: list[tuple[str, float, int, int]]) -> None:
-        """Metrics an MLflow run had buffered when the store stopped answering."""
-        for key, value, step, _ in batch:
-            self.log_metrics({key: value}, step=step)
+    def log_metric_batch(self, batch: list[tuple[str, float, int, int, str | None]]) -> None:
+        """Metrics an MLflow run had buffered when the store stopped answering.
 
-    def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        self._append("log_dict", data=dict(data), artifact_file=artifact_file)
+        Each is (key, value, step, ms, model_id).
+        """
+        for key, value, step, _, model_id in batch:
+            self.log_metrics({key: value}, step=step, model_id=model_id)
 
-    def set_tags(self, tags: Mapping[str, str]) -> None:
-        for key in tags:
-            check_name(key)
-        self._append("set_tags", tags={k: str(v) for k, v in tags.items()})
+    def _log_dict(self, data: dict[str, Any], artifact_file: str) -> None:
+        self._append("log_dict", data=data, artifact_file=artifact_file)
 
-    def log_artifact(self, local_path: Path, artifact_path: str | None = None) -> None:
-        check_artifact_path(artifact_path)
-        check_local_file(local_path)
-        self._append("log_artifact", file=self._keep(Path(local_path)), artifact_path=artifact_path)
+    def _set_tags(self, tags: dict[str, str]) -> None:
+        self._append("set_tags", tags=tags)
 
-    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        check_artifact_path(artifact_path)
-        check_local_dir(local_dir)
-        self._append("log_artifacts", file=self._keep(Path(local_dir)), artifact_path=artifact_path)
+    def _log_artifact(self, local_path: Path, artifact_path: str | None) -> None:
+        self._append("log_artifact", file=self._keep(local_path), artifact_path=artifact_path)
 
-    def register_model(
-        self,
-        name: str,
-        artifact_path: str,
-        tags: Mapping[str, str] | None = None,
-        description: str | None = None,
+    def _log_artifacts(self, local_dir: Path, artifact_path: str | None) -> None:
+        self._append("log_artifacts", file=self._keep(local_dir), artifact_path=artifact_path)
+
+    def _log_input(
+        self, dataset: TrackedDataset | None, context: str | None, model_id: str | None
+    ) -> None:
+        self._append("log_input", dataset=dataclasses.asdict(dataset) if dataset else None,
+                     context=context, model_id=model_id)  # fmt: skip
+
+    def has_model(self, model_id: str) -> bool:
+        """Whether the store holds a logged model: unknown here, so yes (`replay` checks)."""
+        return True
+
+    def _create_logged_model(
+        self, name: str, params: dict[str, str], model_type: str | None
     ) -> str:
-        check_registration(name, artifact_path, tags)
-        self._append("register_model", name=name, artifact_path=artifact_path,
-                     tags=dict(tags or {}), description=description)  # fmt: skip
+        model_id = f"{JOURNAL_MODEL}{uuid.uuid4().hex[:12]}"
+        self._append("create_logged_model", model_id=model_id, name=name, params=params,
+                     model_type=model_type)  # fmt: skip
+        return model_id
+
+    def _log_model_artifacts(self, model_id: str, local_dir: Path) -> None:
+        self._append("log_model_artifacts", model_id=model_id, file=self._keep(local_dir))
+
+    def _finalize_logged_model(self, model_id: str, status: str) -> None:
+        self._append("finalize_logged_model", model_id=model_id, status=status)
+
+    def _register_model(self, registration: Registration) -> str:
+        self._append("register_model", **dataclasses.asdict(registration))
         return "pending sync"
 
     def end(self, status: str) -> None:
@@ -170,13 +182,14 @@ def replay(folder: Path, mlflow: Any) -> str:
         raise ValueError(f"{folder} is not a tracking journal (it does not begin with start)")
     status = next((c["status"] for c in rest if c["call"] == "end"), "FINISHED")
     run_id = ""
+    models: dict[str, str] = {}  # the journal's logged model ids -> MLflow's
     try:
         with mlflow.start_run(start["run_name"], tags=start["tags"],
                               run_id=start.get("resume_run_id")) as run:  # fmt: skip
             run_id = run.run_id
             run.set_tags({"rar.tracking_journal": folder.name})
             for call in rest:
-                _apply(run, call, folder)
+                _apply(run, call, folder, models)
             if status != "FINISHED":
                 raise _Failed(status)
     except _Failed:
@@ -185,12 +198,19 @@ def replay(folder: Path, mlflow: Any) -> str:
     return run_id
 
 
-def _apply(run: Any, call: dict[str, Any], folder: Path) -> None:
+def _apply(run: Any, call: dict[str, Any], folder: Path, models: dict[str, str]) -> None:
+    """Replay one call, with the journal's logged model ids mapped to MLflow's.
+
+    Journals written before logged models existed have no `model_id` fields (nor the calls
+    that make them): they replay as they always did.
+    """
     kind = call["call"]
+    model_id = call.get("model_id")
+    model_id = models.get(model_id, model_id) if model_id else None
     if kind == "log_params":
         run.log_params(call["params"])
     elif kind == "log_metrics":
-        run.log_metrics(call["metrics"], step=call["step"])
+        run.log_metrics(call["metrics"], step=call["step"], model_id=model_id)
     elif kind == "log_dict":
         run.log_dict(call["data"], call["artifact_file"])
     elif kind == "set_tags":
@@ -199,6 +219,16 @@ def _apply(run: Any, call: dict[str, Any], folder: Path) -> None:
         run.log_artifact(folder / call["file"], call["artifact_path"])
     elif kind == "log_artifacts":
         run.log_artifacts(folder / call["file"], call["artifact_path"])
+    elif kind == "log_input":
+        dataset = TrackedDataset(**call["dataset"]) if call["dataset"] else None
+        run.log_input(dataset, call["context"], model_id=model_id)
+    elif kind == "create_logged_model":
+        models[call["model_id"]] = run.create_logged_model(call["name"], call["params"],
+                                                           call["model_type"])  # fmt: skip
+    elif kind == "log_model_artifacts":
+        run.log_model_artifacts(model_id, folder / call["file"])
+    elif kind == "finalize_logged_model":
+        run.finalize_logged_model(model_id, call["status"])
     elif kind == "register_model":
         run.register_model(call["name"], call["artifact_path"], call["tags"],
-                           call["description"])  # fmt: skip
+                           call["description"], model_id=model_id)  # fmt: skip

@@ -14,7 +14,7 @@ from pydantic import PrivateAttr
 
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS, EnhanceOptions
 from rar_pipeline.core.enhance.guard import GuardPolicy
-from rar_pipeline.core.enhance.steps import code_versions
+from rar_pipeline.core.enhance.outputs import code_versions
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.enhance.vlm.config import DEFAULTS, VLMConfig
 from rar_pipeline.core.enhance.vlm.factory import create_vlm

@@ -10,7 +10,9 @@ from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, index_rows
-from rar_pipeline.defs.resources import FakeVectorStore, LanceDBResource
+from rar_pipeline.core.search.store import TableSearch
+from rar_pipeline.defs.resources import LanceDBResource
+from tests.fake_stores import FakeVectorStore
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()  # the demo-sized tables here stay below min_rows: exact search
@@ -82,7 +84,7 @@ def test_changed_and_removed_candidates_are_rewritten_and_deleted(store, tmp_pat
     assert [i.txt for i in encoder.embedded] == ["oak desk"]
     assert (done.written, done.deleted, done.index["rows"]) == (1, 15, 35)
     hits = store.search_vectors(
-        "none", WordEncoder().embed_text("oak desk"), 1, pool="task1_cand_pool", plan=PLAN
+        "none", WordEncoder().embed_text("oak desk"), 1, TableSearch("task1_cand_pool", PLAN)
     )
     assert hits["did"].tolist() == [first[0].did]
 
@@ -97,12 +99,12 @@ def test_search_stays_within_the_pool_asked_for(store, tmp_path):
     encoder = WordEncoder()
     update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
     query = encoder.embed_text("red shoe", "blue hat")
-    hits = store.search_vectors("none", query, 5, pool="task2_cand_pool", plan=PLAN)
+    hits = store.search_vectors("none", query, 5, TableSearch("task2_cand_pool", PLAN))
     assert set(hits["pool"]) == {"task2_cand_pool"}
     assert hits.groupby("query_index").size().tolist() == [5, 5]
     for _, h in hits.groupby("query_index"):
         assert np.all(np.diff(h["score"].to_numpy()) <= 0)
-    everywhere = store.search_vectors("none", query, 60, pool=None, plan=PLAN)
+    everywhere = store.search_vectors("none", query, 60, TableSearch(None, PLAN))
     assert set(everywhere["pool"]) == set(POOLS)
 
 
@@ -111,7 +113,7 @@ def test_scores_are_cosine_similarities(store, tmp_path):
     rows = rows_for(POOLS)
     update_index(store, "none", rows, encoder, tmp_path, PLAN)
     query = encoder.embed_text("green lamp wool")
-    hits = store.search_vectors("none", query, 50, pool=None, plan=PLAN)
+    hits = store.search_vectors("none", query, 50, TableSearch(None, PLAN))
     vectors = encoder.embed_text(*rows["text"])
     expected = dict(
         zip(zip(rows["pool"], rows["did"], strict=True), vectors @ query[0], strict=True)
@@ -134,7 +136,7 @@ def test_lancedb_builds_an_ann_index_once_the_table_is_big_enough(tmp_path):
     big["task1_cand_pool"].append(Candidate("1:new", Modality.TEXT, "zebra zebra zebra", None))
     update_index(store, "none", rows_for(big), encoder, tmp_path, plan)
     hits = store.search_vectors(
-        "none", encoder.embed_text("zebra"), 1, pool="task1_cand_pool", plan=plan
+        "none", encoder.embed_text("zebra"), 1, TableSearch("task1_cand_pool", plan)
     )
     assert hits["did"].tolist() == ["1:new"]
 
@@ -189,7 +191,7 @@ def test_an_unreadable_image_never_fails_the_update(store, tmp_path):
     ]
     assert [r["did"] for r in done.degraded] == ["both"]  # embedded from its text
     hits = store.search_vectors(
-        "none", WordEncoder().embed_text("blue hat"), 1, pool="p", plan=PLAN
+        "none", WordEncoder().embed_text("blue hat"), 1, TableSearch("p", PLAN)
     )
     assert hits["did"].tolist() == ["both"]
     # the next update tries both again (the image may have been fixed), and only them
@@ -205,8 +207,8 @@ def test_many_query_vectors_keep_their_own_results(tmp_path):
         update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
     rng = np.random.default_rng(0)
     queries = encoder.embed_text(*(" ".join(rng.choice(WORDS, 2)) for _ in range(600)))
-    got = real.search_vectors("none", queries, 3, pool="task1_cand_pool", plan=PLAN)
-    want = fake.search_vectors("none", queries, 3, pool="task1_cand_pool", plan=PLAN)
+    got = real.search_vectors("none", queries, 3, TableSearch("task1_cand_pool", PLAN))
+    want = fake.search_vectors("none", queries, 3, TableSearch("task1_cand_pool", PLAN))
     assert got["query_index"].tolist() == want["query_index"].tolist()
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-5)
-    assert real.search_vectors("none", queries[:0], 3, pool=None, plan=PLAN).empty
+    assert real.search_vectors("none", queries[:0], 3, TableSearch(None, PLAN)).empty

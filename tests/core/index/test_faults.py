@@ -19,6 +19,7 @@ from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, arrow_rows, index_rows
+from rar_pipeline.core.search.store import TableSearch
 from rar_pipeline.defs.resources import LanceDBResource
 from tests.word_encoder import WordEncoder
 
@@ -138,6 +139,6 @@ def test_an_update_that_dies_at_any_step_is_completed_by_the_next(tmp_path, monk
     assert table.count_rows() == 90
     assert {tuple(i.columns) for i in table.list_indices()} == {("text",)}
     hits = store.search_vectors("none", again.embed_text("item 5 of pool 2 red wool"), 1,
-                                pool=None, plan=PLAN)  # fmt: skip
+                                TableSearch(None, PLAN))  # fmt: skip
     assert hits["did"].tolist() == ["2:5"]
     assert np.isclose(hits["score"].iloc[0], 1.0)

@@ -13,8 +13,9 @@ from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, index_rows, iter_index_rows
-from rar_pipeline.defs.resources import FakeVectorStore, LanceDBResource
+from rar_pipeline.defs.resources import LanceDBResource
 from tests.core.index.test_build import POOLS, pool
+from tests.fake_stores import FakeVectorStore
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()

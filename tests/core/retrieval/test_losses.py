@@ -6,7 +6,13 @@ import numpy as np
 import pytest
 import torch
 
-from rar_pipeline.core.retrieval.losses import compute_loss_from_embeddings, false_negative_mask
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem
+from rar_pipeline.core.retrieval.losses import (
+    MIN_TEMPERATURE,
+    InfoNCELoss,
+    compute_loss_from_embeddings,
+    false_negative_mask,
+)
 
 
 def _unit(rows: np.ndarray) -> np.ndarray:
@@ -60,3 +66,54 @@ def test_a_perfect_retriever_has_a_loss_near_zero_and_gradients_flow():
     )
     noisy.backward()
     assert learnable.grad is not None  # a learnable temperature trains too
+
+
+class TinyEncoder:
+    """Three hand-made features per text through a linear layer: enough to train."""
+
+    def __init__(self) -> None:
+        self.module = torch.nn.Linear(3, 4, bias=False)
+        torch.nn.init.normal_(self.module.weight, generator=torch.Generator().manual_seed(0))
+
+    def inputs(self, items):
+        return torch.tensor([[len(i.txt), i.txt.count("a"), 1.0] for i in items])
+
+    def forward(self, inputs):
+        return torch.nn.functional.normalize(self.module(inputs), dim=1)
+
+
+QUERIES = [EncodeItem("a red circle"), EncodeItem("blue")]
+CANDIDATES = [EncodeItem("circle"), EncodeItem("a blue one"), EncodeItem("a bag")]
+
+
+def test_the_loss_embeds_with_its_encoder_and_scores_with_the_pure_function():
+    encoder = TinyEncoder()
+    loss = InfoNCELoss(encoder, temperature=0.1)
+    targets, mask = torch.tensor([0, 1]), torch.tensor([[False] * 3, [True, False, False]])
+    q = encoder.forward(encoder.inputs(QUERIES))
+    c = encoder.forward(encoder.inputs(CANDIDATES))
+    expected = compute_loss_from_embeddings(q, c, targets, mask, torch.tensor(0.1))
+    assert loss(QUERIES, CANDIDATES, targets, mask).item() == pytest.approx(expected.item())
+    loss(QUERIES, CANDIDATES, targets, mask).backward()
+    assert encoder.module.weight.grad is not None  # gradients reach the encoder
+
+
+def test_a_fixed_temperature_never_trains_and_a_learnable_one_does():
+    fixed = InfoNCELoss(TinyEncoder(), temperature=0.05)
+    assert [p for p in fixed.parameters() if p.requires_grad] == []
+    assert fixed.temperature.item() == pytest.approx(0.05)
+    assert set(fixed.state_dict()) == {"log_scale"}  # saved with the trainer's state
+
+    learnable = InfoNCELoss(TinyEncoder(), temperature=0.05, learnable=True)
+    trained = [p for p in learnable.parameters() if p.requires_grad]
+    assert trained == [learnable.log_scale]
+    optimiser = torch.optim.SGD(trained, lr=0.1)
+    learnable(QUERIES, CANDIDATES, torch.tensor([0, 1])).backward()
+    optimiser.step()
+    assert learnable.learnt_temperature() != pytest.approx(0.05)
+
+
+def test_the_temperature_has_a_floor():
+    loss = InfoNCELoss(TinyEncoder(), temperature=1e-5, learnable=True)
+    assert loss.temperature.item() == pytest.approx(MIN_TEMPERATURE)
+    assert loss.learnt_temperature() == pytest.approx(1e-5)  # reported as learnt

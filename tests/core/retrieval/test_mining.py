@@ -6,7 +6,7 @@ import numpy as np
 
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.mining import mine_negatives, mining_depth
-from rar_pipeline.core.retrieval.rank import hit_rate, rank_in_pools, top_k
+from rar_pipeline.core.retrieval.validation import hit_rate, rank_in_pools, top_k
 
 IDS = ["a", "b", "c", "d", "e"]
 CANDS = np.eye(5, dtype=np.float32)

@@ -21,7 +21,8 @@ from rar_pipeline.core.retrieval.data import TrainingData, TrainQuery, ValQuery
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder
 from rar_pipeline.core.retrieval.options import TrainOptions
-from rar_pipeline.core.retrieval.train import train_retriever, validation_recall
+from rar_pipeline.core.retrieval.train import train_retriever
+from rar_pipeline.core.retrieval.validation import validation_recall
 
 COLOURS = {
     "red": "scarlet",
@@ -135,14 +136,14 @@ def test_mined_negatives_join_the_batches(tmp_path, features, monkeypatch):
     from rar_pipeline.core.retrieval import train as train_module
 
     mined_calls = []
-    real = train_module._mine
+    real = train_module.mine_train_negatives
 
     def spy(enc, data, k):
         found = real(enc, data, k)
         mined_calls.append(found)
         return found
 
-    monkeypatch.setattr(train_module, "_mine", spy)
+    monkeypatch.setattr(train_module, "mine_train_negatives", spy)
     options = TrainOptions(epochs=2, batch_size=8, mined_negatives=2, hard_negatives=0)
     data = toy_data()
     train_retriever(encoder(features), data, options, tmp_path / "s", log=lambda _: 0)

@@ -12,7 +12,7 @@ from PIL import Image
 from rar_pipeline.core.corpus.records import Candidate, Modality
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS, EnhanceOptions
-from rar_pipeline.core.enhance.steps import rewrite_queries
+from rar_pipeline.core.enhance.outputs import rewrite_queries
 from rar_pipeline.core.enhance.vlm.fake import FakeVLM
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.build import update_index
@@ -21,7 +21,8 @@ from rar_pipeline.core.index.rows import Provenance, index_rows
 from rar_pipeline.core.search.enhance import QueryEnhancer
 from rar_pipeline.core.search.query import IndexUnavailable, SearchError, SearchQuery
 from rar_pipeline.core.search.searcher import Searcher
-from rar_pipeline.defs.resources import FakeVectorStore, LanceDBResource
+from rar_pipeline.defs.resources import LanceDBResource
+from tests.fake_stores import FakeVectorStore
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from rar_pipeline.core import names
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.enhance.vlm.config import VLMConfig
 
@@ -41,8 +42,8 @@ def create_vlm(
 
         if captioner_dir is None or not CaptionMemory.exists(captioner_dir):
             raise FileNotFoundError(
-                f"the offline backend needs its caption memory at {captioner_dir}: materialize "
-                "the offline_captioner asset first"
+                f"the offline backend needs its caption memory at {captioner_dir}: "
+                + names.materialize(names.OFFLINE_CAPTIONER, first=True)
             )
         return OfflineVLM(CaptionMemory.load(captioner_dir), Perceiver(perception_cache_dir))
     if config.backend == "transformers":

@@ -26,7 +26,7 @@ built offline, see the tests):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from rar_pipeline.core.corpus.images import load_image
@@ -83,6 +83,7 @@ class _Prepared:
         return (self.image is not None, *decoding)
 
 
+@dataclass(eq=False)
 class TransformersVLM:
     """A VLM backend running an image-text-to-text model in-process with transformers.
 
@@ -114,40 +115,26 @@ class TransformersVLM:
         ValueError: `batch_size` is below 1 or `dtype` is not a known name.
     """
 
-    def __init__(
-        self,
-        model_id: str = DEFAULT_MODEL,
-        *,
-        device: str = DEFAULTS.device,
-        dtype: str = DEFAULTS.dtype,
-        batch_size: int = DEFAULTS.device_batch_size,
-        trust_remote_code: bool = DEFAULTS.trust_remote_code,
-        local_files_only: bool = DEFAULTS.local_files_only,
-        revision: str | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        if dtype != "auto" and dtype.lower() not in _DTYPES:
-            raise ValueError(f"unknown dtype {dtype!r}: use auto or one of {sorted(_DTYPES)}")
-        self._model_id = model_id
-        self._device_name = device
-        self._dtype_name = dtype
-        self._batch_size = batch_size
-        self._trust_remote_code = trust_remote_code
-        self._local_files_only = local_files_only
-        self._revision = revision
-        self._torch: Any = None
-        self._processor: Any = None
-        self._model: Any = None
-        self._device: Any = None
+    backend = "transformers"
 
-    @property
-    def backend(self) -> str:
-        return "transformers"
+    model_id: str = DEFAULT_MODEL
+    _: KW_ONLY
+    device: str = DEFAULTS.device
+    dtype: str = DEFAULTS.dtype
+    batch_size: int = DEFAULTS.device_batch_size
+    trust_remote_code: bool = DEFAULTS.trust_remote_code
+    local_files_only: bool = DEFAULTS.local_files_only
+    revision: str | None = None
+    _torch: Any = field(default=None, init=False, repr=False)
+    _processor: Any = field(default=None, init=False, repr=False)
+    _model: Any = field(default=None, init=False, repr=False)
+    _device: Any = field(default=None, init=False, repr=False)  # the resolved torch device
 
-    @property
-    def model_id(self) -> str:
-        return self._model_id
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
+        if self.dtype != "auto" and self.dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {self.dtype!r}: use auto or one of {sorted(_DTYPES)}")
 
     def load(self) -> None:
         """Load the processor and model now, if not done yet (to time or warm them up).
@@ -166,18 +153,18 @@ class TransformersVLM:
         dtype = self._resolve_dtype(torch, device)
         # Passed explicitly to both calls: remote code stays off unless the caller asked.
         common = {
-            "trust_remote_code": self._trust_remote_code,
-            "local_files_only": self._local_files_only,
-            "revision": self._revision,
+            "trust_remote_code": self.trust_remote_code,
+            "local_files_only": self.local_files_only,
+            "revision": self.revision,
         }
-        processor = AutoProcessor.from_pretrained(self._model_id, **common)
+        processor = AutoProcessor.from_pretrained(self.model_id, **common)
         tokenizer = getattr(processor, "tokenizer", None)
         if tokenizer is None:
             # AutoProcessor falls back to the tokenizer alone when the processor class cannot
             # be built (e.g. Qwen2-VL's needs torchvision for its video processor), and a
             # tokenizer silently drops images.
             raise TypeError(
-                f"AutoProcessor loaded a {type(processor).__name__} for {self._model_id!r}, "
+                f"AutoProcessor loaded a {type(processor).__name__} for {self.model_id!r}, "
                 "not a multimodal processor: the model is not image-text-to-text, or its "
                 "processor's dependencies (e.g. torchvision) are missing"
             )
@@ -185,7 +172,7 @@ class TransformersVLM:
         tokenizer.padding_side = "left"
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token
-        model = AutoModelForImageTextToText.from_pretrained(self._model_id, dtype=dtype, **common)
+        model = AutoModelForImageTextToText.from_pretrained(self.model_id, dtype=dtype, **common)
         model.eval()
         model.to(device)
         self._torch = torch
@@ -224,8 +211,8 @@ class TransformersVLM:
             groups.setdefault(item.group, []).append(item)
 
         for items in groups.values():
-            for start in range(0, len(items), self._batch_size):
-                batch = items[start : start + self._batch_size]
+            for start in range(0, len(items), self.batch_size):
+                batch = items[start : start + self.batch_size]
                 try:
                     texts = self._generate_batch(batch)
                 except Exception as exc:  # this batch fails; the next batches still run
@@ -306,13 +293,13 @@ class TransformersVLM:
         ]
 
     def _resolve_device(self, torch: Any) -> Any:
-        if self._device_name == "auto":
+        if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self._device_name)
+        return torch.device(self.device)
 
     def _resolve_dtype(self, torch: Any, device: Any) -> Any:
-        if self._dtype_name != "auto":
-            return getattr(torch, _DTYPES[self._dtype_name.lower()])
+        if self.dtype != "auto":
+            return getattr(torch, _DTYPES[self.dtype.lower()])
         if device.type == "cuda":
             # bfloat16 keeps float32's range; older GPUs without it get float16.
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

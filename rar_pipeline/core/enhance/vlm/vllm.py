@@ -30,6 +30,7 @@ What this relies on, confirmed against vLLM's own source and docs:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 from rar_pipeline.core.corpus.images import image_data_url
@@ -48,6 +49,7 @@ _INSTALL_HINT = (
 )
 
 
+@dataclass(eq=False)
 class VLLMVLM:
     """A VLM backend running an image-text-to-text model with vLLM's offline `LLM.chat`.
 
@@ -71,58 +73,41 @@ class VLLMVLM:
             how many conversations (with their image data URLs) are held in memory at once.
     """
 
-    def __init__(
-        self,
-        model_id: str = DEFAULT_MODEL,
-        *,
-        max_model_len: int = DEFAULTS.max_model_len,
-        gpu_memory_utilization: float = DEFAULTS.gpu_memory_utilization,
-        tensor_parallel_size: int = DEFAULTS.tensor_parallel_size,
-        max_images_per_prompt: int = 1,
-        dtype: str = DEFAULTS.dtype,
-        trust_remote_code: bool = DEFAULTS.trust_remote_code,
-        seed: int = 0,
-        max_num_seqs: int | None = None,
-        batch_size: int = DEFAULTS.engine_batch_size,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
-        self._model_id = model_id
-        self._max_model_len = max_model_len
-        self._gpu_memory_utilization = gpu_memory_utilization
-        self._tensor_parallel_size = tensor_parallel_size
-        self._max_images_per_prompt = max_images_per_prompt
-        self._dtype = dtype
-        self._trust_remote_code = trust_remote_code
-        self._seed = seed
-        self._max_num_seqs = max_num_seqs
-        self._batch_size = batch_size
-        self._vllm: Any = None
-        self._llm: Any = None
+    backend = "vllm"
 
-    @property
-    def backend(self) -> str:
-        return "vllm"
+    model_id: str = DEFAULT_MODEL
+    _: KW_ONLY
+    max_model_len: int = DEFAULTS.max_model_len
+    gpu_memory_utilization: float = DEFAULTS.gpu_memory_utilization
+    tensor_parallel_size: int = DEFAULTS.tensor_parallel_size
+    max_images_per_prompt: int = 1
+    dtype: str = DEFAULTS.dtype
+    trust_remote_code: bool = DEFAULTS.trust_remote_code
+    seed: int = 0
+    max_num_seqs: int | None = None
+    batch_size: int = DEFAULTS.engine_batch_size
+    _vllm: Any = field(default=None, init=False, repr=False)
+    _llm: Any = field(default=None, init=False, repr=False)
 
-    @property
-    def model_id(self) -> str:
-        return self._model_id
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The keyword arguments `vllm.LLM` is built with."""
         kwargs: dict[str, Any] = {
-            "model": self._model_id,
-            "trust_remote_code": self._trust_remote_code,
-            "dtype": self._dtype,
-            "max_model_len": self._max_model_len,
-            "gpu_memory_utilization": self._gpu_memory_utilization,
-            "tensor_parallel_size": self._tensor_parallel_size,
-            "limit_mm_per_prompt": {"image": self._max_images_per_prompt},
-            "seed": self._seed,
+            "model": self.model_id,
+            "trust_remote_code": self.trust_remote_code,
+            "dtype": self.dtype,
+            "max_model_len": self.max_model_len,
+            "gpu_memory_utilization": self.gpu_memory_utilization,
+            "tensor_parallel_size": self.tensor_parallel_size,
+            "limit_mm_per_prompt": {"image": self.max_images_per_prompt},
+            "seed": self.seed,
         }
         # Only when set: vLLM picks a default that depends on the GPU and engine version.
-        if self._max_num_seqs is not None:
-            kwargs["max_num_seqs"] = self._max_num_seqs
+        if self.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = self.max_num_seqs
         return kwargs
 
     def load(self) -> None:
@@ -153,8 +138,8 @@ class VLLMVLM:
             return []
         self.load()
         results: list[VLMResult] = []
-        for start in range(0, len(requests), self._batch_size):
-            results.extend(self._generate_batch(requests[start : start + self._batch_size]))
+        for start in range(0, len(requests), self.batch_size):
+            results.extend(self._generate_batch(requests[start : start + self.batch_size]))
         return results
 
     def _generate_batch(self, batch: Sequence[VLMRequest]) -> list[VLMResult]:

@@ -10,6 +10,7 @@ backbone features, token ids, pixels) outside autograd, `forward` embeds it with
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,18 @@ def check_trained(trained: str) -> None:
     """Raise ValueError unless `trained` is one of `TRAINED`."""
     if trained not in TRAINED:
         raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
+
+
+def save_config(directory: Path, config: dict[str, Any]) -> None:
+    """`config` (a `TrainableEncoder.config`) as the folder's `ENCODER_CONFIG`."""
+    (Path(directory) / ENCODER_CONFIG).write_text(json.dumps(config, indent=2))
+
+
+def saved_settings(directory: Path) -> dict[str, Any]:
+    """The settings a saved encoder was built with: its `ENCODER_CONFIG` less the name."""
+    config = json.loads((Path(directory) / ENCODER_CONFIG).read_text())
+    config.pop("encoder")
+    return config
 
 
 @dataclass(frozen=True)

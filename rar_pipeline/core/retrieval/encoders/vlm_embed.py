@@ -21,7 +21,8 @@ the embedding (`dim` must then equal the hidden size; not with trained="heads").
 
 trained="lora" follows LamRA: LoRA r=128, alpha=256 on every linear layer of the language
 model, the vision tower frozen. trained="full" trains the language model (and the head),
-the vision tower (with its merger) still frozen.
+the vision tower (with its merger) still frozen. Settings, seeded heads, LoRA, freezing,
+save and load are `hf.HfEncoder`'s, as for clip.
 
 transformers 5's `Qwen2VLProcessor` requires a video processor, which needs torchvision;
 `load_processor` loads Qwen2-VL-family processing files through an image-only subclass
@@ -30,28 +31,13 @@ transformers 5's `Qwen2VLProcessor` requires a video processor, which needs torc
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from rar_pipeline.core.retrieval.encoders.base import (
-    ENCODER_CONFIG,
-    EncodeItem,
-    check_trained,
-    embed_in_eval,
-)
-from rar_pipeline.core.retrieval.encoders.heads import load_heads, projection, save_heads
-from rar_pipeline.core.retrieval.encoders.hf import (
-    ADAPTER_DIR,
-    BACKBONE_DIR,
-    linear_names,
-    seeded,
-    torch_dtype,
-)
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem
+from rar_pipeline.core.retrieval.encoders.hf import HfEncoder, linear_names, torch_dtype
 
 EMB_TOKEN = "<emb>"
 POOLS = ("lamra", "emb")
@@ -132,6 +118,16 @@ def add_emb_token(tokenizer: Any, model: Any, token: str = EMB_TOKEN) -> int:
     return token_id
 
 
+def vision_prefix(model: Any) -> str:
+    """The module name of the model's vision tower (with its merger)."""
+    inner = model.model
+    tower = getattr(inner, "visual", None) or getattr(inner, "vision_tower", None)
+    for name, module in model.named_modules():
+        if module is tower:
+            return name
+    raise ValueError(f"no vision tower found in {type(model).__name__}")
+
+
 def messages(item: EncodeItem) -> list[dict[str, Any]]:
     """LamRA's chat for one item: the item and an instruction, answered by `<emb>`."""
     has_image, has_text = item.image_path is not None, bool(item.txt)
@@ -144,24 +140,18 @@ def messages(item: EncodeItem) -> list[dict[str, Any]]:
     ]
 
 
-class VlmEmbedEncoder:
+class VlmEmbedEncoder(HfEncoder):
     """A Qwen2-VL-family model as a LamRA-style embedder of any modality.
 
     Args:
         model: a Hugging Face Qwen2-VL / Qwen2.5-VL model id or local path (a LamRA
             checkpoint such as code-kunkun/LamRA-Ret included).
-        dim: size of the embeddings (the head's output).
-        seed: initialises the head and any LoRA adapters (the same seed, the same encoder).
-        trained: heads | full | lora.
-        cache_dir: ignored: hidden states depend on trained weights, so none are cached.
-        device: torch device of the model and head.
-        trust_remote_code: passed to the Auto classes; off unless asked for.
         lora_r: LoRA rank (LamRA: 128).
         lora_alpha: LoRA scaling numerator (LamRA: 256).
-        lora_dropout: dropout on the LoRA branch.
         pool: "lamra" (the state before `<emb>`) or "emb" (the state at `<emb>`).
         head: project the hidden state to `dim` with a trainable linear head.
-        dtype: torch dtype of the model ("float32", "bfloat16", ...); the head stays float32.
+        **options: as `HfEncoder`: dim (the head's output), seed, trained, cache_dir,
+            device, trust_remote_code, lora_dropout, dtype (the head stays float32).
 
     Raises:
         ValueError: an unknown `trained`, pool or dtype; trained="heads" without a head; a
@@ -173,46 +163,27 @@ class VlmEmbedEncoder:
     def __init__(
         self,
         model: str,
-        dim: int = 256,
-        seed: int = 0,
-        trained: str = "heads",
-        cache_dir: Path | None = None,
-        device: str = "cpu",
-        trust_remote_code: bool = False,
         *,
         lora_r: int = 128,
         lora_alpha: int = 256,
-        lora_dropout: float = 0.0,
         pool: str = "lamra",
         head: bool = True,
-        dtype: str = "float32",
         _saved: Path | None = None,
+        **options: Any,
     ):
-        check_trained(trained)
+        super().__init__(model, lora_r=lora_r, lora_alpha=lora_alpha, **options)
         if pool not in POOLS:
             raise ValueError(f"pool must be one of {', '.join(POOLS)}, not {pool!r}")
-        if trained == "heads" and not head:
+        if self.trained == "heads" and not head:
             raise ValueError('trained="heads" needs head=True: there is nothing else to train')
-        self.model_id = str(model)
-        self.dim = dim
-        self.seed = seed
-        self.trained = trained
-        self.device = device
-        self.trust_remote_code = trust_remote_code
-        self.lora_r, self.lora_alpha, self.lora_dropout = lora_r, lora_alpha, lora_dropout
         self.pool = pool
         self.head = head
-        self.dtype = dtype
         self._build(_saved)
 
-    def _build(self, saved: Path | None) -> None:
-        """Model (from the model id, or the saved one), `<emb>`, adapters, head, frozen parts."""
-        import torch
+    def _load_backbone(self, source: str) -> Any:
+        """The model with `<emb>` added; its vision tower found."""
         from transformers import AutoConfig, AutoModelForImageTextToText
 
-        source = self.model_id
-        if saved is not None and self.trained == "full":
-            source = str(saved / BACKBONE_DIR)
         options = {"trust_remote_code": self.trust_remote_code}
         model_type = AutoConfig.from_pretrained(source, **options).model_type
         self.processor = load_processor(source, model_type, self.trust_remote_code)
@@ -220,64 +191,40 @@ class VlmEmbedEncoder:
             source, dtype=torch_dtype(self.dtype), **options
         )
         self.emb_id = add_emb_token(self.processor.tokenizer, model)
-        self.backbone = model  # the transformers model (peft injects adapters in place)
-        hidden = model.get_input_embeddings().weight.shape[1]
+        self.vision = vision_prefix(model)
+        return model
+
+    def _head_dims(self) -> dict[str, int]:
+        hidden = self.backbone.get_input_embeddings().weight.shape[1]
         if not self.head and self.dim != hidden:
             raise ValueError(f"without a head dim must be the hidden size {hidden}, not {self.dim}")
+        return {"hidden": hidden} if self.head else {}
 
-        generator = torch.Generator().manual_seed(self.seed)
-        heads = torch.nn.ModuleDict(
-            {"hidden": projection(hidden, self.dim, generator)} if self.head else {}
-        )
-        if saved is not None and self.head:
-            load_heads(heads, saved)
+    def _lora_targets(self) -> dict[str, Any]:
+        # LamRA: every linear layer of the language model; the vision tower stays frozen
+        return {
+            "target_modules": linear_names(self.backbone, skip=(self.vision, "lm_head")),
+            "trainable_token_indices": (
+                {"embed_tokens": [self.emb_id]} if self.pool == "emb" else None
+            ),
+        }
 
-        vision = self._vision_prefix(model)
-        wrapped: Any = model
-        if self.trained == "lora":
-            from peft import LoraConfig, PeftModel, get_peft_model
+    def _frozen_in_full(self) -> set[str]:
+        # the vision tower (with its merger), and an untied lm_head that pooling never reads
+        model = self.backbone
+        lm_head = model.get_output_embeddings()
+        tied = lm_head is not None and lm_head.weight is model.get_input_embeddings().weight
+        return {
+            name
+            for name, _ in model.named_parameters()
+            if name.startswith(f"{self.vision}.") or (name.startswith("lm_head.") and not tied)
+        }
 
-            if saved is not None:
-                wrapped = PeftModel.from_pretrained(
-                    model, str(saved / ADAPTER_DIR), is_trainable=True
-                )
-            else:
-                lora = LoraConfig(
-                    r=self.lora_r,
-                    lora_alpha=self.lora_alpha,
-                    lora_dropout=self.lora_dropout,
-                    target_modules=linear_names(model, skip=(vision, "lm_head")),
-                    trainable_token_indices=(
-                        {"embed_tokens": [self.emb_id]} if self.pool == "emb" else None
-                    ),
-                )
-                with seeded(self.seed):
-                    wrapped = get_peft_model(model, lora)
-            for name, param in wrapped.named_parameters():
-                param.requires_grad_("lora_" in name or "trainable_tokens_delta" in name)
-        else:
-            lm_head = model.get_output_embeddings()
-            tied = lm_head is not None and lm_head.weight is model.get_input_embeddings().weight
-            for name, param in model.named_parameters():
-                frozen = name.startswith(f"{vision}.") or (name.startswith("lm_head.") and not tied)
-                param.requires_grad_(self.trained == "full" and not frozen)
-        self.module = torch.nn.ModuleDict({"heads": heads, "backbone": wrapped}).to(self.device)
-        self.module.eval()
-
-    @staticmethod
-    def _vision_prefix(model: Any) -> str:
-        """The module name of the vision tower (with its merger)."""
-        inner = model.model
-        tower = getattr(inner, "visual", None) or getattr(inner, "vision_tower", None)
-        for name, module in model.named_modules():
-            if module is tower:
-                return name
-        raise ValueError(f"no vision tower found in {type(model).__name__}")
+    def _settings(self) -> dict[str, Any]:
+        return {"pool": self.pool, "head": self.head, "dtype": self.dtype}
 
     def inputs(self, items: Sequence[EncodeItem]) -> dict[str, Any]:
         """The items' chats tokenised, their images as pixels, for `forward`."""
-        import torch
-
         from rar_pipeline.core.corpus.images import load_image
 
         texts = [
@@ -290,11 +237,7 @@ class VlmEmbedEncoder:
         batch = self.processor(
             text=texts, images=pictures or None, padding=True, return_tensors="pt"
         )
-        dtype = torch_dtype(self.dtype)
-        return {
-            k: v.to(self.device, dtype=dtype) if torch.is_floating_point(v) else v.to(self.device)
-            for k, v in batch.items()
-        }
+        return self._on_device(batch)
 
     def forward(self, inputs: dict[str, Any]) -> Any:
         """(n, dim) unit-length embeddings; gradients reach what `trained` names."""
@@ -310,50 +253,3 @@ class VlmEmbedEncoder:
         if self.head:
             pooled = self.module["heads"]["hidden"](normalize(pooled, dim=1))
         return normalize(pooled, dim=1)
-
-    def embed(self, items: Sequence[EncodeItem]) -> np.ndarray:
-        return embed_in_eval(self, items)
-
-    def config(self) -> dict[str, Any]:
-        return {
-            "encoder": self.name,
-            "model": self.model_id,
-            "dim": self.dim,
-            "seed": self.seed,
-            "trained": self.trained,
-            "trust_remote_code": self.trust_remote_code,
-            "lora_r": self.lora_r,
-            "lora_alpha": self.lora_alpha,
-            "lora_dropout": self.lora_dropout,
-            "pool": self.pool,
-            "head": self.head,
-            "dtype": self.dtype,
-        }
-
-    def save(self, directory: Path) -> None:
-        """Head as safetensors; the full model or the LoRA adapter in a subfolder."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        if self.head:
-            save_heads(self.module["heads"], directory)
-        if self.trained == "full":
-            self.backbone.save_pretrained(directory / BACKBONE_DIR, safe_serialization=True)
-            self.processor.save_pretrained(directory / BACKBONE_DIR)
-        elif self.trained == "lora":
-            self.module["backbone"].save_pretrained(
-                directory / ADAPTER_DIR, safe_serialization=True
-            )
-        (directory / ENCODER_CONFIG).write_text(json.dumps(self.config(), indent=2))
-
-    @classmethod
-    def load(
-        cls, directory: Path, *, cache_dir: Path | None = None, device: str = "cpu"
-    ) -> VlmEmbedEncoder:
-        """Rebuild a saved encoder: the model from its id or path, then the saved weights.
-
-        The device is not part of the saved settings: it is where this process runs.
-        """
-        directory = Path(directory)
-        config = json.loads((directory / ENCODER_CONFIG).read_text())
-        config.pop("encoder")
-        return cls(**config, cache_dir=cache_dir, device=device, _saved=directory)

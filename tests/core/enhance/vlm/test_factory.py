@@ -64,7 +64,7 @@ def test_every_vllm_engine_knob_reaches_the_engine():
         "seed": 5,
         "max_num_seqs": 64,
     }
-    assert vlm._batch_size == 16
+    assert vlm.batch_size == 16
     assert "max_num_seqs" not in create_vlm("vllm").engine_kwargs()  # 0 keeps vLLM's default
 
 
@@ -76,7 +76,7 @@ def test_openai_and_transformers_knobs_reach_their_backends():
     local = create_vlm(
         "transformers", device="cpu", dtype="fp32", device_batch_size=2, revision="abc"
     )
-    assert (local._device_name, local._dtype_name, local._batch_size, local._revision) == (
+    assert (local.device, local.dtype, local.batch_size, local.revision) == (
         "cpu",
         "fp32",
         2,

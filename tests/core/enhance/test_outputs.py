@@ -14,7 +14,7 @@ from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceOptions
 from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.merge import QUERY_COLUMNS
-from rar_pipeline.core.enhance.steps import (
+from rar_pipeline.core.enhance.outputs import (
     CAPTION_COLUMNS,
     caption_candidates,
     code_versions,

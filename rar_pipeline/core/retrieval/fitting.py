@@ -1,9 +1,10 @@
-"""One function per retrieval asset step: train a config's retriever, or keep its checkpoint.
+"""The retriever checkpoint asset's step: train a config's retriever, or keep its checkpoint.
 
 Training is seeded and deterministic, so a checkpoint trained with the same encoder
 settings, options and data is exactly what a new run would produce: `reusable_checkpoint`
 finds it (by the run signature recorded in its manifest) and the asset skips the GPU
-hours. Any change in options or data trains afresh.
+hours. Any change in options or data trains afresh. Index, evaluation and search open the
+result with `checkpoint.open_retriever`.
 """
 
 from __future__ import annotations
@@ -12,17 +13,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.checkpoint import (
-    CHECKPOINT_FILE,
-    UNTRAINED,
     CheckpointError,
     read_checkpoint,
     write_checkpoint,
 )
 from rar_pipeline.core.retrieval.data import TrainingData
-from rar_pipeline.core.retrieval.encoders.base import Encoder, TrainableEncoder
-from rar_pipeline.core.retrieval.encoders.factory import load_encoder
+from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
 from rar_pipeline.core.retrieval.train import (
     Observer,
     TrainOptions,
@@ -77,29 +74,3 @@ def fit_retriever(
     }
     write_checkpoint(checkpoint_dir, result.encoder, manifest)
     return read_checkpoint(checkpoint_dir)
-
-
-def open_retriever(
-    directory: Path, config: str, base: Callable[[], Encoder], cache_dir: Path | None = None
-) -> tuple[Encoder, str, dict[str, Any] | None]:
-    """A config's trained retriever, or the untrained base one where none was trained.
-
-    A corpus without a train split still gets indexes and an evaluation (of the base
-    encoder, zero-shot); the reference says which it was.
-
-    Returns:
-        (encoder, reference "<config>@<hash of the checkpoint's files>" or
-        "<config>@untrained", the checkpoint's manifest or None).
-
-    Raises:
-        CheckpointError: a checkpoint is there but damaged (never loaded), or its folder
-            holds files but no manifest (a partial copy: never taken for "untrained").
-    """
-    directory = Path(directory)
-    if not (directory / CHECKPOINT_FILE).is_file():
-        if directory.is_dir() and any(directory.iterdir()):
-            raise CheckpointError(f"{directory} has files but no {CHECKPOINT_FILE}")
-        return base(), f"{config}@{UNTRAINED}", None
-    manifest = read_checkpoint(directory)
-    reference = f"{config}@{values_hash(sorted(manifest['files'].items()))[:12]}"
-    return load_encoder(directory, cache_dir=cache_dir), reference, manifest

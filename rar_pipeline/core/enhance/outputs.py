@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -130,14 +130,6 @@ def pool_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def add_stats(total: EnhanceStats, part: EnhanceStats) -> EnhanceStats:
-    """`total` plus one chunk's stats (counts and counters summed)."""
-    for f in fields(EnhanceStats):
-        value = getattr(total, f.name)
-        setattr(total, f.name, value + getattr(part, f.name))
-    return total
-
-
 @dataclass
 class CaptionedShard:
     """What `caption_shard` wrote and counted.
@@ -187,7 +179,7 @@ def caption_shard(
             part = caption_candidates(
                 candidates, root, vlm, cache, options, progress=progress, n_samples=n_samples
             )
-            add_stats(stats, part.stats)
+            stats.add(part.stats)
             samples.extend(part.samples[: n_samples - len(samples)])
             frame = part.frame
             images = frame[frame["item_type"] != "text"]

@@ -1,7 +1,7 @@
-"""Embed queries as a config sees them and search its table: what search and evaluation run.
+"""The one search path over a config's table: `SearchStore`, `TableSearch`, `dense_search`.
 
-`SearchStore` is what they need from a vector store (`defs.resources.lancedb` has the real
-LanceDB one and an in-memory fake).
+`SearchStore` is what search and evaluation need from a vector store (`defs.resources.lancedb`
+has the LanceDB one; tests have an in-memory fake); every search of it takes a `TableSearch`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,25 @@ import pyarrow as pa
 
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.configs import IndexedConfig
+from rar_pipeline.core.retrieval.embedding import Embedded, embed_robustly
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem, Encoder
-from rar_pipeline.core.retrieval.rank import Embedded, embed_robustly
+
+
+@dataclass(frozen=True)
+class TableSearch:
+    """How one search reads a config's table: which rows, how deep, which columns back.
+
+    Attributes:
+        pool: only this pool's rows (None: every pool; a candidate is in several).
+        plan: the table's ANN query parameters.
+        modality: only rows of these candidate modalities (None or empty: every one).
+        columns: table columns each hit carries besides query_index, pool, did and score.
+    """
+
+    pool: str | None
+    plan: AnnPlan
+    modality: Sequence[str] | None = None
+    columns: Sequence[str] = ()
 
 
 class SearchStore(Protocol):
@@ -35,29 +52,16 @@ class SearchStore(Protocol):
         ...
 
     def search_vectors(
-        self,
-        name: str,
-        vectors: np.ndarray,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
-    ) -> pd.DataFrame: ...
+        self, name: str, vectors: np.ndarray, k: int, search: TableSearch
+    ) -> pd.DataFrame:
+        """Each vector's k nearest rows: query_index, pool, did, columns, score; best first."""
+        ...
 
     def search_hybrid(
-        self,
-        name: str,
-        vector: np.ndarray,
-        text: str,
-        k: int,
-        *,
-        pool: str | None,
-        plan: AnnPlan,
-        modality: Sequence[str] | None = None,
-        columns: Sequence[str] = (),
-    ) -> pd.DataFrame: ...
+        self, name: str, vector: np.ndarray, text: str, k: int, search: TableSearch
+    ) -> pd.DataFrame:
+        """One query's k best rows by dense and full-text search fused (query_index 0)."""
+        ...
 
 
 @dataclass
@@ -84,11 +88,8 @@ def dense_search(
     encoder: Encoder,
     items: Sequence[EncodeItem],
     k: int,
+    search: TableSearch,
     *,
-    pool: str | None,
-    plan: AnnPlan,
-    modality: Sequence[str] | None = None,
-    columns: Sequence[str] = (),
     progress: Callable[[int], None] | None = None,
 ) -> DenseHits:
     """Embed query items with the config's retriever and search the config's table.
@@ -102,10 +103,7 @@ def dense_search(
     started = time.perf_counter()
     embedded = embed_robustly(encoder, items, progress=progress)
     embedded_at = time.perf_counter()
-    hits = store.search_vectors(
-        config.table, embedded.vectors, k, pool=pool, plan=plan, modality=modality,
-        columns=columns,
-    )  # fmt: skip
+    hits = store.search_vectors(config.table, embedded.vectors, k, search)
     hits = hits[~hits["query_index"].isin(list(embedded.failed))]
     return DenseHits(embedded, hits, embedded_at - started, time.perf_counter() - embedded_at)
 
