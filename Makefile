@@ -9,7 +9,7 @@ MLFLOW_PORT ?= 5000
 # pytest-xdist workers for `make test` (each takes up to ~2.5 GB; 2 on the 2-core reference machine)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test fmt ui mlflow-ui search-ui bench clean-demo install
+.PHONY: demo test fmt docs ui mlflow-ui search-ui bench clean-demo install
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ test: $(STAMP)
 	$(BIN)/ruff check rar_pipeline tests benchmarks
 	$(BIN)/ruff format --check rar_pipeline tests benchmarks
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+
+# docs/configuration.md is generated from the settings' fields (a test checks it is current)
+docs: $(STAMP)
+	$(BIN)/python -m rar_pipeline.core.settings > docs/configuration.md
 
 fmt: $(STAMP)
 	$(BIN)/ruff check --fix rar_pipeline tests benchmarks

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION
 from rar_pipeline.core.enhance.vlm.base import VLMRequest
-from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL
+from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, VLLMConfig
 from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM
 
 
@@ -74,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
 
     vlm = VLLMVLM(
         model_id=args.model,
-        max_model_len=args.max_model_len,
-        gpu_memory_utilization=args.gpu_memory_utilization,
+        config=VLLMConfig(
+            max_model_len=args.max_model_len, gpu_memory_utilization=args.gpu_memory_utilization
+        ),
     )
     t0 = time.perf_counter()
     vlm.load()

@@ -127,15 +127,11 @@ def run_stage(stage: str, data: Path, out: Path) -> int:
     from rar_pipeline.core.corpus.mbeir import discover
     from rar_pipeline.definitions import build_assets
     from rar_pipeline.defs.partitions import register_corpus_partitions
-    from rar_pipeline.defs.resources import (
-        CorpusResource,
-        FakeVLMResource,
-        LanceDBResource,
-        RetrieverResource,
-    )
+    from rar_pipeline.defs.resources import CorpusResource, LanceDBResource, RetrieverResource
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' FakeMlflow
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the tests' fakes
     from tests.fake_mlflow import FakeMlflow
+    from tests.fake_vlm import FakeVLMResource
 
     class HashRetriever(RetrieverResource):
         def create(self, cache_dir: Path | None = None):  # type: ignore[override]

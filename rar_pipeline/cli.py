@@ -19,46 +19,51 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
+from rar_pipeline.core.config import Knob
 from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, LayoutError, discover
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.names import GROUPS
 from rar_pipeline.core.search.query import MAX_K
-from rar_pipeline.core.settings import BY_NAME, SETTINGS, Setting, Settings, load_settings
+from rar_pipeline.core.settings import BY_DEST, KNOBS, Settings, load_settings
 
-# Settings with a flag that `run`, `demo`, `search` and `serve` take (`--data` and
-# `--artifacts` are added per command); each flag's help, choices, type and bounds come
-# from the settings table. `serve` also takes the search page's own.
-GRAPH_FLAGS = [
-    s
-    for s in SETTINGS
-    if s.flag and s.scope == "graph" and s.name not in ("data_root", "artifacts_dir")
-]
-SERVE_FLAGS = [s for s in SETTINGS if s.flag and s.scope == "serve"]
+# The sections whose flags `run`, `demo`, `search` and `serve` take (`serve` also the
+# search page's); every flag, its help, type and bounds come from the section's fields.
+GRAPH_SECTIONS = ("corpus", "vlm", "enhance", "retriever", "training")
+LOCATIONS = ("corpus__data_root", "corpus__artifacts_dir")  # flags each command adds itself
 
 
-def _add_setting(parser: argparse._ActionsContainer, setting: Setting, **overrides) -> None:
+def _add_knob(parser: argparse._ActionsContainer, knob: Knob, **overrides) -> None:
     """A flag for a setting: unset (None) unless given, so the environment can decide."""
-    fallback = "the project default" if callable(setting.default) else repr(setting.default)
-    default_help = f" (default: ${setting.env}, else {fallback})"
 
     def parse(raw: str) -> object:
         try:
-            return setting.parse(raw, setting.flag or setting.name)
+            return knob.check(raw, knob.flag)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
 
-    parse.__name__ = setting.name  # what argparse names in its errors
+    parse.__name__ = knob.key  # what argparse names in its errors
+    choices = f" ({' | '.join(knob.choices)})" if knob.choices else ""
     parser.add_argument(
-        setting.flag,
-        dest=setting.name,
+        knob.flag,
+        dest=knob.dest,
         type=parse,
-        choices=list(setting.choices) if setting.choices else None,
-        help=setting.help + default_help,
+        metavar=knob.path[-1].upper(),
+        help=f"{knob.help}{choices} (default: ${knob.env}, else {knob.default_text()})",
         **overrides,
     )
+
+
+def _add_sections(parser: argparse.ArgumentParser, sections: Sequence[str]) -> None:
+    """A group of flags per section, every field of each (locations excepted)."""
+    for section in sections:
+        group = parser.add_argument_group(
+            f"{section} settings (flag, then environment, then default; docs/configuration.md)"
+        )
+        for knob in KNOBS:
+            if knob.section == section and knob.dest not in LOCATIONS:
+                _add_knob(group, knob)
 
 
 def bounded(low: int, high: int) -> object:
@@ -82,30 +87,37 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         prog="rar", description="Reasoning-Augmented Representations pipeline"
     )
     sub = parser.add_subparsers(dest="command", required=True)
-    data, artifacts = BY_NAME["data_root"], BY_NAME["artifacts_dir"]
+    _graph_commands(sub)
+    _corpus_commands(sub)
+    _search_commands(sub)
+    return parser.parse_args(argv)
 
+
+def _locations(parser: argparse.ArgumentParser, *, data_required: bool = False) -> None:
+    _add_knob(parser, BY_DEST["corpus__data_root"], required=data_required)
+    _add_knob(parser, BY_DEST["corpus__artifacts_dir"])
+
+
+def _graph_commands(sub: argparse._SubParsersAction) -> None:
+    """`demo` and `run`: the whole graph."""
     demo = sub.add_parser("demo", help="build the demo corpus and run the pipeline on it")
     demo.add_argument(
         "--data",
-        dest="data_root",
-        type=Path,
+        dest="corpus__data_root",
         help="where to write the demo corpus (default: data/demo under the project)",
     )
+    _add_knob(demo, BY_DEST["corpus__artifacts_dir"])
     demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
-    defaults = DemoConfig()
-    count = bounded(1, 100_000)
+    defaults, count = DemoConfig(), bounded(1, 100_000)
     demo.add_argument("--train-products", type=count, default=defaults.n_train_products)
     demo.add_argument("--test-products", type=count, default=defaults.n_test_products)
-    demo.add_argument(
-        "--train-queries", type=count, default=defaults.train_queries_per_task, help="per task"
-    )
-    demo.add_argument(
-        "--test-queries", type=count, default=defaults.test_queries_per_task, help="per task"
-    )
+    for split in ("train", "test"):
+        demo.add_argument(f"--{split}-queries", type=count, help="per task",
+                          default=getattr(defaults, f"{split}_queries_per_task"))  # fmt: skip
     demo.add_argument("--seed", type=bounded(0, 2**32 - 1), default=defaults.seed)
 
     run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
-    _add_setting(run, data, required=True)
+    _locations(run, data_required=True)
     run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 (default: all)")
     run.add_argument(
         "--through",
@@ -113,38 +125,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="stop after this stage, e.g. enhancement to caption and rewrite now and train "
         "later (default: the whole graph, through evaluation)",
     )
-
     for command in (demo, run):
-        _add_setting(command, artifacts)
-        group = command.add_argument_group("settings (flag, then environment, then default)")
-        for setting in GRAPH_FLAGS:
-            _add_setting(group, setting)
+        _add_sections(command, GRAPH_SECTIONS)
 
-    sync = sub.add_parser(
-        "sync-tracking",
-        help="replay into MLflow the runs journaled while it could not be reached",
-    )
-    _add_setting(sync, data)
-    _add_setting(sync, artifacts)
 
-    compact = sub.add_parser(
-        "compact-cache",
-        help="reclaim the caches' free space (run it while no pipeline run is writing)",
-    )
-    _add_setting(compact, data)
-    _add_setting(compact, artifacts)
-
+def _corpus_commands(sub: argparse._SubParsersAction) -> None:
+    """`validate`, `report`, `sync-tracking`, `compact-cache`: a corpus' files and outputs."""
     validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
-    _add_setting(validate, data, required=True)
+    _add_knob(validate, BY_DEST["corpus__data_root"], required=True)
     validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
-    _add_setting(validate, BY_NAME["image_check"])
-    _add_setting(validate, BY_NAME["strict_paths"])
-    validate.add_argument(
-        "--show",
-        type=bounded(0, 10**9),
-        default=20,
-        help="how many quarantined rows to list (default 20)",
-    )
+    _add_knob(validate, BY_DEST["corpus__image_check"])
+    _add_knob(validate, BY_DEST["corpus__strict_paths"])
+    validate.add_argument("--show", type=bounded(0, 10**9), default=20,
+                          help="how many quarantined rows to list (default 20)")  # fmt: skip
     validate.add_argument("--json", action="store_true", help="print a JSON summary instead")
     validate.add_argument(
         "--strict", action="store_true", help="exit 1 when any row is quarantined"
@@ -152,11 +145,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     report = sub.add_parser(
         "report", help="print the latest evaluation of a corpus (what retrieval_eval wrote)"
     )
-    _add_setting(report, data)
-    _add_setting(report, artifacts)
     report.add_argument(
         "--format", choices=["table", "json", "markdown"], default="table", help="default: table"
     )
+    sync = sub.add_parser(
+        "sync-tracking", help="replay into MLflow the runs journaled while it could not be reached"
+    )
+    compact = sub.add_parser(
+        "compact-cache",
+        help="reclaim the caches' free space (run it while no pipeline run is writing)",
+    )
+    for command in (report, sync, compact):
+        _locations(command)
+
+
+def _search_commands(sub: argparse._SubParsersAction) -> None:
+    """`search` and `serve`: a corpus' indexes, as the pipeline built them."""
     search = sub.add_parser(
         "search", help="search a corpus' index, enhancing the query as the pipeline does"
     )
@@ -166,41 +170,32 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "-k", type=bounded(1, MAX_K), default=10, help=f"results to show, 1-{MAX_K} (default 10)"
     )
     search.add_argument("--format", choices=["table", "json"], default="table")
-    serve = sub.add_parser("serve", help="the search page, on 127.0.0.1 unless told otherwise")
-    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
-    serve.add_argument("--port", type=bounded(1, 65_535), default=8765, help="default 8765")
-    for setting in SERVE_FLAGS:
-        _add_setting(serve, setting)
-    for command in (search, serve):
-        _add_setting(command, data)
-        _add_setting(command, artifacts)
-        group = command.add_argument_group("settings (flag, then environment, then default)")
-        for setting in GRAPH_FLAGS:
-            _add_setting(group, setting)
     search.add_argument(
         "--config",
         default="full",
         help="which index: none, corpus, query, full or inference-only (default: full)",
     )
     search.add_argument("--hybrid", action="store_true", help="fuse dense and full-text hits (RRF)")
-    search.add_argument(
-        "--modality",
-        nargs="+",
-        choices=[m.value for m in Modality],
-        help="only candidates of these modalities",
-    )
+    search.add_argument("--modality", nargs="+", choices=[m.value for m in Modality],
+                        help="only candidates of these modalities")  # fmt: skip
     search.add_argument("--pool", help="only this pool's candidates (default: every pool)")
     search.add_argument("--task", help="apply this query task's query-type override")
-    return parser.parse_args(argv)
+    serve = sub.add_parser("serve", help="the search page, on 127.0.0.1 unless told otherwise")
+    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
+    serve.add_argument("--port", type=bounded(1, 65_535), default=8765, help="default 8765")
+    _add_sections(serve, ["search"])
+    for command in (search, serve):
+        _locations(command)
+        _add_sections(command, GRAPH_SECTIONS)
 
 
 def settings_from_args(args: argparse.Namespace, env=None) -> Settings:  # noqa: ANN001
     """Resolve the settings: the flags given win over the environment, then defaults."""
-    flags = {s.name: getattr(args, s.name) for s in SETTINGS if hasattr(args, s.name)}
-    if args.command == "demo" and flags.get("data_root") is None:
+    flags = {k.dest: getattr(args, k.dest) for k in KNOBS if hasattr(args, k.dest)}
+    if args.command == "demo" and flags.get("corpus__data_root") is None:
         # The demo always writes its own folder unless told otherwise: RAR_DATA_ROOT names
         # the corpus `rar run` and the UI read, which the demo must never overwrite.
-        flags["data_root"] = load_settings(env).project.demo_data
+        flags["corpus__data_root"] = load_settings(env).project.layout().demo_data
     return load_settings(env, **flags)
 
 
@@ -266,10 +261,7 @@ def _validate(args: argparse.Namespace) -> int:
     reports = validate_corpus(
         layout,
         tasks=args.tasks,
-        image_check=ImageCheck(
-            level=ImageCheckLevel(settings.image_check),
-            strict_paths=settings.strict_paths == "on",
-        ),
+        image_check=settings.corpus.image_policy(),
         progress=sys.stderr.isatty(),
     )
     # instruction lines are shared by every task: count them once
@@ -412,20 +404,15 @@ def _serve(args: argparse.Namespace, preload: str = "full") -> int:
     import uvicorn
 
     from rar_pipeline.defs.searchers import Searchers
-    from rar_pipeline.web.app import PageLimits, create_app
+    from rar_pipeline.web.app import create_app
     from rar_pipeline.web.guard import is_loopback
 
     settings = settings_from_args(args)
     searchers = Searchers.from_settings(settings)
-    allowed = [h.strip() for h in settings.search_allowed_hosts.split(",") if h.strip()]
+    allowed = list(settings.search.allowed_hosts)
     if not is_loopback(args.host) and args.host not in ("0.0.0.0", "::"):
         allowed.append(args.host)  # the address it was told to serve on is its own name
-    limits = PageLimits(
-        max_upload_bytes=settings.search_max_upload_mb * 2**20,
-        upload_quota_bytes=settings.search_upload_quota_mb * 2**20,
-        allowed_hosts=tuple(allowed),
-    )
-    app = create_app(searchers, limits)
+    app = create_app(searchers, settings.search.model_copy(update={"allowed_hosts": allowed}))
     print(f"loading the {preload} index and its models ...", flush=True)
     app.state.search.worker.submit(searchers.open, preload).result()  # on the search thread
     if not is_loopback(args.host):

@@ -7,15 +7,15 @@ from typing import Any
 
 from rar_pipeline.defs.resources import (
     CorpusResource,
-    FakeVLMResource,
     LanceDBResource,
     RetrieverResource,
     VLMResource,
 )
 from tests.fake_mlflow import FakeMlflow
+from tests.fake_vlm import FakeVLMResource
 
 # a real offline retriever, small and short: the graph's tests check wiring, not recall
-SMALL_RETRIEVER = RetrieverResource(dim=16, epochs=2, batch_size=16, patience=1)
+SMALL_RETRIEVER = RetrieverResource(dim=16, training={"epochs": 2, "batch_size": 16, "patience": 1})
 
 
 def graph_assets(vlm: VLMResource | None = None) -> list:

@@ -26,9 +26,12 @@ def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_parse_args_defaults():
     args = parse_args(["run", "--data", "/x"])
-    assert args.command == "run" and args.data_root == Path("/x")
+    assert args.command == "run" and args.corpus__data_root == "/x"
     # settings flags stay unset unless given, so the environment can decide
-    assert args.tasks is None and args.image_check is None and args.vlm_backend is None
+    assert args.tasks is None and args.corpus__image_check is None and args.vlm__backend is None
+    # every field of every graph section is a flag, deep ones too
+    deep = parse_args(["run", "--data", "/x", "--vlm-openai-max-concurrency", "3"])
+    assert deep.vlm__openai__max_concurrency == 3
     assert parse_args(["demo"]).train_products == 480
     with pytest.raises(SystemExit):
         parse_args(["run"])  # --data is required

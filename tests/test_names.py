@@ -18,7 +18,7 @@ from rar_pipeline.core import names
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.definitions import build_definitions
-from rar_pipeline.defs.resources import FakeVLMResource
+from tests.fake_vlm import FakeVLMResource
 
 PACKAGE = Path(__file__).resolve().parents[1] / "rar_pipeline"
 HINT = re.compile(r"materialize\s+[\w{]")  # "materialize X", "rematerialize {asset}"

@@ -126,10 +126,10 @@ class TestRarSearchRefusesWhatItCannotServe:
             assert "argument -k:" in capsys.readouterr().err
         with pytest.raises(SystemExit):
             main(["search", "red", "--epochs", "0"])
-        assert "between 1 and 100000" in capsys.readouterr().err
+        assert "greater than or equal to 1" in capsys.readouterr().err
         monkeypatch.setenv("RAR_LR", "inf")
         assert main(["search", "red"]) == 2
-        assert "RAR_LR: 'inf' is not a valid train_lr" in capsys.readouterr().err
+        assert "RAR_LR: 'inf' is not a valid training.lr" in capsys.readouterr().err
 
     def test_hybrid_search_takes_quotes_and_operators(self, demo_project, monkeypatch, capsys):
         point_at_project(monkeypatch, demo_project.root)

@@ -16,7 +16,7 @@ from PIL import Image
 
 from rar_pipeline.core.corpus.images import ImageCheck
 from rar_pipeline.core.corpus.mbeir import resolve_in_root
-from rar_pipeline.core.enhance.vlm.config import DEFAULTS
+from rar_pipeline.core.enhance.vlm.config import OpenAIConfig, VLMConfig
 from rar_pipeline.defs.resources import RetrieverResource, VLMResource
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -31,7 +31,7 @@ def test_every_server_the_project_starts_binds_to_this_machine():
     from rar_pipeline.cli import parse_args
 
     assert parse_args(["serve"]).host == "127.0.0.1"
-    assert DEFAULTS.base_url.startswith("http://127.0.0.1")
+    assert OpenAIConfig().base_url.startswith("http://127.0.0.1")
 
 
 def _calls(name: str) -> list[tuple[Path, ast.Call]]:
@@ -59,7 +59,7 @@ def test_weights_are_never_unpickled():
 
 
 def test_remote_code_is_off_unless_asked_for():
-    assert DEFAULTS.trust_remote_code is False
+    assert VLMConfig().trust_remote_code is False
     assert VLMResource().trust_remote_code is False
     assert RetrieverResource().trust_remote_code is False
     for path, call in _calls("from_pretrained"):

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from rar_pipeline.cli import main
-from rar_pipeline.core.settings import SETTINGS
+from rar_pipeline.cli import LOCATIONS, main
+from rar_pipeline.core.settings import KNOBS
 from rar_pipeline.defs import launch
 
 
@@ -20,8 +20,8 @@ from rar_pipeline.defs import launch
 def captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     """What `rar run` passes to the graph; nothing is materialized."""
     monkeypatch.chdir(tmp_path)
-    for setting in SETTINGS:
-        monkeypatch.delenv(setting.env, raising=False)
+    for knob in KNOBS:
+        monkeypatch.delenv(knob.env, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     seen: dict[str, Any] = {}
 
@@ -33,65 +33,83 @@ def captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     return seen
 
 
-# setting -> (a value to give, where it lands in what `rar run` hands the graph)
-WHERE = {
-    "project_dir": ("proj", lambda s, r: Path(r["mlflow"].artifact_location).parent.parent.name),
-    "data_root": (None, lambda s, r: r["corpus"].data_root),  # the required --data
-    "artifacts_dir": ("out", lambda s, r: Path(r["corpus"].artifacts_dir).name),
-    "image_check": ("exists", lambda s, r: r["corpus"].image_check),
-    "strict_paths": ("on", lambda s, r: "on" if r["corpus"].strict_paths else "off"),
-    "vlm_backend": ("openai", lambda s, r: r["vlm"].backend),
-    "vlm_model": ("org/model", lambda s, r: r["vlm"].model_id),
-    "vlm_base_url": ("http://127.0.0.1:9/v1", lambda s, r: r["vlm"].base_url),
-    "vlm_api_key_env": ("MY_KEY", lambda s, r: r["vlm"].api_key_env),
-    "vlm_timeout_s": ("7.5", lambda s, r: str(r["vlm"].timeout_s)),
-    "vlm_device": ("cpu", lambda s, r: r["vlm"].device),
-    "hallucination_policy": ("drop", lambda s, r: r["vlm"].hallucination_policy),
-    "retriever_encoder": ("clip", lambda s, r: r["retriever"].encoder),
-    "retriever_model": ("org/clip", lambda s, r: r["retriever"].model),
-    "retriever_trained": ("lora", lambda s, r: r["retriever"].trained),
-    "retriever_device": ("cuda", lambda s, r: r["retriever"].device),
-    "train_epochs": ("7", lambda s, r: str(r["retriever"].epochs)),
-    "train_max_steps": ("9", lambda s, r: str(r["retriever"].max_steps)),
-    "train_batch_size": ("16", lambda s, r: str(r["retriever"].batch_size)),
-    "train_lr": ("0.01", lambda s, r: str(r["retriever"].lr)),
-    "mined_negatives": ("2", lambda s, r: str(r["retriever"].mined_negatives)),
-    "mlflow_tracking_uri": ("sqlite:///x.db", lambda s, r: r["mlflow"].tracking_uri),
-    "mlflow_artifacts": ("mla", lambda s, r: Path(r["mlflow"].artifact_location).name),
-    "lancedb_uri": ("s3://bucket/db", lambda s, r: r["lancedb"].uri),
-    "dagster_home": ("dh", lambda s, r: s.dagster_home.name),
-    # the search page's own (tests/web/test_serve.py): no part of the graph
-    "search_max_upload_mb": (None, None),
-    "search_upload_quota_mb": (None, None),
-    "search_allowed_hosts": (None, None),
+# the section each resource inherits: a knob's value lands at the same path in it
+RESOURCE_OF = {
+    "corpus": ("corpus", ()),
+    "vlm": ("vlm", ()),
+    "enhance": ("vlm", ("enhance",)),
+    "retriever": ("retriever", ()),
+    "training": ("retriever", ("training",)),
 }
+# values for fields whose string a generic rule cannot make up
+GIVEN = {
+    "vlm.backend": ("openai", "vllm"),
+    "retriever.encoder": ("clip", "vlm-embed"),
+    "retriever.trained": ("lora", "full"),
+    "vlm.openai.base_url": ("http://127.0.0.1:9/v1", "http://127.0.0.1:8/v1"),
+    "enhance.query_type_overrides": ('{"t": "qa"}', "{}"),
+}
+GRAPH = [k for k in KNOBS if k.section in RESOURCE_OF and k.dest not in LOCATIONS]
 
 
-def test_every_setting_is_covered_here():
-    assert set(WHERE) == {s.name for s in SETTINGS}
+def two_values(knob) -> tuple[str, str]:
+    """Two strings a person could give this knob, neither its default."""
+    if knob.key in GIVEN:
+        return GIVEN[knob.key]
+    if knob.choices:
+        default = knob.default_text()
+        return tuple([c for c in knob.choices if c != default][:2])  # type: ignore[return-value]
+    default = knob.info.get_default(call_default_factory=True)
+    if isinstance(default, bool):
+        return ("off", "on") if default else ("on", "off")
+    if isinstance(default, int):
+        low = next((m.ge for m in knob.info.metadata if hasattr(m, "ge")), 0)
+        return str(max(default, low) + 1), str(max(default, low) + 2)
+    if isinstance(default, float):
+        return "0.25", "0.5"
+    return "given-a", "given-b"
 
 
-@pytest.mark.parametrize(
-    "setting", [s for s in SETTINGS if WHERE[s.name][0] is not None], ids=lambda s: s.env
-)
-def test_the_environment_variable_reaches_the_graph(setting, captured, mini_corpus, monkeypatch):
-    value, where = WHERE[setting.name]
-    monkeypatch.setenv(setting.env, value)
+def landed(resources: dict, knob) -> object:
+    resource, prefix = RESOURCE_OF[knob.section]
+    value = resources[resource]
+    for part in (*prefix, *knob.path):
+        value = getattr(value, part)
+    return value
+
+
+@pytest.mark.parametrize("knob", GRAPH, ids=lambda k: k.env)
+def test_the_environment_variable_reaches_the_graph(knob, captured, mini_corpus, monkeypatch):
+    value, _ = two_values(knob)
+    monkeypatch.setenv(knob.env, value)
     assert main(["run", "--data", str(mini_corpus)]) == 0
-    assert where(captured["settings"], captured["resources"]) == value
+    assert landed(captured["resources"], knob) == knob.check(value, knob.env)
+
+
+@pytest.mark.parametrize("knob", GRAPH, ids=lambda k: k.flag)
+def test_a_flag_beats_the_environment(knob, captured, mini_corpus, monkeypatch):
+    value, other = two_values(knob)
+    monkeypatch.setenv(knob.env, other)
+    assert main(["run", "--data", str(mini_corpus), knob.flag, value]) == 0
+    assert landed(captured["resources"], knob) == knob.check(value, knob.flag)
 
 
 @pytest.mark.parametrize(
-    "setting",
-    [s for s in SETTINGS if s.flag and WHERE[s.name][0] is not None],
-    ids=lambda s: s.flag,
-)
-def test_a_flag_beats_the_environment(setting, captured, mini_corpus, monkeypatch):
-    value, where = WHERE[setting.name]
-    other = {"exists": "header", "openai": "vllm", "drop": "strip", "7.5": "9.0", "on": "off"}
-    monkeypatch.setenv(setting.env, other.get(value, value + "-from-env"))
-    assert main(["run", "--data", str(mini_corpus), setting.flag, value]) == 0
-    assert where(captured["settings"], captured["resources"]) == value
+    ("variable", "value", "where"),
+    [
+        ("RAR_PROJECT_DIR", "proj",
+         lambda r: Path(r["mlflow"].artifact_location).parent.parent.name),
+        ("MLFLOW_TRACKING_URI", "sqlite:///x.db", lambda r: r["mlflow"].tracking_uri),
+        ("RAR_MLFLOW_ARTIFACTS", "mla", lambda r: Path(r["mlflow"].artifact_location).name),
+        ("RAR_LANCEDB_URI", "s3://bucket/db", lambda r: r["lancedb"].uri),
+    ],
+)  # fmt: skip
+def test_the_project_and_storage_variables_reach_the_graph(
+    variable, value, where, captured, mini_corpus, monkeypatch
+):
+    monkeypatch.setenv(variable, value)
+    assert main(["run", "--data", str(mini_corpus)]) == 0
+    assert where(captured["resources"]) == value
 
 
 def test_the_data_root_flag_reaches_the_graph(captured, mini_corpus):
@@ -104,7 +122,7 @@ def test_defaults_apply_when_nothing_is_given(captured, mini_corpus, tmp_path):
     resources = captured["resources"]
     assert resources["corpus"].image_check == "decode"
     assert resources["corpus"].artifacts_dir == str(tmp_path / "artifacts" / "mbeir_mini")
-    assert (resources["vlm"].backend, resources["vlm"].timeout_s) == ("offline", 120.0)
+    assert (resources["vlm"].backend, resources["vlm"].openai.timeout_s) == ("offline", 120.0)
     assert resources["lancedb"].uri == str(tmp_path / "artifacts" / "mbeir_mini" / "lancedb")
 
 

@@ -25,6 +25,7 @@ from rar_pipeline.core.corpus.records import Reason
 from rar_pipeline.core.enhance import perception
 from rar_pipeline.core.enhance.perception import FEATURE_DIM, Perceiver, TextBox
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, QUERY_CAPTION
+from rar_pipeline.core.enhance.vlm.config import TransformersConfig
 from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM
 from rar_pipeline.core.retrieval.embedding import embed_robustly
 from rar_pipeline.core.retrieval.encoders.base import EncodeItem
@@ -168,7 +169,9 @@ def test_the_transformers_backend_fails_only_those_requests(tiny_llava, probes, 
     sampling = SamplingParams(max_tokens=3)
     paths = [ordinary, *(probes[n] for n in NAMES)]
     requests = [CORPUS_CAPTION.request("an item", p, sampling=sampling) for p in paths]
-    results = TransformersVLM(str(tiny_llava), device="cpu", batch_size=4).generate(requests)
+    results = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", device_batch_size=4)
+    ).generate(requests)
     assert results[0].ok
     for result, name in zip(results[1:], NAMES, strict=True):
         assert _is_refusal(result.error, name) and not result.retryable

@@ -1,270 +1,120 @@
 """Every setting a person can give, with one precedence: flag, then environment, then default.
 
-`SETTINGS` is the table: each row names the setting, its environment variable, its `rar`
-flag (if any), its default and what it means. `load_settings` resolves it, the CLI builds
-its flags from it, and the README's configuration table lists exactly these rows. Every
-`RAR_*` variable is read here and nowhere else.
+The settings are the components' typed sections (`SECTIONS`), each declared once where its
+component lives: the corpus (`core.corpus.config`), the VLM with a section per backend
+(`core.enhance.vlm.config`), the enhancement run (`core.enhance.engine.EnhanceOptions`),
+the retriever and its training (`core.retrieval.options`), storage, the search page. Every
+field is a `core.config.Knob`: its environment variable and `rar` flag come from its name
+(or its own shorter ones), and `load_settings` reads them, in this module and nowhere else,
+then derives the defaults that depend on other settings (the demo data under the project,
+the artifacts under the data root's name, the LanceDB folder under the artifacts...).
 
-Defaults that are locations live under the project folder (`core.layout.ProjectLayout`);
-VLM backend defaults come from `core.enhance.vlm.config.DEFAULTS`.
+docs/configuration.md is generated from the same fields (`python -m rar_pipeline.core.settings
+> docs/configuration.md`, `make docs`); a test fails when it is out of date.
 """
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+import sys
+from collections import Counter
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from rar_pipeline.core.corpus.images import ImageCheckLevel
-from rar_pipeline.core.enhance.guard import GuardPolicy
-from rar_pipeline.core.enhance.vlm.config import BACKENDS, DEFAULTS, VLMConfig
+from pydantic import BaseModel, ValidationError
+
+from rar_pipeline.core.config import Knob, Section, configuration_markdown, knobs, nest, setting
+from rar_pipeline.core.corpus.config import CorpusConfig
+from rar_pipeline.core.enhance.engine import EnhanceOptions
+from rar_pipeline.core.enhance.vlm.config import VLMConfig
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
-from rar_pipeline.core.retrieval.options import ENCODERS, TRAINED, TrainOptions
-from rar_pipeline.core.search.query import MAX_UPLOAD_BYTES, UPLOAD_QUOTA_BYTES
+from rar_pipeline.core.retrieval.options import RetrieverConfig, TrainOptions
+from rar_pipeline.core.search.query import SearchPageConfig
 
 
-@dataclass(frozen=True)
-class Setting:
-    """One row of the settings table.
+class ProjectConfig(Section):
+    """The project folder, which the location defaults are relative to, and its Dagster home."""
 
-    Attributes:
-        name: the `Settings` field.
-        env: the environment variable that sets it.
-        flag: the `rar` flag that sets it (None: environment only).
-        default: a value, or a function of the settings resolved so far (rows above).
-        help: what it means, for `--help` and the README.
-        kind: how a string from the environment is parsed (str, float, Path).
-        choices: the allowed values, when there is a fixed set.
-        bounds: the smallest and largest value a number may take (inclusive).
-        scope: which commands take the flag: "graph" (run, demo, search and serve: what
-            the pipeline's resources are made of) or "serve" (the search page only).
-    """
+    project_dir: str = setting(
+        "", "the project folder; the location defaults are relative to it",
+        env="RAR_PROJECT_DIR", shown="the working directory",
+    )  # fmt: skip
+    dagster_home: str = setting(
+        "", "the Dagster instance that records runs (the Makefile sets it)",
+        env="DAGSTER_HOME", shown="<project>/dagster_home",
+    )  # fmt: skip
 
-    name: str
-    env: str
-    flag: str | None
-    default: Any
-    help: str
-    kind: Callable[[str], Any] = str
-    choices: tuple[str, ...] | None = None
-    bounds: tuple[float, float] | None = None
-    scope: str = "graph"
-
-    def parse(self, raw: Any, source: str) -> Any:
-        """Turn a raw value into the setting's type, refusing values outside `choices`."""
-        try:
-            value = self.kind(raw) if isinstance(raw, str) else raw
-        except ValueError as exc:
-            raise ValueError(f"{source}: {raw!r} is not a valid {self.name}: {exc}") from None
-        if self.choices is not None and str(value) not in self.choices:
-            raise ValueError(
-                f"{source}: {raw!r} is not a valid {self.name}; choose one of "
-                + ", ".join(self.choices)
-            )
-        if self.bounds is not None:
-            low, high = self.bounds
-            if not (math.isfinite(value) and low <= value <= high):
-                raise ValueError(f"{source}: {raw!r} is not a valid {self.name}: it must be "
-                                 f"between {low:g} and {high:g}")  # fmt: skip
-        return value
+    def layout(self) -> ProjectLayout:
+        return ProjectLayout(Path(self.project_dir))
 
 
-def _project(s: Mapping[str, Any]) -> ProjectLayout:
-    return ProjectLayout(s["project_dir"])
+class StorageConfig(Section):
+    """Where runs are tracked and vectors kept: MLflow's store and LanceDB."""
+
+    mlflow_tracking_uri: str = setting(
+        "", "MLflow's tracking store (a sqlite:/// file, or a server's http(s) URL)",
+        env="MLFLOW_TRACKING_URI", shown="sqlite:///<project>/mlruns/mlflow.db",
+    )  # fmt: skip
+    mlflow_artifacts: str = setting(
+        "", "where MLflow keeps run artifacts", env="RAR_MLFLOW_ARTIFACTS",
+        shown="<project>/mlruns/artifacts",
+    )  # fmt: skip
+    lancedb_uri: str = setting(
+        "", "the LanceDB database (a folder, or an s3:// URI)", env="RAR_LANCEDB_URI",
+        shown="<artifacts dir>/lancedb",
+    )  # fmt: skip
 
 
-SETTINGS: tuple[Setting, ...] = (
-    Setting(
-        "project_dir", "RAR_PROJECT_DIR", None, lambda s: Path.cwd(),
-        "the project folder; the location defaults below are relative to it",
-        kind=Path,
-    ),
-    Setting(
-        "data_root", "RAR_DATA_ROOT", "--data", lambda s: _project(s).demo_data,
-        "the M-BEIR data root to read", kind=Path,
-    ),
-    Setting(
-        "artifacts_dir", "RAR_ARTIFACTS_DIR", "--artifacts",
-        lambda s: _project(s).artifacts_for(s["data_root"]),
-        "where this corpus' outputs go (artifacts/<data root folder name>)", kind=Path,
-    ),
-    Setting(
-        "image_check", "RAR_IMAGE_CHECK", "--image-check", ImageCheckLevel.DECODE.value,
-        "how hard validation looks at images: decode (catches truncated files), header, "
-        "exists (for very large pools), off",
-        choices=tuple(level.value for level in ImageCheckLevel),
-    ),
-    Setting(
-        "strict_paths", "RAR_STRICT_PATHS", "--strict-paths", "off",
-        "on: resolve symlinks in paths from data files and page requests, refusing any "
-        "whose real file is outside the data root (for roots others can write to)",
-        choices=("off", "on"),
-    ),
-    Setting(
-        "vlm_backend", "RAR_VLM_BACKEND", "--vlm-backend", DEFAULTS.backend,
-        "which VLM enhances items: " + " | ".join(BACKENDS), choices=BACKENDS,
-    ),
-    Setting(
-        "vlm_model", "RAR_VLM_MODEL", "--vlm-model", DEFAULTS.model_id,
-        "model id; empty means the backend's default (Qwen/Qwen2.5-VL-7B-Instruct for the "
-        "model backends)",
-    ),
-    Setting(
-        "vlm_base_url", "RAR_VLM_BASE_URL", "--vlm-base-url", DEFAULTS.base_url,
-        "openai backend: the server's /v1 URL; several, comma-separated, form a fleet",
-    ),
-    Setting(
-        "vlm_api_key_env", "RAR_VLM_API_KEY_ENV", None, DEFAULTS.api_key_env,
-        "openai backend: the environment variable that holds the API key (none sent if unset)",
-    ),
-    Setting(
-        "vlm_timeout_s", "RAR_VLM_TIMEOUT_S", "--vlm-timeout", DEFAULTS.timeout_s,
-        "openai backend: seconds to wait on a server per attempt", kind=float,
-        bounds=(0.1, 86_400),
-    ),
-    Setting(
-        "vlm_device", "RAR_VLM_DEVICE", "--vlm-device", DEFAULTS.device,
-        "transformers backend: auto | cpu | cuda",
-    ),
-    Setting(
-        "hallucination_policy", "RAR_HALLUCINATION_POLICY", "--hallucination-policy",
-        GuardPolicy.KEEP.value,
-        "what to do with entities that contradict an item's own text: keep | strip | drop",
-        choices=tuple(p.value for p in GuardPolicy),
-    ),
-    Setting(
-        "retriever_encoder", "RAR_ENCODER", "--encoder", "offline",
-        "the retriever's backbone: " + " | ".join(ENCODERS), choices=tuple(ENCODERS),
-    ),
-    Setting(
-        "retriever_model", "RAR_ENCODER_MODEL", "--encoder-model", "",
-        "clip / vlm-embed: a Hugging Face model id or local folder (e.g. "
-        "openai/clip-vit-base-patch32, Qwen/Qwen2-VL-2B-Instruct)",
-    ),
-    Setting(
-        "retriever_trained", "RAR_TRAINED", "--trained", "heads",
-        "what training updates: heads (projections only, the CPU default) | full | lora",
-        choices=TRAINED,
-    ),
-    Setting(
-        "retriever_device", "RAR_ENCODER_DEVICE", "--encoder-device", "cpu",
-        "clip / vlm-embed: cpu | cuda",
-    ),
-    Setting(
-        "train_epochs", "RAR_EPOCHS", "--epochs", TrainOptions.epochs,
-        "training: at most this many epochs (early stopping on validation recall ends "
-        "most runs sooner)", kind=int, bounds=(1, 100_000),
-    ),
-    Setting(
-        "train_max_steps", "RAR_MAX_STEPS", "--max-steps", TrainOptions.max_steps,
-        "training: at most this many optimiser steps (0: no limit)", kind=int,
-        bounds=(0, 10**9),
-    ),
-    Setting(
-        "train_batch_size", "RAR_BATCH_SIZE", "--batch-size", TrainOptions.batch_size,
-        "training: queries per batch", kind=int, bounds=(1, 65_536),
-    ),
-    Setting(
-        "train_lr", "RAR_LR", "--lr", TrainOptions.lr, "training: Adam's learning rate",
-        kind=float, bounds=(1e-9, 10),
-    ),
-    Setting(
-        "mined_negatives", "RAR_MINED_NEGATIVES", "--mined-negatives",
-        TrainOptions.mined_negatives,
-        "training: hard negatives per query mined with the retriever each epoch (0: none)",
-        kind=int, bounds=(0, 1_000),
-    ),
-    Setting(
-        "mlflow_tracking_uri", "MLFLOW_TRACKING_URI", None,
-        lambda s: f"sqlite:///{_project(s).mlflow_db}",
-        "MLflow's tracking store",
-    ),
-    Setting(
-        "mlflow_artifacts", "RAR_MLFLOW_ARTIFACTS", None,
-        lambda s: _project(s).mlflow_artifacts,
-        "where MLflow keeps run artifacts", kind=Path,
-    ),
-    Setting(
-        "lancedb_uri", "RAR_LANCEDB_URI", None,
-        lambda s: str(ArtifactLayout(s["artifacts_dir"]).lancedb),
-        "the LanceDB database (a folder, or an s3:// URI)",
-    ),
-    Setting(
-        "dagster_home", "DAGSTER_HOME", None, lambda s: _project(s).dagster_home,
-        "the Dagster instance that records runs (the Makefile sets it)", kind=Path,
-    ),
-    Setting(
-        "search_max_upload_mb", "RAR_SEARCH_MAX_UPLOAD_MB", "--max-upload-mb",
-        MAX_UPLOAD_BYTES // 2**20,
-        "search page: the largest query image, in MiB (a bigger request is refused as it "
-        "arrives)", kind=int, bounds=(1, 1024), scope="serve",
-    ),
-    Setting(
-        "search_upload_quota_mb", "RAR_SEARCH_UPLOAD_QUOTA_MB", "--upload-quota-mb",
-        UPLOAD_QUOTA_BYTES // 2**20,
-        "search page: what the kept uploads may take, in MiB; the oldest go first",
-        kind=int, bounds=(1, 10**7), scope="serve",
-    ),
-    Setting(
-        "search_allowed_hosts", "RAR_SEARCH_ALLOWED_HOSTS", "--allowed-hosts", "",
-        "search page: host names it answers to besides localhost and 127.0.0.1, "
-        "comma-separated (for serving beyond this machine: --host 0.0.0.0 "
-        "--allowed-hosts search.example.org)", scope="serve",
-    ),
-)  # fmt: skip
-BY_NAME = {s.name: s for s in SETTINGS}
+SECTIONS: dict[str, type[BaseModel]] = {
+    "project": ProjectConfig,
+    "corpus": CorpusConfig,
+    "vlm": VLMConfig,
+    "enhance": EnhanceOptions,
+    "retriever": RetrieverConfig,
+    "training": TrainOptions,
+    "storage": StorageConfig,
+    "search": SearchPageConfig,
+}
+KNOBS: tuple[Knob, ...] = tuple(k for name, model in SECTIONS.items() for k in knobs(name, model))
+BY_DEST = {k.dest: k for k in KNOBS}
+ENV_ONLY = ("project", "storage")  # set by environment variable alone: no `rar` flag
+# a field name that is one knob's only (`epochs`, `data_root`) may name it alone
+_FIELDS = Counter(k.path[-1] for k in KNOBS)
+_BY_FIELD = {k.path[-1]: k for k in KNOBS if _FIELDS[k.path[-1]] == 1}
 
 
-@dataclass(frozen=True)
-class Settings:
-    """Resolved settings (see `SETTINGS` for each field's meaning and source)."""
+class Settings(Section):
+    """Resolved settings: one section per component (see `SECTIONS`)."""
 
-    project_dir: Path
-    data_root: Path
-    artifacts_dir: Path
-    image_check: str
-    strict_paths: str
-    vlm_backend: str
-    vlm_model: str
-    vlm_base_url: str
-    vlm_api_key_env: str
-    vlm_timeout_s: float
-    vlm_device: str
-    hallucination_policy: str
-    retriever_encoder: str
-    retriever_model: str
-    retriever_trained: str
-    retriever_device: str
-    train_epochs: int
-    train_max_steps: int
-    train_batch_size: int
-    train_lr: float
-    mined_negatives: int
-    mlflow_tracking_uri: str
-    mlflow_artifacts: Path
-    lancedb_uri: str
-    dagster_home: Path
-    search_max_upload_mb: int
-    search_upload_quota_mb: int
-    search_allowed_hosts: str
+    project: ProjectConfig
+    corpus: CorpusConfig
+    vlm: VLMConfig
+    enhance: EnhanceOptions
+    retriever: RetrieverConfig
+    training: TrainOptions
+    storage: StorageConfig
+    search: SearchPageConfig
 
     @property
-    def project(self) -> ProjectLayout:
-        return ProjectLayout(self.project_dir)
+    def data_root(self) -> Path:
+        return self.corpus.root
 
-    def vlm_config(self) -> VLMConfig:
-        """The VLM backend these settings choose (other knobs keep their defaults)."""
-        return VLMConfig(
-            backend=self.vlm_backend,
-            model_id=self.vlm_model,
-            base_url=self.vlm_base_url,
-            api_key_env=self.vlm_api_key_env,
-            timeout_s=self.vlm_timeout_s,
-            device=self.vlm_device,
-        )
+    @property
+    def artifacts_dir(self) -> Path:
+        return Path(self.corpus.artifacts_dir)
+
+    @property
+    def dagster_home(self) -> Path:
+        return Path(self.project.dagster_home)
+
+
+def knob(name: str) -> Knob:
+    """A knob by its argparse destination (`training__epochs`) or its unique field name."""
+    found = BY_DEST.get(name) or _BY_FIELD.get(name)
+    if found is None:
+        raise ValueError(f"unknown setting {name!r}")
+    return found
 
 
 def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Settings:
@@ -272,28 +122,95 @@ def load_settings(env: Mapping[str, str] | None = None, **flags: Any) -> Setting
 
     Args:
         env: the environment to read (default: `os.environ`).
-        **flags: values given on the command line, by setting name; None means not given.
+        **flags: values given on the command line, by knob (`training__epochs`, or a
+            field name only one knob has, like `epochs` or `data_root`); None: not given.
 
     Raises:
-        ValueError: an unknown setting, or a value outside a setting's choices (the message
-            names the flag or variable it came from).
+        ValueError: an unknown setting, or a value its field refuses (out of bounds, not
+            one of its choices); the message names the flag or variable it came from.
     """
     env = os.environ if env is None else env
-    unknown = sorted(set(flags) - BY_NAME.keys())
-    if unknown:
-        raise ValueError(f"unknown settings {unknown}")
-    resolved: dict[str, Any] = {}
-    for setting in SETTINGS:
-        if flags.get(setting.name) is not None:
-            source = setting.flag or setting.name
-            resolved[setting.name] = setting.parse(flags[setting.name], source)
-        elif env.get(setting.env):
-            resolved[setting.name] = setting.parse(env[setting.env], setting.env)
-        else:
-            default = setting.default
-            resolved[setting.name] = default(resolved) if callable(default) else default
-    # Locations are absolute, whatever gave them.
-    for name in ("project_dir", "data_root", "artifacts_dir", "mlflow_artifacts", "dagster_home"):
-        resolved[name] = Path(resolved[name]).resolve()
-    assert {f.name for f in fields(Settings)} == resolved.keys()
-    return Settings(**resolved)
+    given: dict[str, tuple[Any, str]] = {}  # dest -> (value, where it came from)
+    for name, value in flags.items():
+        if value is not None:
+            k = knob(name)
+            given[k.dest] = (str(value) if isinstance(value, Path) else value, k.flag)
+    for k in KNOBS:
+        if k.dest not in given and env.get(k.env):
+            given[k.dest] = (k.parse(env[k.env], k.env), k.env)
+    sections = {
+        name: _section(name, model, given) for name, model in SECTIONS.items()
+    }  # fmt: skip
+    return Settings(**_derive(sections))
+
+
+def _section(name: str, model: type[BaseModel], given: dict[str, tuple[Any, str]]) -> Any:
+    mine = {k.path: given[k.dest] for k in KNOBS if k.section == name and k.dest in given}
+    try:
+        return model.model_validate(nest({path: value for path, (value, _) in mine.items()}))
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        path = tuple(str(p) for p in error["loc"])
+        value, source = mine.get(path, (error.get("input"), f"{name}.{'.'.join(path)}"))
+        raise ValueError(
+            f"{source}: {value!r} is not a valid {name}.{'.'.join(path)}: {error['msg']}"
+        ) from None
+
+
+def _derive(sections: dict[str, Any]) -> dict[str, Any]:
+    """Fill the location defaults that depend on other settings; make locations absolute."""
+    project = sections["project"]
+    root = Path(project.project_dir or Path.cwd()).resolve()
+    places = ProjectLayout(root)
+    corpus = sections["corpus"]
+    data = Path(corpus.data_root or places.demo_data).resolve()
+    artifacts = Path(corpus.artifacts_dir or places.artifacts_for(data)).resolve()
+    storage = sections["storage"]
+    home = Path(project.dagster_home or places.dagster_home).resolve()
+    mlflow_artifacts = Path(storage.mlflow_artifacts or places.mlflow_artifacts).resolve()
+    stores = {
+        "mlflow_tracking_uri": storage.mlflow_tracking_uri or f"sqlite:///{places.mlflow_db}",
+        "mlflow_artifacts": str(mlflow_artifacts),
+        "lancedb_uri": storage.lancedb_uri or str(ArtifactLayout(artifacts).lancedb),
+    }
+    return {
+        **sections,
+        "project": project.model_copy(update={"project_dir": str(root), "dagster_home": str(home)}),
+        "corpus": corpus.model_copy(
+            update={"data_root": str(data), "artifacts_dir": str(artifacts)}
+        ),
+        "storage": storage.model_copy(update=stores),
+    }
+
+
+INTRO = """# Configuration
+
+Who this is for: anyone changing how `rar` and the Dagster UI run. Every setting below is
+a field of its component's typed section, declared once in the code; its environment
+variable, its `rar` flag and this page are generated from it (`make docs` rewrites this
+page; a test fails when it is out of date).
+
+One precedence everywhere: **a flag, then the environment, then the default**. `rar run`,
+`rar demo`, `rar search` and `rar serve` take the flags (`rar serve` also the `search`
+section's); `make ui`, the schedules and sensors read the environment. A value a field
+refuses (out of bounds, not one of its choices) stops the command before anything runs,
+naming the flag or variable it came from. Lists take commas (`a.example,b.example`) or
+JSON, mappings JSON (`{"mbeir_cirr_task7": "modification"}`), switches `on` or `off`.
+`rar demo` writes to `data/demo` unless given `--data`: `RAR_DATA_ROOT` names the corpus
+`rar run` and the UI read, which the demo must never overwrite.
+
+In the Dagster launchpad, a resource's fields may be set for one run, except those a code
+version is made of (the VLM's backend, model and sampling, the guard, the query-type
+overrides, the retriever and its training): a run that changes one is refused, since its
+outputs would carry a version that did not make them (`defs/versions.py`). Set those here
+and reload the code location.
+"""
+
+
+def configuration_page() -> str:
+    """What docs/configuration.md holds."""
+    return configuration_markdown(SECTIONS, INTRO, ENV_ONLY)
+
+
+if __name__ == "__main__":
+    sys.stdout.write(configuration_page())

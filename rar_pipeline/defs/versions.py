@@ -60,7 +60,7 @@ def require_defined_version(
     if defined is None or actual == defined:
         return
     set_in_run = {
-        name: sorted(section.get("config", {}))
+        name: sorted(_leaves(section.get("config", {})))
         for name, section in (context.run.run_config.get("resources") or {}).items()
         if name in ("vlm", "retriever") and isinstance(section, dict)
     }
@@ -75,3 +75,14 @@ def require_defined_version(
         ),
         allow_retries=False,
     )
+
+
+def _leaves(config: dict, prefix: str = "") -> list[str]:
+    """The dotted paths a nested run config sets (`enhance.temperature`)."""
+    out = []
+    for key, value in config.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, f"{prefix}{key}.")
+        else:
+            out.append(f"{prefix}{key}")
+    return out

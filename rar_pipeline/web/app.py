@@ -27,7 +27,6 @@ import time
 from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,11 +43,10 @@ from rar_pipeline.core.corpus.mbeir import resolve_in_root
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.search.query import (
     MAX_K,
-    MAX_UPLOAD_BYTES,
     QUERY_IMAGE_CHECK,
     UPLOAD_NAME,
-    UPLOAD_QUOTA_BYTES,
     SearchError,
+    SearchPageConfig,
     SearchQuery,
     save_upload,
 )
@@ -61,21 +59,6 @@ THUMBNAIL_PX = 200
 FORM_OVERHEAD = 64 * 1024  # the form's fields and multipart framing besides the image
 CLIENT_GONE = 499  # nginx's status for a request whose client closed the connection
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class PageLimits:
-    """What the page accepts (`rar serve`'s settings).
-
-    Attributes:
-        max_upload_bytes: the largest query image.
-        upload_quota_bytes: the uploads folder's size; the oldest uploads go beyond it.
-        allowed_hosts: host names it answers to besides this machine's loopback names.
-    """
-
-    max_upload_bytes: int = MAX_UPLOAD_BYTES
-    upload_quota_bytes: int = UPLOAD_QUOTA_BYTES
-    allowed_hosts: tuple[str, ...] = ()
 
 
 class ClientGone(Exception):
@@ -103,11 +86,11 @@ async def _disconnected(request: Request) -> None:
 
 
 class SearchApp:
-    """The page's state: the searchers, their worker thread, the limits."""
+    """The page's state: the searchers, their worker thread, its settings."""
 
-    def __init__(self, searchers: Searchers, limits: PageLimits = PageLimits()) -> None:
+    def __init__(self, searchers: Searchers, page: SearchPageConfig) -> None:
         self.searchers = searchers
-        self.limits = limits
+        self.config = page
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="rar-search")
 
     async def run(self, request: Request, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -141,7 +124,7 @@ class SearchApp:
     async def _params(self, request: Request) -> tuple[dict[str, Any], UploadFile | None]:
         if request.method == "GET":
             return dict(request.query_params), None
-        limit = self.limits.max_upload_bytes
+        limit = self.config.max_upload_bytes
         try:
             form = await request.form(max_files=1, max_fields=20, max_part_size=FORM_OVERHEAD)
         except BodyTooLarge:
@@ -166,11 +149,11 @@ class SearchApp:
             state.k = _k(params.get("k"))
             image = None
             if upload is not None:
-                data = await upload.read(self.limits.max_upload_bytes + 1)
+                data = await upload.read(self.config.max_upload_bytes + 1)
                 image = await self.run(
                     request, save_upload, data, self.searchers.uploads,
-                    max_bytes=self.limits.max_upload_bytes,
-                    quota_bytes=self.limits.upload_quota_bytes,
+                    max_bytes=self.config.max_upload_bytes,
+                    quota_bytes=self.config.upload_quota_bytes,
                 )  # fmt: skip
                 state.query_image_url = f"/media/upload/{image.name}"
             if not state.text.strip() and image is None:
@@ -264,9 +247,10 @@ def _quietly(route: Any) -> Any:
     return answer
 
 
-def create_app(searchers: Searchers, limits: PageLimits = PageLimits()) -> Starlette:
+def create_app(searchers: Searchers, page: SearchPageConfig | None = None) -> Starlette:
     """The search page's ASGI app over `searchers` (`app.state.search` holds them)."""
-    search = SearchApp(searchers, limits)
+    page = page or SearchPageConfig()
+    search = SearchApp(searchers, page)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -275,8 +259,8 @@ def create_app(searchers: Searchers, limits: PageLimits = PageLimits()) -> Starl
 
     guard = Middleware(
         RequestGuard,
-        max_body_bytes=limits.max_upload_bytes + FORM_OVERHEAD,
-        allowed_hosts=limits.allowed_hosts,
+        max_body_bytes=page.max_upload_bytes + FORM_OVERHEAD,
+        allowed_hosts=page.allowed_hosts,
         csp=content_security_policy([STYLE]),
     )
     app = Starlette(

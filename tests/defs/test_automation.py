@@ -10,7 +10,8 @@ import pytest
 
 from rar_pipeline.core.enhance import prompts
 from rar_pipeline.definitions import build_assets, build_definitions
-from rar_pipeline.defs.resources import FakeVLMResource, RetrieverResource
+from rar_pipeline.defs.resources import RetrieverResource
+from tests.fake_vlm import FakeVLMResource
 
 SHARDS, TASKS = ["shop_task0_cand_pool", "union_cand_pool"], ["shop_task0"]
 INDEXES = {f"lancedb_index_{c}" for c in ("none", "corpus", "query", "full", "inference_only")}

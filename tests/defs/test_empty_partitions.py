@@ -11,7 +11,8 @@ from rar_pipeline.core.enhance.merge import CORPUS_COLUMNS, QUERY_COLUMNS
 from rar_pipeline.core.enhance.outputs import CAPTION_COLUMNS
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.launch import run_pipeline
-from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
+from rar_pipeline.defs.resources import CorpusResource
+from tests.fake_vlm import FakeVLMResource
 from tests.graph_resources import graph_assets, graph_resources
 
 

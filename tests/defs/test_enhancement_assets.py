@@ -17,7 +17,8 @@ from rar_pipeline.core.enhance import prompts
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
-from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource, VLMResource
+from rar_pipeline.defs.resources import CorpusResource, VLMResource
+from tests.fake_vlm import FakeVLMResource
 from tests.graph_resources import graph_resources
 
 SHARD = "mbeir_shapeshop_task2_cand_pool"  # image+text listings
@@ -77,7 +78,7 @@ def test_captions_are_cached_and_a_rerun_makes_no_backend_calls(corpus, tmp_path
 
 def test_failed_items_are_recorded_and_the_partition_completes(corpus):
     instance = dg.DagsterInstance.ephemeral()
-    vlm = FakeVLMResource(fail_first={"test_00001": 99}, max_attempts=2)
+    vlm = FakeVLMResource(fail_first={"test_00001": 99}, enhance={"max_attempts": 2})
     _ingest(corpus, instance, vlm)
     result = _materialize("corpus_captions", SHARD, corpus, vlm, instance)
     md = _md(result, "corpus_captions")
@@ -96,7 +97,7 @@ def test_failed_items_are_recorded_and_the_partition_completes(corpus):
 
 def test_queries_are_routed_and_overrides_apply(corpus):
     instance = dg.DagsterInstance.ephemeral()
-    vlm = FakeVLMResource(query_type_overrides={"mbeir_shapeshop_task7": "qa"})
+    vlm = FakeVLMResource(enhance={"query_type_overrides": {"mbeir_shapeshop_task7": "qa"}})
     _ingest(corpus, instance, vlm)
     md = _md(_materialize("enhanced_queries", TASK, corpus, vlm, instance), "enhanced_queries")
     assert md["items_by_type"] == {"qa": 45}
@@ -121,7 +122,7 @@ def test_code_versions_follow_prompts_backend_and_model():
     assert base["corpus_captions"] != other_model["corpus_captions"]
     assert base["enhanced_queries"] != other_model["enhanced_queries"]
     assert base["enhanced_corpus"] != other_model["enhanced_corpus"]  # merges their captions
-    strict = VLMResource(hallucination_policy="drop").code_versions()
+    strict = VLMResource(enhance={"guard": "drop"}).code_versions()
     assert strict["enhanced_corpus"] != base["enhanced_corpus"]
     assert strict["corpus_captions"] == base["corpus_captions"]
 

@@ -82,9 +82,9 @@ def test_a_failed_blocking_check_stops_what_is_downstream_and_only_that(mini_cor
     """mbeir_mini_task0_cand_pool is 78% quarantined: under a 50% ceiling it is blocked."""
     from rar_pipeline.core.settings import load_settings
     from rar_pipeline.defs.launch import Blocked, run_pipeline
-    from rar_pipeline.defs.resources import FakeVLMResource
     from tests.fake_mlflow import FakeMlflow
     from tests.fake_stores import FakeVectorStore
+    from tests.fake_vlm import FakeVLMResource
 
     corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"),
                             block_quarantine_rate=0.5)  # fmt: skip

@@ -453,6 +453,6 @@ def test_image_policy_defaults_to_full_decode(tmp_path: Path):
 
 
 @pytest.mark.parametrize("bad", ["DECODE ", "full", "", "none"])
-def test_image_policy_rejects_unknown_check_level(tmp_path: Path, bad: str):
-    with pytest.raises(ValueError, match="ImageCheckLevel"):
-        corpus(tmp_path, image_check=bad).image_policy()
+def test_an_unknown_image_check_level_is_refused_when_the_resource_is_made(tmp_path, bad):
+    with pytest.raises(ValueError, match="'decode', 'header', 'exists' or 'off'"):
+        corpus(tmp_path, image_check=bad)

@@ -24,11 +24,11 @@ from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.launch import run_pipeline
 from rar_pipeline.defs.resources import (
     CorpusResource,
-    FakeVLMResource,
     LanceDBResource,
     MlflowResource,
     RetrieverResource,
 )
+from tests.fake_vlm import FakeVLMResource
 from tests.graph_resources import graph_assets, graph_resources
 
 CONFIGS = ("none", "corpus", "query", "full")
@@ -40,7 +40,7 @@ def built(small_demo: Path, tmp_path_factory: pytest.TempPathFactory):
     tmp_path = tmp_path_factory.mktemp("retrieval")
     corpus = CorpusResource(data_root=str(small_demo), artifacts_dir=str(tmp_path / "out"))
     vlm = FakeVLMResource()
-    retriever = RetrieverResource(dim=32, epochs=3, batch_size=16, patience=2)
+    retriever = RetrieverResource(dim=32, training={"epochs": 3, "batch_size": 16, "patience": 2})
     mlflow = MlflowResource(
         tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}",
         artifact_location=str(tmp_path / "mlartifacts"),
@@ -182,13 +182,15 @@ def test_a_prompt_edit_stales_exactly_the_configs_that_read_it(built, monkeypatc
 
 def test_a_new_training_setting_stales_every_checkpoint_and_no_pairs(built):
     corpus, vlm, instance, retriever, _ = built
-    faster = retriever.model_copy(update={"lr": 0.01})
+    faster = retriever.model_copy(update={"training": retriever.training.model_copy(
+        update={"lr": 0.01})})  # fmt: skip
     resolver = get_stale_status_resolver(instance, build_assets(vlm, faster))
     for c in CONFIGS:
         assert resolver.get_status(dg.AssetKey(f"retriever_checkpoint_{c}")) == StaleStatus.STALE
         assert resolver.get_status(dg.AssetKey(f"training_pairs_{c}")) == StaleStatus.FRESH
     # how often the trainer saves its state changes nothing it produces
-    chatty = retriever.model_copy(update={"checkpoint_every": 1})
+    chatty = retriever.model_copy(update={"training": retriever.training.model_copy(
+        update={"checkpoint_every": 1})})  # fmt: skip
     assert chatty.code_version() == retriever.code_version()
 
 
@@ -199,7 +201,7 @@ def test_every_config_has_a_reloadable_checkpoint_naming_what_it_saw(built):
         path = corpus.artifacts().checkpoint(c)
         manifest = read_checkpoint(path)
         assert manifest["config"] == c and manifest["encoder"]["encoder"] == "offline"
-        assert manifest["params"]["lr"] == retriever.lr and manifest["best_epoch"] >= 0
+        assert manifest["params"]["lr"] == retriever.training.lr and manifest["best_epoch"] >= 0
         assert manifest["data_versions"]["vlm_backend"] == vlm.backend
         assert {p.suffix for p in path.rglob("*") if p.is_file()} == {".json", ".safetensors"}
         vectors = load_encoder(path).embed(items)
@@ -217,11 +219,11 @@ def test_each_training_is_an_mlflow_run_with_a_registered_model_version(built):
     for c, run in by_config.items():
         assert run.info.status == "FINISHED"
         assert run.data.tags["corpus"] == corpus.name and run.data.tags["dagster_run_id"]
-        assert run.data.params["lr"] == str(retriever.lr)
+        assert run.data.params["lr"] == str(retriever.training.lr)
         losses = client.get_metric_history(run.info.run_id, "loss")
         assert len(losses) == read_checkpoint(corpus.artifacts().checkpoint(c))["steps"]
         recalls = client.get_metric_history(run.info.run_id, "val_recall_at_1")
-        assert 1 <= len(recalls) <= retriever.epochs
+        assert 1 <= len(recalls) <= retriever.training.epochs
         # MLflow 3: the pairs are the run's dataset, the checkpoint a logged model it outputs
         (pairs,) = run.inputs.dataset_inputs
         assert pairs.dataset.name == f"training_pairs_{c}"

@@ -14,7 +14,8 @@ import pytest
 from rar_pipeline.cli import main
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.launch import run_pipeline
-from rar_pipeline.defs.resources import CorpusResource, FakeVLMResource
+from rar_pipeline.defs.resources import CorpusResource
+from tests.fake_vlm import FakeVLMResource
 from tests.graph_resources import graph_assets, graph_resources
 from tests.run_files import recall_from_files
 

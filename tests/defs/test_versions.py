@@ -20,13 +20,9 @@ from rar_pipeline.cli import main
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets, build_definitions
 from rar_pipeline.defs.launch import run_pipeline
-from rar_pipeline.defs.resources import (
-    CorpusResource,
-    FakeVLMResource,
-    RetrieverResource,
-    resources_from_settings,
-)
+from rar_pipeline.defs.resources import CorpusResource, resources_from_settings
 from rar_pipeline.defs.versions import run_versions
+from tests.fake_vlm import FakeVLMResource
 from tests.graph_resources import SMALL_RETRIEVER, graph_resources
 from tests.projects import point_at_project
 
@@ -55,8 +51,8 @@ def _enhance_queries(corpus, vlm, instance, run_config=None) -> dg.ExecuteInProc
     )  # fmt: skip
 
 
-def _override(**config) -> dict:
-    return {"resources": {"vlm": {"config": config}}}
+def _override(**enhance) -> dict:
+    return {"resources": {"vlm": {"config": {"enhance": enhance}}}}
 
 
 def test_a_launchpad_override_of_a_versioned_field_is_refused(ingested):
@@ -66,7 +62,7 @@ def test_a_launchpad_override_of_a_versioned_field_is_refused(ingested):
     (failure,) = [e for e in refused.all_events if e.event_type_value == "STEP_FAILURE"]
     message = failure.step_failure_data.error.message
     assert "enhanced_queries: this run's resources give code version" in message
-    assert "fields the run config sets: vlm: temperature" in message
+    assert "fields the run config sets: vlm: enhance.temperature" in message
     assert "RAR_* environment variable" in message and "reload the code location" in message
     # nothing was written, so nothing shows FRESH under the default's version
     assert not corpus.artifacts().enhanced_queries(TASK).exists()
@@ -74,8 +70,7 @@ def test_a_launchpad_override_of_a_versioned_field_is_refused(ingested):
 
 
 @pytest.mark.parametrize(
-    "field", [{"seed": 7}, {"query_type_overrides": {TASK: "qa"}}, {"hallucination_policy":
-                                                                    "drop"}]
+    "field", [{"seed": 7}, {"query_type_overrides": {TASK: "qa"}}, {"guard": "DROP"}]
 )  # fmt: skip
 def test_every_field_a_version_is_made_of_is_refused(ingested, field):
     corpus, vlm, instance = ingested
@@ -93,16 +88,18 @@ def test_fields_that_feed_no_version_may_be_set_per_run(ingested):
 def test_a_training_option_set_in_the_run_config_is_refused(ingested):
     corpus, vlm, instance = ingested
     versions = run_versions(vlm, SMALL_RETRIEVER)
-    other = run_versions(vlm, SMALL_RETRIEVER.model_copy(update={"lr": 0.5}))
+    faster = SMALL_RETRIEVER.training.model_copy(update={"lr": 0.5})
+    other = run_versions(vlm, SMALL_RETRIEVER.model_copy(update={"training": faster}))
     checkpoint = dg.AssetKey("retriever_checkpoint_none")
     assert versions[checkpoint] != other[checkpoint]
     result = dg.materialize(
         build_assets(vlm, SMALL_RETRIEVER), selection=["retriever_checkpoint_none"],
         resources=graph_resources(corpus, vlm), instance=instance, raise_on_error=False,
-        run_config={"resources": {"retriever": {"config": {"lr": 0.5}}}},
+        run_config={"resources": {"retriever": {"config": {"training": {"lr": 0.5}}}}},
     )  # fmt: skip
     (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert "fields the run config sets: retriever: lr" in failure.step_failure_data.error.message
+    message = failure.step_failure_data.error.message
+    assert "fields the run config sets: retriever: training.lr" in message
 
 
 def test_a_rar_run_flag_writes_its_own_version_and_the_ui_shows_it_stale(
@@ -116,8 +113,7 @@ def test_a_rar_run_flag_writes_its_own_version_and_the_ui_shows_it_stale(
     instance = dg.DagsterInstance.get()
     key = dg.AssetKey("retriever_checkpoint_none")
     written = instance.get_latest_materialization_event(key).asset_materialization.tags
-    flagged = RetrieverResource.from_settings(load_settings(data_root=mini_corpus,
-                                                            train_epochs=2))  # fmt: skip
+    flagged = resources_from_settings(load_settings(data_root=mini_corpus, epochs=2))["retriever"]
     assert (
         written["dagster/code_version"]
         == run_versions(resources_from_settings(settings)["vlm"], flagged)[key]

@@ -18,11 +18,11 @@ from starlette.testclient import TestClient
 from rar_pipeline.cli import parse_args
 from rar_pipeline.core.evaluation.evaluate import load_test_queries
 from rar_pipeline.core.layout import ArtifactLayout
-from rar_pipeline.core.search.query import SearchQuery
+from rar_pipeline.core.search.query import SearchPageConfig, SearchQuery
 from rar_pipeline.core.search.searcher import SearchResult
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.defs.searchers import Searchers
-from rar_pipeline.web.app import PageLimits, create_app
+from rar_pipeline.web.app import create_app
 from rar_pipeline.web.guard import is_loopback
 
 BASE = "http://127.0.0.1:8765"  # the guard answers loopback host names only
@@ -31,7 +31,7 @@ BASE = "http://127.0.0.1:8765"  # the guard answers loopback host names only
 @pytest.fixture(scope="module")
 def app(demo_project):
     settings = load_settings({"RAR_PROJECT_DIR": str(demo_project.root)})
-    return create_app(Searchers.from_settings(settings), PageLimits(max_upload_bytes=200_000))
+    return create_app(Searchers.from_settings(settings), SearchPageConfig(max_upload_mb=1))
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +127,8 @@ def test_only_images_are_served_from_the_data_root(client, demo_project):
 
 
 def test_bad_uploads_are_refused_on_the_page(client, demo_project):
-    big = client.post("/", data={"q": "x"}, files={"image": ("b.png", b"x" * 300_000)})
-    assert big.status_code == 413 and "limited to 200,000" in big.text
+    big = client.post("/", data={"q": "x"}, files={"image": ("b.png", b"x" * 1_200_000)})
+    assert big.status_code == 413 and "limited to 1,048,576" in big.text
     assert 'id="search"' in big.text  # the form, to try again
     junk = client.post("/", data={"q": "x"}, files={"image": ("j.png", b"GIF89a junk")})
     assert junk.status_code == 400 and "not usable (image unreadable: " in junk.text
@@ -172,8 +172,8 @@ def test_a_chunked_upload_is_refused_as_it_arrives(app):
                                       boundary), (b"transfer-encoding", b"chunked")])  # fmt: skip
     asyncio.run(app(scope, receive, send))
     assert sent[0]["status"] == 413
-    assert b"limited to 200,000" in b"".join(m.get("body", b"") for m in sent[1:])
-    assert pulled <= 200_000 + 64 * 1024 + chunk
+    assert b"limited to 1,048,576" in b"".join(m.get("body", b"") for m in sent[1:])
+    assert pulled <= 2**20 + 64 * 1024 + chunk
 
 
 def http_scope(method: str, path: str, headers=(), query: bytes = b"") -> dict:
@@ -216,13 +216,13 @@ def test_storage_errors_are_answered_with_the_asset_to_materialize(copied_projec
 def test_uploads_are_kept_under_a_quota_oldest_out_first(copied_project):
     settings = load_settings({"RAR_PROJECT_DIR": str(copied_project)})
     searchers = Searchers.from_settings(settings)
-    limits = PageLimits(upload_quota_bytes=3_000)
+    page = SearchPageConfig(upload_quota_mb=1)
     images = []
     for _ in range(4):
         buffer = io.BytesIO()
-        Image.effect_noise((24, 24), 60).convert("RGB").save(buffer, "PNG")  # ~1.7 kB each
+        Image.effect_noise((370, 370), 60).convert("RGB").save(buffer, "PNG")  # ~410 kB
         images.append(buffer.getvalue())
-    with TestClient(create_app(searchers, limits), base_url=BASE) as client:
+    with TestClient(create_app(searchers, page), base_url=BASE) as client:
         names = []
         for image in images:
             answer = client.post("/api/search", data={"q": "this", "config": "none"},
@@ -230,7 +230,7 @@ def test_uploads_are_kept_under_a_quota_oldest_out_first(copied_project):
             names.append(answer.json()["query"]["image"].rsplit("/", 1)[1])
             os.utime(searchers.uploads / names[-1], ns=(len(names) * 10**9,) * 2)  # in order
     kept = sorted(p.name for p in searchers.uploads.iterdir())
-    assert sum(p.stat().st_size for p in searchers.uploads.iterdir()) <= 3_000
+    assert sum(p.stat().st_size for p in searchers.uploads.iterdir()) <= 2**20
     assert names[-1] in kept and names[0] not in kept
 
 

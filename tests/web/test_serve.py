@@ -7,7 +7,7 @@ import uvicorn
 from starlette.testclient import TestClient
 
 from rar_pipeline.cli import main
-from rar_pipeline.web.app import PageLimits
+from rar_pipeline.core.search.query import SearchPageConfig
 from tests.projects import point_at_project
 
 
@@ -25,8 +25,9 @@ def test_the_page_s_settings_reach_it(served, monkeypatch):
     monkeypatch.setenv("RAR_SEARCH_MAX_UPLOAD_MB", "5")
     argv = ["serve", "--max-upload-mb", "2", "--allowed-hosts", "a.example, b.example"]
     assert main(argv) == 0
-    assert served["app"].state.search.limits == PageLimits(2 * 2**20, 7 * 2**20,
-                                                           ("a.example", "b.example"))  # fmt: skip
+    assert served["app"].state.search.config == SearchPageConfig(
+        max_upload_mb=2, upload_quota_mb=7, allowed_hosts=["a.example", "b.example"]
+    )
     assert (served["host"], served["port"]) == ("127.0.0.1", 8765)
     client = TestClient(served["app"], base_url="http://a.example")
     assert client.get("/healthz").status_code == 200
@@ -35,7 +36,7 @@ def test_the_page_s_settings_reach_it(served, monkeypatch):
 
 def test_serving_on_an_address_answers_to_that_address(served, capsys):
     assert main(["serve", "--host", "10.0.0.5"]) == 0
-    assert served["app"].state.search.limits.allowed_hosts == ("10.0.0.5",)
+    assert served["app"].state.search.config.allowed_hosts == ["10.0.0.5"]
     assert "no authentication" in capsys.readouterr().out
 
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from rar_pipeline.core.config import Section, setting
 from rar_pipeline.core.corpus.mbeir import resolve_in_root
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.enhance.cache import CacheEntry, EnhancementCache, cache_key, content_hash
@@ -36,26 +37,32 @@ _PREAMBLE = re.compile(
 )
 
 
-@dataclass(frozen=True)
-class EnhanceOptions:
-    """How a run enhances items, besides the backend itself.
+class EnhanceOptions(Section):
+    """How a run enhances items with the VLM, and when its checks warn or block."""
 
-    Attributes:
-        temperature: sampling temperature (0 = greedy, the method's default).
-        seed: sampling seed.
-        batch_size: requests per `VLM.generate` call.
-        max_attempts: tries per item for backend errors and empty outputs.
-        guard: what the hallucination guard does with contradicting entities.
-        query_type_overrides: task -> "qa" | "modification", for image+text queries whose
-            phrasing the method's text rule routes wrongly.
-    """
-
-    temperature: float = 0.0
-    seed: int = 0
-    batch_size: int = 32
-    max_attempts: int = 3
-    guard: GuardPolicy = GuardPolicy.KEEP
-    query_type_overrides: Mapping[str, str] = field(default_factory=dict)
+    temperature: float = setting(
+        0.0, "sampling temperature (0: greedy, the method's default)", ge=0, le=10
+    )
+    seed: int = setting(0, "sampling seed", ge=0)
+    batch_size: int = setting(32, "requests per VLM.generate call", ge=1, le=100_000)
+    max_attempts: int = setting(
+        3, "tries per item for backend errors and empty outputs", ge=1, le=100
+    )
+    guard: GuardPolicy = setting(
+        GuardPolicy.KEEP, "what the hallucination guard does with entities that contradict "
+        "an item's own text", env="RAR_HALLUCINATION_POLICY", flag="--hallucination-policy",
+    )  # fmt: skip
+    query_type_overrides: dict[str, str] = setting(
+        default_factory=dict, description="task -> qa or modification, for image+text "
+        "queries whose phrasing the method's question rule routes wrongly (JSON)",
+    )  # fmt: skip
+    max_failure_rate: float = setting(
+        0.02, "the failure-rate checks warn above this share of items", ge=0, le=1
+    )
+    min_caption_coverage: float = setting(
+        0.5, "below this share of image items captioned, a shard's captions block what "
+        "reads them (a VLM outage must not flow into training)", ge=0, le=1,
+    )  # fmt: skip
 
 
 DEFAULT_OPTIONS = EnhanceOptions()

@@ -1,12 +1,14 @@
-"""Names and options of the retriever stage, free of heavy imports (settings read them).
+"""The retriever stage's settings, free of heavy imports (settings read them).
 
 `ENCODERS` names the backbones `encoders.factory` builds, `TRAINED` what training may
-update, `TrainOptions` how the trainer (`train.py`) runs.
+update, `RetrieverConfig` the backbone, `TrainOptions` how the trainer (`train.py`) runs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import field_validator
+
+from rar_pipeline.core.config import Section, setting
 
 # name -> "module:class"; each class has `__init__(**options)` and
 # `load(directory, *, cache_dir=None)`. Imported lazily: torch-heavy modules load on use.
@@ -20,50 +22,87 @@ ENCODERS: dict[str, str] = {
 TRAINED: tuple[str, ...] = ("heads", "full", "lora")
 
 
-@dataclass(frozen=True)
-class TrainOptions:
+class RetrieverConfig(Section):
+    """The retriever's backbone: which encoder, which weights, what training updates."""
+
+    encoder: str = setting(
+        "offline", "the retriever's backbone: " + " | ".join(ENCODERS), env="RAR_ENCODER",
+        flag="--encoder",
+    )  # fmt: skip
+    model: str = setting(
+        "", "clip / vlm-embed: a Hugging Face model id or local folder (e.g. "
+        "openai/clip-vit-base-patch32, Qwen/Qwen2-VL-2B-Instruct)", env="RAR_ENCODER_MODEL",
+        flag="--encoder-model",
+    )  # fmt: skip
+    trained: str = setting(
+        "heads", "what training updates: heads (projections only, the CPU default) | full | "
+        "lora", env="RAR_TRAINED", flag="--trained",
+    )  # fmt: skip
+    dim: int = setting(256, "the embedding size the heads project to", ge=2, le=8192)
+    device: str = setting(
+        "cpu", "clip / vlm-embed: cpu | cuda", env="RAR_ENCODER_DEVICE", flag="--encoder-device"
+    )
+    trust_remote_code: bool = setting(
+        False, "clip / vlm-embed: run the model repository's own code (off unless asked for)"
+    )
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, encoder: str) -> str:
+        if encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
+        return encoder
+
+    @field_validator("trained")
+    @classmethod
+    def _known_trained(cls, trained: str) -> str:
+        if trained not in TRAINED:
+            raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
+        return trained
+
+
+class TrainOptions(Section):
     """How a retriever is trained (every field is logged as an MLflow param).
 
-    Attributes:
-        epochs: at most this many passes over the train queries.
-        max_steps: at most this many optimiser steps (0: no limit besides epochs).
-        batch_size: queries per micro-batch (each brings its positive and negatives).
-        grad_accum: micro-batches per optimiser step.
-        lr: Adam's learning rate.
-        temperature: InfoNCE temperature (the start value when learnable).
-        learn_temperature: train the temperature too.
-        hard_negatives: negatives per query from the corpus' `neg_cand_list`.
-        batch_by_pool: each batch holds queries of one pool, so in-batch negatives are
-            candidates of the pool the query is ranked against; False (the default) mixes
-            pools and tasks, as UniIR's union training does. On the demo, mixed batches
-            reached validation Recall@1 0.82 (none) where pool batches reached 0.46
-            (benchmarks/RESULTS.md).
-        mined_negatives: negatives per query mined with the retriever being trained, once
-            per epoch (0: none).
-        checkpoint_every: optimiser steps between saves of the resumable state.
-        recall_k: validation Recall@k drives early stopping and the best checkpoint.
-        patience: epochs without a better validation recall before stopping.
-        seed: batch order, drawn positives and negatives.
+    `batch_by_pool`: each batch holds queries of one pool, so in-batch negatives are
+    candidates of the pool the query is ranked against; off (the default), batches mix
+    pools and tasks as UniIR's union training does. On the demo, mixed batches reached
+    validation Recall@1 0.82 (none) where pool batches reached 0.46 (benchmarks/RESULTS.md).
     """
 
-    epochs: int = 60
-    max_steps: int = 0
-    batch_size: int = 64
-    grad_accum: int = 1
-    lr: float = 1e-3
-    temperature: float = 0.05
-    learn_temperature: bool = False
-    hard_negatives: int = 1
-    batch_by_pool: bool = False
-    mined_negatives: int = 0
-    checkpoint_every: int = 50
-    recall_k: int = 1
-    patience: int = 8
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum", "checkpoint_every", "recall_k"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be positive, got {self.temperature}")
+    epochs: int = setting(
+        60, "at most this many passes over the train queries (early stopping on validation "
+        "recall ends most runs sooner)", env="RAR_EPOCHS", flag="--epochs", ge=1, le=100_000,
+    )  # fmt: skip
+    max_steps: int = setting(
+        0, "at most this many optimiser steps (0: no limit)", env="RAR_MAX_STEPS",
+        flag="--max-steps", ge=0, le=10**9,
+    )  # fmt: skip
+    batch_size: int = setting(
+        64, "queries per micro-batch (each brings its positive and negatives)",
+        env="RAR_BATCH_SIZE", flag="--batch-size", ge=1, le=65_536,
+    )  # fmt: skip
+    grad_accum: int = setting(1, "micro-batches per optimiser step", ge=1, le=4096)
+    lr: float = setting(1e-3, "Adam's learning rate", env="RAR_LR", flag="--lr", ge=0, le=10)
+    temperature: float = setting(
+        0.05, "InfoNCE temperature (the start value when learnable)", gt=0, le=10
+    )
+    learn_temperature: bool = setting(False, "train the temperature too")
+    hard_negatives: int = setting(
+        1, "negatives per query from the corpus' neg_cand_list", ge=0, le=1000
+    )
+    batch_by_pool: bool = setting(False, "each batch holds queries of one pool")
+    mined_negatives: int = setting(
+        0, "negatives per query mined with the retriever being trained, each epoch (0: none)",
+        env="RAR_MINED_NEGATIVES", flag="--mined-negatives", ge=0, le=1000,
+    )  # fmt: skip
+    checkpoint_every: int = setting(
+        50, "optimiser steps between saves of the resumable state", ge=1
+    )
+    recall_k: int = setting(
+        1, "validation Recall@k drives early stopping and the best checkpoint", ge=1, le=1000
+    )
+    patience: int = setting(
+        8, "epochs without a better validation recall before stopping", ge=1, le=10_000
+    )
+    seed: int = setting(0, "batch order, drawn positives and negatives", ge=0)

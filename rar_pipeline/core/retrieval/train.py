@@ -26,7 +26,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +148,7 @@ def run_signature(encoder: TrainableEncoder, data: TrainingData, options: TrainO
     return values_hash(
         [
             TRAINER_VERSION,
-            json.dumps(asdict(options), sort_keys=True),
+            json.dumps(options.model_dump(), sort_keys=True),
             json.dumps(encoder.config(), sort_keys=True),
             data.fingerprint(),
         ]

@@ -19,16 +19,45 @@ from pathlib import Path
 from PIL import Image
 
 from rar_pipeline.core import names
+from rar_pipeline.core.config import Section, setting
 from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel, check_image
 from rar_pipeline.core.corpus.records import Modality, Query
 
 MAX_K = 100  # hits a search returns at most: what evaluation ranks per query
-MAX_UPLOAD_BYTES = 16 * 2**20
-UPLOAD_QUOTA_BYTES = 512 * 2**20
 QUERY_IMAGE_CHECK = ImageCheck(level=ImageCheckLevel.DECODE)
 # formats a query image may have, and the suffix an upload of each is stored under
 SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
 UPLOAD_NAME = re.compile(r"^[0-9a-f]{32}\.(png|jpg|gif|webp|bmp)$")
+
+
+class SearchPageConfig(Section):
+    """The search page (`rar serve`): what it accepts, and which host names it answers to."""
+
+    max_upload_mb: int = setting(
+        16, "the largest query image, in MiB (a bigger request is refused as it arrives)",
+        env="RAR_SEARCH_MAX_UPLOAD_MB", flag="--max-upload-mb", ge=1, le=1024,
+    )  # fmt: skip
+    upload_quota_mb: int = setting(
+        512, "what the kept uploads may take, in MiB; the oldest go first",
+        env="RAR_SEARCH_UPLOAD_QUOTA_MB", flag="--upload-quota-mb", ge=1, le=10**7,
+    )  # fmt: skip
+    allowed_hosts: list[str] = setting(
+        default_factory=list, description="host names it answers to besides localhost and "
+        "127.0.0.1, comma-separated (serving beyond this machine: --host 0.0.0.0 "
+        "--allowed-hosts search.example.org)", env="RAR_SEARCH_ALLOWED_HOSTS",
+        flag="--allowed-hosts",
+    )  # fmt: skip
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return self.max_upload_mb * 2**20
+
+    @property
+    def upload_quota_bytes(self) -> int:
+        return self.upload_quota_mb * 2**20
+
+
+PAGE_DEFAULTS = SearchPageConfig()
 
 
 class SearchError(ValueError):
@@ -109,8 +138,8 @@ def save_upload(
     data: bytes,
     folder: Path,
     *,
-    max_bytes: int = MAX_UPLOAD_BYTES,
-    quota_bytes: int = UPLOAD_QUOTA_BYTES,
+    max_bytes: int = PAGE_DEFAULTS.max_upload_bytes,
+    quota_bytes: int = PAGE_DEFAULTS.upload_quota_bytes,
     check: ImageCheck = QUERY_IMAGE_CHECK,
 ) -> Path:
     """Check uploaded image bytes and keep them as `folder/<content hash>.<format>`.

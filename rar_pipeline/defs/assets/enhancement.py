@@ -51,7 +51,7 @@ from rar_pipeline.defs.versions import require_defined_version
 
 def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult:
     attempted = stats.items - stats.items_by_type.get("text", 0)
-    return failure_rate_result(stats.failures, attempted, vlm.max_failure_rate)
+    return failure_rate_result(stats.failures, attempted, vlm.enhance.max_failure_rate)
 
 
 def _run_step(
@@ -187,7 +187,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             result = caption_shard(pool, paths.captions(shard), corpus.root, backend, cache,
                                    vlm.options(), progress=progress)  # fmt: skip
         coverage = caption_coverage_result(
-            result.captioned, result.images, vlm.min_caption_coverage
+            result.captioned, result.images, vlm.enhance.min_caption_coverage
         )
         return dg.MaterializeResult(
             metadata=_enhanced(
@@ -224,7 +224,7 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
                 **prompt_metadata(routed_prompts("corpus")),
                 "items_by_type": dict(merged.items_by_type),
                 "without_enhanced_text": merged.without_enhanced_txt,
-                "guard_policy": vlm.hallucination_policy,
+                "guard_policy": vlm.enhance.guard.value,
                 "guard_flagged": merged.guard_flagged,
                 "guard_dropped": merged.guard_dropped,
                 "path": dg.MetadataValue.path(str(merged.path)),
@@ -256,8 +256,8 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             metadata={
                 **_enhanced(context, backend, result.stats, path, merged.samples, "query"),
                 "dagster/row_count": len(merged.frame),
-                "query_type_override": vlm.query_type_overrides.get(task, ""),
-                "guard_policy": vlm.hallucination_policy,
+                "query_type_override": vlm.enhance.query_type_overrides.get(task, ""),
+                "guard_policy": vlm.enhance.guard.value,
                 "guard_flagged": merged.guard_flagged,
             },
             data_version=data_version(merged.frame, "enhanced_txt"),

@@ -3,7 +3,7 @@
 | module    | real                | fake                   | system                            |
 |-----------|---------------------|------------------------|-----------------------------------|
 | corpus    | `CorpusResource`    | (itself, on temp dirs) | the data root and artifacts folder |
-| vlm       | `VLMResource`       | `FakeVLMResource`      | the VLM backend that enhances items |
+| vlm       | `VLMResource`       | `tests/fake_vlm.py`    | the VLM backend that enhances items |
 | retriever | `RetrieverResource` | (itself, tiny settings) | the retriever backbone, training  |
 | lancedb   | `LanceDBResource`   | `tests/fake_stores.py` | vector tables                     |
 | mlflow    | `MlflowResource`    | `tests/fake_mlflow.py` | run tracking                      |
@@ -16,17 +16,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.resources.corpus import CorpusResource
 from rar_pipeline.defs.resources.lancedb import LanceDBResource
 from rar_pipeline.defs.resources.mlflow import MlflowResource
 from rar_pipeline.defs.resources.retriever import RetrieverResource
-from rar_pipeline.defs.resources.vlm import FakeVLMResource, VLMResource
+from rar_pipeline.defs.resources.vlm import VLMResource
 
 __all__ = [
     "CorpusResource",
-    "FakeVLMResource",
     "LanceDBResource",
     "MlflowResource",
     "RetrieverResource",
@@ -38,18 +36,13 @@ __all__ = [
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
     """The real resources for resolved settings, by resource key."""
     return {
-        "corpus": CorpusResource(
-            data_root=str(settings.data_root),
-            artifacts_dir=str(settings.artifacts_dir),
-            image_check=settings.image_check,
-            strict_paths=settings.strict_paths == "on",
-        ),
-        "lancedb": LanceDBResource(uri=settings.lancedb_uri),
+        "corpus": CorpusResource(**settings.corpus.model_dump()),
+        "lancedb": LanceDBResource(uri=settings.storage.lancedb_uri),
         "mlflow": MlflowResource(
-            tracking_uri=settings.mlflow_tracking_uri,
-            artifact_location=str(settings.mlflow_artifacts),
-            journal_dir=str(ArtifactLayout(settings.artifacts_dir).tracking_journal),
+            tracking_uri=settings.storage.mlflow_tracking_uri,
+            artifact_location=settings.storage.mlflow_artifacts,
+            journal_dir=str(settings.corpus.artifacts().tracking_journal),
         ),
-        "vlm": VLMResource.from_settings(settings),
-        "retriever": RetrieverResource.from_settings(settings),
+        "vlm": VLMResource.of(settings.vlm, settings.enhance),
+        "retriever": RetrieverResource.of(settings.retriever, settings.training),
     }

@@ -97,7 +97,7 @@ def test_a_fifo_named_like_an_image_fails_its_item_instead_of_hanging(tmp_path: 
     from rar_pipeline.core.corpus.records import Candidate, Modality
     from rar_pipeline.core.enhance.cache import EnhancementCache
     from rar_pipeline.core.enhance.engine import plan_candidate, run_enhancement
-    from rar_pipeline.core.enhance.vlm.fake import FakeVLM
+    from tests.fake_vlm import FakeVLM
 
     (tmp_path / "img").mkdir()
     os.mkfifo(tmp_path / "img" / "fifo.png")

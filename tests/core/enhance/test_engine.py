@@ -33,7 +33,7 @@ from rar_pipeline.core.enhance.prompts import (
     PromptSpec,
 )
 from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult
-from rar_pipeline.core.enhance.vlm.fake import FakeVLM
+from tests.fake_vlm import FakeVLM
 
 QUESTION = "who makes this?"
 INSTRUCTION = "same one but in red"

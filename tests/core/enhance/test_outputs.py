@@ -21,7 +21,7 @@ from rar_pipeline.core.enhance.outputs import (
     fit_captioner,
     rewrite_queries,
 )
-from rar_pipeline.core.enhance.vlm.fake import FakeVLM
+from tests.fake_vlm import FakeVLM
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ from rar_pipeline.core.enhance.engine import EnhanceOptions
 from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.merge import merge_corpus, merge_corpus_files
 from rar_pipeline.core.enhance.outputs import caption_candidates, caption_shard
-from rar_pipeline.core.enhance.vlm.fake import FakeVLM
 from rar_pipeline.core.files import values_hash
+from tests.fake_vlm import FakeVLM
 
 
 def _candidates(n: int) -> list[Candidate]:

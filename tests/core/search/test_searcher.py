@@ -13,7 +13,6 @@ from rar_pipeline.core.corpus.records import Candidate, Modality
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS, EnhanceOptions
 from rar_pipeline.core.enhance.outputs import rewrite_queries
-from rar_pipeline.core.enhance.vlm.fake import FakeVLM
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
@@ -23,6 +22,7 @@ from rar_pipeline.core.search.query import IndexUnavailable, SearchError, Search
 from rar_pipeline.core.search.searcher import Searcher
 from rar_pipeline.defs.resources import LanceDBResource
 from tests.fake_stores import FakeVectorStore
+from tests.fake_vlm import FakeVLM
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()

@@ -1,70 +1,92 @@
-"""Every VLM backend knob and its default, in one place.
+"""The VLM's settings, in one place: the backend, its model, and a section per backend.
 
-`create_vlm` builds a backend from a `VLMConfig`; the backends' own constructor defaults,
-`VLMResource`'s fields and the settings table (`core.settings`) all take their defaults
-from `DEFAULTS`, so a default is changed here or nowhere.
+`create_vlm` builds a backend from a `VLMConfig`, and each backend takes its own section
+(`OpenAIConfig`, `TransformersConfig`, `VLLMConfig`): a default is written here or nowhere.
+The settings loader, `rar` flags, `VLMResource` and docs/configuration.md are made from
+these fields (`core.config`).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from pydantic import field_validator
+
+from rar_pipeline.core.config import Section, setting
 
 BACKENDS = ("offline", "transformers", "openai", "vllm")
 DEFAULT_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 
 
-@dataclass(frozen=True)
-class VLMConfig:
-    """A backend and every setting it takes.
+class OpenAIConfig(Section):
+    """openai backend: any OpenAI-compatible chat server (vLLM, SGLang, a hosted API)."""
 
-    Attributes:
-        backend: offline | transformers | openai | vllm.
-        model_id: the model; empty means the backend's default (`default_model_id`).
-        trust_remote_code: transformers and vllm: run the model repository's own code (off
-            unless asked for: it is arbitrary code).
-        base_url: openai: the server's /v1 root; several, comma-separated, form a fleet.
-        api_key_env: openai: the environment variable holding the API key.
-        max_concurrency: openai: requests in flight at once.
-        timeout_s: openai: socket timeout per attempt, in seconds.
-        max_retries: openai: further HTTP attempts after the first.
-        backoff_s: openai: base delay before a retry (doubles, with jitter).
-        device: transformers: auto | cpu | cuda[:n].
-        dtype: transformers and vllm: weight dtype; auto picks per device / model config.
-        device_batch_size: transformers: requests per forward pass.
-        local_files_only: transformers: never reach the hub.
-        revision: transformers: hub revision; empty is the default branch.
-        max_model_len: vllm: context length the engine plans for.
-        gpu_memory_utilization: vllm: share of GPU memory for weights and KV cache.
-        tensor_parallel_size: vllm: GPUs the model is split across.
-        max_num_seqs: vllm: sequences scheduled at once; 0 keeps vLLM's default.
-        engine_batch_size: vllm: conversations per `LLM.chat` call.
-    """
+    base_url: str = setting(
+        "http://127.0.0.1:8000/v1",
+        "the server's /v1 root; several, comma-separated, form a fleet",
+        env="RAR_VLM_BASE_URL", flag="--vlm-base-url",
+    )  # fmt: skip
+    api_key_env: str = setting(
+        "OPENAI_API_KEY", "the environment variable that holds the API key (none sent if unset)",
+        env="RAR_VLM_API_KEY_ENV",
+    )  # fmt: skip
+    max_concurrency: int = setting(8, "requests in flight at once", ge=1, le=4096)
+    timeout_s: float = setting(
+        120.0, "seconds to wait on a server per attempt", env="RAR_VLM_TIMEOUT_S",
+        flag="--vlm-timeout", gt=0, le=86_400,
+    )  # fmt: skip
+    max_retries: int = setting(3, "further HTTP attempts after the first", ge=0, le=100)
+    backoff_s: float = setting(
+        1.0, "base delay before a retry, in seconds (doubles, with jitter)", ge=0, le=3600
+    )
 
-    backend: str = "offline"
-    model_id: str = ""
-    trust_remote_code: bool = False
-    base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str = "OPENAI_API_KEY"
-    max_concurrency: int = 8
-    timeout_s: float = 120.0
-    max_retries: int = 3
-    backoff_s: float = 1.0
-    device: str = "auto"
-    dtype: str = "auto"
-    device_batch_size: int = 4
-    local_files_only: bool = False
-    revision: str = ""
-    max_model_len: int = 8192
-    gpu_memory_utilization: float = 0.85
-    tensor_parallel_size: int = 1
-    max_num_seqs: int = 0
-    engine_batch_size: int = 256
 
-    def __post_init__(self) -> None:
-        if self.backend not in BACKENDS:
-            raise ValueError(
-                f"unknown VLM backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
-            )
+class TransformersConfig(Section):
+    """transformers backend: a Hugging Face vision-language model in this process."""
+
+    device: str = setting(
+        "auto", "auto | cpu | cuda | cuda:N", env="RAR_VLM_DEVICE", flag="--vlm-device"
+    )
+    dtype: str = setting("auto", "weight dtype; auto: bf16 on CUDA, fp32 on CPU")
+    device_batch_size: int = setting(4, "requests per forward pass", ge=1, le=4096)
+    local_files_only: bool = setting(False, "never reach the Hugging Face hub")
+    revision: str = setting("", "hub revision; empty: the default branch")
+
+
+class VLLMConfig(Section):
+    """vllm backend: vLLM's offline engine in this process (the [gpu] extra)."""
+
+    dtype: str = setting("auto", "weight dtype; auto follows the model config")
+    max_model_len: int = setting(8192, "context length the engine plans for", ge=256)
+    gpu_memory_utilization: float = setting(
+        0.85, "share of GPU memory for weights and KV cache", gt=0, le=1
+    )
+    tensor_parallel_size: int = setting(1, "GPUs the model is split across", ge=1, le=64)
+    max_num_seqs: int = setting(0, "sequences scheduled at once; 0 keeps vLLM's default", ge=0)
+    engine_batch_size: int = setting(256, "conversations per LLM.chat call", ge=1)
+
+
+class VLMConfig(Section):
+    """The VLM that enhances items: which backend, which model, and each backend's knobs."""
+
+    backend: str = setting(
+        "offline", "which VLM enhances items: " + " | ".join(BACKENDS), flag="--vlm-backend"
+    )
+    model_id: str = setting(
+        "", "model id; empty means the backend's default (Qwen/Qwen2.5-VL-7B-Instruct for "
+        "the model backends)", env="RAR_VLM_MODEL", flag="--vlm-model",
+    )  # fmt: skip
+    trust_remote_code: bool = setting(
+        False, "transformers and vllm: run the model repository's own code (arbitrary code: "
+        "off unless asked for)",
+    )  # fmt: skip
+    openai: OpenAIConfig = OpenAIConfig()
+    transformers: TransformersConfig = TransformersConfig()
+    vllm: VLLMConfig = VLLMConfig()
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, backend: str) -> str:
+        default_model_id(backend)  # refuses an unknown one
+        return backend
 
     @property
     def resolved_model_id(self) -> str:
@@ -78,6 +100,3 @@ def default_model_id(backend: str) -> str:
     if backend in ("transformers", "vllm", "openai"):
         return DEFAULT_MODEL
     raise ValueError(f"unknown VLM backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-
-
-DEFAULTS = VLMConfig()

@@ -1,9 +1,8 @@
-"""`create_vlm`: build any backend from a `VLMConfig` (or a backend name and knobs)."""
+"""`create_vlm`: build any backend from a `VLMConfig`; each backend takes its own section."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from rar_pipeline.core import names
 from rar_pipeline.core.enhance.vlm.base import VLM
@@ -11,32 +10,24 @@ from rar_pipeline.core.enhance.vlm.config import VLMConfig
 
 
 def create_vlm(
-    config: VLMConfig | str,
+    config: VLMConfig,
     *,
     captioner_dir: Path | None = None,
     perception_cache_dir: Path | None = None,
     seed: int = 0,
-    **knobs: Any,
 ) -> VLM:
-    """Build a VLM backend.
+    """Build the VLM backend `config` names, with its own section of settings.
 
     Args:
-        config: the backend and its settings, or a backend name (then `knobs` are
-            `VLMConfig` fields, e.g. ``create_vlm("openai", base_url=...)``).
+        config: the backend, its model and each backend's section.
         captioner_dir: offline only: the caption memory fitted on the train split.
         perception_cache_dir: offline only: where image features and OCR are cached.
         seed: vllm only: the engine's seed (sampling seeds travel with each request).
-        **knobs: `VLMConfig` fields, when `config` is a name.
 
     Raises:
-        ValueError: an unknown backend or knob.
         FileNotFoundError: the offline backend's caption memory has not been fitted.
     """
-    if isinstance(config, str):
-        config = VLMConfig(backend=config, **knobs)
-    elif knobs:
-        raise ValueError("pass knobs inside the VLMConfig, not beside it")
-    model = config.resolved_model_id
+    model, remote = config.resolved_model_id, config.trust_remote_code
     if config.backend == "offline":
         from rar_pipeline.core.enhance.vlm.offline import CaptionMemory, OfflineVLM, Perceiver
 
@@ -49,37 +40,11 @@ def create_vlm(
     if config.backend == "transformers":
         from rar_pipeline.core.enhance.vlm.transformers import TransformersVLM
 
-        return TransformersVLM(
-            model,
-            device=config.device,
-            dtype=config.dtype,
-            batch_size=config.device_batch_size,
-            trust_remote_code=config.trust_remote_code,
-            local_files_only=config.local_files_only,
-            revision=config.revision or None,
-        )
+        return TransformersVLM(model, config=config.transformers, trust_remote_code=remote)
     if config.backend == "openai":
         from rar_pipeline.core.enhance.vlm.openai import OpenAIVLM
 
-        return OpenAIVLM(
-            base_url=config.base_url,
-            model_id=model,
-            api_key_env=config.api_key_env,
-            max_concurrency=config.max_concurrency,
-            timeout_s=config.timeout_s,
-            max_retries=config.max_retries,
-            backoff_s=config.backoff_s,
-        )
+        return OpenAIVLM(model_id=model, config=config.openai)
     from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM  # config checked the name
 
-    return VLLMVLM(
-        model,
-        max_model_len=config.max_model_len,
-        gpu_memory_utilization=config.gpu_memory_utilization,
-        tensor_parallel_size=config.tensor_parallel_size,
-        dtype=config.dtype,
-        trust_remote_code=config.trust_remote_code,
-        seed=seed,
-        max_num_seqs=config.max_num_seqs or None,
-        batch_size=config.engine_batch_size,
-    )
+    return VLLMVLM(model, config=config.vllm, trust_remote_code=remote, seed=seed)

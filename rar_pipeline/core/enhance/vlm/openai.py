@@ -32,7 +32,7 @@ from typing import Any
 
 from rar_pipeline.core.corpus.images import image_data_url
 from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult, chat_messages, image_error
-from rar_pipeline.core.enhance.vlm.config import DEFAULTS
+from rar_pipeline.core.enhance.vlm.config import OpenAIConfig
 
 logger = logging.getLogger(__name__)
 
@@ -120,56 +120,42 @@ class OpenAIVLM:
     picked up without rebuilding the backend) and is never stored, logged or put in errors.
 
     Args:
-        base_url: the API root, e.g. "http://127.0.0.1:8000/v1"; requests go to
-            `{base_url}/chat/completions`. Several roots separated by commas form a fleet:
-            requests are spread round-robin over them, and a retry goes to the next one
-            (so one server down or overloaded only costs its share of attempts).
         model_id: the model name the server knows.
-        api_key_env: environment variable holding the API key. Unset or empty sends no
-            Authorization header (local servers usually need none).
-        max_concurrency: most requests in flight at once.
-        timeout_s: the deadline of one attempt, in seconds, from sending to the last byte
-            of the reply (a server that trickles bytes is cut off at it).
-        max_retries: further attempts after the first, for timeouts, connection errors,
-            HTTP 408, 429 and 5xx.
-        backoff_s: base delay before a retry; doubles every attempt, with jitter, capped
-            at `MAX_RETRY_DELAY_S`. A `Retry-After` header (seconds) replaces it.
+        config: the backend's settings (`OpenAIConfig`). `base_url` is the API root, e.g.
+            "http://127.0.0.1:8000/v1": requests go to `{base_url}/chat/completions`, and
+            several roots separated by commas form a fleet (requests are spread
+            round-robin, and a retry goes to the next root, so one server down or
+            overloaded only costs its share of attempts). `api_key_env` names the variable
+            holding the API key (unset or empty: no Authorization header). `timeout_s` is
+            the deadline of one attempt, from sending to the last byte of the reply (a
+            server that trickles bytes is cut off at it). `max_retries` further attempts
+            follow timeouts, connection errors, HTTP 408, 429 and 5xx, after `backoff_s`,
+            doubled every attempt with jitter and capped at `MAX_RETRY_DELAY_S` (a
+            `Retry-After` header in seconds replaces it).
         extra_body: merged into every request's JSON body, for server-specific options
             (e.g. `{"chat_template_kwargs": {...}}`, `{"top_k": 20}`). It must not set the
             keys each request provides (`RESERVED_BODY_KEYS`).
 
     Raises:
-        ValueError: on a non-HTTP(S) base_url, out-of-range numbers, or an extra_body that
+        ValueError: on a non-HTTP(S) base_url, an empty model id, or an extra_body that
             sets a reserved key or is not JSON-serialisable.
     """
 
     def __init__(
         self,
         *,
-        base_url: str,
         model_id: str,
-        api_key_env: str = DEFAULTS.api_key_env,
-        max_concurrency: int = DEFAULTS.max_concurrency,
-        timeout_s: float = DEFAULTS.timeout_s,
-        max_retries: int = DEFAULTS.max_retries,
-        backoff_s: float = DEFAULTS.backoff_s,
+        config: OpenAIConfig | None = None,
         extra_body: Mapping[str, Any] | None = None,
     ) -> None:
-        roots = [u.strip() for u in base_url.split(",") if u.strip()]
+        config = config or OpenAIConfig()
+        roots = [u.strip() for u in config.base_url.split(",") if u.strip()]
         # Only HTTP(S): urllib would otherwise happily "POST" to file:// or ftp:// URLs.
         bad = [u for u in roots if not u.lower().startswith(("http://", "https://"))]
         if not roots or bad:
-            raise ValueError(f"base_url must be http(s) URLs, got {base_url!r}")
+            raise ValueError(f"base_url must be http(s) URLs, got {config.base_url!r}")
         if not model_id:
             raise ValueError("model_id must be a non-empty model name")
-        if max_concurrency < 1:
-            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
-        if not timeout_s > 0:
-            raise ValueError(f"timeout_s must be > 0, got {timeout_s}")
-        if max_retries < 0:
-            raise ValueError(f"max_retries must be >= 0, got {max_retries}")
-        if not backoff_s >= 0:
-            raise ValueError(f"backoff_s must be >= 0, got {backoff_s}")
         extra = copy.deepcopy(dict(extra_body or {}))
         clash = sorted(RESERVED_BODY_KEYS & extra.keys())
         if clash:
@@ -179,23 +165,19 @@ class OpenAIVLM:
         except (TypeError, ValueError) as exc:
             raise ValueError(f"extra_body is not JSON-serialisable: {exc}") from exc
 
-        self._base_url = base_url
+        self.config = config
         self._urls = [f"{u.rstrip('/')}/chat/completions" for u in roots]
         self._next = itertools.count()  # next() on a count is atomic under the GIL
         self._model_id = model_id
-        self.api_key_env = api_key_env
-        self.max_concurrency = max_concurrency
-        self.timeout_s = float(timeout_s)
-        self.max_retries = max_retries
-        self.backoff_s = float(backoff_s)
         self._extra_body = extra
         self.requests_sent = 0  # HTTP requests, retries included (the enhancer reports them)
         self._count_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(base_url={self._base_url!r}, model_id={self._model_id!r}, "
-            f"api_key_env={self.api_key_env!r}, max_concurrency={self.max_concurrency})"
+            f"{type(self).__name__}(base_url={self.config.base_url!r}, "
+            f"model_id={self._model_id!r}, api_key_env={self.config.api_key_env!r}, "
+            f"max_concurrency={self.config.max_concurrency})"
         )
 
     @property
@@ -218,10 +200,10 @@ class OpenAIVLM:
         """
         if not requests:
             return []
-        api_key = os.environ.get(self.api_key_env, "").strip()
+        api_key = os.environ.get(self.config.api_key_env, "").strip()
         if api_key and not (api_key.isascii() and api_key.isprintable()):
             # http.client would reject it per request with the key's repr in the message.
-            error = f"the API key in ${self.api_key_env} is not printable ASCII"
+            error = f"the API key in ${self.config.api_key_env} is not printable ASCII"
             return [VLMResult(text=None, error=error) for _ in requests]
         headers = {
             "Content-Type": "application/json",
@@ -233,7 +215,7 @@ class OpenAIVLM:
         call = _Call(
             urllib.request.build_opener(_NoRedirect), headers, api_key, servers=len(self._urls)
         )
-        workers = min(self.max_concurrency, len(requests))
+        workers = min(self.config.max_concurrency, len(requests))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="openai-vlm") as pool:
             return list(pool.map(lambda request: self._one(request, call), requests))
 
@@ -268,7 +250,7 @@ class OpenAIVLM:
         return self._post(json.dumps(body).encode("utf-8"), call)
 
     def _post(self, data: bytes, call: _Call) -> VLMResult:
-        attempts = self.max_retries + 1
+        attempts = self.config.max_retries + 1
         reason = "not attempted"
         first = next(self._next)
         for attempt in range(1, attempts + 1):
@@ -286,7 +268,7 @@ class OpenAIVLM:
                 return VLMResult(text=None, error=f"{reason} (not retried)", retryable=False)
             if attempt == attempts:
                 break
-            delay = _retry_delay(attempt, self.backoff_s, outcome.retry_after)
+            delay = _retry_delay(attempt, self.config.backoff_s, outcome.retry_after)
             logger.debug(
                 "%s: attempt %d/%d failed (%s); retrying in %.2f s",
                 url,
@@ -303,10 +285,10 @@ class OpenAIVLM:
 
     def _attempt(self, data: bytes, call: _Call, url: str) -> VLMResult | _Failure:
         http_request = urllib.request.Request(url, data=data, headers=call.headers, method="POST")
-        timeout = f"timeout (no complete response within {self.timeout_s:g} s)"
-        deadline = time.monotonic() + self.timeout_s
+        timeout = f"timeout (no complete response within {self.config.timeout_s:g} s)"
+        deadline = time.monotonic() + self.config.timeout_s
         try:
-            with call.opener.open(http_request, timeout=self.timeout_s) as response:
+            with call.opener.open(http_request, timeout=self.config.timeout_s) as response:
                 payload = _read_body(response, deadline)
         except _TooLarge:
             return _Failure(f"response over {MAX_RESPONSE_BYTES:,} bytes", retryable=False)

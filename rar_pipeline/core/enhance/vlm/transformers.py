@@ -37,7 +37,7 @@ from rar_pipeline.core.enhance.vlm.base import (
     image_error,
     results_for_batch_error,
 )
-from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, DEFAULTS
+from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, TransformersConfig
 
 # Accepted `dtype` names and the torch dtype each means; checked in the constructor so a typo
 # fails at configuration time, not minutes later when the model loads.
@@ -101,40 +101,32 @@ class TransformersVLM:
     Args:
         model_id: a Hugging Face model id or local path of any image-text-to-text model with
             a multimodal processor; Qwen2.5-VL-7B-Instruct by default.
-        device: torch device; "auto" is cuda when available, else cpu.
-        dtype: weight dtype (bfloat16, float16, float32 or an alias such as bf16); "auto"
-            is bfloat16 on cuda (float16 where the GPU lacks bfloat16) and float32 on cpu.
-        batch_size: requests per `generate` call.
+        config: the backend's settings (`TransformersConfig`: device, dtype, requests per
+            forward pass, offline loading, revision). "auto" device is cuda when available,
+            else cpu; "auto" dtype is bfloat16 on cuda (float16 where the GPU lacks
+            bfloat16) and float32 on cpu.
         trust_remote_code: allow the model repository's own Python code. Off unless asked
             for: it runs arbitrary code from the repository.
-        local_files_only: never reach the hub; load from the local cache or path only.
-        revision: the hub revision (branch, tag or commit) to load; None is the default
-            branch.
 
     Raises:
-        ValueError: `batch_size` is below 1 or `dtype` is not a known name.
+        ValueError: `dtype` is not a known name.
     """
 
     backend = "transformers"
 
     model_id: str = DEFAULT_MODEL
     _: KW_ONLY
-    device: str = DEFAULTS.device
-    dtype: str = DEFAULTS.dtype
-    batch_size: int = DEFAULTS.device_batch_size
-    trust_remote_code: bool = DEFAULTS.trust_remote_code
-    local_files_only: bool = DEFAULTS.local_files_only
-    revision: str | None = None
+    config: TransformersConfig = TransformersConfig()
+    trust_remote_code: bool = False
     _torch: Any = field(default=None, init=False, repr=False)
     _processor: Any = field(default=None, init=False, repr=False)
     _model: Any = field(default=None, init=False, repr=False)
     _device: Any = field(default=None, init=False, repr=False)  # the resolved torch device
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
-        if self.dtype != "auto" and self.dtype.lower() not in _DTYPES:
-            raise ValueError(f"unknown dtype {self.dtype!r}: use auto or one of {sorted(_DTYPES)}")
+        dtype = self.config.dtype
+        if dtype != "auto" and dtype.lower() not in _DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r}: use auto or one of {sorted(_DTYPES)}")
 
     def load(self) -> None:
         """Load the processor and model now, if not done yet (to time or warm them up).
@@ -154,8 +146,8 @@ class TransformersVLM:
         # Passed explicitly to both calls: remote code stays off unless the caller asked.
         common = {
             "trust_remote_code": self.trust_remote_code,
-            "local_files_only": self.local_files_only,
-            "revision": self.revision,
+            "local_files_only": self.config.local_files_only,
+            "revision": self.config.revision or None,
         }
         processor = AutoProcessor.from_pretrained(self.model_id, **common)
         tokenizer = getattr(processor, "tokenizer", None)
@@ -211,8 +203,8 @@ class TransformersVLM:
             groups.setdefault(item.group, []).append(item)
 
         for items in groups.values():
-            for start in range(0, len(items), self.batch_size):
-                batch = items[start : start + self.batch_size]
+            for start in range(0, len(items), self.config.device_batch_size):
+                batch = items[start : start + self.config.device_batch_size]
                 try:
                     texts = self._generate_batch(batch)
                 except Exception as exc:  # this batch fails; the next batches still run
@@ -293,13 +285,13 @@ class TransformersVLM:
         ]
 
     def _resolve_device(self, torch: Any) -> Any:
-        if self.device == "auto":
+        if self.config.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        return torch.device(self.device)
+        return torch.device(self.config.device)
 
     def _resolve_dtype(self, torch: Any, device: Any) -> Any:
-        if self.dtype != "auto":
-            return getattr(torch, _DTYPES[self.dtype.lower()])
+        if self.config.dtype != "auto":
+            return getattr(torch, _DTYPES[self.config.dtype.lower()])
         if device.type == "cuda":
             # bfloat16 keeps float32's range; older GPUs without it get float16.
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16

@@ -41,7 +41,7 @@ from rar_pipeline.core.enhance.vlm.base import (
     image_error,
     results_for_batch_error,
 )
-from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, DEFAULTS
+from rar_pipeline.core.enhance.vlm.config import DEFAULT_MODEL, VLLMConfig
 
 _INSTALL_HINT = (
     "the vllm backend needs vLLM, which is not installed: install the [gpu] extra on a "
@@ -59,55 +59,43 @@ class VLLMVLM:
     Args:
         model_id: a Hugging Face model id or local path of any image-text-to-text model
             vLLM supports; Qwen2.5-VL-7B-Instruct by default.
-        max_model_len: context length (prompt, image tokens and output) the engine plans for.
-        gpu_memory_utilization: the share of GPU memory vLLM may take for weights and cache.
-        tensor_parallel_size: how many GPUs to split the model across.
-        max_images_per_prompt: the engine's `limit_mm_per_prompt` for images; every prompt
-            of the method sends at most one.
-        dtype: weight and activation dtype; "auto" uses the model config's.
+        config: the engine's settings (`VLLMConfig`: dtype, context length, GPU memory
+            share, tensor parallelism, scheduled sequences, conversations per `chat` call:
+            vLLM batches internally, that one only bounds how many conversations, with
+            their image data URLs, are held in memory at once).
         trust_remote_code: allow model repositories' own Python code (off: only models
             vLLM implements natively run).
         seed: the engine's seed.
-        max_num_seqs: the most sequences vLLM schedules at once; None keeps vLLM's default.
-        batch_size: requests per `chat` call. vLLM batches internally; this only bounds
-            how many conversations (with their image data URLs) are held in memory at once.
+        max_images_per_prompt: the engine's `limit_mm_per_prompt` for images; every prompt
+            of the method sends at most one.
     """
 
     backend = "vllm"
 
     model_id: str = DEFAULT_MODEL
     _: KW_ONLY
-    max_model_len: int = DEFAULTS.max_model_len
-    gpu_memory_utilization: float = DEFAULTS.gpu_memory_utilization
-    tensor_parallel_size: int = DEFAULTS.tensor_parallel_size
-    max_images_per_prompt: int = 1
-    dtype: str = DEFAULTS.dtype
-    trust_remote_code: bool = DEFAULTS.trust_remote_code
+    config: VLLMConfig = VLLMConfig()
+    trust_remote_code: bool = False
     seed: int = 0
-    max_num_seqs: int | None = None
-    batch_size: int = DEFAULTS.engine_batch_size
+    max_images_per_prompt: int = 1
     _vllm: Any = field(default=None, init=False, repr=False)
     _llm: Any = field(default=None, init=False, repr=False)
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
 
     def engine_kwargs(self) -> dict[str, Any]:
         """The keyword arguments `vllm.LLM` is built with."""
         kwargs: dict[str, Any] = {
             "model": self.model_id,
             "trust_remote_code": self.trust_remote_code,
-            "dtype": self.dtype,
-            "max_model_len": self.max_model_len,
-            "gpu_memory_utilization": self.gpu_memory_utilization,
-            "tensor_parallel_size": self.tensor_parallel_size,
+            "dtype": self.config.dtype,
+            "max_model_len": self.config.max_model_len,
+            "gpu_memory_utilization": self.config.gpu_memory_utilization,
+            "tensor_parallel_size": self.config.tensor_parallel_size,
             "limit_mm_per_prompt": {"image": self.max_images_per_prompt},
             "seed": self.seed,
         }
         # Only when set: vLLM picks a default that depends on the GPU and engine version.
-        if self.max_num_seqs is not None:
-            kwargs["max_num_seqs"] = self.max_num_seqs
+        if self.config.max_num_seqs:
+            kwargs["max_num_seqs"] = self.config.max_num_seqs
         return kwargs
 
     def load(self) -> None:
@@ -138,8 +126,9 @@ class VLLMVLM:
             return []
         self.load()
         results: list[VLMResult] = []
-        for start in range(0, len(requests), self.batch_size):
-            results.extend(self._generate_batch(requests[start : start + self.batch_size]))
+        size = self.config.engine_batch_size
+        for start in range(0, len(requests), size):
+            results.extend(self._generate_batch(requests[start : start + size]))
         return results
 
     def _generate_batch(self, batch: Sequence[VLMRequest]) -> list[VLMResult]:

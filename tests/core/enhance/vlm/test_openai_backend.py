@@ -17,6 +17,7 @@ import pytest
 from PIL import Image
 
 from rar_pipeline.core.enhance.vlm.base import VLM, SamplingParams, VLMRequest
+from rar_pipeline.core.enhance.vlm.config import OpenAIConfig
 from rar_pipeline.core.enhance.vlm.openai import MAX_RETRY_DELAY_S, OpenAIVLM
 
 KEY_ENV = "RAR_TEST_VLM_KEY"
@@ -168,16 +169,17 @@ def png(tmp_path: Path) -> Path:
 
 
 def make_vlm(server: ScriptedServer, **overrides: Any) -> OpenAIVLM:
+    model_id = overrides.pop("model_id", "test-vlm")
+    extra_body = overrides.pop("extra_body", None)
     options: dict[str, Any] = {
         "base_url": server.base_url,
-        "model_id": "test-vlm",
         "api_key_env": KEY_ENV,
         "timeout_s": 5.0,
         "max_retries": 3,
         "backoff_s": 0.01,
+        **overrides,
     }
-    options.update(overrides)
-    return OpenAIVLM(**options)
+    return OpenAIVLM(model_id=model_id, config=OpenAIConfig(**options), extra_body=extra_body)
 
 
 def request(user: str = "a red cube", image_path: Path | None = None, **kw: Any) -> VLMRequest:
@@ -374,7 +376,8 @@ def test_connection_errors_are_retried_then_reported() -> None:
         port = probe.getsockname()[1]
     # nothing listens on the port any more: every connect is refused
     vlm = OpenAIVLM(
-        base_url=f"http://127.0.0.1:{port}/v1", model_id="m", max_retries=1, backoff_s=0
+        model_id="m",
+        config=OpenAIConfig(base_url=f"http://127.0.0.1:{port}/v1", max_retries=1, backoff_s=0),
     )
 
     [result] = vlm.generate([request()])
@@ -510,7 +513,9 @@ def test_a_retry_goes_to_the_next_server_of_the_fleet(server: ScriptedServer) ->
 
 def test_a_fleet_of_non_http_urls_is_refused() -> None:
     with pytest.raises(ValueError, match="http"):
-        OpenAIVLM(base_url="http://127.0.0.1:1/v1,file:///etc/passwd", model_id="m")
+        OpenAIVLM(
+            model_id="m", config=OpenAIConfig(base_url="http://127.0.0.1:1/v1,file:///etc/passwd")
+        )
 
 
 # --- 8. a dying or hostile server costs little ------------------------------------------
@@ -543,10 +548,12 @@ def test_a_trickling_server_is_cut_off_at_the_total_deadline() -> None:
     thread.start()
     try:
         vlm = OpenAIVLM(
-            base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
             model_id="m",
-            timeout_s=0.5,  # each byte arrives well within it: only a total deadline stops it
-            max_retries=0,
+            config=OpenAIConfig(
+                base_url=f"http://127.0.0.1:{httpd.server_address[1]}/v1",
+                timeout_s=0.5,
+                max_retries=0,
+            ),
         )
         started = time.monotonic()
         [result] = vlm.generate([request()])
@@ -576,11 +583,10 @@ def test_a_dead_server_trips_the_breaker_and_the_rest_fail_fast() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     vlm = OpenAIVLM(
-        base_url=f"http://127.0.0.1:{port}/v1",
         model_id="m",
-        max_retries=3,
-        backoff_s=0.05,
-        max_concurrency=1,
+        config=OpenAIConfig(
+            base_url=f"http://127.0.0.1:{port}/v1", max_retries=3, backoff_s=0.05, max_concurrency=1
+        ),
     )
     results = vlm.generate([request(f"item {i}") for i in range(40)])
     assert all(r.text is None and not r.retryable for r in results)
@@ -595,11 +601,10 @@ def test_the_breaker_resets_with_each_batch() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     vlm = OpenAIVLM(
-        base_url=f"http://127.0.0.1:{port}/v1",
         model_id="m",
-        max_retries=0,
-        backoff_s=0,
-        max_concurrency=1,
+        config=OpenAIConfig(
+            base_url=f"http://127.0.0.1:{port}/v1", max_retries=0, backoff_s=0, max_concurrency=1
+        ),
     )
     down = vlm.generate([request(f"item {i}") for i in range(10)])
     assert "server unreachable" in down[-1].error

@@ -23,6 +23,7 @@ from PIL import Image
 
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, MODIFICATION, PROMPTS
 from rar_pipeline.core.enhance.vlm.base import VLM, SamplingParams, VLMRequest
+from rar_pipeline.core.enhance.vlm.config import TransformersConfig
 from rar_pipeline.core.enhance.vlm.transformers import TransformersVLM
 
 REPO = Path(__file__).resolve().parents[4]
@@ -178,7 +179,9 @@ def n_tokens(text: str | None) -> int:
 def test_one_result_per_request_in_order_for_mixed_image_and_text_batches(
     tiny_llava: Path, images: dict[str, Path]
 ) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", batch_size=2)
+    vlm = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", device_batch_size=2)
+    )
     assert isinstance(vlm, VLM)
     assert (vlm.backend, vlm.model_id) == ("transformers", str(tiny_llava))
     # Interleaved, so grouping by image/no image reorders them internally; each has its own
@@ -200,7 +203,9 @@ def test_one_result_per_request_in_order_for_mixed_image_and_text_batches(
 def test_greedy_decoding_is_deterministic_and_each_output_fits_its_own_budget(
     tiny_llava: Path, images: dict[str, Path]
 ) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", batch_size=4)
+    vlm = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", device_batch_size=4)
+    )
     budgets = [3, 11, 1, 7]
     # One batch, different budgets: the batch runs to 11 and each row is cut to its own.
     # The first two are the same prompt, so the short output is the long one's beginning.
@@ -215,7 +220,12 @@ def test_greedy_decoding_is_deterministic_and_each_output_fits_its_own_budget(
     assert [n_tokens(t) for t in first] == budgets
     assert first[1].split()[:3] == first[0].split()  # type: ignore[union-attr]
     # And a fresh backend (a new load of the same weights) gives the same texts.
-    assert [r.text for r in TransformersVLM(str(tiny_llava), device="cpu").generate(reqs)] == first
+    assert [
+        r.text
+        for r in TransformersVLM(str(tiny_llava), config=TransformersConfig(device="cpu")).generate(
+            reqs
+        )
+    ] == first
 
 
 def test_batching_and_padding_do_not_change_an_output(
@@ -226,7 +236,9 @@ def test_batching_and_padding_do_not_change_an_output(
     short = request(None, "dog", max_tokens=6)
     longer = request(None, " ".join(ITEM_TEXTS), max_tokens=6)
     with_image = request(images["red"], "dog", max_tokens=6)
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", batch_size=4)
+    vlm = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", device_batch_size=4)
+    )
 
     alone = [vlm.generate([r])[0].text for r in (short, with_image)]
     batched = vlm.generate([longer, short, with_image, request(images["blue"], ITEM_TEXTS[3])])
@@ -235,7 +247,7 @@ def test_batching_and_padding_do_not_change_an_output(
 
 
 def test_sampling_follows_the_request_seed(tiny_llava: Path, images: dict[str, Path]) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu")
+    vlm = TransformersVLM(str(tiny_llava), config=TransformersConfig(device="cpu"))
     reqs = [
         request(images["red"], max_tokens=8, temperature=1.0),
         request(None, max_tokens=8, temperature=1.0),
@@ -253,7 +265,9 @@ def test_sampling_follows_the_request_seed(tiny_llava: Path, images: dict[str, P
 def test_remote_code_stays_off_by_default_and_local_files_only_is_passed_through(
     tiny_llava: Path, load_calls: dict[str, list[dict[str, Any]]]
 ) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", local_files_only=True)
+    vlm = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", local_files_only=True)
+    )
     assert vlm.generate([request(None, max_tokens=2)])[0].ok
 
     for key in ("processor", "model"):
@@ -267,7 +281,11 @@ def test_remote_code_stays_off_by_default_and_local_files_only_is_passed_through
 def test_trust_remote_code_and_revision_are_passed_when_asked_for(
     tiny_llava: Path, load_calls: dict[str, list[dict[str, Any]]]
 ) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", trust_remote_code=True, revision="main")
+    vlm = TransformersVLM(
+        str(tiny_llava),
+        trust_remote_code=True,
+        config=TransformersConfig(device="cpu", revision="main"),
+    )
     vlm.load()
 
     for key in ("processor", "model"):
@@ -279,7 +297,9 @@ def test_trust_remote_code_and_revision_are_passed_when_asked_for(
 def test_an_unreadable_image_fails_only_its_own_request(
     tiny_llava: Path, images: dict[str, Path]
 ) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", batch_size=4)
+    vlm = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", device_batch_size=4)
+    )
     reqs = [
         request(images["red"], max_tokens=3),
         request(images["missing"], max_tokens=3),
@@ -313,7 +333,9 @@ def test_a_failing_generate_call_fails_only_its_own_batch(
         return real_generate(self, *args, **kwargs)
 
     monkeypatch.setattr(LlavaForConditionalGeneration, "generate", flaky)
-    vlm = TransformersVLM(str(tiny_llava), device="cpu", batch_size=2)
+    vlm = TransformersVLM(
+        str(tiny_llava), config=TransformersConfig(device="cpu", device_batch_size=2)
+    )
 
     results = vlm.generate([request(None, text, max_tokens=2) for text in ITEM_TEXTS[:3]])
 
@@ -325,7 +347,7 @@ def test_a_failing_generate_call_fails_only_its_own_batch(
 def test_the_model_is_loaded_once_across_generate_calls(
     tiny_llava: Path, images: dict[str, Path], load_calls: dict[str, list[dict[str, Any]]]
 ) -> None:
-    vlm = TransformersVLM(str(tiny_llava), device="cpu")
+    vlm = TransformersVLM(str(tiny_llava), config=TransformersConfig(device="cpu"))
     assert vlm.generate([]) == []
     assert load_calls == {"processor": [], "model": []}  # nothing to do: nothing loaded
 
@@ -338,10 +360,13 @@ def test_the_model_is_loaded_once_across_generate_calls(
 
 def test_bad_settings_fail_at_construction_without_loading() -> None:
     with pytest.raises(ValueError, match="batch_size"):
-        TransformersVLM(batch_size=0)
+        TransformersVLM(config=TransformersConfig(device_batch_size=0))
     with pytest.raises(ValueError, match="dtype"):
-        TransformersVLM(dtype="int4")
-    assert TransformersVLM(dtype="BF16").model_id == "Qwen/Qwen2.5-VL-7B-Instruct"
+        TransformersVLM(config=TransformersConfig(dtype="int4"))
+    assert (
+        TransformersVLM(config=TransformersConfig(dtype="BF16")).model_id
+        == "Qwen/Qwen2.5-VL-7B-Instruct"
+    )
 
 
 def test_importing_the_backend_imports_neither_torch_nor_transformers() -> None:

@@ -23,6 +23,7 @@ from PIL import Image
 
 from rar_pipeline.core.enhance.prompts import CORPUS_CAPTION, MODIFICATION, QUERY_CAPTION
 from rar_pipeline.core.enhance.vlm.base import VLM, SamplingParams, VLMRequest, VLMResult
+from rar_pipeline.core.enhance.vlm.config import VLLMConfig
 from rar_pipeline.core.enhance.vlm.vllm import VLLMVLM
 
 REPO = Path(__file__).resolve().parents[4]
@@ -170,14 +171,16 @@ def test_engine_is_built_with_the_default_settings(fake_vllm: Recorder, tmp_path
 def test_engine_settings_are_passed_through(fake_vllm: Recorder, tmp_path: Path) -> None:
     vlm = VLLMVLM(
         model_id="org/Other-VL",
-        max_model_len=4096,
-        gpu_memory_utilization=0.5,
-        tensor_parallel_size=2,
         max_images_per_prompt=3,
-        dtype="bfloat16",
         trust_remote_code=True,
         seed=11,
-        max_num_seqs=8,
+        config=VLLMConfig(
+            max_model_len=4096,
+            gpu_memory_utilization=0.5,
+            tensor_parallel_size=2,
+            dtype="bfloat16",
+            max_num_seqs=8,
+        ),
     )
     vlm.generate([corpus_request(make_png(tmp_path / "a.png"))])
 
@@ -212,7 +215,9 @@ def test_engine_is_built_once_across_generate_calls(fake_vllm: Recorder, tmp_pat
 
 def test_one_chat_call_per_batch(fake_vllm: Recorder, tmp_path: Path) -> None:
     images = [make_png(tmp_path / f"{i}.png") for i in range(5)]
-    VLLMVLM(batch_size=2).generate([corpus_request(p, f"item {i}") for i, p in enumerate(images)])
+    VLLMVLM(config=VLLMConfig(engine_batch_size=2)).generate(
+        [corpus_request(p, f"item {i}") for i, p in enumerate(images)]
+    )
 
     assert [len(call.conversations) for call in fake_vllm.chat_calls] == [2, 2, 1]
     for call in fake_vllm.chat_calls:
@@ -281,7 +286,7 @@ def test_sampling_params_follow_each_request(fake_vllm: Recorder, tmp_path: Path
 
 def test_outputs_map_back_in_order_and_stripped(fake_vllm: Recorder, tmp_path: Path) -> None:
     requests = [corpus_request(make_png(tmp_path / f"{i}.png"), f"item {i}") for i in range(5)]
-    results = VLLMVLM(batch_size=2).generate(requests)
+    results = VLLMVLM(config=VLLMConfig(engine_batch_size=2)).generate(requests)
 
     assert results == [VLMResult(text=f"re: {r.user}") for r in requests]
     assert all(r.ok for r in results)
@@ -323,7 +328,7 @@ def test_batch_of_only_unreadable_images_makes_no_chat_call(
 def test_failed_chat_call_fails_its_batch_only(fake_vllm: Recorder, tmp_path: Path) -> None:
     fake_vllm.fail_on_call[1] = RuntimeError("CUDA out of memory")
     requests = [corpus_request(make_png(tmp_path / f"{i}.png"), f"item {i}") for i in range(5)]
-    results = VLLMVLM(batch_size=2).generate(requests)
+    results = VLLMVLM(config=VLLMConfig(engine_batch_size=2)).generate(requests)
 
     assert len(fake_vllm.chat_calls) == 3
     assert results[0] == VLMResult(text=f"re: {requests[0].user}")

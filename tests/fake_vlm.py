@@ -1,4 +1,4 @@
-"""A scripted VLM for tests.
+"""A scripted VLM for tests, and the resource that hands it to the graph.
 
 Deterministic outputs that honour each prompt's contract, switches to fail chosen items, and
 a record of every request it was sent.
@@ -9,8 +9,14 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from rar_pipeline.core.enhance.vlm.base import VLMRequest, VLMResult
+from pydantic import PrivateAttr, field_validator
+
+from rar_pipeline.core.enhance.vlm.base import VLM, VLMRequest, VLMResult
+from rar_pipeline.core.enhance.vlm.config import VLMConfig
+from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.defs.resources.vlm import VLMResource
 
 
 @dataclass
@@ -55,3 +61,34 @@ class FakeVLM:
         if request.prompt == "modification":
             return VLMResult(" ".join((request.item_text or "").split()[-3:]))
         return VLMResult(f"A picture of {image}. " + "word " * (request.max_words + 20))
+
+
+class FakeVLMResource(VLMResource):
+    """`VLMResource` whose backend is a `FakeVLM` shared across calls (tests count calls)."""
+
+    backend: str = "fake"
+    model_id: str = "fake-vlm"
+    fail_first: dict[str, int] = {}
+    _vlm: Any = PrivateAttr(default=None)
+
+    @field_validator("backend")
+    @classmethod
+    def _known(cls, backend: str) -> str:
+        return backend  # "fake" is no backend a person can choose
+
+    def vlm_config(self) -> VLMConfig:
+        return VLMConfig.model_validate(
+            self.model_dump(exclude={"enhance", "fail_first"}) | {"backend": "offline"}
+        )
+
+    def resolved_model_id(self) -> str:
+        return self.model_id
+
+    @property
+    def fake(self) -> FakeVLM:
+        if self._vlm is None:
+            self._vlm = FakeVLM(model_id=self.model_id, fail_first=dict(self.fail_first))
+        return self._vlm
+
+    def create(self, artifacts: ArtifactLayout) -> VLM:
+        return self.fake

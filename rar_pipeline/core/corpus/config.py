@@ -1,0 +1,69 @@
+"""The corpus a run reads, where its outputs go, and how strictly it is validated.
+
+One section (`CorpusConfig`): the settings loader, `rar` flags, `CorpusResource` and
+docs/configuration.md are made from its fields (`core.config`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rar_pipeline.core.config import Section, setting
+from rar_pipeline.core.corpus.images import ImageCheck, ImageCheckLevel
+from rar_pipeline.core.corpus.mbeir import CorpusLayout, discover
+from rar_pipeline.core.layout import ArtifactLayout
+
+
+class CorpusConfig(Section):
+    """The corpus: its data root, its outputs, and its validation policy."""
+
+    data_root: str = setting(
+        "", "the M-BEIR data root to read", env="RAR_DATA_ROOT", flag="--data",
+        shown="data/demo under the project",
+    )  # fmt: skip
+    artifacts_dir: str = setting(
+        "", "where this corpus' outputs go", env="RAR_ARTIFACTS_DIR", flag="--artifacts",
+        shown="artifacts/<data root folder name> under the project",
+    )  # fmt: skip
+    image_check: ImageCheckLevel = setting(
+        ImageCheckLevel.DECODE, "how hard validation looks at images: decode (catches "
+        "truncated files), header, exists (for very large pools), off",
+        env="RAR_IMAGE_CHECK", flag="--image-check",
+    )  # fmt: skip
+    strict_paths: bool = setting(
+        False, "resolve symlinks in paths from data files and page requests, refusing any "
+        "whose real file is outside the data root (for roots others can write to)",
+        env="RAR_STRICT_PATHS", flag="--strict-paths",
+    )  # fmt: skip
+    max_pixels: int = setting(
+        ImageCheck().max_pixels, "images with more pixels are refused (decompression bombs)",
+        ge=1,
+    )  # fmt: skip
+    max_quarantine_rate: float = setting(
+        0.05, "the quarantine-rate checks warn above this share of a file's rows", ge=0, le=1
+    )
+    block_quarantine_rate: float = setting(
+        1.0, "above this share a shard or task is blocked (its downstream does not run): a "
+        "file mostly bad is likely the wrong one. 1.0: off, bad rows never stop a run",
+        ge=0, le=1,
+    )  # fmt: skip
+
+    @property
+    def root(self) -> Path:
+        return Path(self.data_root).resolve()
+
+    @property
+    def name(self) -> str:
+        """The corpus' name: its data root's folder name (as in `artifacts/<name>`)."""
+        return self.root.name
+
+    def layout(self) -> CorpusLayout:
+        return discover(self.data_root)
+
+    def artifacts(self) -> ArtifactLayout:
+        return ArtifactLayout(Path(self.artifacts_dir))
+
+    def image_policy(self) -> ImageCheck:
+        return ImageCheck(
+            level=self.image_check, max_pixels=self.max_pixels, strict_paths=self.strict_paths
+        )
