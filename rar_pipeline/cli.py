@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rar_pipeline.core.config import Knob
-from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, LayoutError, discover
+from rar_pipeline.core.corpus.mbeir import LayoutError, discover
 from rar_pipeline.core.corpus.records import Modality
 from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
@@ -255,77 +255,15 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
 
 def _validate(args: argparse.Namespace) -> int:
     from rar_pipeline.core.corpus.ingest import validate_corpus
+    from rar_pipeline.core.corpus.validation import Validation
 
     settings = settings_from_args(args)
     layout = discover(settings.data_root)
-    reports = validate_corpus(
-        layout,
-        tasks=args.tasks,
-        image_check=settings.corpus.image_policy(),
-        progress=sys.stderr.isatty(),
-    )
-    # instruction lines are shared by every task: count them once
-    bad_instructions = next(
-        (
-            r.extra["instructions_quarantined"]
-            for r in reports
-            if r.extra.get("instructions_quarantined")
-        ),
-        [],
-    )
-    total_rows = sum(r.summary["rows"] for r in reports)
-    total_bad = sum(r.summary["quarantined"] for r in reports) + len(bad_instructions)
-    if args.json:
-        print(
-            json.dumps(
-                {
-                    "data_root": str(layout.root),
-                    "skipped": layout.skipped,
-                    "rows": total_rows,
-                    "quarantined": total_bad,
-                    "files": {r.key: r.summary for r in reports},
-                    "quarantine": [
-                        {
-                            "source": q.source,
-                            "line": q.line,
-                            "row_id": q.row_id,
-                            "reason": q.reason.value,
-                            "detail": q.detail,
-                        }
-                        for q in [*(q for r in reports for q in r.quarantined), *bad_instructions]
-                    ],
-                },
-                indent=2,
-            )
-        )
-    else:
-        print(f"{layout.root}: {len(layout.pools)} pool shards, {len(layout.queries)} tasks")
-        for path, why in layout.skipped.items():
-            print(f"  skipped {path}: {why}")
-        if not layout.train_tasks:
-            print("  warning: " + NO_TRAIN_SPLIT)
-        conflicts = sorted({d for r in reports for d in r.extra.get("conflicting_positives", [])})
-        if conflicts:
-            print(
-                f"  {len(conflicts)} positives have different content in different pools, "
-                f"e.g. {', '.join(conflicts[:3])}"
-            )
-        print(f"{'shard / task':<48} {'rows':>9} {'quarantined':>12}  reasons")
-        for r in reports:
-            reasons = ", ".join(f"{k}={v}" for k, v in r.summary["by_reason"].items())
-            print(f"{r.key:<48} {r.summary['rows']:>9} {r.summary['quarantined']:>12}  {reasons}")
-        if bad_instructions:
-            print(f"{'instructions':<48} {'':>9} {len(bad_instructions):>12}")
-        print(f"{'total':<48} {total_rows:>9} {total_bad:>12}")
-        every = [q for r in reports for q in r.quarantined] + list(bad_instructions)
-        shown = every[: args.show]
-        if shown:
-            print("\nquarantined rows:")
-            for q in shown:
-                print(f"  {q.source}:{q.line} [{q.row_id or '-'}] {q.reason.value}: {q.detail}")
-            if total_bad > len(shown):
-                print(f"  ... and {total_bad - len(shown)} more (use --show N or --json)")
-    return 1 if args.strict and total_bad else 0
+    reports = validate_corpus(layout, tasks=args.tasks, image_check=settings.corpus.image_policy(),
+                              progress=sys.stderr.isatty())  # fmt: skip
+    validation = Validation(layout, reports)
+    print(validation.as_json() if args.json else validation.as_text(args.show))
+    return 1 if args.strict and validation.quarantined else 0
 
 
 def _report_text(paths: ArtifactLayout, fmt: str) -> str:

@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from rar_pipeline.core import names
+from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.retrieval.options import TrainOptions
@@ -41,6 +42,39 @@ def read_input(path: Path, what: str) -> pd.DataFrame:
 def read_records(path: Path, record_type: type, what: str) -> list[Any]:
     """An upstream table as records (`Candidate`, `Query`)."""
     return frame_to_records(read_input(path, what), record_type)
+
+
+def ingested_tasks(context: dg.AssetExecutionContext, corpus: Any, why: str) -> list[str]:
+    """The query tasks ingested so far (a run may ingest a subset); warns of the others.
+
+    Raises:
+        dagster.Failure: no task has been ingested yet.
+    """
+    paths, layout = corpus.artifacts(), corpus.layout()
+    tasks = [t for t in layout.queries if paths.queries(t).is_file()]
+    if not tasks:
+        raise dg.Failure("no query task has been materialized: "
+                         + names.materialize(names.QUERIES, first=True))  # fmt: skip
+    if skipped := sorted(set(layout.queries) - set(tasks)):
+        context.log.warning(f"{why} without un-ingested tasks: {skipped}")
+    return tasks
+
+
+def read_queries(corpus: Any, tasks: list[str]) -> list[Query]:
+    """Every query (all splits) of these ingested tasks."""
+    paths = corpus.artifacts()
+    return [
+        q for t in tasks for q in read_records(paths.queries(t), Query, f"{names.QUERIES}[{t}]")
+    ]
+
+
+def read_pools(corpus: Any) -> dict[str, list[Candidate]]:
+    """Every pool shard's candidates (each shard must have been ingested)."""
+    paths = corpus.artifacts()
+    return {
+        shard: read_records(paths.pool(shard), Candidate, f"{names.CANDIDATE_POOL}[{shard}]")
+        for shard in corpus.layout().pools
+    }
 
 
 @contextmanager

@@ -17,63 +17,36 @@ VLM_RUN = {WORKLOAD: "vlm"}
 TRAINING_RUN = {WORKLOAD: "training"}
 INDEX_RUN = {WORKLOAD: "index"}
 
-ingest_pools_job = dg.define_asset_job(
-    names.INGEST_POOLS_JOB,
-    selection=dg.AssetSelection.assets(names.CANDIDATE_POOL),
-    description="Validate candidate pool shards into Parquet plus quarantine files.",
-)
-ingest_queries_job = dg.define_asset_job(
-    names.INGEST_QUERIES_JOB,
-    selection=dg.AssetSelection.assets(names.QUERIES),
-    description="Validate query tasks (all splits, with qrels) against the candidate pools.",
-)
-build_demo_job = dg.define_asset_job(
-    names.BUILD_DEMO_JOB,
-    selection=dg.AssetSelection.assets(names.DEMO_CORPUS),
-    description="Write the shapeshop demo corpus and register its partitions.",
-)
 
-enhance_corpus_job = dg.define_asset_job(
-    names.ENHANCE_CORPUS_JOB,
-    selection=dg.AssetSelection.assets(names.CORPUS_CAPTIONS, names.ENHANCED_CORPUS),
-    description="Caption pool shards and merge the captions into what the retriever embeds.",
-    tags=VLM_RUN,
-)
-enhance_queries_job = dg.define_asset_job(
-    names.ENHANCE_QUERIES_JOB,
-    selection=dg.AssetSelection.assets(names.ENHANCED_QUERIES),
-    description="Rewrite query tasks: captions, QA rewrites, modification constraints.",
-    tags=VLM_RUN,
-)
+def _job(
+    name: str, selection: dg.AssetSelection, description: str, tags: dict | None = None
+) -> dg.UnresolvedAssetJobDefinition:
+    return dg.define_asset_job(name, selection=selection, description=description, tags=tags)
 
-training_pairs_job = dg.define_asset_job(
-    names.TRAINING_PAIRS_JOB,
-    selection=dg.AssetSelection.assets(
-        *(names.per_config(names.TRAINING_PAIRS, c) for c in CONFIGS)
-    ),
-    description="Build the training pairs of every ablation config (none, corpus, query, full).",
-)
-train_retrievers_job = dg.define_asset_job(
-    names.TRAIN_RETRIEVERS_JOB,
-    selection=dg.AssetSelection.groups(names.RETRIEVAL_GROUP),
-    description="Build the pairs and train the retriever of every ablation config.",
-    tags=TRAINING_RUN,
-)
 
-index_and_evaluate_job = dg.define_asset_job(
-    names.INDEX_AND_EVALUATE_JOB,
-    selection=dg.AssetSelection.groups(names.INDEX_GROUP, names.EVALUATION_GROUP),
-    description="Bring every config's LanceDB index up to date and run the ablation.",
-    tags=INDEX_RUN,
-)
-
+assets, groups = dg.AssetSelection.assets, dg.AssetSelection.groups
+ingest_pools_job = _job(
+    names.INGEST_POOLS_JOB, assets(names.CANDIDATE_POOL),
+    "Validate candidate pool shards into Parquet plus quarantine files.",
+)  # fmt: skip
+ingest_queries_job = _job(
+    names.INGEST_QUERIES_JOB, assets(names.QUERIES),
+    "Validate query tasks (all splits, with qrels) against the candidate pools.",
+)  # fmt: skip
 JOBS = [
     ingest_pools_job,
     ingest_queries_job,
-    build_demo_job,
-    enhance_corpus_job,
-    enhance_queries_job,
-    training_pairs_job,
-    train_retrievers_job,
-    index_and_evaluate_job,
-]
+    _job(names.BUILD_DEMO_JOB, assets(names.DEMO_CORPUS),
+         "Write the shapeshop demo corpus and register its partitions."),
+    _job(names.ENHANCE_CORPUS_JOB, assets(names.CORPUS_CAPTIONS, names.ENHANCED_CORPUS),
+         "Caption pool shards and merge the captions into what the retriever embeds.", VLM_RUN),
+    _job(names.ENHANCE_QUERIES_JOB, assets(names.ENHANCED_QUERIES),
+         "Rewrite query tasks: captions, QA rewrites, modification constraints.", VLM_RUN),
+    _job(names.TRAINING_PAIRS_JOB,
+         assets(*(names.per_config(names.TRAINING_PAIRS, c) for c in CONFIGS)),
+         "Build the training pairs of every ablation config (none, corpus, query, full)."),
+    _job(names.TRAIN_RETRIEVERS_JOB, groups(names.RETRIEVAL_GROUP),
+         "Build the pairs and train the retriever of every ablation config.", TRAINING_RUN),
+    _job(names.INDEX_AND_EVALUATE_JOB, groups(names.INDEX_GROUP, names.EVALUATION_GROUP),
+         "Bring every config's LanceDB index up to date and run the ablation.", INDEX_RUN),
+]  # fmt: skip

@@ -12,7 +12,7 @@ from typing import Any
 
 from rar_pipeline.core.index.ann import DEFAULT_PLAN, AnnPlan
 from rar_pipeline.core.index.configs import INDEXED
-from rar_pipeline.core.retrieval.checkpoint import CheckpointError, open_retriever
+from rar_pipeline.core.retrieval.checkpoint import CheckpointError
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.search.enhance import QueryEnhancer
 from rar_pipeline.core.search.query import IndexUnavailable, SearchError
@@ -90,11 +90,8 @@ class Searchers:
 
     def _encoder(self, name: str) -> tuple[Encoder, str]:
         if name not in self._encoders:
-            cache = self.paths.perception_cache
             try:
-                encoder, reference, _ = open_retriever(
-                    self.paths.checkpoint(name), name, lambda: self.retriever.create(cache), cache
-                )
+                encoder, reference, _ = self.retriever.open(self.paths, name)
             except CheckpointError as exc:
                 asset = INDEXED[name].checkpoint_asset
                 raise IndexUnavailable(f"the {name} checkpoint is damaged ({exc})", asset) from exc

@@ -8,13 +8,9 @@ from pathlib import Path
 
 import dagster as dg
 
-from rar_pipeline.defs.jobs import (
-    WORKLOAD,
-    enhance_corpus_job,
-    enhance_queries_job,
-    index_and_evaluate_job,
-    train_retrievers_job,
-)
+from rar_pipeline.core import names
+from rar_pipeline.core.names import WORKLOAD
+from rar_pipeline.defs.jobs import JOBS
 
 DAGSTER_YAML = Path(__file__).resolve().parents[2] / "dagster_home" / "dagster.yaml"
 
@@ -31,6 +27,8 @@ def test_runs_are_queued_within_per_workload_limits(tmp_path):
 
 
 def test_the_jobs_tag_their_runs_with_their_workload():
-    assert enhance_corpus_job.tags[WORKLOAD] == enhance_queries_job.tags[WORKLOAD] == "vlm"
-    assert train_retrievers_job.tags[WORKLOAD] == "training"
-    assert index_and_evaluate_job.tags[WORKLOAD] == "index"
+    tags = {job.name: (job.tags or {}).get(WORKLOAD) for job in JOBS}
+    assert tags[names.ENHANCE_CORPUS_JOB] == tags[names.ENHANCE_QUERIES_JOB] == "vlm"
+    assert tags[names.TRAIN_RETRIEVERS_JOB] == "training"
+    assert tags[names.INDEX_AND_EVALUATE_JOB] == "index"
+    assert tags[names.INGEST_POOLS_JOB] is None

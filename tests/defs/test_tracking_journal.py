@@ -12,7 +12,6 @@ from mlflow.tracking import MlflowClient
 
 from rar_pipeline.cli import main
 from rar_pipeline.defs.resources import MlflowResource
-from rar_pipeline.defs.resources.mlflow import unreachable
 from rar_pipeline.defs.resources.tracking_journal import (
     CALLS,
     JOURNAL_MODEL,
@@ -20,7 +19,7 @@ from rar_pipeline.defs.resources.tracking_journal import (
     read_calls,
     replay,
 )
-from rar_pipeline.defs.resources.tracking_rules import TrackedDataset
+from rar_pipeline.defs.resources.tracking_rules import TrackedDataset, unreachable
 from tests.projects import point_at_project
 
 

@@ -209,3 +209,19 @@ def read_report(path: Path) -> dict[str, Any]:
             " (rar run, or make demo)"
         )
     return json.loads(Path(path).read_text())
+
+
+def task_level(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (setting, task, config): the task's "all" row, or its only query type."""
+    multi = {(r["setting"], r["task"]) for r in rows if r["query_type"] == "all"}
+    return [r for r in rows if (r["setting"], r["task"]) not in multi or r["query_type"] == "all"]
+
+
+def macro_recall(rows: list[dict[str, Any]], setting: str, k: int = 5) -> dict[str, float]:
+    """Each config's Recall@k averaged over the tasks (one row per task), in one setting."""
+    level = [r for r in task_level(rows) if r["setting"] == setting]
+    return {
+        c: sum(r[f"recall_at_{k}"] for r in mine) / len(mine)
+        for c in dict.fromkeys(r["config"] for r in level)
+        if (mine := [r for r in level if r["config"] == c])
+    }

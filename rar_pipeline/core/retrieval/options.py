@@ -6,7 +6,7 @@ update, `RetrieverConfig` the backbone, `TrainOptions` how the trainer (`train.p
 
 from __future__ import annotations
 
-from pydantic import field_validator
+from pydantic import ValidationInfo, field_validator
 
 from rar_pipeline.core.config import Section, setting
 
@@ -46,19 +46,14 @@ class RetrieverConfig(Section):
         False, "clip / vlm-embed: run the model repository's own code (off unless asked for)"
     )
 
-    @field_validator("encoder")
+    @field_validator("encoder", "trained")
     @classmethod
-    def _known_encoder(cls, encoder: str) -> str:
-        if encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {encoder!r}; choose one of {', '.join(ENCODERS)}")
-        return encoder
-
-    @field_validator("trained")
-    @classmethod
-    def _known_trained(cls, trained: str) -> str:
-        if trained not in TRAINED:
-            raise ValueError(f"trained must be one of {', '.join(TRAINED)}, not {trained!r}")
-        return trained
+    def _known(cls, value: str, info: ValidationInfo) -> str:
+        known = ENCODERS if info.field_name == "encoder" else TRAINED
+        if value not in known:
+            raise ValueError(f"unknown {info.field_name} {value!r}; choose one of "
+                             f"{', '.join(known)}")  # fmt: skip
+        return value
 
 
 class TrainOptions(Section):

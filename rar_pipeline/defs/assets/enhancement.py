@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 
 from rar_pipeline.core import names
-from rar_pipeline.core.corpus.records import Candidate, Query
+from rar_pipeline.core.corpus.records import Query
 from rar_pipeline.core.corpus.tables import write_parquet
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceStats
@@ -39,7 +39,10 @@ from rar_pipeline.defs.drift import prompt_metadata
 from rar_pipeline.defs.io import (
     SUMMARY,
     data_version,
+    ingested_tasks,
     progress_bar,
+    read_pools,
+    read_queries,
     read_records,
     require_input,
     samples_table,
@@ -99,80 +102,71 @@ def _enhanced(
 def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
     """The enhancement assets for a VLM configuration (it fixes their code versions)."""
     versions = vlm.code_versions()
-    captioner: list[dg.AssetsDefinition] = []
+    captioner = [_captioner_asset(versions)] if vlm.backend == "offline" else []
+    captions = _captions_asset(versions, captioner)
+    return [
+        *captioner,
+        captions,
+        _merge_asset(versions, captions),
+        _queries_asset(versions, captioner),
+    ]
 
-    if vlm.backend == "offline":
 
-        @dg.asset(
-            name=names.OFFLINE_CAPTIONER,
-            group_name=names.ENHANCEMENT_GROUP,
-            code_version=versions["offline_captioner"],
-            deps=[
-                dg.AssetDep(queries, partition_mapping=dg.AllPartitionMapping()),
-                dg.AssetDep(candidate_pool, partition_mapping=dg.AllPartitionMapping()),
-            ],
-            kinds={"python", "safetensors"},
-        )
-        def offline_captioner(
-            context: dg.AssetExecutionContext, corpus: CorpusResource
-        ) -> dg.MaterializeResult:
-            """The offline enhancer's caption memory, fitted on train-split pairs only."""
-            started, paths, layout = time.perf_counter(), corpus.artifacts(), corpus.layout()
-            candidates = {
-                c.did: c
-                for shard in layout.pools
-                for c in read_records(
-                    paths.pool(shard), Candidate, f"{names.CANDIDATE_POOL}[{shard}]"
-                )
-            }
-            # Learn from every query task ingested so far (a run may ingest a subset).
-            tasks = [t for t in layout.queries if paths.queries(t).is_file()]
-            if not tasks:
-                raise dg.Failure(
-                    "no query task has been materialized: "
-                    + names.materialize(names.QUERIES, first=True)
-                )
-            if skipped := sorted(set(layout.queries) - set(tasks)):
-                context.log.warning(f"learning without un-ingested tasks: {skipped}")
-            qs = [
-                q
-                for t in tasks
-                for q in read_records(paths.queries(t), Query, f"{names.QUERIES}[{t}]")
-            ]
-            memory, counts = fit_captioner(
-                qs, candidates, corpus.root, Perceiver(paths.perception_cache)
-            )
-            if not counts["pairs"]:
-                context.log.warning(
-                    "no train-split pairs: the caption memory is empty, so captions carry only "
-                    "what OCR and colours see. Add the corpus' train split to learn more."
-                )
-            memory.save(paths.captioner)
-            return dg.MaterializeResult(
-                metadata={
-                    SUMMARY: f"{counts['pairs']} train pairs",
-                    **counts,
-                    "tasks_used": tasks,
-                    "path": dg.MetadataValue.path(str(paths.captioner)),
-                    "seconds": round(time.perf_counter() - started, 2),
-                },
-                data_version=dg.DataVersion(memory.content_hash),
-            )
-
-        captioner.append(offline_captioner)
-
-    @dg.asset(
-        name=names.CORPUS_CAPTIONS,
-        partitions_def=pool_shards,
-        group_name=names.ENHANCEMENT_GROUP,
-        code_version=versions["corpus_captions"],
-        deps=[candidate_pool, *captioner],
-        check_specs=[
-            failure_rate_spec(names.CORPUS_CAPTIONS),
-            caption_coverage_spec(names.CORPUS_CAPTIONS),
-        ],
-        kinds={"parquet"},
+def _enhancement(name: str, versions: dict[str, str], **spec: Any) -> Any:
+    """The decorator of an enhancement asset: its name, group and code version."""
+    return dg.asset(
+        name=name, group_name=names.ENHANCEMENT_GROUP, code_version=versions[name], **spec
     )
+
+
+def _captioner_asset(versions: dict[str, str]) -> dg.AssetsDefinition:
+    every = dg.AllPartitionMapping()
+
+    @_enhancement(
+        names.OFFLINE_CAPTIONER, versions, kinds={"python", "safetensors"},
+        deps=[dg.AssetDep(queries, partition_mapping=every),
+              dg.AssetDep(candidate_pool, partition_mapping=every)],
+    )  # fmt: skip
+    def offline_captioner(
+        context: dg.AssetExecutionContext, corpus: CorpusResource
+    ) -> dg.MaterializeResult:
+        """The offline enhancer's caption memory, fitted on train-split pairs only."""
+        started, paths = time.perf_counter(), corpus.artifacts()
+        candidates = {c.did: c for shard in read_pools(corpus).values() for c in shard}
+        tasks = ingested_tasks(context, corpus, "learning")
+        memory, counts = fit_captioner(read_queries(corpus, tasks), candidates, corpus.root,
+                                       Perceiver(paths.perception_cache))  # fmt: skip
+        if not counts["pairs"]:
+            context.log.warning(
+                "no train-split pairs: the caption memory is empty, so captions carry only "
+                "what OCR and colours see. Add the corpus' train split to learn more."
+            )
+        memory.save(paths.captioner)
+        return dg.MaterializeResult(
+            metadata={
+                SUMMARY: f"{counts['pairs']} train pairs",
+                **counts,
+                "tasks_used": tasks,
+                "path": dg.MetadataValue.path(str(paths.captioner)),
+                "seconds": round(time.perf_counter() - started, 2),
+            },
+            data_version=dg.DataVersion(memory.content_hash),
+        )
+
+    return offline_captioner
+
+
+def _captions_asset(
+    versions: dict[str, str], captioner: list[dg.AssetsDefinition]
+) -> dg.AssetsDefinition:
+    checks = [
+        failure_rate_spec(names.CORPUS_CAPTIONS),
+        caption_coverage_spec(names.CORPUS_CAPTIONS),
+    ]
+
+    @_enhancement(names.CORPUS_CAPTIONS, versions, partitions_def=pool_shards,
+                  deps=[candidate_pool, *captioner], check_specs=checks,
+                  kinds={"parquet"})  # fmt: skip
     def corpus_captions(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
@@ -197,14 +191,12 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             check_results=[_failure_check(result.stats, vlm), coverage],
         )
 
-    @dg.asset(
-        name=names.ENHANCED_CORPUS,
-        partitions_def=pool_shards,
-        group_name=names.ENHANCEMENT_GROUP,
-        code_version=versions["enhanced_corpus"],
-        deps=[candidate_pool, corpus_captions],
-        kinds={"parquet"},
-    )
+    return corpus_captions
+
+
+def _merge_asset(versions: dict[str, str], captions: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    @_enhancement(names.ENHANCED_CORPUS, versions, partitions_def=pool_shards,
+                  deps=[candidate_pool, captions], kinds={"parquet"})  # fmt: skip
     def enhanced_corpus(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
@@ -233,15 +225,15 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             data_version=dg.DataVersion(merged.data_version),
         )
 
-    @dg.asset(
-        name=names.ENHANCED_QUERIES,
-        partitions_def=query_tasks,
-        group_name=names.ENHANCEMENT_GROUP,
-        code_version=versions["enhanced_queries"],
-        deps=[queries, *captioner],
-        check_specs=[failure_rate_spec(names.ENHANCED_QUERIES)],
-        kinds={"parquet"},
-    )
+    return enhanced_corpus
+
+
+def _queries_asset(
+    versions: dict[str, str], captioner: list[dg.AssetsDefinition]
+) -> dg.AssetsDefinition:
+    @_enhancement(names.ENHANCED_QUERIES, versions, partitions_def=query_tasks,
+                  deps=[queries, *captioner], kinds={"parquet"},
+                  check_specs=[failure_rate_spec(names.ENHANCED_QUERIES)])  # fmt: skip
     def enhanced_queries(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
@@ -264,4 +256,4 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
             check_results=[_failure_check(result.stats, vlm)],
         )
 
-    return [*captioner, corpus_captions, enhanced_corpus, enhanced_queries]
+    return enhanced_queries

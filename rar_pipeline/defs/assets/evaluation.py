@@ -18,11 +18,10 @@ from rar_pipeline.core import names
 from rar_pipeline.core.enhance.prompts import PROMPTS
 from rar_pipeline.core.evaluation.evaluate import Evaluation, evaluate_ablation, load_test_queries
 from rar_pipeline.core.evaluation.metrics import KS
-from rar_pipeline.core.evaluation.report import markdown
+from rar_pipeline.core.evaluation.report import macro_recall, markdown, task_level
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.layout import ArtifactLayout
-from rar_pipeline.core.retrieval.checkpoint import open_retriever
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
 from rar_pipeline.defs.checks import recall_floor_result, recall_floor_spec
@@ -72,12 +71,6 @@ def _test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
 def _chart_markdown(path: Path) -> dg.MetadataValue:
     data = base64.b64encode(path.read_bytes()).decode()
     return dg.MetadataValue.md(f"![ablation](data:image/png;base64,{data})")
-
-
-def _task_level(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per (setting, task, config): the task's "all" row, or its only query type."""
-    multi = {(r["setting"], r["task"]) for r in rows if r["query_type"] == "all"}
-    return [r for r in rows if (r["setting"], r["task"]) not in multi or r["query_type"] == "all"]
 
 
 def _log_runs(
@@ -130,9 +123,8 @@ def _log_runs(
                     for m in (f"recall_at_{k}", f"trec_recall_at_{k}"):
                         metrics[f"{r['setting']}/{r['task']}/{r['query_type']}/{m}"] = r[m]
             for setting in {r["setting"] for r in rows}:
-                level = [r for r in _task_level(rows) if r["setting"] == setting]
                 for k in KS:
-                    mean = sum(r[f"recall_at_{k}"] for r in level) / len(level)
+                    mean = macro_recall(rows, setting, k)[config.name]
                     metrics[f"{setting}/macro/recall_at_{k}"] = mean
             run.log_metrics(metrics, model_id=model_id if config.aligned else None)
             for setting in {r["setting"] for r in rows}:
@@ -185,10 +177,7 @@ def build_evaluation_asset(
                  for s in layout.pools}  # fmt: skip
         encoders, references, trained = {}, {}, {}
         for name in CONFIGS:
-            encoders[name], references[name], trained[name] = open_retriever(
-                paths.checkpoint(name), name,
-                lambda: retriever.create(paths.perception_cache), paths.perception_cache,
-            )  # fmt: skip
+            encoders[name], references[name], trained[name] = retriever.open(paths, name)
         settings = ("local", "global") if config.setting == "both" else (config.setting,)
         params = {
             **{f"prompt.{n}": p.version for n, p in PROMPTS.items()},
@@ -206,38 +195,45 @@ def build_evaluation_asset(
                 info={"corpus": corpus.name, **params}, progress=update,
             )  # fmt: skip
         links = _log_runs(mlflow, evaluation, paths, context, corpus.name, params, trained)
-        p_values = {
-            f"{r['setting']}/{r['task']}/{r['query_type']}: full vs {r['config']}": r["p_value"]
-            for r in evaluation.rows
-            if r["p_value"] is not None
-        }
-        metadata: dict[str, Any] = {
-            SUMMARY: f"{len(queries)} test queries x {len(INDEXED)} configs "
-            f"({', '.join(settings)})",
-            "ablation": dg.MetadataValue.md(markdown(evaluation.rows)),
-            "test_queries": len(queries),
-            "queries_without_vector": dg.MetadataValue.json(evaluation.unembedded),
-            "settings": ", ".join(settings),
-            "pools": dg.MetadataValue.json(evaluation.pools),
-            "p_values": dg.MetadataValue.json(p_values),
-            "report": dg.MetadataValue.path(str(paths.evaluation_report)),
-            "mlflow_runs": dg.MetadataValue.md(
-                "\n".join(f"- {c}: {link}" for c, link in links.items())
-            ),
-        }
-        if paths.evaluation_chart.is_file():
-            metadata["chart"] = _chart_markdown(paths.evaluation_chart)
-        for r in _task_level(evaluation.rows):
-            if r["setting"] == settings[0] and r["config"] in ("none", "full", "inference-only"):
-                metadata[f"{r['task']} {r['config']} R@5"] = round(r["recall_at_5"], 4)
-        level = [r for r in _task_level(evaluation.rows) if r["setting"] == settings[0]]
-        macro = {
-            c: sum(r["recall_at_5"] for r in rows) / len(rows)
-            for c in INDEXED
-            if (rows := [r for r in level if r["config"] == c])
-        }
+        metadata = _metadata(evaluation, queries, settings, paths, links)
+        macro = macro_recall(evaluation.rows, settings[0])
         return dg.MaterializeResult(
             metadata=metadata, check_results=[recall_floor_result(macro, config.recall_floor)]
         )
 
     return retrieval_eval
+
+
+def _metadata(
+    evaluation: Evaluation,
+    queries: Any,
+    settings: tuple[str, ...],
+    paths: ArtifactLayout,
+    links: dict[str, str],
+) -> dict[str, Any]:
+    """What the UI shows for the evaluation: the table, chart, p-values and headline figures."""
+    rows = evaluation.rows
+    p_values = {
+        f"{r['setting']}/{r['task']}/{r['query_type']}: full vs {r['config']}": r["p_value"]
+        for r in rows
+        if r["p_value"] is not None
+    }
+    metadata: dict[str, Any] = {
+        SUMMARY: f"{len(queries)} test queries x {len(INDEXED)} configs ({', '.join(settings)})",
+        "ablation": dg.MetadataValue.md(markdown(rows)),
+        "test_queries": len(queries),
+        "queries_without_vector": dg.MetadataValue.json(evaluation.unembedded),
+        "settings": ", ".join(settings),
+        "pools": dg.MetadataValue.json(evaluation.pools),
+        "p_values": dg.MetadataValue.json(p_values),
+        "report": dg.MetadataValue.path(str(paths.evaluation_report)),
+        "mlflow_runs": dg.MetadataValue.md(
+            "\n".join(f"- {c}: {link}" for c, link in links.items())
+        ),
+    }
+    if paths.evaluation_chart.is_file():
+        metadata["chart"] = _chart_markdown(paths.evaluation_chart)
+    for r in task_level(rows):
+        if r["setting"] == settings[0] and r["config"] in ("none", "full", "inference-only"):
+            metadata[f"{r['task']} {r['config']} R@5"] = round(r["recall_at_5"], 4)
+    return metadata

@@ -7,6 +7,9 @@ indexes and leaves `none` and `query` fresh. An update embeds only new or change
 (`core.index.rows`), so a new pool shard costs its own candidates, not the corpus.
 """
 
+from pathlib import Path
+from typing import Any
+
 import dagster as dg
 import pyarrow.parquet as pq
 
@@ -14,10 +17,10 @@ from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import write_jsonl
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
-from rar_pipeline.core.index.build import update_index
+from rar_pipeline.core.index.build import IndexUpdate, update_index
 from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
 from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, iter_index_rows
-from rar_pipeline.core.retrieval.checkpoint import is_untrained, open_retriever
+from rar_pipeline.core.retrieval.checkpoint import is_untrained
 from rar_pipeline.defs.assets.corpus import candidate_pool
 from rar_pipeline.defs.io import SUMMARY, markdown_table, progress_bar, require_input
 from rar_pipeline.defs.resources import (
@@ -77,12 +80,7 @@ def _index_asset(
             if config.representation.enhanced_corpus
             else None
         )
-        encoder, reference, _ = open_retriever(
-            paths.checkpoint(config.retriever.name),
-            config.retriever.name,
-            lambda: retriever.create(paths.perception_cache),
-            paths.perception_cache,
-        )
+        encoder, reference, _ = retriever.open(paths, config.retriever.name)
         if is_untrained(reference):
             context.log.warning(f"no checkpoint for {config.retriever.name}: indexing with the "
                                 "untrained base encoder (zero-shot)")  # fmt: skip
@@ -100,40 +98,10 @@ def _index_asset(
             f"{config.table}: {done.written} rows embedded, {done.deleted} deleted, "
             f"{done.unchanged} unchanged"
         )
-        problems = [{**r, "embedded": "nothing"} for r in done.failed] + [
-            {**r, "embedded": "text only"} for r in done.degraded
-        ]
         report = paths.quarantine("lancedb_index", config.name)
-        write_jsonl(report, problems)  # empty when all went well: the file says so
-        if problems:
-            context.log.warning(f"{len(done.failed)} rows left out, {len(done.degraded)} "
-                                f"embedded from their text alone: see {report}")  # fmt: skip
+        _left_out_report(context, report, done)
         return dg.MaterializeResult(
-            metadata={
-                SUMMARY: f"{done.index['rows']} rows ({done.written} embedded, {done.deleted} "
-                f"deleted), table v{done.index['table_version']}"
-                + (" (rebuilt: it could not be read)" if done.rebuilt else ""),
-                "dagster/row_count": done.index["rows"],
-                "table": config.table,
-                "table_version": done.index["table_version"],
-                "uri": lancedb.uri,
-                "rows_embedded": done.written,
-                "rows_deleted": done.deleted,
-                "rows_unchanged": done.unchanged,
-                "rebuilt": done.rebuilt or "no",
-                "rows_left_out": len(done.failed),
-                "rows_text_only": len(done.degraded),
-                "left_out_report": dg.MetadataValue.path(str(report)),
-                "embed_items_per_s": round(done.items_per_s, 1),
-                "retriever": reference,
-                "vector_index": str(done.index["vector_index"]),
-                "index_params": dg.MetadataValue.json(done.index.get("index_params", {})),
-                "fts_index": done.index["fts_index"],
-                "by_pool": markdown_table(
-                    ["pool", "written", "deleted"],
-                    [[p, c["written"], c["deleted"]] for p, c in sorted(done.by_pool.items())],
-                ),
-            }
+            metadata=_metadata(done, config, lancedb.uri, reference, report)
         )
 
     return lancedb_index
@@ -147,3 +115,45 @@ def build_index_assets(
         _index_asset(config, checkpoints[config.retriever.name], versions, vlm_model)
         for config in INDEXED.values()
     ]
+
+
+def _left_out_report(context: dg.AssetExecutionContext, report: Path, done: IndexUpdate) -> None:
+    """Rows left out (nothing embeddable) or embedded from their text alone, as JSON lines."""
+    problems = [{**r, "embedded": "nothing"} for r in done.failed] + [
+        {**r, "embedded": "text only"} for r in done.degraded
+    ]
+    write_jsonl(report, problems)  # empty when all went well: the file says so
+    if problems:
+        context.log.warning(f"{len(done.failed)} rows left out, {len(done.degraded)} "
+                            f"embedded from their text alone: see {report}")  # fmt: skip
+
+
+def _metadata(
+    done: IndexUpdate, config: IndexedConfig, uri: str, reference: str, report: Path
+) -> dict[str, Any]:
+    """What the UI shows for an index update."""
+    return {
+        SUMMARY: f"{done.index['rows']} rows ({done.written} embedded, {done.deleted} "
+        f"deleted), table v{done.index['table_version']}"
+        + (" (rebuilt: it could not be read)" if done.rebuilt else ""),
+        "dagster/row_count": done.index["rows"],
+        "table": config.table,
+        "table_version": done.index["table_version"],
+        "uri": uri,
+        "rows_embedded": done.written,
+        "rows_deleted": done.deleted,
+        "rows_unchanged": done.unchanged,
+        "rebuilt": done.rebuilt or "no",
+        "rows_left_out": len(done.failed),
+        "rows_text_only": len(done.degraded),
+        "left_out_report": dg.MetadataValue.path(str(report)),
+        "embed_items_per_s": round(done.items_per_s, 1),
+        "retriever": reference,
+        "vector_index": str(done.index["vector_index"]),
+        "index_params": dg.MetadataValue.json(done.index.get("index_params", {})),
+        "fts_index": done.index["fts_index"],
+        "by_pool": markdown_table(
+            ["pool", "written", "deleted"],
+            [[p, c["written"], c["deleted"]] for p, c in sorted(done.by_pool.items())],
+        ),
+    }

@@ -39,9 +39,11 @@ from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import no_test_leakage_result, no_test_leakage_spec
 from rar_pipeline.defs.io import (
     SUMMARY,
+    ingested_tasks,
     markdown_table,
     read_input,
-    read_records,
+    read_pools,
+    read_queries,
     samples_table,
     training_observer,
 )
@@ -155,11 +157,8 @@ def _read_inputs(
         config reads (`Query.key` -> text, did -> text; None where it reads none).
     """
     paths, layout = corpus.artifacts(), corpus.layout()
-    tasks = [t for t in layout.queries if paths.queries(t).is_file()]
-    if skipped := sorted(set(layout.queries) - set(tasks)):
-        context.log.warning(f"pairs without un-ingested tasks: {skipped}")
-    qs = [q for t in tasks for q in read_records(paths.queries(t), Query, f"{names.QUERIES}[{t}]")]
-    pools = read_pools(corpus)
+    tasks = ingested_tasks(context, corpus, "pairs")
+    qs, pools = read_queries(corpus, tasks), read_pools(corpus)
     enhanced_queries = enhanced_corpus = None
     if config.enhanced_queries:
         enhanced_queries = {}
@@ -170,15 +169,6 @@ def _read_inputs(
     if config.enhanced_corpus:
         enhanced_corpus = enhanced_corpus_texts(paths, list(layout.pools))
     return qs, pools, enhanced_queries, enhanced_corpus
-
-
-def read_pools(corpus: CorpusResource) -> dict[str, list[Candidate]]:
-    """Every pool shard's candidates (each shard must have been ingested)."""
-    paths = corpus.artifacts()
-    return {
-        shard: read_records(paths.pool(shard), Candidate, f"{names.CANDIDATE_POOL}[{shard}]")
-        for shard in corpus.layout().pools
-    }
 
 
 def enhanced_corpus_texts(paths: ArtifactLayout, shards: list[str]) -> dict[str, str | None]:

@@ -33,29 +33,8 @@ from rar_pipeline.defs.resources.tracking_rules import (
     RunLogger,
     TrackedDataset,
     ui_link,
+    unreachable,
 )
-
-# ---------------------------------------------------------------------------
-# real MLflow
-
-
-def unreachable(exc: BaseException) -> bool:
-    """Whether `exc` says the tracking store could not be reached (not that a call was wrong).
-
-    Connection and timeout errors, a database that cannot be opened, or MLflow's wrapper
-    around a REST request that failed after its retries, anywhere in the cause chain.
-    """
-    names = {"ConnectionError", "Timeout", "MaxRetryError", "NewConnectionError",
-             "OperationalError", "ReadTimeout", "ConnectTimeout"}  # fmt: skip
-    seen: BaseException | None = exc
-    while seen is not None:
-        if isinstance(seen, OSError | TimeoutError) or type(seen).__name__ in names:
-            return True
-        if "API request to" in str(seen) and "failed" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
-
 
 METRIC_BATCH = 500  # metrics per log_batch request (MLflow takes at most 1000)
 

@@ -15,6 +15,8 @@ from typing import Any
 import dagster as dg
 
 from rar_pipeline.core.files import values_hash
+from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.retrieval.checkpoint import open_retriever
 from rar_pipeline.core.retrieval.encoders.base import TrainableEncoder
 from rar_pipeline.core.retrieval.encoders.factory import create_encoder
 from rar_pipeline.core.retrieval.options import RetrieverConfig, TrainOptions
@@ -62,6 +64,18 @@ class RetrieverResource(dg.ConfigurableResource, RetrieverConfig):
     def create(self, cache_dir: Path | None = None) -> TrainableEncoder:
         """A fresh encoder to train (frozen backbone features cached under `cache_dir`)."""
         return create_encoder(self.encoder, cache_dir=cache_dir, **self.backbone())
+
+    def open(self, paths: ArtifactLayout, config: str) -> tuple[TrainableEncoder, str, Any]:
+        """A config's trained retriever from its checkpoint, or this untrained base one.
+
+        Returns:
+            As `core.retrieval.checkpoint.open_retriever`: (encoder, reference, manifest).
+
+        Raises:
+            CheckpointError: the checkpoint is damaged (never loaded).
+        """
+        cache = paths.perception_cache
+        return open_retriever(paths.checkpoint(config), config, lambda: self.create(cache), cache)
 
     def params(self) -> dict[str, Any]:
         """Every field, for MLflow params and checkpoint manifests."""
