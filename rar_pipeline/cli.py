@@ -195,7 +195,7 @@ def settings_from_args(args: argparse.Namespace, env=None) -> Settings:  # noqa:
     if args.command == "demo" and flags.get("corpus__data_root") is None:
         # The demo always writes its own folder unless told otherwise: RAR_DATA_ROOT names
         # the corpus `rar run` and the UI read, which the demo must never overwrite.
-        flags["corpus__data_root"] = load_settings(env).project.layout().demo_data
+        flags["corpus__data_root"] = load_settings(env).storage.layout().demo_data
     return load_settings(env, **flags)
 
 

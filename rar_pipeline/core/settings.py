@@ -33,8 +33,11 @@ from rar_pipeline.core.retrieval.options import RetrieverConfig, TrainOptions
 from rar_pipeline.core.search.query import SearchPageConfig
 
 
-class ProjectConfig(Section):
-    """The project folder, which the location defaults are relative to, and its Dagster home."""
+class StorageConfig(Section):
+    """Where things are kept: the project folder, Dagster's instance, MLflow and LanceDB.
+
+    The location defaults are relative to the project folder.
+    """
 
     project_dir: str = setting(
         "", "the project folder; the location defaults are relative to it",
@@ -44,14 +47,6 @@ class ProjectConfig(Section):
         "", "the Dagster instance that records runs (the Makefile sets it)",
         env="DAGSTER_HOME", shown="<project>/dagster_home",
     )  # fmt: skip
-
-    def layout(self) -> ProjectLayout:
-        return ProjectLayout(Path(self.project_dir))
-
-
-class StorageConfig(Section):
-    """Where runs are tracked and vectors kept: MLflow's store and LanceDB."""
-
     mlflow_tracking_uri: str = setting(
         "", "MLflow's tracking store (a sqlite:/// file, or a server's http(s) URL)",
         env="MLFLOW_TRACKING_URI", shown="sqlite:///<project>/mlruns/mlflow.db",
@@ -65,9 +60,11 @@ class StorageConfig(Section):
         shown="<artifacts dir>/lancedb",
     )  # fmt: skip
 
+    def layout(self) -> ProjectLayout:
+        return ProjectLayout(Path(self.project_dir))
+
 
 SECTIONS: dict[str, type[BaseModel]] = {
-    "project": ProjectConfig,
     "corpus": CorpusConfig,
     "vlm": VLMConfig,
     "enhance": EnhanceOptions,
@@ -78,7 +75,7 @@ SECTIONS: dict[str, type[BaseModel]] = {
 }
 KNOBS: tuple[Knob, ...] = tuple(k for name, model in SECTIONS.items() for k in knobs(name, model))
 BY_DEST = {k.dest: k for k in KNOBS}
-ENV_ONLY = ("project", "storage")  # set by environment variable alone: no `rar` flag
+ENV_ONLY = ("storage",)  # set by environment variable alone: no `rar` flag
 # a field name that is one knob's only (`epochs`, `data_root`) may name it alone
 _FIELDS = Counter(k.path[-1] for k in KNOBS)
 _BY_FIELD = {k.path[-1]: k for k in KNOBS if _FIELDS[k.path[-1]] == 1}
@@ -87,7 +84,6 @@ _BY_FIELD = {k.path[-1]: k for k in KNOBS if _FIELDS[k.path[-1]] == 1}
 class Settings(Section):
     """Resolved settings: one section per component (see `SECTIONS`)."""
 
-    project: ProjectConfig
     corpus: CorpusConfig
     vlm: VLMConfig
     enhance: EnhanceOptions
@@ -106,7 +102,7 @@ class Settings(Section):
 
     @property
     def dagster_home(self) -> Path:
-        return Path(self.project.dagster_home)
+        return Path(self.storage.dagster_home)
 
 
 def knob(name: str) -> Knob:
@@ -159,23 +155,23 @@ def _section(name: str, model: type[BaseModel], given: dict[str, tuple[Any, str]
 
 def _derive(sections: dict[str, Any]) -> dict[str, Any]:
     """Fill the location defaults that depend on other settings; make locations absolute."""
-    project = sections["project"]
-    root = Path(project.project_dir or Path.cwd()).resolve()
+    storage = sections["storage"]
+    root = Path(storage.project_dir or Path.cwd()).resolve()
     places = ProjectLayout(root)
     corpus = sections["corpus"]
     data = Path(corpus.data_root or places.demo_data).resolve()
     artifacts = Path(corpus.artifacts_dir or places.artifacts_for(data)).resolve()
-    storage = sections["storage"]
-    home = Path(project.dagster_home or places.dagster_home).resolve()
+    home = Path(storage.dagster_home or places.dagster_home).resolve()
     mlflow_artifacts = Path(storage.mlflow_artifacts or places.mlflow_artifacts).resolve()
     stores = {
+        "project_dir": str(root),
+        "dagster_home": str(home),
         "mlflow_tracking_uri": storage.mlflow_tracking_uri or f"sqlite:///{places.mlflow_db}",
         "mlflow_artifacts": str(mlflow_artifacts),
         "lancedb_uri": storage.lancedb_uri or str(ArtifactLayout(artifacts).lancedb),
     }
     return {
         **sections,
-        "project": project.model_copy(update={"project_dir": str(root), "dagster_home": str(home)}),
         "corpus": corpus.model_copy(
             update={"data_root": str(data), "artifacts_dir": str(artifacts)}
         ),

@@ -17,20 +17,81 @@ And recall_floor (retrieval_eval, ERROR): a config whose macro Recall@5 is under
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import dagster as dg
 
-QUARANTINE_RATE = "quarantine_rate"
-_QUARANTINE_RATE = (
+
+@dataclass(frozen=True)
+class _Check:
+    """One check: its name, what it verifies, and how hard a failure stops what follows."""
+
+    name: str
+    description: str
+    severity: dg.AssetCheckSeverity = dg.AssetCheckSeverity.ERROR
+    blocking: bool = False
+
+    def spec(self, asset: str) -> dg.AssetCheckSpec:
+        return dg.AssetCheckSpec(
+            name=self.name, asset=asset, description=self.description, blocking=self.blocking
+        )
+
+    def result(self, passed: bool, metadata: dict[str, Any]) -> dg.AssetCheckResult:
+        return dg.AssetCheckResult(
+            check_name=self.name, passed=passed, severity=self.severity, metadata=metadata
+        )
+
+
+_QUARANTINE_RATE = _Check(
+    "quarantine_rate",
     "Share of rows quarantined stays at or below max_quarantine_rate "
-    "(a WARN, never a failed run: the good rows go on)."
+    "(a WARN, never a failed run: the good rows go on).",
+    severity=dg.AssetCheckSeverity.WARN,
 )
+_FAILURE_RATE = _Check(
+    "failure_rate",
+    "Share of VLM items that failed after retries stays at or below max_failure_rate "
+    "(a WARN: failed items keep their own text and are retried next run).",
+    severity=dg.AssetCheckSeverity.WARN,
+)
+_QUARANTINE_CEILING = _Check(
+    "quarantine_ceiling",
+    "At most block_quarantine_rate of the rows are quarantined; above it the "
+    "partition's downstream does not run.",
+    blocking=True,
+)
+_CAPTION_COVERAGE = _Check(
+    "caption_coverage",
+    "At least min_caption_coverage of the image and image+text candidates have a caption.",
+    blocking=True,
+)
+_NO_TEST_LEAKAGE = _Check(
+    "no_test_leakage",
+    "No test label (a test query's text and image with one of its positives, as a pair or a "
+    "hard negative), no test query, and no candidate only test queries label, is in the "
+    "training pairs. The builder leaves such pairs out and lists them; this audit, "
+    "independent of it, blocks what it let through.",
+    blocking=True,
+)
+_RECALL_FLOOR = _Check("recall_floor", "Every config's macro Recall@5 is at least the floor.")
 
+QUARANTINE_RATE = _QUARANTINE_RATE.name
+FAILURE_RATE = _FAILURE_RATE.name
+QUARANTINE_CEILING = _QUARANTINE_CEILING.name
+CAPTION_COVERAGE = _CAPTION_COVERAGE.name
+NO_TEST_LEAKAGE = _NO_TEST_LEAKAGE.name
+RECALL_FLOOR = _RECALL_FLOOR.name
+# checks whose failure stops what is downstream (`rar run` reads this)
+BLOCKING = {c.name for c in (_QUARANTINE_CEILING, _CAPTION_COVERAGE, _NO_TEST_LEAKAGE)}
 
-def quarantine_rate_spec(asset: str) -> dg.AssetCheckSpec:
-    """The check that an asset's quarantine rate stays under the corpus' threshold."""
-    return dg.AssetCheckSpec(name=QUARANTINE_RATE, asset=asset, description=_QUARANTINE_RATE)
+# The spec each asset declares: (asset) -> dg.AssetCheckSpec
+quarantine_rate_spec = _QUARANTINE_RATE.spec
+failure_rate_spec = _FAILURE_RATE.spec
+quarantine_ceiling_spec = _QUARANTINE_CEILING.spec
+caption_coverage_spec = _CAPTION_COVERAGE.spec
+no_test_leakage_spec = _NO_TEST_LEAKAGE.spec
+recall_floor_spec = _RECALL_FLOOR.spec
 
 
 def quarantine_rate_result(
@@ -38,153 +99,62 @@ def quarantine_rate_result(
 ) -> dg.AssetCheckResult:
     """Evaluate the quarantine-rate check from an ingest summary."""
     rate = float(summary["quarantine_rate"])
-    return dg.AssetCheckResult(
-        check_name=QUARANTINE_RATE,
-        passed=rate <= max_rate,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "quarantine_rate": rate,
-            "max_quarantine_rate": max_rate,
-            "quarantined": int(summary["quarantined"]),
-            "rows": int(summary["rows"]),
-            "by_reason": summary["by_reason"],
-            **({"partition": partition} if partition else {}),
-        },
-    )
-
-
-FAILURE_RATE = "failure_rate"
-_FAILURE_RATE = (
-    "Share of VLM items that failed after retries stays at or below max_failure_rate "
-    "(a WARN: failed items keep their own text and are retried next run)."
-)
-
-
-def failure_rate_spec(asset: str) -> dg.AssetCheckSpec:
-    """The check that an enhancement asset's share of failed items stays under a threshold."""
-    return dg.AssetCheckSpec(name=FAILURE_RATE, asset=asset, description=_FAILURE_RATE)
+    return _QUARANTINE_RATE.result(rate <= max_rate, {
+        "quarantine_rate": rate,
+        "max_quarantine_rate": max_rate,
+        "quarantined": int(summary["quarantined"]),
+        "rows": int(summary["rows"]),
+        "by_reason": summary["by_reason"],
+        **({"partition": partition} if partition else {}),
+    })  # fmt: skip
 
 
 def failure_rate_result(failures: int, attempted: int, max_rate: float) -> dg.AssetCheckResult:
     """Evaluate the failure-rate check; `attempted` counts items that needed the VLM."""
     rate = failures / attempted if attempted else 0.0
-    return dg.AssetCheckResult(
-        check_name=FAILURE_RATE,
-        passed=rate <= max_rate,
-        severity=dg.AssetCheckSeverity.WARN,
-        metadata={
-            "failure_rate": round(rate, 6),
-            "max_failure_rate": max_rate,
-            "failures": failures,
-            "vlm_items": attempted,
-        },
-    )
-
-
-def _blocking(name: str, asset: str, description: str) -> dg.AssetCheckSpec:
-    return dg.AssetCheckSpec(name=name, asset=asset, description=description, blocking=True)
-
-
-QUARANTINE_CEILING = "quarantine_ceiling"
-
-
-def quarantine_ceiling_spec(asset: str) -> dg.AssetCheckSpec:
-    """Blocks a shard or task whose quarantine rate is over the ceiling."""
-    return _blocking(
-        QUARANTINE_CEILING,
-        asset,
-        "At most block_quarantine_rate of the rows are quarantined; above it the "
-        "partition's downstream does not run.",
-    )
+    return _FAILURE_RATE.result(rate <= max_rate, {
+        "failure_rate": round(rate, 6),
+        "max_failure_rate": max_rate,
+        "failures": failures,
+        "vlm_items": attempted,
+    })  # fmt: skip
 
 
 def quarantine_ceiling_result(summary: dict[str, Any], ceiling: float) -> dg.AssetCheckResult:
     """Evaluate the ceiling from an ingest summary."""
     rate = float(summary["quarantine_rate"])
-    return dg.AssetCheckResult(
-        check_name=QUARANTINE_CEILING,
-        passed=rate <= ceiling,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={"quarantine_rate": rate, "block_quarantine_rate": ceiling},
+    return _QUARANTINE_CEILING.result(
+        rate <= ceiling, {"quarantine_rate": rate, "block_quarantine_rate": ceiling}
     )
-
-
-CAPTION_COVERAGE = "caption_coverage"
-
-
-def caption_coverage_spec(asset: str) -> dg.AssetCheckSpec:
-    """Blocks a shard whose image items are too often left without a caption."""
-    return _blocking(CAPTION_COVERAGE, asset, "At least min_caption_coverage of the image and "
-                     "image+text candidates have a caption.")  # fmt: skip
 
 
 def caption_coverage_result(captioned: int, images: int, floor: float) -> dg.AssetCheckResult:
     """`captioned` of `images` image-bearing candidates got a caption."""
     coverage = captioned / images if images else 1.0
-    return dg.AssetCheckResult(
-        check_name=CAPTION_COVERAGE,
-        passed=coverage >= floor,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "caption_coverage": round(coverage, 6),
-            "min_caption_coverage": floor,
-            "captioned": captioned,
-            "image_items": images,
-        },  # fmt: skip
-    )
-
-
-NO_TEST_LEAKAGE = "no_test_leakage"
-
-
-def no_test_leakage_spec(asset: str) -> dg.AssetCheckSpec:
-    """Blocks training on pairs that hold anything of the test split."""
-    return _blocking(NO_TEST_LEAKAGE, asset, "No test label (a test query's text and image "
-                     "with one of its positives, as a pair or a hard negative), no test "
-                     "query, and no candidate only test queries label, is in the training pairs. "
-                     "The builder leaves such pairs out and lists them; this audit, independent "
-                     "of it, blocks what it let through.")  # fmt: skip
+    return _CAPTION_COVERAGE.result(coverage >= floor, {
+        "caption_coverage": round(coverage, 6),
+        "min_caption_coverage": floor,
+        "captioned": captioned,
+        "image_items": images,
+    })  # fmt: skip
 
 
 def no_test_leakage_result(
     leaks: dict[str, list[str]], *, left_out: int | None = None
 ) -> dg.AssetCheckResult:
     """From `core.retrieval.pairs.pair_leaks`; `left_out`: what the builder already left out."""
-    return dg.AssetCheckResult(
-        check_name=NO_TEST_LEAKAGE,
-        passed=not any(leaks.values()),
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            **{kind: len(ids) for kind, ids in leaks.items()},
-            "examples": dg.MetadataValue.json({k: v[:5] for k, v in leaks.items() if v}),
-            **({"left_out_by_the_builder": left_out} if left_out is not None else {}),
-        },
-    )
-
-
-RECALL_FLOOR = "recall_floor"
-
-
-def recall_floor_spec(asset: str) -> dg.AssetCheckSpec:
-    """Fails (ERROR) when a config's macro Recall@5 is under the floor."""
-    return dg.AssetCheckSpec(name=RECALL_FLOOR, asset=asset, description="Every config's "
-                             "macro Recall@5 is at least the floor.")  # fmt: skip
+    return _NO_TEST_LEAKAGE.result(not any(leaks.values()), {
+        **{kind: len(ids) for kind, ids in leaks.items()},
+        "examples": dg.MetadataValue.json({k: v[:5] for k, v in leaks.items() if v}),
+        **({"left_out_by_the_builder": left_out} if left_out is not None else {}),
+    })  # fmt: skip
 
 
 def recall_floor_result(macro_r5: dict[str, float], floor: float) -> dg.AssetCheckResult:
     """`macro_r5`: config -> its macro Recall@5 over the tasks."""
     under = sorted(c for c, r in macro_r5.items() if r < floor)
-    return dg.AssetCheckResult(
-        check_name=RECALL_FLOOR,
-        passed=not under,
-        severity=dg.AssetCheckSeverity.ERROR,
-        metadata={
-            "recall_floor": floor,
-            "under_the_floor": ", ".join(under) or "none",
-            **{f"{c} macro R@5": round(r, 4) for c, r in macro_r5.items()},
-        },  # fmt: skip
-    )
-
-
-# checks whose failure stops what is downstream (`rar run` reads this)
-BLOCKING = {QUARANTINE_CEILING, CAPTION_COVERAGE, NO_TEST_LEAKAGE}
+    return _RECALL_FLOOR.result(not under, {
+        "recall_floor": floor,
+        "under_the_floor": ", ".join(under) or "none",
+        **{f"{c} macro R@5": round(r, 4) for c, r in macro_r5.items()},
+    })  # fmt: skip

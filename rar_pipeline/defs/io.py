@@ -19,6 +19,7 @@ from rar_pipeline.core import names
 from rar_pipeline.core.corpus.records import Candidate, Query
 from rar_pipeline.core.corpus.tables import frame_to_records
 from rar_pipeline.core.files import values_hash
+from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.options import TrainOptions
 from rar_pipeline.core.retrieval.train import Observer
 from rar_pipeline.defs.resources.tracking_rules import RunLogger
@@ -32,6 +33,18 @@ def require_input(path: Path, what: str) -> Path:
     if not path.is_file():
         raise dg.Failure(f"{path} does not exist: {names.materialize(what, first=True)}")
     return path
+
+
+def upstream(paths: ArtifactLayout, asset: str, key: str) -> Path:
+    """The file of partition `key` of a partitioned upstream `asset`, which must exist."""
+    files = {
+        names.CANDIDATE_POOL: paths.pool,
+        names.QUERIES: paths.queries,
+        names.CORPUS_CAPTIONS: paths.captions,
+        names.ENHANCED_CORPUS: paths.enhanced_corpus,
+        names.ENHANCED_QUERIES: paths.enhanced_queries,
+    }
+    return require_input(files[asset](key), f"{asset}[{key}]")
 
 
 def read_input(path: Path, what: str) -> pd.DataFrame:

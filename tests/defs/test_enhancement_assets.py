@@ -219,7 +219,7 @@ def test_a_prompt_edit_changes_the_assets_version_and_the_cache_keys_together(co
     from rar_pipeline.core.corpus.records import Candidate
     from rar_pipeline.core.corpus.tables import frame_to_records
     from rar_pipeline.core.enhance.cache import EnhancementCache
-    from rar_pipeline.core.enhance.outputs import caption_candidates
+    from rar_pipeline.core.enhance.outputs import Enhancer, caption_candidates
 
     vlm = FakeVLMResource()
     instance = dg.DagsterInstance.ephemeral()
@@ -230,7 +230,7 @@ def test_a_prompt_edit_changes_the_assets_version_and_the_cache_keys_together(co
     def keys_written() -> set[str]:
         cache = EnhancementCache(paths.enhancement_cache)
         before = cache.store.keys()
-        caption_candidates(cands, corpus.root, vlm.create(paths), cache, vlm.options())
+        caption_candidates(cands, Enhancer(vlm.create(paths), cache, vlm.options(), corpus.root))
         return cache.store.keys() - before
 
     versions, keys = vlm.code_versions(), keys_written()

@@ -30,6 +30,8 @@ from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import (
     EnhanceOptions,
     EnhanceStats,
+    ItemOutput,
+    WorkItem,
     plan_candidate,
     plan_query,
     run_enhancement,
@@ -80,12 +82,32 @@ class Captioned:
     samples: list[tuple[str, Any, Any]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Enhancer:
+    """What every enhancement step works with.
+
+    Attributes:
+        vlm: the backend.
+        cache: read first, written as work proceeds.
+        options: batch size, attempts, sampling, guard policy, query-type overrides.
+        root: the data root that image paths are relative to.
+    """
+
+    vlm: VLM
+    cache: EnhancementCache
+    options: EnhanceOptions
+    root: Path
+
+    def run(
+        self, items: Sequence[WorkItem], progress: Callable[[int], None] | None = None
+    ) -> tuple[dict[str, ItemOutput], EnhanceStats]:
+        """`run_enhancement` of these items with this backend, cache and options."""
+        return run_enhancement(items, self.vlm, self.cache, self.options, progress=progress)
+
+
 def caption_candidates(
     candidates: Sequence[Candidate],
-    root: Path,
-    vlm: VLM,
-    cache: EnhancementCache,
-    options: EnhanceOptions,
+    enhancer: Enhancer,
     *,
     progress: Callable[[int], None] | None = None,
     n_samples: int = 5,
@@ -94,15 +116,12 @@ def caption_candidates(
 
     Args:
         candidates: the shard's candidates.
-        root: the data root image paths are relative to.
-        vlm: the backend.
-        cache: read first, written as work proceeds.
-        options: batch size, attempts, sampling.
+        enhancer: backend, cache, options and data root.
         progress: called with the number of items finished.
         n_samples: how many captioned items to keep as samples.
     """
-    items = [plan_candidate(c, root) for c in candidates]
-    outputs, stats = run_enhancement(items, vlm, cache, options, progress=progress)
+    items = [plan_candidate(c, enhancer.root) for c in candidates]
+    outputs, stats = enhancer.run(items, progress)
     rows = [
         [c.did, outputs[c.did].item_type.value, outputs[c.did].generated]
         + [outputs[c.did].status, outputs[c.did].error]
@@ -153,10 +172,7 @@ class CaptionedShard:
 def caption_shard(
     pool: Path,
     output: Path,
-    root: Path,
-    vlm: VLM,
-    cache: EnhancementCache,
-    options: EnhanceOptions,
+    enhancer: Enhancer,
     *,
     progress: Callable[[int], None] | None = None,
     n_samples: int = 5,
@@ -176,9 +192,7 @@ def caption_shard(
 
     def frames() -> Iterator[pd.DataFrame]:
         for candidates in iter_pool(pool, chunk_rows):
-            part = caption_candidates(
-                candidates, root, vlm, cache, options, progress=progress, n_samples=n_samples
-            )
+            part = caption_candidates(candidates, enhancer, progress=progress, n_samples=n_samples)
             stats.add(part.stats)
             samples.extend(part.samples[: n_samples - len(samples)])
             frame = part.frame
@@ -205,10 +219,7 @@ class Rewritten:
 
 def rewrite_queries(
     queries: Sequence[Query],
-    root: Path,
-    vlm: VLM,
-    cache: EnhancementCache,
-    options: EnhanceOptions,
+    enhancer: Enhancer,
     *,
     task: str,
     progress: Callable[[int], None] | None = None,
@@ -217,16 +228,16 @@ def rewrite_queries(
 
     Args:
         queries: the task's queries (every split).
-        root: the data root image paths are relative to.
-        vlm: the backend.
-        cache: read first, written as work proceeds.
-        options: batch size, attempts, sampling, guard policy, query-type overrides.
+        enhancer: backend, cache, options (the task's query-type override applies) and root.
         task: the task's name (its override, if any, applies).
         progress: called with the number of items finished.
     """
+    options = enhancer.options
     override = options.query_type_overrides.get(task)
-    items = [plan_query(q, root, override) for q in queries]
-    outputs, stats = run_enhancement(items, vlm, cache, options, progress=progress)
+    items = [plan_query(q, enhancer.root, override) for q in queries]
+    outputs, stats = enhancer.run(items, progress)
+    return Rewritten(merge_queries(queries, outputs, options.guard), stats)
+
     return Rewritten(merge_queries(queries, outputs, options.guard), stats)
 
 

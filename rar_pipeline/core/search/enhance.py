@@ -16,7 +16,7 @@ from pathlib import Path
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.classify import classify_query
 from rar_pipeline.core.enhance.engine import EnhanceOptions, EnhanceStats
-from rar_pipeline.core.enhance.outputs import rewrite_queries
+from rar_pipeline.core.enhance.outputs import Enhancer, rewrite_queries
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.search.query import SearchQuery
 
@@ -102,7 +102,7 @@ def enhance_queries(
         groups.setdefault((q.task or "", folder), []).append(i)
     for (task, folder), indexes in groups.items():
         records = [queries[i].record(f"q{i}") for i in indexes]
-        result = rewrite_queries(records, folder, vlm, cache, options, task=task)
+        result = rewrite_queries(records, Enhancer(vlm, cache, options, folder), task=task)
         frame = result.merged.frame
         for i, row in zip(indexes, frame.itertuples(index=False), strict=True):
             out[i] = EnhancedQuery(

@@ -7,7 +7,6 @@ fresh. The cache then recomputes only the items whose key changed.
 """
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +19,7 @@ from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceStats
 from rar_pipeline.core.enhance.merge import merge_corpus_files
 from rar_pipeline.core.enhance.outputs import (
+    Enhancer,
     caption_shard,
     fit_captioner,
     pool_rows,
@@ -28,6 +28,7 @@ from rar_pipeline.core.enhance.outputs import (
 from rar_pipeline.core.enhance.perception import Perceiver
 from rar_pipeline.core.enhance.prompts import Side, routed_prompts
 from rar_pipeline.core.enhance.vlm.base import VLM
+from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import (
     caption_coverage_result,
@@ -44,8 +45,8 @@ from rar_pipeline.defs.io import (
     read_pools,
     read_queries,
     read_records,
-    require_input,
     samples_table,
+    upstream,
 )
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
@@ -57,23 +58,18 @@ def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult
     return failure_rate_result(stats.failures, attempted, vlm.enhance.max_failure_rate)
 
 
-def _run_step(
-    step: Callable[..., Any],
-    records: list[Any],
-    corpus: CorpusResource,
-    vlm: VLMResource,
-    desc: str,
-    **kwargs: Any,
-) -> tuple[VLM, Any]:
-    """Run a VLM-backed core step over records with the configured backend and the cache."""
-    paths = corpus.artifacts()
-    backend = vlm.create(paths)
+def _partition(
+    context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
+) -> tuple[str, ArtifactLayout]:
+    """The partition an enhancement body works on, once its code version is the defined one."""
+    require_defined_version(context, vlm)
+    return context.partition_key, corpus.artifacts()
+
+
+def _enhancer(corpus: CorpusResource, vlm: VLMResource, paths: ArtifactLayout) -> Enhancer:
+    """The configured backend with the enhancement cache, the run options and the data root."""
     cache = EnhancementCache(paths.enhancement_cache)
-    with progress_bar(desc, len(records)) as progress:
-        result = step(
-            records, corpus.root, backend, cache, vlm.options(), progress=progress, **kwargs
-        )
-    return backend, result
+    return Enhancer(vlm.create(paths), cache, vlm.options(), corpus.root)
 
 
 def _enhanced(
@@ -171,21 +167,18 @@ def _captions_asset(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Dense captions of the shard's image and image+text candidates (cached)."""
-        require_defined_version(context, vlm)
-        shard, paths = context.partition_key, corpus.artifacts()
-        pool = require_input(paths.pool(shard), f"{names.CANDIDATE_POOL}[{shard}]")
-        backend = vlm.create(paths)
-        cache = EnhancementCache(paths.enhancement_cache)
+        shard, paths = _partition(context, corpus, vlm)
+        pool = upstream(paths, names.CANDIDATE_POOL, shard)
+        enhancer = _enhancer(corpus, vlm, paths)
         with progress_bar(f"captions {shard}", pool_rows(pool)) as progress:
             # streamed: one chunk of the shard in memory at a time
-            result = caption_shard(pool, paths.captions(shard), corpus.root, backend, cache,
-                                   vlm.options(), progress=progress)  # fmt: skip
+            result = caption_shard(pool, paths.captions(shard), enhancer, progress=progress)
         coverage = caption_coverage_result(
             result.captioned, result.images, vlm.enhance.min_caption_coverage
         )
         return dg.MaterializeResult(
             metadata=_enhanced(
-                context, backend, result.stats, result.path, result.samples, "corpus"
+                context, enhancer.vlm, result.stats, result.path, result.samples, "corpus"
             ),
             data_version=dg.DataVersion(result.data_version),
             check_results=[_failure_check(result.stats, vlm), coverage],
@@ -201,10 +194,9 @@ def _merge_asset(versions: dict[str, str], captions: dg.AssetsDefinition) -> dg.
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Candidates as the retriever embeds them: text, caption, or text + Visual Context."""
-        require_defined_version(context, vlm)
-        shard, paths = context.partition_key, corpus.artifacts()
-        pool = require_input(paths.pool(shard), f"{names.CANDIDATE_POOL}[{shard}]")
-        captions = require_input(paths.captions(shard), f"{names.CORPUS_CAPTIONS}[{shard}]")
+        shard, paths = _partition(context, corpus, vlm)
+        pool = upstream(paths, names.CANDIDATE_POOL, shard)
+        captions = upstream(paths, names.CORPUS_CAPTIONS, shard)
         # streamed: one chunk of the shard in memory at a time
         merged = merge_corpus_files(
             pool, captions, paths.enhanced_corpus(shard), vlm.options().guard
@@ -238,15 +230,16 @@ def _queries_asset(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
         """Queries as the retriever embeds them: caption, QA rewrite or distilled constraints."""
-        require_defined_version(context, vlm)
-        task, paths = context.partition_key, corpus.artifacts()
+        task, paths = _partition(context, corpus, vlm)
         qs = read_records(paths.queries(task), Query, f"{names.QUERIES}[{task}]")
-        backend, result = _run_step(rewrite_queries, qs, corpus, vlm, f"queries {task}", task=task)
+        enhancer = _enhancer(corpus, vlm, paths)
+        with progress_bar(f"queries {task}", len(qs)) as progress:
+            result = rewrite_queries(qs, enhancer, task=task, progress=progress)
         merged = result.merged
         path = write_parquet(merged.frame, paths.enhanced_queries(task))
         return dg.MaterializeResult(
             metadata={
-                **_enhanced(context, backend, result.stats, path, merged.samples, "query"),
+                **_enhanced(context, enhancer.vlm, result.stats, path, merged.samples, "query"),
                 "dagster/row_count": len(merged.frame),
                 "query_type_override": vlm.enhance.query_type_overrides.get(task, ""),
                 "guard_policy": vlm.enhance.guard.value,

@@ -12,6 +12,7 @@ from typing import Any, Literal
 
 import dagster as dg
 import pandas as pd
+import pyarrow.parquet as pq
 from pydantic import Field
 
 from rar_pipeline.core import names
@@ -25,7 +26,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
 from rar_pipeline.defs.checks import recall_floor_result, recall_floor_spec
-from rar_pipeline.defs.io import SUMMARY, progress_bar, read_input, require_input
+from rar_pipeline.defs.io import SUMMARY, ingested_tasks, progress_bar, upstream
 from rar_pipeline.defs.resources import (
     CorpusResource,
     LanceDBResource,
@@ -57,14 +58,14 @@ class EvalConfig(dg.Config):
 def _labels(paths: ArtifactLayout, tasks: list[str]) -> dict[str, list[list[str]]]:
     """Every query's positives, per task (which pool is a task's own)."""
     return {
-        t: [list(p) for p in read_input(paths.queries(t), f"{names.QUERIES}[{t}]")["pos_cand_list"]]
+        t: [list(p) for p in pd.read_parquet(upstream(paths, names.QUERIES, t))["pos_cand_list"]]
         for t in tasks
     }
 
 
 def _test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
     for task in tasks:
-        require_input(paths.enhanced_queries(task), f"{names.ENHANCED_QUERIES}[{task}]")
+        upstream(paths, names.ENHANCED_QUERIES, task)
     return load_test_queries(paths, tasks)
 
 
@@ -170,11 +171,15 @@ def build_evaluation_asset(
     ) -> dg.MaterializeResult:
         """Recall@1/5/10 per task and query type for the five configs, with significance."""
         require_defined_version(context, vlm, retriever)
+        tasks = ingested_tasks(context, corpus, "evaluating")
         paths, layout = corpus.artifacts(), corpus.layout()
-        tasks = [t for t in layout.queries if paths.queries(t).is_file()]
         queries = _test_queries(paths, tasks)
-        pools = {s: read_input(paths.pool(s), f"{names.CANDIDATE_POOL}[{s}]")["did"].tolist()
-                 for s in layout.pools}  # fmt: skip
+        pools = {
+            s: pq.read_table(upstream(paths, names.CANDIDATE_POOL, s), columns=["did"])
+            .column("did")
+            .to_pylist()
+            for s in layout.pools
+        }
         encoders, references, trained = {}, {}, {}
         for name in CONFIGS:
             encoders[name], references[name], trained[name] = retriever.open(paths, name)

@@ -22,7 +22,7 @@ from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
 from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, iter_index_rows
 from rar_pipeline.core.retrieval.checkpoint import is_untrained
 from rar_pipeline.defs.assets.corpus import candidate_pool
-from rar_pipeline.defs.io import SUMMARY, markdown_table, progress_bar, require_input
+from rar_pipeline.defs.io import SUMMARY, markdown_table, progress_bar, upstream
 from rar_pipeline.defs.resources import (
     CorpusResource,
     LanceDBResource,
@@ -69,14 +69,9 @@ def _index_asset(
         """Every candidate embedded by this config's retriever, with vector and text indexes."""
         require_defined_version(context, vlm, retriever)
         paths, layout = corpus.artifacts(), corpus.layout()
-        pools = {
-            s: require_input(paths.pool(s), f"{names.CANDIDATE_POOL}[{s}]") for s in layout.pools
-        }
+        pools = {s: upstream(paths, names.CANDIDATE_POOL, s) for s in layout.pools}
         enhanced = (
-            {
-                s: require_input(paths.enhanced_corpus(s), f"{names.ENHANCED_CORPUS}[{s}]")
-                for s in layout.pools
-            }
+            {s: upstream(paths, names.ENHANCED_CORPUS, s) for s in layout.pools}
             if config.representation.enhanced_corpus
             else None
         )

@@ -16,6 +16,7 @@ from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.merge import QUERY_COLUMNS
 from rar_pipeline.core.enhance.outputs import (
     CAPTION_COLUMNS,
+    Enhancer,
     caption_candidates,
     code_versions,
     fit_captioner,
@@ -47,7 +48,7 @@ QUERIES = [
 def test_captions_have_one_row_per_candidate_with_its_type(root: Path, tmp_path: Path):
     fake = FakeVLM()
     result = caption_candidates(
-        CANDIDATES, root, fake, EnhancementCache(tmp_path / "cache"), EnhanceOptions()
+        CANDIDATES, Enhancer(fake, EnhancementCache(tmp_path / "cache"), EnhanceOptions(), root)
     )
     assert list(result.frame.columns) == CAPTION_COLUMNS
     rows = result.frame.set_index("did")
@@ -61,14 +62,9 @@ def test_captions_have_one_row_per_candidate_with_its_type(root: Path, tmp_path:
 
 def test_query_rewrites_are_routed_guarded_and_merged(root: Path, tmp_path: Path):
     fake = FakeVLM()
-    result = rewrite_queries(
-        QUERIES,
-        root,
-        fake,
-        EnhancementCache(tmp_path / "cache"),
-        EnhanceOptions(guard=GuardPolicy.DROP),
-        task="mbeir_x_task7",
-    )
+    options = EnhanceOptions(guard=GuardPolicy.DROP)
+    enhancer = Enhancer(fake, EnhancementCache(tmp_path / "cache"), options, root)
+    result = rewrite_queries(QUERIES, enhancer, task="mbeir_x_task7")
     frame = result.merged.frame.set_index("qid")
     assert list(result.merged.frame.columns) == QUERY_COLUMNS
     assert frame.loc["q1", "enhanced_txt"] == "Which brand opened in 1962?"
@@ -80,13 +76,10 @@ def test_query_rewrites_are_routed_guarded_and_merged(root: Path, tmp_path: Path
 
 def test_a_task_override_routes_its_image_text_queries(root: Path, tmp_path: Path):
     options = EnhanceOptions(query_type_overrides={"mbeir_x_task7": "qa"})
-    result = rewrite_queries(
-        QUERIES, root, FakeVLM(), EnhancementCache(tmp_path / "c"), options, task="mbeir_x_task7"
-    )
+    enhancer = Enhancer(FakeVLM(), EnhancementCache(tmp_path / "c"), options, root)
+    result = rewrite_queries(QUERIES, enhancer, task="mbeir_x_task7")
     assert dict(result.merged.items_by_type) == {"text": 1, "qa": 2}
-    other = rewrite_queries(
-        QUERIES, root, FakeVLM(), EnhancementCache(tmp_path / "c"), options, task="mbeir_y_task7"
-    )
+    other = rewrite_queries(QUERIES, enhancer, task="mbeir_y_task7")
     assert other.merged.items_by_type["modification"] == 1
 
 
@@ -133,9 +126,8 @@ def test_a_qid_in_two_splits_keeps_each_splits_own_rewrite(root: Path, tmp_path:
         "7:1", Modality.IMAGE_TEXT, "who sells this one?", "img/a.png", ("c1",), split="train"
     )
     test = Query("7:1", Modality.IMAGE_TEXT, "who makes this?", "img/b.png", ("c1",), split="test")
-    result = rewrite_queries(
-        [train, test], root, FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions(), task="t"
-    )
+    enhancer = Enhancer(FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions(), root)
+    result = rewrite_queries([train, test], enhancer, task="t")
     frame = result.merged.frame.set_index("split")
     assert frame.loc["train", "enhanced_txt"] == "who sells this one (seen in a)?"
     assert frame.loc["test", "enhanced_txt"] == "who makes this (seen in b)?"
@@ -145,5 +137,5 @@ def test_two_items_with_one_id_are_refused(root: Path, tmp_path: Path):
     twice = [CANDIDATES[1], CANDIDATES[1]]
     with pytest.raises(ValueError, match="unique"):
         caption_candidates(
-            twice, root, FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions()
+            twice, Enhancer(FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions(), root)
         )

@@ -15,7 +15,7 @@ from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import EnhanceOptions
 from rar_pipeline.core.enhance.guard import GuardPolicy
 from rar_pipeline.core.enhance.merge import merge_corpus, merge_corpus_files
-from rar_pipeline.core.enhance.outputs import caption_candidates, caption_shard
+from rar_pipeline.core.enhance.outputs import Enhancer, caption_candidates, caption_shard
 from rar_pipeline.core.files import values_hash
 from tests.fake_vlm import FakeVLM
 
@@ -47,6 +47,10 @@ def pool(tmp_path: Path) -> tuple[list[Candidate], Path]:
     )
 
 
+def _enhancer(root: Path, cache: Path) -> Enhancer:
+    return Enhancer(FakeVLM(), EnhancementCache(cache), EnhanceOptions(), root)
+
+
 def _frame(path: Path) -> pd.DataFrame:
     return pd.read_parquet(path)
 
@@ -54,13 +58,11 @@ def _frame(path: Path) -> pd.DataFrame:
 @pytest.mark.parametrize("chunk_rows", [1, 7])
 def test_captions_written_in_chunks_equal_one_call_over_the_shard(root, tmp_path, pool, chunk_rows):
     candidates, path = pool
-    whole = caption_candidates(
-        candidates, root, FakeVLM(), EnhancementCache(tmp_path / "c1"), EnhanceOptions()
-    )
+    whole = caption_candidates(candidates, _enhancer(root, tmp_path / "c1"))
     expected = write_parquet(whole.frame, tmp_path / "whole.parquet")
-    shard = caption_shard(path, tmp_path / "chunked.parquet", root, FakeVLM(),
-                          EnhancementCache(tmp_path / "c2"), EnhanceOptions(),
-                          chunk_rows=chunk_rows)  # fmt: skip
+    shard = caption_shard(
+        path, tmp_path / "chunked.parquet", _enhancer(root, tmp_path / "c2"), chunk_rows=chunk_rows
+    )
     pd.testing.assert_frame_equal(_frame(shard.path), _frame(expected))
     assert (
         pq.read_schema(shard.path).remove_metadata() == pq.read_schema(expected).remove_metadata()
@@ -82,9 +84,7 @@ def test_captions_written_in_chunks_equal_one_call_over_the_shard(root, tmp_path
 @pytest.mark.parametrize("shuffled", [False, True])
 def test_the_merge_in_chunks_equals_one_merge(root, tmp_path, pool, chunk_rows, shuffled):
     candidates, path = pool
-    captioned = caption_candidates(
-        candidates, root, FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions()
-    )
+    captioned = caption_candidates(candidates, _enhancer(root, tmp_path / "c"))
     captions = captioned.frame.sample(frac=1, random_state=1) if shuffled else captioned.frame
     captions_path = write_parquet(captions.reset_index(drop=True), tmp_path / "captions.parquet")
     whole = merge_corpus(candidates, pd.read_parquet(captions_path), GuardPolicy.DROP)
@@ -106,9 +106,7 @@ def test_the_merge_in_chunks_equals_one_merge(root, tmp_path, pool, chunk_rows, 
 
 def test_a_candidate_without_a_caption_fails_the_merge_and_writes_nothing(root, tmp_path, pool):
     candidates, path = pool
-    captioned = caption_candidates(
-        candidates, root, FakeVLM(), EnhancementCache(tmp_path / "c"), EnhanceOptions()
-    )
+    captioned = caption_candidates(candidates, _enhancer(root, tmp_path / "c"))
     captions_path = write_parquet(captioned.frame.iloc[:-1], tmp_path / "captions.parquet")
     with pytest.raises(KeyError, match="1:22 has no caption row"):
         merge_corpus_files(path, captions_path, tmp_path / "out" / "t.parquet", GuardPolicy.KEEP,

@@ -12,7 +12,7 @@ from PIL import Image
 from rar_pipeline.core.corpus.records import Candidate, Modality
 from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.engine import DEFAULT_OPTIONS, EnhanceOptions
-from rar_pipeline.core.enhance.outputs import rewrite_queries
+from rar_pipeline.core.enhance.outputs import Enhancer, rewrite_queries
 from rar_pipeline.core.index.ann import AnnPlan
 from rar_pipeline.core.index.build import update_index
 from rar_pipeline.core.index.configs import INDEXED
@@ -159,8 +159,8 @@ class TestEnhancement:
         query = SearchQuery("who founded Quorble?", tmp_path / "query.png")
         searched = searcher(store, root, tmp_path, vlm).search(query).searched_text
         cache = EnhancementCache(tmp_path / "other.sqlite")
-        asset = rewrite_queries([query.record("x")], tmp_path, FakeVLM(), cache,
-                                EnhanceOptions(), task="t")  # fmt: skip
+        enhancer = Enhancer(FakeVLM(), cache, EnhanceOptions(), tmp_path)
+        asset = rewrite_queries([query.record("x")], enhancer, task="t")
         assert asset.merged.frame["enhanced_txt"].tolist() == [searched]
 
     def test_a_query_seen_before_costs_no_vlm_call(self, store, root, tmp_path, vlm):
