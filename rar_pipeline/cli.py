@@ -8,6 +8,7 @@ rar report [--data DIR]         print the latest evaluation (table, json or mark
 rar search TEXT [--image PATH]  search a corpus' index with the pipeline's enhancement
 rar serve [--port N]            the search page on http://127.0.0.1:N
 rar sync-tracking               replay runs tracked while MLflow was unreachable
+rar prompts [--prompts FILE]    print the prompts in force, as a prompts file to edit
 """
 
 from __future__ import annotations
@@ -157,6 +158,10 @@ def _corpus_commands(sub: argparse._SubParsersAction) -> None:
     )
     for command in (report, sync, compact):
         _locations(command)
+    prompts = sub.add_parser(
+        "prompts", help="check a prompts file and print the prompts in force (TOML, to edit)"
+    )
+    _add_knob(prompts, BY_DEST["enhance__prompts"])
 
 
 def _search_commands(sub: argparse._SubParsersAction) -> None:
@@ -199,6 +204,23 @@ def settings_from_args(args: argparse.Namespace, env=None) -> Settings:  # noqa:
     return load_settings(env, **flags)
 
 
+def ui_command(settings: Settings) -> str:
+    """`make ui` with the variables that point it at this run's corpus and prompts file.
+
+    None for the demo with the shipped prompts.
+    """
+    places = settings.storage.layout()
+    data, artifacts = settings.data_root, settings.artifacts_dir
+    pointers = {
+        BY_DEST["corpus__data_root"].env: data if data != places.demo_data.resolve() else None,
+        BY_DEST["corpus__artifacts_dir"].env: (
+            artifacts if artifacts != places.artifacts_for(data).resolve() else None
+        ),
+        BY_DEST["enhance__prompts"].env: settings.enhance.prompts or None,
+    }
+    return "".join(f"{k}={v} " for k, v in pointers.items() if v is not None) + "make ui"
+
+
 def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | None) -> int:
     # Dagster is imported here, not at module import, so `rar validate` stays fast.
     from rar_pipeline.definitions import build_assets
@@ -239,7 +261,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     print(f"  runs:        recorded in {instance.root_directory}")
     if through := getattr(args, "through", None):
         print(f"  stopped after {through}: run again without --through for the rest")
-    print("  look at it:  make ui   (Dagster UI on http://127.0.0.1:3000)")
+    print(f"  look at it:  {ui_command(settings)}   (Dagster UI on http://127.0.0.1:3000)")
     paths = ArtifactLayout(settings.artifacts_dir)
     if result.blocked:
         reasons = sorted(set(result.blocked.values()))
@@ -301,6 +323,16 @@ def _compact(args: argparse.Namespace) -> int:
             rows = store.compact()
         after = sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
         print(f"{path.relative_to(root)}: {rows} entries, {before:,} -> {after:,} bytes")
+    return 0
+
+
+def _prompts(args: argparse.Namespace) -> int:
+    from rar_pipeline.core.enhance.prompt_file import to_toml
+
+    options = settings_from_args(args).enhance
+    print(to_toml(options.prompt_set()), end="")  # a bad file: ValueError naming file:line
+    if options.prompts:
+        print(f"# checked: {options.prompts}", file=sys.stderr)
     return 0
 
 
@@ -405,6 +437,7 @@ COMMANDS = {
     "compact-cache": _compact,
     "sync-tracking": _sync_tracking,
     "report": _report,
+    "prompts": _prompts,
     "search": _search,
     "serve": _serve,
 }

@@ -66,7 +66,7 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     assets = build_assets(vlm, resources.get("retriever"))
     return dg.Definitions(
         assets=assets,
-        asset_checks=current_version_checks(assets),
+        asset_checks=current_version_checks(assets, vlm.options().prompt_set()),
         jobs=JOBS,
         sensors=[corpus_files_sensor, *AUTOMATION_SENSORS, build_drift_sensor(assets)],
         schedules=[nightly_pool_revalidation],

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import json
+from pathlib import Path
 
 import dagster as dg
+import yaml
 
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.definitions import build_definitions, defs
@@ -30,25 +33,29 @@ def test_definitions_load_with_the_graph():
     } <= keys
     queries = graph.get(dg.AssetKey("queries"))
     assert dg.AssetKey("candidate_pool") in queries.parent_keys
-    for name in (
-        "ingest_pools",
-        "ingest_queries",
-        "build_demo",
-        "enhance_corpus",
-        "enhance_queries",
-        "training_pairs",
-    ):
-        assert defs.resolve_job_def(name) is not None
+    stage_jobs = {
+        "ingest_pools": {"candidate_pool"},
+        "ingest_queries": {"queries"},
+        "build_demo": {"demo_corpus"},
+        "enhance_corpus": {"corpus_captions", "enhanced_corpus"},
+        "enhance_queries": {"enhanced_queries"},
+        "training_pairs": {f"training_pairs_{c}" for c in ("none", "corpus", "query", "full")},
+    }
+    for name, expected in stage_jobs.items():
+        selected = defs.resolve_job_def(name).asset_layer.selected_asset_keys
+        assert {k.to_user_string() for k in selected} == expected, name
     assert set(defs.resources) >= {"corpus", "lancedb", "mlflow", "vlm"}
     captions = graph.get(dg.AssetKey("corpus_captions"))
     assert {dg.AssetKey("candidate_pool"), dg.AssetKey("offline_captioner")} <= captions.parent_keys
 
 
 def test_workspace_points_at_the_definitions_module():
-    from pathlib import Path
-
-    text = (Path(__file__).parents[1] / "workspace.yaml").read_text()
-    assert "rar_pipeline.definitions" in text
+    project = Path(__file__).resolve().parents[1]
+    workspace = yaml.safe_load((project / "workspace.yaml").read_text())
+    (entry,) = workspace["load_from"]
+    location = entry["python_module"]
+    assert (project / location["working_directory"]).resolve() == project
+    assert importlib.import_module(location["module_name"]).defs is defs
 
 
 def test_resources_come_from_the_environment(monkeypatch, tmp_path):
@@ -106,6 +113,7 @@ def test_sensor_skips_a_data_root_that_is_not_mbeir(tmp_path):
     corpus = CorpusResource(data_root=str(tmp_path), artifacts_dir=str(tmp_path / "out"))
     result = _tick(dg.DagsterInstance.ephemeral(), corpus)
     assert isinstance(result, dg.SkipReason)
+    assert "no M-BEIR files" in (result.skip_message or "")
 
 
 def test_nightly_schedule_revalidates_every_registered_shard():

@@ -170,8 +170,11 @@ def _derive(sections: dict[str, Any]) -> dict[str, Any]:
         "mlflow_artifacts": str(mlflow_artifacts),
         "lancedb_uri": storage.lancedb_uri or str(ArtifactLayout(artifacts).lancedb),
     }
+    enhance = sections["enhance"]
+    prompts = str((root / enhance.prompts).resolve()) if enhance.prompts else ""
     return {
         **sections,
+        "enhance": enhance.model_copy(update={"prompts": prompts}),
         "corpus": corpus.model_copy(
             update={"data_root": str(data), "artifacts_dir": str(artifacts)}
         ),

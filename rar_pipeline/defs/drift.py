@@ -42,19 +42,28 @@ def prompt_metadata(prompts: Iterable[PromptSpec]) -> dict[str, dg.MetadataValue
     return {PROMPT_VERSIONS: dg.MetadataValue.json({p.name: p.version for p in prompts})}
 
 
-def changed_prompts(built: Iterable[Built]) -> list[str]:
-    """`name: old -> new` for each prompt some partition was built with an older version of."""
+def changed_prompts(built: Iterable[Built], prompts: Mapping[str, PromptSpec]) -> list[str]:
+    """`name: old -> new` for each prompt some partition was built with an older version of.
+
+    A prompt overridden in a prompts file says where: `name (prompts.toml:3): old -> new`.
+    """
     changes = {
-        (name, old, PROMPTS[name].version)
+        (name, old, prompts[name])
         for b in built
         for name, old in b.prompts.items()
-        if name in PROMPTS and PROMPTS[name].version != old
+        if name in prompts and prompts[name].version != old
     }
-    return [f"{name}: {old} -> {new}" for name, old, new in sorted(changes)]
+    return [
+        f"{name}{f' ({new.source})' if new.source else ''}: {old} -> {new.version}"
+        for name, old, new in sorted(changes, key=lambda c: (c[0], c[1]))
+    ]
 
 
 def current_version_result(
-    built: Mapping[str | None, Built], current: str, asset: str
+    built: Mapping[str | None, Built],
+    current: str,
+    asset: str,
+    prompts: Mapping[str, PromptSpec] = PROMPTS,
 ) -> dg.AssetCheckResult:
     """Pass when every materialized partition was built with the `current` code version.
 
@@ -62,6 +71,7 @@ def current_version_result(
         built: partition (None for an unpartitioned asset) -> its latest materialization.
         current: the asset's code version in the definitions now.
         asset: the asset's name, for the backfill hint.
+        prompts: the prompts in force (the definitions' prompts file over the shipped ones).
     """
     outdated = sorted((p for p, b in built.items() if b.code_version != current), key=str)
     metadata: dict[str, object] = {
@@ -73,10 +83,10 @@ def current_version_result(
         ),
     }
     if outdated:
-        prompts = changed_prompts(built[p] for p in outdated)
+        changes = changed_prompts((built[p] for p in outdated), prompts)
         named = [p for p in outdated if p is not None]
         metadata |= {
-            "changed_prompts": ", ".join(prompts) or "none (the backend, model or code changed)",
+            "changed_prompts": ", ".join(changes) or "none (the backend, model or code changed)",
             "outdated_partitions": ", ".join(named[:SHOWN])
             + (f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""),
             "to_backfill": (
@@ -133,7 +143,9 @@ def built_versions(
     return out
 
 
-def current_version_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinition:
+def current_version_check(
+    asset: dg.AssetsDefinition, prompts: Mapping[str, PromptSpec] = PROMPTS
+) -> dg.AssetChecksDefinition:
     """The `current_version` check of one asset (which must have a code version)."""
     name = asset.key.to_user_string()
     current = asset.code_versions_by_key[asset.key]
@@ -147,7 +159,8 @@ def current_version_check(asset: dg.AssetsDefinition) -> dg.AssetChecksDefinitio
         "partitions to backfill and the prompts that changed.",
     )
     def _current_version(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        return current_version_result(built_versions(context.instance, asset), current, name)
+        built = built_versions(context.instance, asset)
+        return current_version_result(built, current, name, prompts)
 
     return _current_version
 
@@ -157,9 +170,11 @@ def versioned(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetsDefinition
     return [a for a in assets if len(a.keys) == 1 and a.code_versions_by_key.get(a.key)]
 
 
-def current_version_checks(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetChecksDefinition]:
+def current_version_checks(
+    assets: Iterable[dg.AssetsDefinition], prompts: Mapping[str, PromptSpec] = PROMPTS
+) -> list[dg.AssetChecksDefinition]:
     """A `current_version` check for every asset with a code version."""
-    return [current_version_check(a) for a in versioned(assets)]
+    return [current_version_check(a, prompts) for a in versioned(assets)]
 
 
 def check_keys(assets: Iterable[dg.AssetsDefinition]) -> list[dg.AssetCheckKey]:

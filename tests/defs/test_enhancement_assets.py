@@ -241,3 +241,12 @@ def test_a_prompt_edit_changes_the_assets_version_and_the_cache_keys_together(co
     assert after["corpus_captions"] != versions["corpus_captions"]
     assert after["enhanced_queries"] == versions["enhanced_queries"]
     assert len(new_keys) == len(keys) and not new_keys & keys
+
+
+def test_an_empty_caption_memory_says_whether_the_train_split_is_missing_or_unpaired():
+    from rar_pipeline.defs.assets.enhancement import empty_memory_text
+
+    assert "the corpus has no train split" in empty_memory_text(0)
+    unpaired = empty_memory_text(120)
+    assert "the train split's 120 queries label no (image, text) pair" in unpaired
+    assert "no train split" not in unpaired

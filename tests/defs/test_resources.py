@@ -386,8 +386,11 @@ class TestMlflowResource:
             artifact_location=str(tmp_path / "artifacts"),
             experiment="fresh",
         )
-        assert resource._client() is not None
-        assert db.parent.is_dir()
+        with resource.start_run("first") as run:
+            pass
+        assert db.is_file()
+        finished = MlflowClient(tracking_uri=f"sqlite:///{db}").get_run(run.run_id)
+        assert (finished.info.run_name, finished.info.status) == ("first", "FINISHED")
 
 
 def test_fake_mlflow_keeps_runs_in_order():

@@ -1,15 +1,15 @@
 """The prompt-edit backfill through the real webserver: `dagster dev` on 127.0.0.1, driven
 over GraphQL as the UI drives it.
 
-The graph is materialized on a small corpus; the corpus caption prompt is edited (through a
-prompt overlay the code location reads when it loads, so the repository's own source is
-never touched); the code location is reloaded; every partition's stale status is read; a
-partition backfill of the stale assets is launched and awaited; the materializations'
-metadata then shows that only captioned items went to the VLM and that the `none` and
-`query` configs were never recomputed. On the way, the `current_version` checks, run by
-`code_version_drift_sensor` after the reload, fail on exactly what the edit made outdated
-and pass again once it is backfilled; a browser takes the README's screenshots of what the
-UI shows then (tests/browser.py).
+The graph is materialized on a small corpus; the corpus caption prompt is edited in the
+project's prompts file (`RAR_PROMPTS`, read when the code location loads: the package's
+source is never touched, as for a user who installed it); the code location is reloaded;
+every partition's stale status is read; a partition backfill of the stale assets is
+launched and awaited; the materializations' metadata then shows that only captioned items
+went to the VLM and that the `none` and `query` configs were never recomputed. On the way,
+the `current_version` checks, run by `code_version_drift_sensor` after the reload, fail on
+exactly what the edit made outdated and pass again once it is backfilled; a browser takes
+the README's screenshots of what the UI shows then (tests/browser.py).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from rar_pipeline.core.enhance import prompts
 from rar_pipeline.defs.drift import CURRENT_VERSION
 from tests.browser import browser_page, chromium, screenshot
 from tests.projects import PROJECT_VARS
@@ -35,23 +36,6 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCATION = "rar_pipeline"
-DEFS_UNDER_TEST = '''"""The project's definitions, with the prompt edits of prompt_overlay.json."""
-import dataclasses
-import json
-from pathlib import Path
-
-from rar_pipeline.core.enhance import prompts
-
-OVERLAY = Path(__file__).with_name("prompt_overlay.json")
-if OVERLAY.is_file():
-    for name, extra in json.loads(OVERLAY.read_text()).items():
-        spec = prompts.PROMPTS[name]
-        prompts.PROMPTS[name] = dataclasses.replace(spec, system=spec.system + extra)
-
-from rar_pipeline.definitions import build_definitions  # noqa: E402
-
-defs = build_definitions()
-'''
 
 
 class GraphQL:
@@ -191,7 +175,7 @@ def screenshot_the_ui(url: str, folder: Path, outdated: list[str]) -> None:
         page.get_by_text(CURRENT_VERSION, exact=True).first.click()
         page.get_by_text("outdated_partitions").wait_for()
         text = page.inner_text("body")
-        assert all(shard in text for shard in outdated) and "corpus_caption:" in text
+        assert all(shard in text for shard in outdated) and "corpus_caption (" in text
         screenshot(page, folder / "dagster_prompt_edit_check.png")
 
 
@@ -206,7 +190,10 @@ def server_project(mini_corpus, tmp_path):
     home.mkdir()
     shutil.copy(PROJECT / "dagster_home" / "dagster.yaml", home / "dagster.yaml")
     env = {k: v for k, v in os.environ.items() if k not in PROJECT_VARS}
+    prompts = tmp_path / "prompts.toml"
+    prompts.write_text("# prompt overrides (none yet): rar prompts prints what to start from\n")
     env |= {
+        "RAR_PROMPTS": str(prompts),
         "DAGSTER_HOME": str(home),
         "RAR_PROJECT_DIR": str(tmp_path),
         "RAR_DATA_ROOT": str(mini_corpus),
@@ -214,9 +201,8 @@ def server_project(mini_corpus, tmp_path):
         "HF_HUB_OFFLINE": "1",
         "TRANSFORMERS_OFFLINE": "1",
     }
-    (tmp_path / "defs_under_test.py").write_text(DEFS_UNDER_TEST)
     (tmp_path / "workspace.yaml").write_text(
-        f"load_from:\n  - python_file:\n      relative_path: defs_under_test.py\n"
+        f"load_from:\n  - python_module:\n      module_name: rar_pipeline.definitions\n"
         f"      location_name: {LOCATION}\n      working_directory: {tmp_path}\n"
     )
     subprocess.run(
@@ -249,8 +235,10 @@ def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_cor
                  "training_pairs_none", "retriever_checkpoint_none"]  # fmt: skip
     counts = {asset: materialization_count(instance, asset) for asset in untouched}
 
-    # edit the corpus caption prompt, then reload the code location as the UI's button does
-    (folder / "prompt_overlay.json").write_text(json.dumps({"corpus_caption": " Name materials."}))
+    # edit the corpus caption prompt in the prompts file, then reload the code location as
+    # the UI's button does
+    system = prompts.PROMPTS["corpus_caption"].system + " Name materials."
+    (folder / "prompts.toml").write_text(f"[corpus_caption]\nsystem = {json.dumps(system)}\n")
     reloaded = gql(RELOAD, name=LOCATION)["reloadRepositoryLocation"]
     assert reloaded["locationOrLoadError"]["__typename"] == "RepositoryLocation", reloaded
 
@@ -271,7 +259,7 @@ def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_cor
     assert captions["outdated"] == len(shards) and captions["outdated_partitions"] == ", ".join(
         shards
     )
-    assert captions["changed_prompts"].startswith("corpus_caption: ")
+    assert captions["changed_prompts"].startswith(f"corpus_caption ({folder / 'prompts.toml'}:1): ")
     assert not drift_check_in_run(instance, "lancedb_index_full", run_id)
     assert drift_check_in_run(instance, "enhanced_queries", run_id)
     assert drift_check_in_run(instance, "lancedb_index_none", run_id)

@@ -329,6 +329,10 @@ def ingest_queries(
             "splits": per_split,
             "qrels": qrels_summary,
             "qrels_rows": len(qrels),
+            # evaluated splits without a qrels file: their labels come from pos_cand_list
+            "qrels_missing": [
+                s for s in ("val", "test") if s in per_split and s not in qrels_summary
+            ],
             "instructions": [list(i.prompts) for i in instructions],
             "instructions_quarantined": bad_instructions,
             **_reference_notes(read, known_dids),
@@ -357,6 +361,13 @@ def _read_splits(
         read.dropped.extend(result.dropped)
         per_split[split] = summarize(result)
     return read, per_split
+
+
+def qrels_missing_text(task: str, splits: list[str]) -> str:
+    """The warning for a task whose evaluated splits have no qrels file."""
+    files = ", ".join(f"qrels/{s}/{task}_{s}_qrels.txt" for s in splits)
+    return (f"{task}: no qrels for its {' and '.join(splits)} split ({files} is missing or "
+            "misnamed): its labels are taken from each query's pos_cand_list")  # fmt: skip
 
 
 def _read_task_qrels(

@@ -141,6 +141,10 @@ def discover(root: str | os.PathLike[str]) -> CorpusLayout:
         m = _QRELS_FILE.match(path.name)
         if m:
             qrels.setdefault(f"mbeir_{m['task']}", {})[m["split"]] = path
+        else:  # read as no qrels at all: evaluation would fall back without a word
+            skipped[source_name(path, root)] = (
+                "not named like M-BEIR qrels (mbeir_<dataset>_task<k>_<split>_qrels.txt): not read"
+            )
     if not pools or not queries:
         raise LayoutError(
             f"{root} has no M-BEIR files: expected query/<split>/mbeir_*_task<k>_<split>.jsonl "

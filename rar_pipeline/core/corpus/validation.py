@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from rar_pipeline.core.corpus.ingest import IngestReport
+from rar_pipeline.core.corpus.ingest import IngestReport, qrels_missing_text
 from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, CorpusLayout
 from rar_pipeline.core.corpus.records import QuarantinedRow
 
@@ -63,6 +63,11 @@ class Validation:
         lines += [f"  skipped {path}: {why}" for path, why in layout.skipped.items()]
         if not layout.train_tasks:
             lines.append("  warning: " + NO_TRAIN_SPLIT)
+        lines += [
+            "  warning: " + qrels_missing_text(r.key, r.extra["qrels_missing"])
+            for r in reports
+            if r.extra.get("qrels_missing")
+        ]
         conflicts = sorted({d for r in reports for d in r.extra.get("conflicting_positives", [])})
         if conflicts:
             lines.append(f"  {len(conflicts)} positives have different content in different "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -27,6 +27,7 @@ from rar_pipeline.core.enhance.classify import (
     classify_query,
 )
 from rar_pipeline.core.enhance.guard import GuardPolicy
+from rar_pipeline.core.enhance.prompt_file import prompt_set
 from rar_pipeline.core.enhance.prompts import PromptSpec, prompt_for
 from rar_pipeline.core.enhance.vlm.base import VLM, VLMRequest, VLMResult, results_for_batch_error
 from rar_pipeline.core.files import file_hash
@@ -63,6 +64,15 @@ class EnhanceOptions(Section):
         0.5, "below this share of image items captioned, a shard's captions block what "
         "reads them (a VLM outage must not flow into training)", ge=0, le=1,
     )  # fmt: skip
+    prompts: str = setting(
+        "", "a TOML file of prompt overrides (`rar prompts` prints one to start from); "
+        "relative to the project folder; what it changes is part of the prompts' versions",
+        env="RAR_PROMPTS", flag="--prompts", shown="none: the shipped prompts",
+    )  # fmt: skip
+
+    def prompt_set(self) -> dict[str, PromptSpec]:
+        """The prompts in force: the shipped ones with the `prompts` file's overrides."""
+        return prompt_set(self.prompts)
 
 
 DEFAULT_OPTIONS = EnhanceOptions()
@@ -148,24 +158,41 @@ def _image(root: Path, rel: str | None) -> Path | None:
     return resolve_in_root(root, rel) if rel else None
 
 
-def _plan(item_id: str, item_type: CandidateType | QueryType, txt, img_path, root) -> WorkItem:
-    spec = prompt_for(item_type)  # the routing table
+def _plan(
+    item_id: str,
+    item_type: CandidateType | QueryType,
+    txt: str | None,
+    img_path: str | None,
+    root: Path,
+    prompts: Mapping[str, PromptSpec] | None,
+) -> WorkItem:
+    spec = prompt_for(item_type, prompts)  # the routing table
     if spec is None:
         return WorkItem(item_id, item_type, None, txt, None)
     image = _image(root, img_path) if spec.sends_image else None
     return WorkItem(item_id, item_type, spec, txt, image)
 
 
-def plan_candidate(candidate: Candidate, root: Path) -> WorkItem:
-    """Route a candidate to its prompt (text-only candidates pass through)."""
-    return _plan(
-        candidate.did, classify_candidate(candidate), candidate.txt, candidate.img_path, root
-    )
+def plan_candidate(
+    candidate: Candidate, root: Path, prompts: Mapping[str, PromptSpec] | None = None
+) -> WorkItem:
+    """Route a candidate to its prompt among `prompts` (default: the shipped ones).
+
+    Text-only candidates pass through.
+    """
+    kind = classify_candidate(candidate)
+    return _plan(candidate.did, kind, candidate.txt, candidate.img_path, root, prompts)
 
 
-def plan_query(query: Query, root: Path, override: QueryType | str | None = None) -> WorkItem:
+def plan_query(
+    query: Query,
+    root: Path,
+    override: QueryType | str | None = None,
+    prompts: Mapping[str, PromptSpec] | None = None,
+) -> WorkItem:
     """Route a query to its prompt; prompts that do not send images (modification) get none."""
-    return _plan(query.key, classify_query(query, override), query.txt, query.img_path, root)
+    kind = classify_query(query, override)
+    return _plan(query.key, kind, query.txt, query.img_path, root, prompts)
 
 
 def build_request(item: WorkItem, options: EnhanceOptions = DEFAULT_OPTIONS) -> VLMRequest:

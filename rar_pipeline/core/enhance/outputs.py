@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from rar_pipeline.core.enhance.engine import (
 )
 from rar_pipeline.core.enhance.merge import Merged, merge_queries
 from rar_pipeline.core.enhance.perception import Perceiver
-from rar_pipeline.core.enhance.prompts import VISUAL_CONTEXT_TEMPLATE, side_version
+from rar_pipeline.core.enhance.prompts import VISUAL_CONTEXT_TEMPLATE, PromptSpec, side_version
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.enhance.vlm.offline import OFFLINE_VERSION, CaptionMemory
 from rar_pipeline.core.files import TextColumnHasher
@@ -61,15 +62,20 @@ def code_versions(backend: str, model_id: str, options: EnhanceOptions) -> dict[
         f"seed={options.seed}",
     ]
     guard = f"guard={options.guard.value}"
+    prompts = options.prompt_set()
     overrides = json.dumps(dict(options.query_type_overrides), sort_keys=True)
     return {
         "offline_captioner": OFFLINE_VERSION,
-        "corpus_captions": side_version("corpus", *shaping),
+        "corpus_captions": side_version("corpus", *shaping, prompts=prompts),
         # The merge "uses" the caption prompt through its input: including it makes a prompt
         # edit mark enhanced_corpus stale at once (Dagster propagates code-version staleness
         # to descendants only after the upstream is rematerialized).
-        "enhanced_corpus": side_version("corpus", *shaping, VISUAL_CONTEXT_TEMPLATE, guard),
-        "enhanced_queries": side_version("query", *shaping, f"overrides={overrides}", guard),
+        "enhanced_corpus": side_version(
+            "corpus", *shaping, VISUAL_CONTEXT_TEMPLATE, guard, prompts=prompts
+        ),
+        "enhanced_queries": side_version(
+            "query", *shaping, f"overrides={overrides}", guard, prompts=prompts
+        ),
     }
 
 
@@ -98,6 +104,11 @@ class Enhancer:
     options: EnhanceOptions
     root: Path
 
+    @cached_property
+    def prompts(self) -> dict[str, PromptSpec]:
+        """The prompts in force (the options' prompts file over the shipped ones)."""
+        return self.options.prompt_set()
+
     def run(
         self, items: Sequence[WorkItem], progress: Callable[[int], None] | None = None
     ) -> tuple[dict[str, ItemOutput], EnhanceStats]:
@@ -120,7 +131,7 @@ def caption_candidates(
         progress: called with the number of items finished.
         n_samples: how many captioned items to keep as samples.
     """
-    items = [plan_candidate(c, enhancer.root) for c in candidates]
+    items = [plan_candidate(c, enhancer.root, enhancer.prompts) for c in candidates]
     outputs, stats = enhancer.run(items, progress)
     rows = [
         [c.did, outputs[c.did].item_type.value, outputs[c.did].generated]
@@ -234,7 +245,7 @@ def rewrite_queries(
     """
     options = enhancer.options
     override = options.query_type_overrides.get(task)
-    items = [plan_query(q, enhancer.root, override) for q in queries]
+    items = [plan_query(q, enhancer.root, override, enhancer.prompts) for q in queries]
     outputs, stats = enhancer.run(items, progress)
     return Rewritten(merge_queries(queries, outputs, options.guard), stats)
 

@@ -13,7 +13,8 @@ import hashlib
 import json
 import re
 import unicodedata
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -34,6 +35,8 @@ class PromptSpec:
         sends_image: whether the item's image goes to the model with this prompt.
         max_words: the output word cap, stated in `system` and enforced on the output.
         max_tokens: generation budget (the reference code: 512 for the pool, 128 for queries).
+        source: where an override came from (``file:line``); "" for the shipped prompt. Not
+            part of the version: the same text from a file or the source is the same prompt.
     """
 
     name: str
@@ -42,6 +45,7 @@ class PromptSpec:
     sends_image: bool
     max_words: int
     max_tokens: int
+    source: str = field(default="", compare=False)
 
     @property
     def version(self) -> str:
@@ -184,8 +188,9 @@ MODIFICATION = PromptSpec(
 # How an image+text candidate's text and its caption are merged (the method's format).
 VISUAL_CONTEXT_TEMPLATE = "{text}\nVisual Context: {caption}"
 
-# Every prompt by name. Routing names prompts rather than holding them, so replacing an
-# entry here (an edit) reaches routing, cache keys and asset versions alike.
+# Every shipped prompt by name. Routing names prompts rather than holding them, so
+# replacing an entry (an edit here, or a prompts file: `prompt_file.prompt_set`) reaches
+# routing, cache keys and asset versions alike.
 PROMPTS: dict[str, PromptSpec] = {
     p.name: p for p in (CORPUS_CAPTION, QUERY_CAPTION, QA_REWRITE, MODIFICATION)
 }
@@ -206,17 +211,25 @@ QUERY_ROUTES: dict[QueryType, str | None] = {
 }
 
 
-def prompt_for(item_type: CandidateType | QueryType) -> PromptSpec | None:
-    """The prompt that enhances an item type (None: it passes through unchanged)."""
+def prompt_for(
+    item_type: CandidateType | QueryType, prompts: Mapping[str, PromptSpec] | None = None
+) -> PromptSpec | None:
+    """The prompt of `prompts` (default: the shipped ones) that enhances an item type.
+
+    None: the type passes through unchanged.
+    """
     routes: dict = CORPUS_ROUTES if isinstance(item_type, CandidateType) else QUERY_ROUTES
     name = routes[item_type]
-    return PROMPTS[name] if name is not None else None
+    return (PROMPTS if prompts is None else prompts)[name] if name is not None else None
 
 
-def routed_prompts(side: Side) -> tuple[PromptSpec, ...]:
+def routed_prompts(
+    side: Side, prompts: Mapping[str, PromptSpec] | None = None
+) -> tuple[PromptSpec, ...]:
     """The prompts one side of retrieval uses, by name: what its assets' versions hash."""
     routes: dict = CORPUS_ROUTES if side == "corpus" else QUERY_ROUTES
-    return tuple(PROMPTS[name] for name in sorted({n for n in routes.values() if n}))
+    prompts = PROMPTS if prompts is None else prompts
+    return tuple(prompts[name] for name in sorted({n for n in routes.values() if n}))
 
 
 def prompt_version(spec: PromptSpec) -> str:
@@ -235,7 +248,8 @@ def prompt_version(spec: PromptSpec) -> str:
     return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
-def side_version(side: Side, *extra: str) -> str:
+def side_version(side: Side, *extra: str, prompts: Mapping[str, PromptSpec] | None = None) -> str:
     """One version for the prompts a side routes to, plus anything else shaping its output."""
-    payload = json.dumps([[s.name, s.version] for s in routed_prompts(side)] + list(extra))
+    routed = routed_prompts(side, prompts)
+    payload = json.dumps([[s.name, s.version] for s in routed] + list(extra))
     return hashlib.sha256(payload.encode()).hexdigest()[:12]

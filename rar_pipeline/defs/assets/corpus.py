@@ -12,6 +12,7 @@ from rar_pipeline.core.corpus.ingest import (
     ingest_pool,
     ingest_queries,
     known_candidate_ids,
+    qrels_missing_text,
 )
 from rar_pipeline.defs.checks import (
     quarantine_ceiling_result,
@@ -92,6 +93,7 @@ def _query_metadata(report: IngestReport) -> dict[str, Any]:
         **_report_metadata(report),
         "rows_per_split": {s: v["rows"] for s, v in extra["splits"].items()},
         "qrels_rows": extra["qrels_rows"],
+        "qrels_missing": ", ".join(extra["qrels_missing"]) or "none",
         "instructions": [[clip(p) for p in ps] for ps in extra["instructions"][:20]],
         "instructions_quarantined": len(extra["instructions_quarantined"]),
         "qids_in_several_splits": len(extra["qids_in_several_splits"]),
@@ -109,6 +111,8 @@ def _warn_findings(context: dg.AssetExecutionContext, report: IngestReport) -> N
             f"(e.g. {[clip(d, 60) for d in conflicts[:3]]}): fix the corpus; which one a "
             "retriever indexes is undefined"
         )
+    if missing := report.extra["qrels_missing"]:
+        context.log.warning(qrels_missing_text(report.key, missing))
     if shared := report.extra["qids_in_several_splits"]:
         context.log.warning(
             f"{len(shared)} qids appear in more than one split (e.g. "

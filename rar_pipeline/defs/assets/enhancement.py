@@ -27,7 +27,6 @@ from rar_pipeline.core.enhance.outputs import (
 )
 from rar_pipeline.core.enhance.perception import Perceiver
 from rar_pipeline.core.enhance.prompts import Side, routed_prompts
-from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.checks import (
@@ -58,6 +57,21 @@ def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult
     return failure_rate_result(stats.failures, attempted, vlm.enhance.max_failure_rate)
 
 
+def empty_memory_text(train_queries: int) -> str:
+    """Why the offline caption memory is empty, and what would fill it."""
+    why = (
+        f"the train split's {train_queries} queries label no (image, text) pair (a text "
+        "query with an image positive, an image query with a text positive), or their "
+        "images could not be read"
+        if train_queries
+        else "the corpus has no train split; add it to learn more"
+    )
+    return (
+        f"no train-split pairs: {why}. The caption memory is empty, so captions carry only "
+        "what OCR and colours see."
+    )
+
+
 def _partition(
     context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
 ) -> tuple[str, ArtifactLayout]:
@@ -74,7 +88,7 @@ def _enhancer(corpus: CorpusResource, vlm: VLMResource, paths: ArtifactLayout) -
 
 def _enhanced(
     context: dg.AssetExecutionContext,
-    backend: VLM,
+    enhancer: Enhancer,
     stats: EnhanceStats,
     path: Path,
     samples: list[tuple[str, Any, Any]],
@@ -87,9 +101,9 @@ def _enhanced(
         SUMMARY: f"{stats.items} items, {stats.backend_calls} backend calls, "
         f"{stats.cache_hits} cached, {stats.failures} failed",
         **stats.as_metadata(),
-        **prompt_metadata(routed_prompts(side)),
-        "backend": backend.backend,
-        "model_id": backend.model_id,
+        **prompt_metadata(routed_prompts(side, enhancer.prompts)),
+        "backend": enhancer.vlm.backend,
+        "model_id": enhancer.vlm.model_id,
         "path": dg.MetadataValue.path(str(path)),
         "samples": samples_table(samples),
     }
@@ -133,10 +147,7 @@ def _captioner_asset(versions: dict[str, str]) -> dg.AssetsDefinition:
         memory, counts = fit_captioner(read_queries(corpus, tasks), candidates, corpus.root,
                                        Perceiver(paths.perception_cache))  # fmt: skip
         if not counts["pairs"]:
-            context.log.warning(
-                "no train-split pairs: the caption memory is empty, so captions carry only "
-                "what OCR and colours see. Add the corpus' train split to learn more."
-            )
+            context.log.warning(empty_memory_text(counts["train_queries"]))
         memory.save(paths.captioner)
         return dg.MaterializeResult(
             metadata={
@@ -178,7 +189,7 @@ def _captions_asset(
         )
         return dg.MaterializeResult(
             metadata=_enhanced(
-                context, enhancer.vlm, result.stats, result.path, result.samples, "corpus"
+                context, enhancer, result.stats, result.path, result.samples, "corpus"
             ),
             data_version=dg.DataVersion(result.data_version),
             check_results=[_failure_check(result.stats, vlm), coverage],
@@ -205,7 +216,7 @@ def _merge_asset(versions: dict[str, str], captions: dg.AssetsDefinition) -> dg.
             metadata={
                 SUMMARY: f"{merged.rows} rows, {merged.without_enhanced_txt} without enhanced text",
                 "dagster/row_count": merged.rows,
-                **prompt_metadata(routed_prompts("corpus")),
+                **prompt_metadata(routed_prompts("corpus", vlm.enhance.prompt_set())),
                 "items_by_type": dict(merged.items_by_type),
                 "without_enhanced_text": merged.without_enhanced_txt,
                 "guard_policy": vlm.enhance.guard.value,
@@ -239,7 +250,7 @@ def _queries_asset(
         path = write_parquet(merged.frame, paths.enhanced_queries(task))
         return dg.MaterializeResult(
             metadata={
-                **_enhanced(context, enhancer.vlm, result.stats, path, merged.samples, "query"),
+                **_enhanced(context, enhancer, result.stats, path, merged.samples, "query"),
                 "dagster/row_count": len(merged.frame),
                 "query_type_override": vlm.enhance.query_type_overrides.get(task, ""),
                 "guard_policy": vlm.enhance.guard.value,

@@ -16,7 +16,6 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from rar_pipeline.core import names
-from rar_pipeline.core.enhance.prompts import PROMPTS
 from rar_pipeline.core.evaluation.evaluate import Evaluation, evaluate_ablation, load_test_queries
 from rar_pipeline.core.evaluation.metrics import KS
 from rar_pipeline.core.evaluation.report import macro_recall, markdown, task_level
@@ -185,7 +184,7 @@ def build_evaluation_asset(
             encoders[name], references[name], trained[name] = retriever.open(paths, name)
         settings = ("local", "global") if config.setting == "both" else (config.setting,)
         params = {
-            **{f"prompt.{n}": p.version for n, p in PROMPTS.items()},
+            **{f"prompt.{n}": p.version for n, p in vlm.options().prompt_set().items()},
             **{f"version.{k}": v for k, v in versions.items()},
             **model,
             "retriever_version": retriever.code_version(),

@@ -57,7 +57,7 @@ def test_discover_names_partitions_after_files():
     assert set(layout.queries) == {"mbeir_mini_task0", "mbeir_mini_task6"}
     assert set(layout.queries["mbeir_mini_task0"]) == {"train", "test"}
     assert set(layout.qrels["mbeir_mini_task0"]) == {"test"}
-    assert layout.instructions is not None
+    assert layout.instructions == MINI.resolve() / "instructions" / "query_instructions.tsv"
 
 
 def test_discover_refuses_a_folder_that_is_not_mbeir(tmp_path: Path):

@@ -322,7 +322,8 @@ def test_batch_of_only_unreadable_images_makes_no_chat_call(
     results = VLLMVLM().generate([corpus_request(tmp_path / "gone.png")])
 
     assert fake_vllm.chat_calls == []
-    assert results[0].error is not None
+    assert results[0].text is None
+    assert results[0].error and f"cannot read image {tmp_path / 'gone.png'}" in results[0].error
 
 
 def test_failed_chat_call_fails_its_batch_only(fake_vllm: Recorder, tmp_path: Path) -> None:
