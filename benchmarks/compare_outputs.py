@@ -6,13 +6,16 @@ and of the new one, then
     python benchmarks/compare_outputs.py OLD_PROJECT NEW_PROJECT [--corpus demo]
 
 Corpus files and images are compared byte for byte; Parquet outputs as tables (columns,
-order, values); the offline caption memory byte for byte. Exits 1 on any difference.
+order, values); the offline caption memory byte for byte; the evaluation as its run files
+(byte for byte) and the rows of its report, the ablation table `rar report` prints (paths
+aside). Exits 1 on any difference.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -66,7 +69,28 @@ def compare(old: Path, new: Path, corpus: str) -> int:
         ):
             print(f"offline_captioner/{name}: differs")
             bad += 1
+    bad += _compare_evaluation(old / "artifacts" / corpus, new / "artifacts" / corpus)
     print("identical" if not bad else f"{bad} differences")
+    return bad
+
+
+def _compare_evaluation(old: Path, new: Path) -> int:
+    """Differences between two evaluations: run files, then the report's rows."""
+    bad = 0
+    runs = sorted(p.relative_to(old) for p in (old / "evaluation" / "runs").rglob("*.trec"))
+    changed = [p for p in runs if not (new / p).is_file() or _hash(old / p) != _hash(new / p)]
+    print(f"evaluation runs: {len(runs)} run files, {len(changed)} differ")
+    bad += len(changed)
+    report = Path("evaluation") / "report.json"
+    if (old / report).is_file():
+        rows = [
+            [{k: v for k, v in row.items() if k != "run_file"} for row in json.loads(
+                (root / report).read_text())["rows"]]
+            for root in (old, new)
+        ]  # fmt: skip
+        same = rows[0] == rows[1]
+        print(f"evaluation report: {len(rows[0])} rows, {'identical' if same else 'differ'}")
+        bad += 0 if same else 1
     return bad
 
 
