@@ -3,6 +3,8 @@
 rar demo                        build the demo corpus and run the graph on it
 rar run --data DIR [--tasks T]  run the graph on an M-BEIR-layout directory (--through
                                 enhancement: stop after a stage)
+rar refresh [--include-training]  run what a prompt edit or new setting made outdated, and
+                                what reads it (--plan: print it, run nothing)
 rar validate --data DIR         print the quarantine summary, write nothing
 rar report [--data DIR]         print the latest evaluation (table, json or markdown)
 rar search TEXT [--image PATH]  search a corpus' index with the pipeline's enhancement
@@ -20,178 +22,10 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from rar_pipeline.core.config import Knob
+from rar_pipeline.cli_args import parse_args
 from rar_pipeline.core.corpus.mbeir import LayoutError, discover
-from rar_pipeline.core.corpus.records import Modality
-from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.layout import ArtifactLayout
-from rar_pipeline.core.names import GROUPS
-from rar_pipeline.core.search.query import MAX_K
 from rar_pipeline.core.settings import BY_DEST, KNOBS, Settings, load_settings
-
-# The sections whose flags `run`, `demo`, `search` and `serve` take (`serve` also the
-# search page's); every flag, its help, type and bounds come from the section's fields.
-GRAPH_SECTIONS = ("corpus", "vlm", "enhance", "retriever", "training")
-LOCATIONS = ("corpus__data_root", "corpus__artifacts_dir")  # flags each command adds itself
-
-
-def _add_knob(parser: argparse._ActionsContainer, knob: Knob, **overrides) -> None:
-    """A flag for a setting: unset (None) unless given, so the environment can decide."""
-
-    def parse(raw: str) -> object:
-        try:
-            return knob.check(raw, knob.flag)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(str(exc).split(": ", 1)[-1]) from None
-
-    parse.__name__ = knob.key  # what argparse names in its errors
-    choices = f" ({' | '.join(knob.choices)})" if knob.choices else ""
-    parser.add_argument(
-        knob.flag,
-        dest=knob.dest,
-        type=parse,
-        metavar=knob.path[-1].upper(),
-        help=f"{knob.help}{choices} (default: ${knob.env}, else {knob.default_text()})",
-        **overrides,
-    )
-
-
-def _add_sections(parser: argparse.ArgumentParser, sections: Sequence[str]) -> None:
-    """A group of flags per section, every field of each (locations excepted)."""
-    for section in sections:
-        group = parser.add_argument_group(
-            f"{section} settings (flag, then environment, then default; docs/configuration.md)"
-        )
-        for knob in KNOBS:
-            if knob.section == section and knob.dest not in LOCATIONS:
-                _add_knob(group, knob)
-
-
-def bounded(low: int, high: int) -> object:
-    """An argparse type: a whole number from `low` to `high`, else a one-line error."""
-
-    def parse(raw: str) -> int:
-        try:
-            value = int(raw)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{raw[:20]!r} is not a whole number") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"{raw[:20]} is not between {low} and {high}")
-        return value
-
-    return parse
-
-
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse `rar` arguments."""
-    parser = argparse.ArgumentParser(
-        prog="rar", description="Reasoning-Augmented Representations pipeline"
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    _graph_commands(sub)
-    _corpus_commands(sub)
-    _search_commands(sub)
-    return parser.parse_args(argv)
-
-
-def _locations(parser: argparse.ArgumentParser, *, data_required: bool = False) -> None:
-    _add_knob(parser, BY_DEST["corpus__data_root"], required=data_required)
-    _add_knob(parser, BY_DEST["corpus__artifacts_dir"])
-
-
-def _graph_commands(sub: argparse._SubParsersAction) -> None:
-    """`demo` and `run`: the whole graph."""
-    demo = sub.add_parser("demo", help="build the demo corpus and run the pipeline on it")
-    demo.add_argument(
-        "--data",
-        dest="corpus__data_root",
-        help="where to write the demo corpus (default: data/demo under the project)",
-    )
-    _add_knob(demo, BY_DEST["corpus__artifacts_dir"])
-    demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
-    defaults, count = DemoConfig(), bounded(1, 100_000)
-    demo.add_argument("--train-products", type=count, default=defaults.n_train_products)
-    demo.add_argument("--test-products", type=count, default=defaults.n_test_products)
-    for split in ("train", "test"):
-        demo.add_argument(f"--{split}-queries", type=count, help="per task",
-                          default=getattr(defaults, f"{split}_queries_per_task"))  # fmt: skip
-    demo.add_argument("--seed", type=bounded(0, 2**32 - 1), default=defaults.seed)
-
-    run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
-    _locations(run, data_required=True)
-    run.add_argument("--tasks", nargs="+", help="query tasks, e.g. mbeir_cirr_task7 (default: all)")
-    run.add_argument(
-        "--through",
-        choices=GROUPS,
-        help="stop after this stage, e.g. enhancement to caption and rewrite now and train "
-        "later (default: the whole graph, through evaluation)",
-    )
-    for command in (demo, run):
-        _add_sections(command, GRAPH_SECTIONS)
-
-
-def _corpus_commands(sub: argparse._SubParsersAction) -> None:
-    """`validate`, `report`, `sync-tracking`, `compact-cache`: a corpus' files and outputs."""
-    validate = sub.add_parser("validate", help="print the quarantine summary of a corpus")
-    _add_knob(validate, BY_DEST["corpus__data_root"], required=True)
-    validate.add_argument("--tasks", nargs="+", help="query tasks (default: all)")
-    _add_knob(validate, BY_DEST["corpus__image_check"])
-    _add_knob(validate, BY_DEST["corpus__strict_paths"])
-    validate.add_argument("--show", type=bounded(0, 10**9), default=20,
-                          help="how many quarantined rows to list (default 20)")  # fmt: skip
-    validate.add_argument("--json", action="store_true", help="print a JSON summary instead")
-    validate.add_argument(
-        "--strict", action="store_true", help="exit 1 when any row is quarantined"
-    )
-    report = sub.add_parser(
-        "report", help="print the latest evaluation of a corpus (what retrieval_eval wrote)"
-    )
-    report.add_argument(
-        "--format", choices=["table", "json", "markdown"], default="table", help="default: table"
-    )
-    sync = sub.add_parser(
-        "sync-tracking", help="replay into MLflow the runs journaled while it could not be reached"
-    )
-    compact = sub.add_parser(
-        "compact-cache",
-        help="reclaim the caches' free space (run it while no pipeline run is writing)",
-    )
-    for command in (report, sync, compact):
-        _locations(command)
-    prompts = sub.add_parser(
-        "prompts", help="check a prompts file and print the prompts in force (TOML, to edit)"
-    )
-    _add_knob(prompts, BY_DEST["enhance__prompts"])
-
-
-def _search_commands(sub: argparse._SubParsersAction) -> None:
-    """`search` and `serve`: a corpus' indexes, as the pipeline built them."""
-    search = sub.add_parser(
-        "search", help="search a corpus' index, enhancing the query as the pipeline does"
-    )
-    search.add_argument("text", nargs="?", help="the query's words (omit for an image query)")
-    search.add_argument("--image", type=Path, help="the query's image")
-    search.add_argument(
-        "-k", type=bounded(1, MAX_K), default=10, help=f"results to show, 1-{MAX_K} (default 10)"
-    )
-    search.add_argument("--format", choices=["table", "json"], default="table")
-    search.add_argument(
-        "--config",
-        default="full",
-        help="which index: none, corpus, query, full or inference-only (default: full)",
-    )
-    search.add_argument("--hybrid", action="store_true", help="fuse dense and full-text hits (RRF)")
-    search.add_argument("--modality", nargs="+", choices=[m.value for m in Modality],
-                        help="only candidates of these modalities")  # fmt: skip
-    search.add_argument("--pool", help="only this pool's candidates (default: every pool)")
-    search.add_argument("--task", help="apply this query task's query-type override")
-    serve = sub.add_parser("serve", help="the search page, on 127.0.0.1 unless told otherwise")
-    serve.add_argument("--host", default="127.0.0.1", help="default 127.0.0.1 (this machine)")
-    serve.add_argument("--port", type=bounded(1, 65_535), default=8765, help="default 8765")
-    _add_sections(serve, ["search"])
-    for command in (search, serve):
-        _locations(command)
-        _add_sections(command, GRAPH_SECTIONS)
 
 
 def settings_from_args(args: argparse.Namespace, env=None) -> Settings:  # noqa: ANN001
@@ -237,16 +71,28 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     )
     instance = get_instance(settings)
     started = time.perf_counter()
+    assets = build_assets(resources["vlm"], resources["retriever"])
+    refresh = None
+    if args.command == "refresh":
+        from rar_pipeline.defs.refresh import Refresh
+
+        refresh = Refresh(assets, instance, include_training=args.include_training)
     result = run_pipeline(
         settings,
         resources=resources,
-        assets=build_assets(resources["vlm"], resources["retriever"]),
+        assets=assets,
         instance=instance,
         tasks=getattr(args, "tasks", None),
         build_demo=build_demo,
         through=getattr(args, "through", None),
+        select=refresh,
+        plan_only=getattr(args, "plan", False),
         echo=print,
     )
+    if refresh is not None:
+        print(refresh.summary(plan=args.plan))
+        if args.plan:
+            return 0
     quarantined = sum(s.metadata.get("quarantined", 0) for s in result.steps)
     warned = [s for s in result.steps if not s.checks_passed]
     print(
@@ -266,7 +112,10 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     if result.blocked:
         reasons = sorted(set(result.blocked.values()))
         print(f"\n{len(result.blocked)} asset partitions were not run: " + "; ".join(reasons))
-        print("  fix the data (or raise the check's threshold) and run again")
+        if refresh is not None and refresh.held:
+            print("  retrain the outdated checkpoints: rar refresh --include-training")
+        else:
+            print("  fix the data (or raise the check's threshold) and run again")
         return 1
     if any(s.asset == "retrieval_eval" for s in result.steps):
         print("\n" + _report_text(paths, "table"))
@@ -404,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command in COMMANDS:
             return COMMANDS[args.command](args)
         settings = settings_from_args(args)
-        if args.command == "run":
+        if args.command in ("run", "refresh"):
             discover(settings.data_root)  # fail fast, before Dagster starts, on a wrong path
             return _run_graph(settings, args, build_demo=None)
         if args.command == "demo":
@@ -423,7 +272,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except RuntimeError as exc:
         print(f"rar: error: {exc}", file=sys.stderr)
-        if args.command not in ("run", "demo"):
+        if args.command not in ("run", "demo", "refresh"):
             return 2
         # a failed step (defs.launch.StepFailed): Dagster recorded the run
         print("  the run's full log is in the Dagster UI: make ui -> Runs", file=sys.stderr)

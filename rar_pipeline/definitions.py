@@ -53,7 +53,7 @@ def build_assets(
             *build_enhancement_assets(vlm),
             *retrieval,
             *indexes,
-            build_evaluation_asset(indexes, versions, model),
+            build_evaluation_asset(indexes, checkpoints, versions, model),
             demo_caption_accuracy,
         ]
     )

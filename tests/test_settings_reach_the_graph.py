@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from rar_pipeline.cli import LOCATIONS, main
+from rar_pipeline.cli import main
+from rar_pipeline.cli_args import LOCATIONS
 from rar_pipeline.core.settings import KNOBS
 from rar_pipeline.defs import launch
 
@@ -23,6 +24,8 @@ def captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
     for knob in KNOBS:
         monkeypatch.delenv(knob.env, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    for name in GIVEN["enhance.prompts"]:
+        (tmp_path / name).write_text("# no prompt overridden\n")
     seen: dict[str, Any] = {}
 
     def fake_run(settings, *, resources, assets, instance, **kwargs):
@@ -48,7 +51,10 @@ GIVEN = {
     "retriever.trained": ("lora", "full"),
     "vlm.openai.base_url": ("http://127.0.0.1:9/v1", "http://127.0.0.1:8/v1"),
     "enhance.query_type_overrides": ('{"t": "qa"}', "{}"),
+    "enhance.prompts": ("a.toml", "b.toml"),  # prompts files, written by `captured`
 }
+# locations resolved against the project folder (here the working directory)
+RESOLVED = {"enhance.prompts"}
 GRAPH = [k for k in KNOBS if k.section in RESOURCE_OF and k.dest not in LOCATIONS]
 
 
@@ -70,6 +76,12 @@ def two_values(knob) -> tuple[str, str]:
     return "given-a", "given-b"
 
 
+def wanted(knob, value: str, source: str) -> object:
+    """What the graph should receive for `value` given at `source`."""
+    parsed = knob.check(value, source)
+    return str(Path.cwd() / parsed) if knob.key in RESOLVED else parsed
+
+
 def landed(resources: dict, knob) -> object:
     resource, prefix = RESOURCE_OF[knob.section]
     value = resources[resource]
@@ -83,7 +95,7 @@ def test_the_environment_variable_reaches_the_graph(knob, captured, mini_corpus,
     value, _ = two_values(knob)
     monkeypatch.setenv(knob.env, value)
     assert main(["run", "--data", str(mini_corpus)]) == 0
-    assert landed(captured["resources"], knob) == knob.check(value, knob.env)
+    assert landed(captured["resources"], knob) == wanted(knob, value, knob.env)
 
 
 @pytest.mark.parametrize("knob", GRAPH, ids=lambda k: k.flag)
@@ -91,7 +103,7 @@ def test_a_flag_beats_the_environment(knob, captured, mini_corpus, monkeypatch):
     value, other = two_values(knob)
     monkeypatch.setenv(knob.env, other)
     assert main(["run", "--data", str(mini_corpus), knob.flag, value]) == 0
-    assert landed(captured["resources"], knob) == knob.check(value, knob.flag)
+    assert landed(captured["resources"], knob) == wanted(knob, value, knob.flag)
 
 
 @pytest.mark.parametrize(

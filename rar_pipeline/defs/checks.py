@@ -74,6 +74,13 @@ _NO_TEST_LEAKAGE = _Check(
     "independent of it, blocks what it let through.",
     blocking=True,
 )
+_CURRENT_CHECKPOINT = _Check(
+    "current_checkpoint",
+    "The checkpoint this index embeds with was trained on the current training pairs, so "
+    "the configs the evaluation compares were built from the same enhanced data; otherwise "
+    "the evaluation does not run.",
+    blocking=True,
+)
 _RECALL_FLOOR = _Check("recall_floor", "Every config's macro Recall@5 is at least the floor.")
 
 QUARANTINE_RATE = _QUARANTINE_RATE.name
@@ -82,8 +89,11 @@ QUARANTINE_CEILING = _QUARANTINE_CEILING.name
 CAPTION_COVERAGE = _CAPTION_COVERAGE.name
 NO_TEST_LEAKAGE = _NO_TEST_LEAKAGE.name
 RECALL_FLOOR = _RECALL_FLOOR.name
+CURRENT_CHECKPOINT = _CURRENT_CHECKPOINT.name
 # checks whose failure stops what is downstream (`rar run` reads this)
-BLOCKING = {c.name for c in (_QUARANTINE_CEILING, _CAPTION_COVERAGE, _NO_TEST_LEAKAGE)}
+BLOCKING = {
+    c.name for c in (_QUARANTINE_CEILING, _CAPTION_COVERAGE, _NO_TEST_LEAKAGE, _CURRENT_CHECKPOINT)
+}
 
 # The spec each asset declares: (asset) -> dg.AssetCheckSpec
 quarantine_rate_spec = _QUARANTINE_RATE.spec
@@ -92,6 +102,7 @@ quarantine_ceiling_spec = _QUARANTINE_CEILING.spec
 caption_coverage_spec = _CAPTION_COVERAGE.spec
 no_test_leakage_spec = _NO_TEST_LEAKAGE.spec
 recall_floor_spec = _RECALL_FLOOR.spec
+current_checkpoint_spec = _CURRENT_CHECKPOINT.spec
 
 
 def quarantine_rate_result(
@@ -158,3 +169,10 @@ def recall_floor_result(macro_r5: dict[str, float], floor: float) -> dg.AssetChe
         "under_the_floor": ", ".join(under) or "none",
         **{f"{c} macro R@5": round(r, 4) for c, r in macro_r5.items()},
     })  # fmt: skip
+
+
+def current_checkpoint_result(outdated: str | None, reference: str) -> dg.AssetCheckResult:
+    """`outdated`: why the checkpoint is not the current one (`consistency`), or None."""
+    return _CURRENT_CHECKPOINT.result(
+        outdated is None, {"embedded_by": reference, "outdated": outdated or "no"}
+    )

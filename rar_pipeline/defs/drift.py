@@ -90,8 +90,9 @@ def current_version_result(
             "outdated_partitions": ", ".join(named[:SHOWN])
             + (f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""),
             "to_backfill": (
-                f"Materialize {asset} (all outdated partitions: Materialize > Backfill, or turn "
-                f"on the automation sensors), or `rar run`"
+                f"`rar refresh` runs the outdated partitions and what reads them "
+                f"(`--include-training` retrains too); or materialize {asset} (Materialize > "
+                "Backfill), or turn on the automation sensors"
             ),
         }
     return dg.AssetCheckResult(
@@ -115,6 +116,13 @@ def _built(record: dg.EventLogRecord) -> Built:
         code_version=materialization.tags.get(CODE_VERSION_TAG),
         prompts=dict(prompts.value) if prompts is not None else {},  # type: ignore[arg-type]
     )
+
+
+def latest_code_version(instance: dg.DagsterInstance, key: dg.AssetKey) -> str | None:
+    """The code version of an unpartitioned asset's latest materialization (None: none)."""
+    event = instance.get_latest_materialization_event(key)
+    materialization = event.asset_materialization if event is not None else None
+    return materialization.tags.get(CODE_VERSION_TAG) if materialization is not None else None
 
 
 def built_versions(

@@ -254,6 +254,8 @@ def run_pipeline(
     tasks: Sequence[str] | None = None,
     build_demo: dict[str, Any] | None = None,
     through: str | None = None,
+    select: Callable[[str, str | None], str | None] | None = None,
+    plan_only: bool = False,
     echo: Callable[[str], None] = lambda _msg: None,
 ) -> PipelineResult:
     """Materialize the graph on the corpus at `settings.data_root`, stage by stage.
@@ -266,6 +268,9 @@ def run_pipeline(
         tasks: which query tasks to ingest (default: all the corpus has).
         build_demo: when given, first materialize `demo_corpus` with this run config.
         through: stop after this group of `GROUPS` (default: the whole graph).
+        select: called in order with each (asset, partition): why to run it, or None to
+            leave it as it is (`defs.refresh.Refresh`); default: run every partition.
+        plan_only: echo what would run (with `select`'s reasons) and run nothing.
         echo: called with one line per finished step.
 
     Returns:
@@ -283,6 +288,9 @@ def run_pipeline(
             blocked.add(asset, partition, why)  # and so is what reads it
             out.blocked[label] = why
             echo(f"  {label:<58} not run: {why}")
+            return
+        if plan_only:
+            echo(f"  {label}")
             return
         res = materialize_step(
             asset,
@@ -319,7 +327,14 @@ def run_pipeline(
         if asset == names.DEMO_CORPUS:  # built first, above
             continue
         partitions = keys[partitioned_by]
-        echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
+        if select is not None:
+            reasons = {p: why for p in partitions if (why := select(asset, p)) is not None}
+            partitions = list(reasons)
+            if not partitions:
+                continue
+            echo(f"{asset}: {'; '.join(sorted(set(reasons.values())))}")
+        else:
+            echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
         for partition in partitions:
             step(asset, partition)
     return out

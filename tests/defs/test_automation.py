@@ -9,6 +9,7 @@ import dagster as dg
 import pytest
 
 from rar_pipeline.core.enhance import prompts
+from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.definitions import build_assets, build_definitions
 from rar_pipeline.defs.resources import RetrieverResource
 from tests.fake_vlm import FakeVLMResource
@@ -31,7 +32,8 @@ def graph() -> dg.Definitions:
 BLOCKING_CHECKS = {"candidate_pool": "quarantine_ceiling", "queries": "quarantine_ceiling",
                    "corpus_captions": "caption_coverage",
                    **{f"training_pairs_{c}": "no_test_leakage"
-                      for c in ("none", "corpus", "query", "full")}}  # fmt: skip
+                      for c in ("none", "corpus", "query", "full")},
+                   **{c.index_asset: "current_checkpoint" for c in INDEXED.values()}}  # fmt: skip
 
 
 def materialized(

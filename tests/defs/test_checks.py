@@ -17,6 +17,8 @@ from rar_pipeline.defs.checks import (
     QUARANTINE_RATE,
     caption_coverage_result,
     caption_coverage_spec,
+    current_checkpoint_result,
+    current_checkpoint_spec,
     failure_rate_result,
     failure_rate_spec,
     no_test_leakage_result,
@@ -178,7 +180,17 @@ def test_both_vlm_assets_carry_their_own_failure_check():
 
 def test_blocking_checks_are_declared_blocking():
     assert caption_coverage_spec("corpus_captions").blocking
-    assert BLOCKING == {"quarantine_ceiling", "caption_coverage", "no_test_leakage"}
+    assert current_checkpoint_spec("lancedb_index_full").blocking
+    assert BLOCKING == {
+        "quarantine_ceiling", "caption_coverage", "no_test_leakage", "current_checkpoint"
+    }  # fmt: skip
+
+
+def test_an_index_whose_checkpoint_is_outdated_blocks_the_evaluation():
+    assert current_checkpoint_result(None, "full@abc").passed
+    blocked = current_checkpoint_result("retriever_checkpoint_full was trained on ...", "full@abc")
+    assert not blocked.passed and blocked.severity == dg.AssetCheckSeverity.ERROR
+    assert _values(blocked)["outdated"].startswith("retriever_checkpoint_full was trained")
 
 
 def test_a_mostly_quarantined_file_is_blocked_above_the_ceiling():

@@ -363,13 +363,6 @@ def _read_splits(
     return read, per_split
 
 
-def qrels_missing_text(task: str, splits: list[str]) -> str:
-    """The warning for a task whose evaluated splits have no qrels file."""
-    files = ", ".join(f"qrels/{s}/{task}_{s}_qrels.txt" for s in splits)
-    return (f"{task}: no qrels for its {' and '.join(splits)} split ({files} is missing or "
-            "misnamed): its labels are taken from each query's pos_cand_list")  # fmt: skip
-
-
 def _read_task_qrels(
     layout: CorpusLayout,
     task: str,

@@ -86,6 +86,13 @@ def qrels_file(root: Path, task: str, split: str) -> Path:
     return Path(root) / "qrels" / split / f"{task}_{split}_qrels.txt"
 
 
+def qrels_missing_text(task: str, splits: list[str]) -> str:
+    """The warning for a task whose evaluated splits have no qrels file."""
+    files = ", ".join(source_name(qrels_file(Path("."), task, s), Path(".")) for s in splits)
+    return (f"{task}: no qrels for its {' and '.join(splits)} split ({files} is missing or "
+            "misnamed): its labels are taken from each query's pos_cand_list")  # fmt: skip
+
+
 def instructions_file(root: Path) -> Path:
     """UniIR's per-task instructions: instructions/query_instructions.tsv."""
     return Path(root) / "instructions" / "query_instructions.tsv"

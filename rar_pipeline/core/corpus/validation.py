@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from rar_pipeline.core.corpus.ingest import IngestReport, qrels_missing_text
-from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, CorpusLayout
+from rar_pipeline.core.corpus.ingest import IngestReport
+from rar_pipeline.core.corpus.mbeir import NO_TRAIN_SPLIT, CorpusLayout, qrels_missing_text
 from rar_pipeline.core.corpus.records import QuarantinedRow
 
 

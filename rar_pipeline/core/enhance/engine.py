@@ -8,7 +8,6 @@ Merging generated text into what the retriever embeds is `core.enhance.merge`.
 
 from __future__ import annotations
 
-import re
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -27,15 +26,11 @@ from rar_pipeline.core.enhance.classify import (
     classify_query,
 )
 from rar_pipeline.core.enhance.guard import GuardPolicy
+from rar_pipeline.core.enhance.output_rules import check_output
 from rar_pipeline.core.enhance.prompt_file import prompt_set
 from rar_pipeline.core.enhance.prompts import PromptSpec, prompt_for
 from rar_pipeline.core.enhance.vlm.base import VLM, VLMRequest, VLMResult, results_for_batch_error
 from rar_pipeline.core.files import file_hash
-
-_PREAMBLE = re.compile(
-    r"^\s*(description|caption|rewritten question|question|constraints|answer|output)\s*:\s*",
-    re.IGNORECASE,
-)
 
 
 class EnhanceOptions(Section):
@@ -203,42 +198,6 @@ def build_request(item: WorkItem, options: EnhanceOptions = DEFAULT_OPTIONS) -> 
     return spec.request(
         item.txt, item.image_path, temperature=options.temperature, seed=options.seed
     )
-
-
-# ---------------------------------------------------------------------------
-# output rules
-
-
-def cap_words(text: str, cap: int) -> str:
-    """Keep at most `cap` words."""
-    parts = text.split()
-    return text.strip() if len(parts) <= cap else " ".join(parts[:cap])
-
-
-def clean(text: str) -> str:
-    """Strip a model's habitual wrapping: labels like "Description:", quotes, blank lines."""
-    text = _PREAMBLE.sub("", text.strip())
-    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'":
-        text = text[1:-1]
-    return re.sub(r"\s+", " ", text).strip()
-
-
-def check_output(item: WorkItem, raw: str) -> tuple[str | None, str | None]:
-    """Apply the prompt's contract to a generated text: (text, None) or (None, reason)."""
-    spec = item.spec
-    assert spec is not None
-    text = clean(raw)
-    if not text:
-        return None, "empty output"
-    if item.item_type == QueryType.QA:
-        question = (item.txt or "").strip()
-        limit = len(question.split()) + spec.max_words
-        if len(text.split()) > limit:
-            return None, f"rewrite adds more than {spec.max_words} words to the question"
-        if question.endswith("?") and "?" not in text:
-            return None, "rewrite no longer asks the question (it may answer it)"
-        return text, None
-    return cap_words(text, spec.max_words), None
 
 
 # ---------------------------------------------------------------------------
@@ -420,7 +379,7 @@ def _settle(
     """The item's final output, or None to retry it."""
     assert item.spec is not None
     if result.error is None and result.text is not None and result.text.strip():
-        text, violation = check_output(item, result.text)
+        text, violation = check_output(item.spec, item.item_type, item.txt, result.text)
         if violation is None:
             cache.put(key, _entry(item, text, "ok", None, attempt, vlm))
             stats.generated += 1

@@ -12,8 +12,8 @@ from rar_pipeline.core.corpus.ingest import (
     ingest_pool,
     ingest_queries,
     known_candidate_ids,
-    qrels_missing_text,
 )
+from rar_pipeline.core.corpus.mbeir import qrels_missing_text
 from rar_pipeline.defs.checks import (
     quarantine_ceiling_result,
     quarantine_ceiling_spec,

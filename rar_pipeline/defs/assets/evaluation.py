@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from rar_pipeline.core import names
+from rar_pipeline.core.evaluation.consistency import ConfigInputs, inconsistencies
 from rar_pipeline.core.evaluation.evaluate import Evaluation, evaluate_ablation, load_test_queries
 from rar_pipeline.core.evaluation.metrics import KS
 from rar_pipeline.core.evaluation.report import macro_recall, markdown, task_level
@@ -25,6 +26,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
 from rar_pipeline.defs.checks import recall_floor_result, recall_floor_spec
+from rar_pipeline.defs.drift import latest_code_version
 from rar_pipeline.defs.io import SUMMARY, ingested_tasks, progress_bar, upstream
 from rar_pipeline.defs.resources import (
     CorpusResource,
@@ -139,10 +141,40 @@ def _log_runs(
     return links
 
 
+def _mixed_inputs(
+    instance: dg.DagsterInstance,
+    lancedb: LanceDBResource,
+    references: dict[str, str],
+    checkpoints: dict[str, dg.AssetsDefinition],
+    enhanced_corpus: str,
+) -> list[str]:
+    """Every way the indexed configs were not all built from the current enhanced data."""
+    problems, tables = [], set(lancedb.table_names())
+    for config in INDEXED.values():
+        checkpoint = checkpoints[config.retriever.name]
+        built = (
+            lancedb.peek(config.table, ["retriever", "prompt_version"]).to_dict("records")
+            if config.table in tables
+            else []
+        )  # no table: the evaluation names the index to materialize
+        row = built[0] if built else {}
+        problems += inconsistencies(ConfigInputs(
+            config.index_asset, checkpoint.key.to_user_string(), references[config.retriever.name],
+            latest_code_version(instance, checkpoint.key),
+            checkpoint.code_versions_by_key[checkpoint.key] or "",
+            row.get("retriever"), row.get("prompt_version"),
+            enhanced_corpus if config.representation.enhanced_corpus else None,
+        ))  # fmt: skip
+    return problems
+
+
 def build_evaluation_asset(
-    indexes: list[dg.AssetsDefinition], versions: dict[str, str], model: dict[str, str]
+    indexes: list[dg.AssetsDefinition],
+    checkpoints: dict[str, dg.AssetsDefinition],
+    versions: dict[str, str],
+    model: dict[str, str],
 ) -> dg.AssetsDefinition:
-    """`retrieval_eval` over the given index assets."""
+    """`retrieval_eval` over the given index assets (`checkpoints`: retriever config -> its)."""
     all_partitions = dg.AllPartitionMapping()
 
     @dg.asset(
@@ -182,6 +214,14 @@ def build_evaluation_asset(
         encoders, references, trained = {}, {}, {}
         for name in CONFIGS:
             encoders[name], references[name], trained[name] = retriever.open(paths, name)
+        mixed = _mixed_inputs(context.instance, lancedb, references, checkpoints,
+                              versions["enhanced_corpus"])  # fmt: skip
+        if mixed:
+            raise dg.Failure(
+                "the configs were not all built from the current enhanced data, so the "
+                "evaluation would compare unlike with like; bring them up to date first "
+                "(`rar refresh --include-training`):\n- " + "\n- ".join(mixed)
+            )
         settings = ("local", "global") if config.setting == "both" else (config.setting,)
         params = {
             **{f"prompt.{n}": p.version for n, p in vlm.options().prompt_set().items()},

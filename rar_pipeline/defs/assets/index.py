@@ -15,6 +15,7 @@ import pyarrow.parquet as pq
 
 from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import write_jsonl
+from rar_pipeline.core.evaluation.consistency import ConfigInputs, checkpoint_outdated
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.index.ann import DEFAULT_PLAN
 from rar_pipeline.core.index.build import IndexUpdate, update_index
@@ -22,6 +23,8 @@ from rar_pipeline.core.index.configs import INDEXED, IndexedConfig
 from rar_pipeline.core.index.rows import INDEX_VERSION, Provenance, iter_index_rows
 from rar_pipeline.core.retrieval.checkpoint import is_untrained
 from rar_pipeline.defs.assets.corpus import candidate_pool
+from rar_pipeline.defs.checks import current_checkpoint_result, current_checkpoint_spec
+from rar_pipeline.defs.drift import latest_code_version
 from rar_pipeline.defs.io import SUMMARY, markdown_table, progress_bar, upstream
 from rar_pipeline.defs.resources import (
     CorpusResource,
@@ -58,6 +61,7 @@ def _index_asset(
         deps=deps,
         kinds={"lancedb"},
         tags={names.CONFIG_TAG: config.name},
+        check_specs=[current_checkpoint_spec(config.index_asset)],
     )
     def lancedb_index(
         context: dg.AssetExecutionContext,
@@ -76,6 +80,12 @@ def _index_asset(
             else None
         )
         encoder, reference, _ = retriever.open(paths, config.retriever.name)
+        inputs = ConfigInputs(
+            config.index_asset, checkpoint.key.to_user_string(), reference,
+            latest_code_version(context.instance, checkpoint.key), checkpoint_version,
+        )  # fmt: skip
+        if outdated := checkpoint_outdated(inputs):
+            context.log.warning(outdated)
         if is_untrained(reference):
             context.log.warning(f"no checkpoint for {config.retriever.name}: indexing with the "
                                 "untrained base encoder (zero-shot)")  # fmt: skip
@@ -96,7 +106,8 @@ def _index_asset(
         report = paths.quarantine("lancedb_index", config.name)
         _left_out_report(context, report, done)
         return dg.MaterializeResult(
-            metadata=_metadata(done, config, lancedb.uri, reference, report)
+            metadata=_metadata(done, config, lancedb.uri, reference, report),
+            check_results=[current_checkpoint_result(outdated, reference)],
         )
 
     return lancedb_index
