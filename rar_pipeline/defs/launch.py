@@ -314,6 +314,22 @@ def run_pipeline(
     if build_demo is not None:
         echo(f"demo corpus -> {settings.data_root}")
         step(names.DEMO_CORPUS, None, {"ops": {names.DEMO_CORPUS: {"config": build_demo}}})
+    keys = _partition_keys(settings, instance, tasks, echo)
+    for asset, partitioned_by in stages(assets, demo=build_demo is not None, through=through):
+        if asset == names.DEMO_CORPUS:  # built first, above
+            continue
+        for partition in _announced(asset, partitioned_by, keys[partitioned_by], select, echo):
+            step(asset, partition)
+    return out
+
+
+def _partition_keys(
+    settings: Settings,
+    instance: dg.DagsterInstance,
+    tasks: Sequence[str] | None,
+    echo: Callable[[str], None],
+) -> dict[str | None, list[Any]]:
+    """The corpus' shards and the chosen tasks, registered as the instance's partitions."""
     layout = discover(settings.data_root)
     selected = list(tasks) if tasks else list(layout.queries)
     unknown = sorted(set(selected) - set(layout.queries))
@@ -322,19 +338,21 @@ def run_pipeline(
     register_corpus_partitions(instance, layout)
     if not layout.train_tasks:
         echo("warning: " + NO_TRAIN_SPLIT)
-    keys = {"shards": list(layout.pools), "tasks": selected, None: [None]}
-    for asset, partitioned_by in stages(assets, demo=build_demo is not None, through=through):
-        if asset == names.DEMO_CORPUS:  # built first, above
-            continue
-        partitions = keys[partitioned_by]
-        if select is not None:
-            reasons = {p: why for p in partitions if (why := select(asset, p)) is not None}
-            partitions = list(reasons)
-            if not partitions:
-                continue
-            echo(f"{asset}: {'; '.join(sorted(set(reasons.values())))}")
-        else:
-            echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
-        for partition in partitions:
-            step(asset, partition)
-    return out
+    return {"shards": list(layout.pools), "tasks": selected, None: [None]}
+
+
+def _announced(
+    asset: str,
+    partitioned_by: str | None,
+    partitions: list[str | None],
+    select: Callable[[str, str | None], str | None] | None,
+    echo: Callable[[str], None],
+) -> list[str | None]:
+    """The partitions of `asset` to run (those `select` gives a reason for), announced."""
+    if select is None:
+        echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
+        return partitions
+    reasons = {p: why for p in partitions if (why := select(asset, p)) is not None}
+    if reasons:
+        echo(f"{asset}: {'; '.join(sorted(set(reasons.values())))}")
+    return list(reasons)
