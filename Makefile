@@ -43,8 +43,9 @@ SEARCH_PORT ?= 8765
 search-ui: $(STAMP)
 	$(BIN)/rar serve --port $(SEARCH_PORT)
 
+# one worker process: a local UI for one person (MLflow's default starts 4)
 mlflow-ui: $(STAMP)
-	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) \
+	$(BIN)/mlflow ui --host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1 \
 		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db
 
 bench:
