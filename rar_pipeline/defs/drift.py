@@ -91,8 +91,8 @@ def current_version_result(
             + (f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""),
             "to_backfill": (
                 f"`rar refresh` runs the outdated partitions and what reads them "
-                f"(`--include-training` retrains too); or materialize {asset} (Materialize > "
-                "Backfill), or turn on the automation sensors"
+                f"(`--include-training` retrains too); or {names.materialize(asset)} "
+                "(Materialize > Backfill), or turn on the automation sensors"
             ),
         }
     return dg.AssetCheckResult(
