@@ -190,8 +190,9 @@ def test_a_prompt_edit_fails_exactly_the_caption_lineage_of_a_real_run(
     # Other xdist workers read the shared demo's instance meanwhile: SQLite opens a -wal and
     # a -shm file beside a run's event log for each reader and removes them when it is done.
     # The demo's writes were checkpointed into the .db files when it finished, so the copy
-    # leaves out these passing files (copying one that vanishes mid-copy fails the copy).
-    passing = shutil.ignore_patterns("*.db-wal", "*.db-shm")
+    # leaves out the passing files that other workers' reads of the shared project create
+    # and delete (copying one that vanishes mid-copy fails the copy).
+    passing = shutil.ignore_patterns("*.db-wal", "*.db-shm", "*.db-journal")
     shutil.copytree(demo_project.root / "dagster_home", home, ignore=passing)
     resources = resources_from_settings(
         load_settings({"RAR_PROJECT_DIR": str(demo_project.root), "RAR_EPOCHS": "3"})
