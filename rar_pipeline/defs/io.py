@@ -35,7 +35,7 @@ def require_input(path: Path, what: str) -> Path:
     return path
 
 
-def upstream(paths: ArtifactLayout, asset: str, key: str) -> Path:
+def input_file(paths: ArtifactLayout, asset: str, key: str) -> Path:
     """The file of partition `key` of a partitioned upstream `asset`, which must exist."""
     files = {
         names.CANDIDATE_POOL: paths.pool,

@@ -40,12 +40,12 @@ from rar_pipeline.defs.io import (
     SUMMARY,
     data_version,
     ingested_tasks,
+    input_file,
     progress_bar,
     read_pools,
     read_queries,
     read_records,
     samples_table,
-    upstream,
 )
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
@@ -179,7 +179,7 @@ def _captions_asset(
     ) -> dg.MaterializeResult:
         """Dense captions of the shard's image and image+text candidates (cached)."""
         shard, paths = _partition(context, corpus, vlm)
-        pool = upstream(paths, names.CANDIDATE_POOL, shard)
+        pool = input_file(paths, names.CANDIDATE_POOL, shard)
         enhancer = _enhancer(corpus, vlm, paths)
         with progress_bar(f"captions {shard}", pool_rows(pool)) as progress:
             # streamed: one chunk of the shard in memory at a time
@@ -206,8 +206,8 @@ def _merge_asset(versions: dict[str, str], captions: dg.AssetsDefinition) -> dg.
     ) -> dg.MaterializeResult:
         """Candidates as the retriever embeds them: text, caption, or text + Visual Context."""
         shard, paths = _partition(context, corpus, vlm)
-        pool = upstream(paths, names.CANDIDATE_POOL, shard)
-        captions = upstream(paths, names.CORPUS_CAPTIONS, shard)
+        pool = input_file(paths, names.CANDIDATE_POOL, shard)
+        captions = input_file(paths, names.CORPUS_CAPTIONS, shard)
         # streamed: one chunk of the shard in memory at a time
         merged = merge_corpus_files(
             pool, captions, paths.enhanced_corpus(shard), vlm.options().guard

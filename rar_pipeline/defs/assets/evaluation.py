@@ -27,7 +27,7 @@ from rar_pipeline.core.retrieval.pairs import CONFIGS
 from rar_pipeline.defs.assets.corpus import queries as queries_asset
 from rar_pipeline.defs.checks import recall_floor_result, recall_floor_spec
 from rar_pipeline.defs.drift import latest_code_version
-from rar_pipeline.defs.io import SUMMARY, ingested_tasks, progress_bar, upstream
+from rar_pipeline.defs.io import SUMMARY, ingested_tasks, input_file, progress_bar
 from rar_pipeline.defs.resources import (
     CorpusResource,
     LanceDBResource,
@@ -59,14 +59,14 @@ class EvalConfig(dg.Config):
 def _labels(paths: ArtifactLayout, tasks: list[str]) -> dict[str, list[list[str]]]:
     """Every query's positives, per task (which pool is a task's own)."""
     return {
-        t: [list(p) for p in pd.read_parquet(upstream(paths, names.QUERIES, t))["pos_cand_list"]]
+        t: [list(p) for p in pd.read_parquet(input_file(paths, names.QUERIES, t))["pos_cand_list"]]
         for t in tasks
     }
 
 
 def _test_queries(paths: ArtifactLayout, tasks: list[str]) -> pd.DataFrame:
     for task in tasks:
-        upstream(paths, names.ENHANCED_QUERIES, task)
+        input_file(paths, names.ENHANCED_QUERIES, task)
     return load_test_queries(paths, tasks)
 
 
@@ -206,7 +206,7 @@ def build_evaluation_asset(
         paths, layout = corpus.artifacts(), corpus.layout()
         queries = _test_queries(paths, tasks)
         pools = {
-            s: pq.read_table(upstream(paths, names.CANDIDATE_POOL, s), columns=["did"])
+            s: pq.read_table(input_file(paths, names.CANDIDATE_POOL, s), columns=["did"])
             .column("did")
             .to_pylist()
             for s in layout.pools

@@ -25,7 +25,7 @@ from rar_pipeline.core.retrieval.checkpoint import is_untrained
 from rar_pipeline.defs.assets.corpus import candidate_pool
 from rar_pipeline.defs.checks import current_checkpoint_result, current_checkpoint_spec
 from rar_pipeline.defs.drift import latest_code_version
-from rar_pipeline.defs.io import SUMMARY, markdown_table, progress_bar, upstream
+from rar_pipeline.defs.io import SUMMARY, input_file, markdown_table, progress_bar
 from rar_pipeline.defs.resources import (
     CorpusResource,
     LanceDBResource,
@@ -73,9 +73,9 @@ def _index_asset(
         """Every candidate embedded by this config's retriever, with vector and text indexes."""
         require_defined_version(context, vlm, retriever)
         paths, layout = corpus.artifacts(), corpus.layout()
-        pools = {s: upstream(paths, names.CANDIDATE_POOL, s) for s in layout.pools}
+        pools = {s: input_file(paths, names.CANDIDATE_POOL, s) for s in layout.pools}
         enhanced = (
-            {s: upstream(paths, names.ENHANCED_CORPUS, s) for s in layout.pools}
+            {s: input_file(paths, names.ENHANCED_CORPUS, s) for s in layout.pools}
             if config.representation.enhanced_corpus
             else None
         )
