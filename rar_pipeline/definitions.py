@@ -24,6 +24,7 @@ from rar_pipeline.defs.automation import SENSORS as AUTOMATION_SENSORS
 from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.drift import build_drift_sensor, current_version_checks
 from rar_pipeline.defs.jobs import JOBS
+from rar_pipeline.defs.refresh import build_refresh_job
 from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
 from rar_pipeline.defs.sensors import corpus_files_sensor
@@ -67,7 +68,7 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     return dg.Definitions(
         assets=assets,
         asset_checks=current_version_checks(assets, vlm.options().prompt_set()),
-        jobs=JOBS,
+        jobs=[*JOBS, build_refresh_job(assets)],
         sensors=[corpus_files_sensor, *AUTOMATION_SENSORS, build_drift_sensor(assets)],
         schedules=[nightly_pool_revalidation],
         resources=resources,

@@ -90,9 +90,11 @@ def current_version_result(
             "outdated_partitions": ", ".join(named[:SHOWN])
             + (f" and {len(named) - SHOWN} more" if len(named) > SHOWN else ""),
             "to_backfill": (
-                f"`rar refresh` runs the outdated partitions and what reads them "
-                f"(`--include-training` retrains too); or {names.materialize(asset)} "
-                "(Materialize > Backfill), or turn on the automation sensors"
+                f"launch the `{names.REFRESH_JOB}` job (Jobs > {names.REFRESH_JOB} > Launch "
+                "run; include_training: true retrains too): one backfill of the outdated "
+                "partitions and what reads them, or `rar refresh [--include-training]` from "
+                f"a shell, or turn on the automation sensors; this asset alone: "
+                f"{names.materialize(asset)} (Materialize > Backfill)"
             ),
         }
     return dg.AssetCheckResult(

@@ -8,17 +8,22 @@ and, in Dagster's order, everything downstream of a partition it runs. Training 
 out unless asked for (it costs GPU hours): an outdated checkpoint is then reported, and
 the index that embeds with it fails its blocking `current_checkpoint` check, so the
 evaluation does not compare configs built from different enhanced data.
-"""
 
-from __future__ import annotations
+The same decision is one click in the UI: the `refresh` job (Jobs > refresh > Launchpad >
+Launch run; `include_training: true` to retrain) plans it over the partitions the
+instance knows and submits it as one asset backfill, which the daemon runs in dependency
+order within the run queue's limits: the indexes and the evaluation once, at the end.
+"""
 
 from collections.abc import Sequence
 
 import dagster as dg
+from pydantic import Field
 
 from rar_pipeline.core import names
 from rar_pipeline.defs.drift import Built, built_versions, versioned
-from rar_pipeline.defs.launch import upstream
+from rar_pipeline.defs.launch import stages, upstream
+from rar_pipeline.defs.partitions import pool_shards, query_tasks
 
 
 class Refresh:
@@ -92,3 +97,88 @@ class Refresh:
                 "`rar refresh --include-training` retrains them."
             )
         return "\n".join(lines)
+
+
+def plan(
+    assets: Sequence[dg.AssetsDefinition],
+    instance: dg.DagsterInstance,
+    *,
+    include_training: bool = False,
+) -> Refresh:
+    """`Refresh` decided over every partition the instance knows, in Dagster's order."""
+    refresh = Refresh(assets, instance, include_training=include_training)
+    keys: dict[str | None, list] = {
+        "shards": instance.get_dynamic_partitions(pool_shards.name),
+        "tasks": instance.get_dynamic_partitions(query_tasks.name),
+        None: [None],
+    }
+    for asset, partitioned_by in stages(assets, demo=False):
+        for partition in keys[partitioned_by]:
+            refresh(asset, partition)
+    return refresh
+
+
+class RefreshConfig(dg.Config):
+    """What the `refresh` job brings up to date."""
+
+    include_training: bool = Field(
+        default=False,
+        description="Retrain the outdated checkpoints too (GPU hours). Without it they are "
+        "listed, and their indexes and the evaluation stay blocked until retrained.",
+    )
+
+
+def submit_backfill(
+    assets: Sequence[dg.AssetsDefinition], instance: dg.DagsterInstance, refresh: Refresh
+) -> str:
+    """Submit what `refresh` chose as one asset backfill; returns its id."""
+    from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
+    from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
+    from dagster._core.definitions.events import AssetKeyPartitionKey
+    from dagster._core.execution.backfill import PartitionBackfill
+    from dagster._core.utils import make_new_backfill_id
+    from dagster._time import get_current_timestamp
+
+    chosen = {AssetKeyPartitionKey(dg.AssetKey(a.split("/")), p) for a, p in refresh.chosen}
+    subset = AssetGraphSubset.from_asset_partition_set(chosen, AssetGraph.from_assets(assets))
+    backfill = PartitionBackfill.from_asset_graph_subset(
+        backfill_id=make_new_backfill_id(),
+        backfill_timestamp=get_current_timestamp(),
+        tags={names.LAUNCHED_BY: names.REFRESH_JOB},
+        dynamic_partitions_store=instance,
+        asset_graph_subset=subset,
+        title=f"refresh: {len(chosen)} asset partitions",
+        description=refresh.summary(plan=True),
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill.backfill_id
+
+
+def build_refresh_job(assets: Sequence[dg.AssetsDefinition]) -> dg.JobDefinition:
+    """The `refresh` job: plans the refresh and submits it as one backfill (UI: one click)."""
+
+    @dg.op(name="plan_and_submit_refresh")
+    def plan_and_submit(context: dg.OpExecutionContext, config: RefreshConfig) -> None:
+        refresh = plan(assets, context.instance, include_training=config.include_training)
+        context.log.info(refresh.summary(plan=True))
+        if not refresh.chosen:
+            return
+        for (asset, partition), why in refresh.chosen.items():
+            context.log.info(f"{asset}{f'[{partition}]' if partition else ''}: {why}")
+        backfill_id = submit_backfill(assets, context.instance, refresh)
+        context.log.info(
+            f"submitted backfill {backfill_id} (Overview > Backfills, or /runs/b/{backfill_id})"
+        )
+
+    @dg.job(
+        name=names.REFRESH_JOB,
+        description="Bring everything a prompt edit or new setting made outdated up to date "
+        "in one backfill: the outdated and missing partitions and what reads them, in "
+        "dependency order, the evaluation once at the end. include_training retrains the "
+        "outdated checkpoints (off by default: GPU hours). `rar refresh` from a shell.",
+    )
+    def refresh_job() -> None:
+        plan_and_submit()
+
+    return refresh_job

@@ -106,18 +106,23 @@ def requested(result) -> dict[str, set[str | None]]:
     return {asset: p for asset, p in partitions.items() if p}
 
 
+def materialize_everything(instance: dg.DagsterInstance) -> None:
+    """The whole graph materialized once, on one corpus."""
+    instance.add_dynamic_partitions("pool_shards", SHARDS)
+    instance.add_dynamic_partitions("query_tasks", TASKS)
+    for asset in ("candidate_pool", "corpus_captions", "enhanced_corpus"):
+        materialized(instance, asset, *SHARDS)
+    for asset in ("queries", "enhanced_queries"):
+        materialized(instance, asset, *TASKS)
+    for asset in sorted(TRAINING) + sorted(INDEXES) + ["retrieval_eval"]:
+        materialized(instance, asset)
+
+
 @pytest.fixture
 def instance():
     """An instance where the whole graph was materialized once, on one corpus."""
     with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("pool_shards", SHARDS)
-        instance.add_dynamic_partitions("query_tasks", TASKS)
-        for asset in ("candidate_pool", "corpus_captions", "enhanced_corpus"):
-            materialized(instance, asset, *SHARDS)
-        for asset in ("queries", "enhanced_queries"):
-            materialized(instance, asset, *TASKS)
-        for asset in sorted(TRAINING) + sorted(INDEXES) + ["retrieval_eval"]:
-            materialized(instance, asset)
+        materialize_everything(instance)
         yield instance
 
 

@@ -1,12 +1,13 @@
-"""The prompt-edit backfill through the real webserver: `dagster dev` on 127.0.0.1, driven
+"""The prompt-edit refresh through the real webserver: `dagster dev` on 127.0.0.1, driven
 over GraphQL as the UI drives it.
 
 The graph is materialized on a small corpus; the corpus caption prompt is edited in the
 project's prompts file (`RAR_PROMPTS`, read when the code location loads: the package's
 source is never touched, as for a user who installed it); the code location is reloaded;
-every partition's stale status is read; a partition backfill of the stale assets is
-launched and awaited; the materializations' metadata then shows that only captioned items
-went to the VLM and that the `none` and `query` configs were never recomputed. On the way,
+every partition's stale status is read; the `refresh` job is launched as the Launchpad's
+one click does (retraining included), and the backfill it submits is awaited; then every
+asset is fresh, the indexes and the evaluation ran once, only captioned items went to the
+VLM, and the `none` and `query` configs were never recomputed. On the way,
 the `current_version` checks, run by `code_version_drift_sensor` after the reload, fail on
 exactly what the edit made outdated and pass again once it is backfilled; a browser takes
 the README's screenshots of what the UI shows then (tests/browser.py).
@@ -74,12 +75,13 @@ mutation Reload($name: String!) {
     ... on PythonError { message }
   }
 }"""
-BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
+LAUNCH = """
+mutation Launch($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
     __typename
-    ... on LaunchBackfillSuccess { backfillId }
+    ... on LaunchRunSuccess { run { runId } }
     ... on PythonError { message stack }
+    ... on RunConfigValidationInvalid { errors { message } }
   }
 }"""
 BACKFILL_STATUS = """
@@ -265,19 +267,23 @@ def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_cor
     assert drift_check_in_run(instance, "lancedb_index_none", run_id)
     screenshot_the_ui(url, folder, shards)
 
-    # a partition backfill of the stale partitioned assets, every partition
-    stale = [name for name, parts in after.items() if None not in parts
-             and "STALE" in parts.values()]  # fmt: skip
-    assert sorted(stale) == ["corpus_captions", "enhanced_corpus"]
-    launched = gql(
-        BACKFILL,
-        params={"assetSelection": [{"path": [a]} for a in stale], "allPartitions": True,
-                "title": "prompt edit: corpus_caption"},
-    )["launchPartitionBackfill"]  # fmt: skip
-    assert launched["__typename"] == "LaunchBackfillSuccess", launched
-    deadline = time.monotonic() + 420
+    # one action: the refresh job, retraining included, as the Launchpad launches it
+    refreshed = ["corpus_captions", "enhanced_corpus", "retrieval_eval",
+                 *(f"{p}_{c}" for p in ("training_pairs", "retriever_checkpoint",
+                                        "lancedb_index") for c in ("corpus", "full")),
+                 "lancedb_index_inference_only"]  # fmt: skip
+    counts |= {asset: materialization_count(instance, asset) for asset in refreshed}
+    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
+                "jobName": "refresh"}  # fmt: skip
+    config = {"ops": {"plan_and_submit_refresh": {"config": {"include_training": True}}}}
+    launched = gql(LAUNCH, params={"selector": selector, "runConfigData": config})["launchRun"]
+    assert launched["__typename"] == "LaunchRunSuccess", launched
+    await_run(instance, launched["run"]["runId"])
+    assert instance.get_run_by_id(launched["run"]["runId"]).status == dg.DagsterRunStatus.SUCCESS
+    [backfill] = instance.get_backfills()
+    deadline = time.monotonic() + 540
     while True:
-        status = gql(BACKFILL_STATUS, id=launched["backfillId"])["partitionBackfillOrError"]
+        status = gql(BACKFILL_STATUS, id=backfill.backfill_id)["partitionBackfillOrError"]
         if status.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED",
                                      "COMPLETED_FAILED"):  # fmt: skip
             break
@@ -290,12 +296,16 @@ def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_cor
         meta = latest_metadata(instance, "corpus_captions", shard)
         images = meta["items"] - meta["items_by_type"].get("text", 0)
         assert meta["backend_calls"] == images and meta["cache_hits"] == 0, (shard, meta)
+    # every asset fresh; each shard once, each index and the evaluation once
     final = stale_statuses(gql)
-    assert set(final["corpus_captions"].values()) == {"FRESH"}
-    # the checks pass again on what was backfilled; the indexes still say they are outdated
-    await_drift_check(instance, "corpus_captions", passed=True)
-    await_drift_check(instance, "enhanced_corpus", passed=True)
-    _, index = await_drift_check(instance, "lancedb_index_full", passed=False)
-    assert index["outdated"] == 1
+    assert all(v == "FRESH" for a, p in final.items() if not a.startswith("demo_")
+               for v in p.values()), final  # fmt: skip
+    once = {a: (len(shards) if a in ("corpus_captions", "enhanced_corpus") else 1)
+            for a in refreshed}  # fmt: skip
+    assert {a: materialization_count(instance, a) - counts[a] for a in refreshed} == once
+    for asset in ("corpus_captions", "lancedb_index_full", "retrieval_eval"):
+        await_drift_check(instance, asset, passed=True)
     # the none and query configs, and the queries, were never recomputed
-    assert {a: materialization_count(instance, a) for a in untouched} == counts
+    assert {a: materialization_count(instance, a) for a in untouched} == {
+        a: counts[a] for a in untouched
+    }
