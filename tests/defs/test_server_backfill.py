@@ -1,17 +1,17 @@
-"""The prompt-edit refresh through the real webserver: `dagster dev` on 127.0.0.1, driven
-over GraphQL as the UI drives it.
+"""The README's prompt-edit path, walked in a browser as a user would, against the real
+webserver: `dagster dev` on 127.0.0.1.
 
 The graph is materialized on a small corpus; the corpus caption prompt is edited in the
 project's prompts file (`RAR_PROMPTS`, read when the code location loads: the package's
-source is never touched, as for a user who installed it); the code location is reloaded;
-every partition's stale status is read; the `refresh` job is launched as the Launchpad's
-one click does (retraining included), and the backfill it submits is awaited; then every
-asset is fresh, the indexes and the evaluation ran once, only captioned items went to the
-VLM, and the `none` and `query` configs were never recomputed. On the way,
-the `current_version` checks, run by `code_version_drift_sensor` after the reload, fail on
-exactly what the edit made outdated and pass again once it is backfilled; a browser takes
-the README's screenshots of what the UI shows then (tests/browser.py).
-"""
+source is never touched, as for a user who installed it); the browser reloads the code
+location (Deployment > Reload); every partition's stale status is read over GraphQL; the
+`current_version` checks, run by `code_version_drift_sensor` after the reload, fail on
+exactly what the edit made outdated, and the browser looks at them; the browser launches
+the one action, the `refresh` job with `include_training: true` (Launchpad > Launch Run),
+and watches the backfill it submits. Then every asset is fresh, each shard, index and the
+evaluation were materialized once, only captioned items went to the VLM, and the `none`
+and `query` configs were never recomputed. The screenshots in docs/images come from this
+walk (`RAR_SCREENSHOT_DIR` keeps them; tests/browser.py)."""
 
 from __future__ import annotations
 
@@ -66,23 +66,6 @@ query Stale($keys: [AssetKeyInput!]) {
 STALE_BY_PARTITION = """
 query StaleByPartition($keys: [AssetKeyInput!], $partitions: [String!]) {
   assetNodes(assetKeys: $keys) { staleStatusByPartition(partitions: $partitions) }
-}"""
-RELOAD = """
-mutation Reload($name: String!) {
-  reloadRepositoryLocation(repositoryLocationName: $name) {
-    __typename
-    ... on WorkspaceLocationEntry { locationOrLoadError { __typename } }
-    ... on PythonError { message }
-  }
-}"""
-LAUNCH = """
-mutation Launch($params: ExecutionParams!) {
-  launchRun(executionParams: $params) {
-    __typename
-    ... on LaunchRunSuccess { run { runId } }
-    ... on PythonError { message stack }
-    ... on RunConfigValidationInvalid { errors { message } }
-  }
 }"""
 BACKFILL_STATUS = """
 query BackfillStatus($id: String!) {
@@ -158,27 +141,61 @@ def drift_check_in_run(instance: dg.DagsterInstance, asset: str, run_id: str) ->
     return record.event.dagster_event.event_specific_data.passed
 
 
-def screenshot_the_ui(url: str, folder: Path, outdated: list[str]) -> None:
+def reloaded(statuses: dict[str, dict[str | None, str]]) -> bool:
+    """Whether the webserver answers from the reloaded location (first and last stale)."""
+    return set(statuses["corpus_captions"].values()) == {"STALE"} and statuses[
+        "retrieval_eval"
+    ] == {None: "STALE"}
+
+
+def reload_in_the_ui(page, url: str) -> None:
+    """Deployment > Code locations > Reload, as a user picks up an edited prompts file."""
+    page.goto(f"{url}/deployment/locations")
+    page.get_by_text("Loaded").first.wait_for()
+    page.locator("button", has_text="Reload").filter(has_not_text="all").click()
+    page.get_by_text("Loaded").first.wait_for()
+
+
+def look_at_the_failed_check(page, url: str, folder: Path, outdated: list[str]) -> None:
     """What a user sees after the reload: the lineage graph and the failing check."""
-    executable = chromium(required=False)
-    if executable is None:
-        return
-    with browser_page(executable, width=1400, height=900) as page:
-        page.goto(f"{url}/locations/{LOCATION}/asset-groups/enhancement")
-        page.get_by_text("corpus_captions", exact=True).first.wait_for()
-        page.get_by_text("2 / 3 Passed").wait_for()  # corpus_captions: current_version failed
-        # the nodes' status icons arrive after the counts: let them, then load once more
-        page.wait_for_timeout(6000)
-        page.reload()
-        page.get_by_text("2 / 3 Passed").wait_for()
-        page.wait_for_timeout(6000)
-        screenshot(page, folder / "dagster_prompt_edit_lineage.png")
-        page.goto(f"{url}/assets/corpus_captions?view=checks")
-        page.get_by_text(CURRENT_VERSION, exact=True).first.click()
-        page.get_by_text("outdated_partitions").wait_for()
-        text = page.inner_text("body")
-        assert all(shard in text for shard in outdated) and "corpus_caption (" in text
-        screenshot(page, folder / "dagster_prompt_edit_check.png")
+    page.goto(f"{url}/locations/{LOCATION}/asset-groups/enhancement")
+    page.get_by_text("corpus_captions", exact=True).first.wait_for()
+    page.get_by_text("2 / 3 Passed").wait_for()  # corpus_captions: current_version failed
+    # the nodes' status icons arrive after the counts: let them, then load once more
+    page.wait_for_timeout(6000)
+    page.reload()
+    page.get_by_text("2 / 3 Passed").wait_for()
+    page.wait_for_timeout(6000)
+    screenshot(page, folder / "dagster_prompt_edit_lineage.png")
+    page.goto(f"{url}/assets/corpus_captions?view=checks")
+    page.get_by_text(CURRENT_VERSION, exact=True).first.click()
+    page.get_by_text("outdated_partitions").wait_for()
+    text = page.inner_text("body")
+    assert all(shard in text for shard in outdated) and "corpus_caption (" in text
+    assert "launch the `refresh` job" in text
+    screenshot(page, folder / "dagster_prompt_edit_check.png")
+
+
+def launch_refresh_in_the_ui(page, url: str, folder: Path) -> str:
+    """Jobs > refresh > Launchpad: include_training true, Launch Run; the backfill's id."""
+    page.goto(f"{url}/locations/{LOCATION}/jobs/refresh/playground")
+    page.get_by_text("include_training").wait_for()
+    page.get_by_text("false", exact=True).dblclick()  # the default the Launchpad fills in
+    page.keyboard.type("true")
+    page.get_by_text("No errors").wait_for()
+    screenshot(page, folder / "dagster_refresh_launchpad.png")
+    page.get_by_role("button", name="Launch Run").click()
+    page.wait_for_url("**/runs/**")
+    logged = page.get_by_text("submitted backfill").first
+    logged.wait_for(timeout=120_000)
+    return logged.inner_text().split()[2]
+
+
+def watch_the_backfill(page, url: str, backfill_id: str, folder: Path) -> None:
+    page.goto(f"{url}/runs/b/{backfill_id}")
+    page.get_by_text("retrieval_eval").first.wait_for()
+    page.wait_for_timeout(3000)
+    screenshot(page, folder / "dagster_refresh_backfill.png")
 
 
 def materialization_count(instance: dg.DagsterInstance, asset: str) -> int:
@@ -227,69 +244,63 @@ def dagster_dev(server_project):
         yield folder, gql, gql.url
 
 
-def test_a_prompt_edit_is_backfilled_through_the_webserver(dagster_dev, mini_corpus):
+def test_a_prompt_edit_is_refreshed_in_one_click_in_the_ui(dagster_dev, mini_corpus):
     folder, gql, url = dagster_dev
+    executable = chromium()  # skipped without a browser, except in CI
     before = stale_statuses(gql)
     materialized = {a: p for a, p in before.items() if not a.startswith("demo_")}
     assert all(s == "FRESH" for p in materialized.values() for s in p.values()), before
     instance = dg.DagsterInstance.from_config(str(folder / "dagster_home"))
     untouched = ["enhanced_queries", "lancedb_index_none", "lancedb_index_query",
                  "training_pairs_none", "retriever_checkpoint_none"]  # fmt: skip
-    counts = {asset: materialization_count(instance, asset) for asset in untouched}
-
-    # edit the corpus caption prompt in the prompts file, then reload the code location as
-    # the UI's button does
-    system = prompts.PROMPTS["corpus_caption"].system + " Name materials."
-    (folder / "prompts.toml").write_text(f"[corpus_caption]\nsystem = {json.dumps(system)}\n")
-    reloaded = gql(RELOAD, name=LOCATION)["reloadRepositoryLocation"]
-    assert reloaded["locationOrLoadError"]["__typename"] == "RepositoryLocation", reloaded
-
-    after = stale_statuses(gql)
-    shards = sorted(after["corpus_captions"])
-    assert set(after["corpus_captions"].values()) == {"STALE"}
-    assert set(after["enhanced_corpus"].values()) == {"STALE"}
-    assert set(after["enhanced_queries"].values()) == {"FRESH"}
-    for config in ("none", "query"):
-        assert after[f"lancedb_index_{config}"] == {None: "FRESH"}
-    for config in ("corpus", "full", "inference_only"):
-        assert after[f"lancedb_index_{config}"] == {None: "STALE"}
-
-    # the drift sensor's current_version checks fail on what the edit made outdated, naming
-    # the partitions and the prompt, and pass where nothing changed
-    run_id, captions = await_drift_check(instance, "corpus_captions", passed=False)
-    await_run(instance, run_id)
-    assert captions["outdated"] == len(shards) and captions["outdated_partitions"] == ", ".join(
-        shards
-    )
-    assert captions["changed_prompts"].startswith(f"corpus_caption ({folder / 'prompts.toml'}:1): ")
-    assert not drift_check_in_run(instance, "lancedb_index_full", run_id)
-    assert drift_check_in_run(instance, "enhanced_queries", run_id)
-    assert drift_check_in_run(instance, "lancedb_index_none", run_id)
-    screenshot_the_ui(url, folder, shards)
-
-    # one action: the refresh job, retraining included, as the Launchpad launches it
     refreshed = ["corpus_captions", "enhanced_corpus", "retrieval_eval",
                  *(f"{p}_{c}" for p in ("training_pairs", "retriever_checkpoint",
                                         "lancedb_index") for c in ("corpus", "full")),
                  "lancedb_index_inference_only"]  # fmt: skip
-    counts |= {asset: materialization_count(instance, asset) for asset in refreshed}
-    selector = {"repositoryLocationName": LOCATION, "repositoryName": "__repository__",
-                "jobName": "refresh"}  # fmt: skip
-    config = {"ops": {"plan_and_submit_refresh": {"config": {"include_training": True}}}}
-    launched = gql(LAUNCH, params={"selector": selector, "runConfigData": config})["launchRun"]
-    assert launched["__typename"] == "LaunchRunSuccess", launched
-    await_run(instance, launched["run"]["runId"])
-    assert instance.get_run_by_id(launched["run"]["runId"]).status == dg.DagsterRunStatus.SUCCESS
-    [backfill] = instance.get_backfills()
-    deadline = time.monotonic() + 540
-    while True:
-        status = gql(BACKFILL_STATUS, id=backfill.backfill_id)["partitionBackfillOrError"]
-        if status.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED",
-                                     "COMPLETED_FAILED"):  # fmt: skip
-            break
-        assert time.monotonic() < deadline, f"backfill still {status}"
-        time.sleep(2)
-    assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+    counts = {asset: materialization_count(instance, asset) for asset in untouched + refreshed}
+
+    # edit the corpus caption prompt in the prompts file, then reload in the UI
+    system = prompts.PROMPTS["corpus_caption"].system + " Name materials."
+    (folder / "prompts.toml").write_text(f"[corpus_caption]\nsystem = {json.dumps(system)}\n")
+    with browser_page(executable, width=1400, height=900) as page:
+        reload_in_the_ui(page, url)
+        deadline = time.monotonic() + 60
+        while not reloaded(after := stale_statuses(gql)):
+            assert time.monotonic() < deadline, f"the reload did not take: {after}"
+            time.sleep(1)
+        shards = sorted(after["corpus_captions"])
+        assert set(after["enhanced_corpus"].values()) == {"STALE"}
+        assert set(after["enhanced_queries"].values()) == {"FRESH"}
+        for config in ("none", "query"):
+            assert after[f"lancedb_index_{config}"] == {None: "FRESH"}
+        for config in ("corpus", "full", "inference_only"):
+            assert after[f"lancedb_index_{config}"] == {None: "STALE"}
+
+        # the drift sensor's current_version checks fail on what the edit made outdated,
+        # naming the partitions and the prompt, and pass where nothing changed
+        run_id, captions = await_drift_check(instance, "corpus_captions", passed=False)
+        await_run(instance, run_id)
+        assert captions["outdated"] == len(shards)
+        assert captions["outdated_partitions"] == ", ".join(shards)
+        changed = captions["changed_prompts"]
+        assert changed.startswith(f"corpus_caption ({folder / 'prompts.toml'}:1): ")
+        assert not drift_check_in_run(instance, "lancedb_index_full", run_id)
+        assert drift_check_in_run(instance, "enhanced_queries", run_id)
+        assert drift_check_in_run(instance, "lancedb_index_none", run_id)
+        look_at_the_failed_check(page, url, folder, shards)
+
+        # the one action: the refresh job, retraining included
+        backfill_id = launch_refresh_in_the_ui(page, url, folder)
+        deadline = time.monotonic() + 540
+        while True:
+            status = gql(BACKFILL_STATUS, id=backfill_id)["partitionBackfillOrError"]
+            if status.get("status") in ("COMPLETED", "COMPLETED_SUCCESS", "FAILED", "CANCELED",
+                                         "COMPLETED_FAILED"):  # fmt: skip
+                break
+            assert time.monotonic() < deadline, f"backfill still {status}"
+            time.sleep(2)
+        assert status["status"] in ("COMPLETED", "COMPLETED_SUCCESS"), status
+        watch_the_backfill(page, url, backfill_id, folder)
 
     # only the captioned items went to the VLM: every image item again, nothing from cache
     for shard in shards:
