@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from rar_pipeline.cli_args import parse_args
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import LayoutError, discover
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.settings import BY_DEST, KNOBS, Settings, load_settings
@@ -59,6 +60,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     # Dagster is imported here, not at module import, so `rar validate` stays fast.
     from rar_pipeline.definitions import build_assets
     from rar_pipeline.defs.launch import get_instance, run_pipeline
+    from rar_pipeline.defs.namespace import bare_name, namespace_of
     from rar_pipeline.defs.resources import resources_from_settings
 
     resources = resources_from_settings(settings)
@@ -71,7 +73,9 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
     )
     instance = get_instance(settings)
     started = time.perf_counter()
-    assets = build_assets(resources["vlm"], resources["retriever"])
+    assets = build_assets(
+        resources["vlm"], resources["retriever"], namespace_of(settings.corpus.name)
+    )
     refresh = None
     if args.command == "refresh":
         from rar_pipeline.defs.refresh import Refresh
@@ -117,7 +121,7 @@ def _run_graph(settings: Settings, args: argparse.Namespace, build_demo: dict | 
         else:
             print("  fix the data (or raise the check's threshold) and run again")
         return 1
-    if any(s.asset == "retrieval_eval" for s in result.steps):
+    if any(bare_name(s.asset) == names.RETRIEVAL_EVAL for s in result.steps):
         print("\n" + _report_text(paths, "table"))
         print(f"  chart:       {paths.evaluation_chart}")
         print(f"  report:      {paths.evaluation_report}  (rar report --format json)")

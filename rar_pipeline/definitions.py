@@ -3,11 +3,13 @@
 Resources come from the settings (`core.settings`: environment, then project defaults):
 by default the demo corpus in data/demo, outputs in artifacts/, MLflow in mlruns/, all
 under the working directory, and the offline VLM. The VLM settings fix the enhancement
-assets' code versions.
+assets' code versions. The corpus names the namespace every key and partition is in
+(`defs.namespace`): `demo/corpus_captions` for the demo.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import dagster as dg
@@ -24,20 +26,32 @@ from rar_pipeline.defs.automation import SENSORS as AUTOMATION_SENSORS
 from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.drift import build_drift_sensor, current_version_checks
 from rar_pipeline.defs.jobs import JOBS
+from rar_pipeline.defs.namespace import in_namespace, namespace_of
 from rar_pipeline.defs.refresh import build_refresh_job
-from rar_pipeline.defs.resources import RetrieverResource, VLMResource, resources_from_settings
+from rar_pipeline.defs.resources import (
+    CorpusResource,
+    RetrieverResource,
+    VLMResource,
+    resources_from_settings,
+)
 from rar_pipeline.defs.schedules import nightly_pool_revalidation
 from rar_pipeline.defs.sensors import corpus_files_sensor
 
 
 def build_assets(
-    vlm: VLMResource, retriever: RetrieverResource | None = None
+    vlm: VLMResource, retriever: RetrieverResource | None = None, namespace: str = ""
 ) -> list[dg.AssetsDefinition]:
     """Every asset of the graph for a VLM and a retriever, in declaration order.
 
-    Each carries its automation condition (`defs.automation`).
+    Each carries its automation condition (`defs.automation`). With a `namespace` (a
+    corpus', `defs.namespace`), every key and partition is in it; stage by stage, since
+    later stages read the earlier ones' final keys (an index, its checkpoint's).
     """
-    retrieval = build_retrieval_assets(vlm, retriever or RetrieverResource())
+
+    def placed(stage: Sequence[dg.AssetsDefinition]) -> list[dg.AssetsDefinition]:
+        return in_namespace(stage, namespace)
+
+    retrieval = placed(build_retrieval_assets(vlm, retriever or RetrieverResource()))
     checkpoints = {
         a.key.path[-1].removeprefix(names.RETRIEVER_CHECKPOINT): a
         for a in retrieval
@@ -45,17 +59,16 @@ def build_assets(
     }
     versions = vlm.code_versions()
     model = {"vlm_backend": vlm.backend, "vlm_model": vlm.resolved_model_id()}
-    indexes = build_index_assets(checkpoints, versions, f"{vlm.backend}/{model['vlm_model']}")
+    indexes = placed(
+        build_index_assets(checkpoints, versions, f"{vlm.backend}/{model['vlm_model']}")
+    )
     return with_automation(
         [
-            demo_corpus,
-            candidate_pool,
-            queries,
-            *build_enhancement_assets(vlm),
+            *placed([demo_corpus, candidate_pool, queries, *build_enhancement_assets(vlm)]),
             *retrieval,
             *indexes,
-            build_evaluation_asset(indexes, checkpoints, versions, model),
-            demo_caption_accuracy,
+            *placed([build_evaluation_asset(indexes, checkpoints, versions, model)]),
+            *placed([demo_caption_accuracy]),
         ]
     )
 
@@ -64,7 +77,9 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     """The project's definitions; `resources` replaces the settings-derived real ones."""
     resources = resources if resources is not None else resources_from_settings(load_settings())
     vlm = resources.get("vlm") or VLMResource()
-    assets = build_assets(vlm, resources.get("retriever"))
+    corpus = resources.get("corpus")
+    namespace = namespace_of(corpus.name) if isinstance(corpus, CorpusResource) else ""
+    assets = build_assets(vlm, resources.get("retriever"), namespace)
     return dg.Definitions(
         assets=assets,
         asset_checks=current_version_checks(assets, vlm.options().prompt_set()),

@@ -60,7 +60,16 @@ def browser_page(executable: str, width: int = 1280, height: int = 1000) -> Iter
 
 
 def screenshot(page, path: Path, **options) -> Path:
-    """Save a screenshot of `page` at `path` (and a copy under RAR_SCREENSHOT_DIR)."""
+    """Save a screenshot of `page` at `path` (and a copy under RAR_SCREENSHOT_DIR).
+
+    A first-visit dialog open now is closed first: a screenshot is not an action, so the
+    page's locator handlers do not run for it.
+    """
+    for name in FIRST_VISIT_DIALOGS:
+        button = page.get_by_role("button", name=name, exact=True)
+        if button.is_visible():
+            button.click()
+            button.wait_for(state="hidden")
     page.screenshot(path=str(path), **options)
     assert path.stat().st_size > 10_000, f"{path} is nearly empty"
     if os.environ.get("RAR_SCREENSHOT_DIR"):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import importlib
 import json
+import tempfile
 from pathlib import Path
 
 import dagster as dg
@@ -19,7 +20,9 @@ from tests.graph_resources import graph_resources
 
 def test_definitions_load_with_the_graph():
     graph = defs.resolve_asset_graph()
-    keys = {k.to_user_string() for k in graph.get_all_asset_keys()}
+    # every key in the demo corpus' namespace (defs.namespace)
+    assert {k.path[0] for k in graph.get_all_asset_keys()} == {"demo"}
+    keys = {k.path[-1] for k in graph.get_all_asset_keys()}
     assert {
         "demo_corpus",
         "candidate_pool",
@@ -31,8 +34,12 @@ def test_definitions_load_with_the_graph():
         "training_pairs_none",
         "training_pairs_full",
     } <= keys
-    queries = graph.get(dg.AssetKey("queries"))
-    assert dg.AssetKey("candidate_pool") in queries.parent_keys
+
+    def demo(name: str) -> dg.AssetKey:
+        return dg.AssetKey(["demo", name])
+
+    queries = graph.get(demo("queries"))
+    assert demo("candidate_pool") in queries.parent_keys
     stage_jobs = {
         "ingest_pools": {"candidate_pool"},
         "ingest_queries": {"queries"},
@@ -43,10 +50,10 @@ def test_definitions_load_with_the_graph():
     }
     for name, expected in stage_jobs.items():
         selected = defs.resolve_job_def(name).asset_layer.selected_asset_keys
-        assert {k.to_user_string() for k in selected} == expected, name
+        assert {k.path[-1] for k in selected} == expected, name
     assert set(defs.resources) >= {"corpus", "lancedb", "mlflow", "vlm"}
-    captions = graph.get(dg.AssetKey("corpus_captions"))
-    assert {dg.AssetKey("candidate_pool"), dg.AssetKey("offline_captioner")} <= captions.parent_keys
+    captions = graph.get(demo("corpus_captions"))
+    assert {demo("candidate_pool"), demo("offline_captioner")} <= captions.parent_keys
 
 
 def test_workspace_points_at_the_definitions_module():
@@ -89,7 +96,10 @@ def test_sensor_registers_partitions_and_ingests_new_then_changed_files(mini_cor
     added = {
         r.partitions_def_name: set(r.partition_keys) for r in first.dynamic_partitions_requests
     }
-    assert added == {"pool_shards": set(layout.pools), "query_tasks": set(layout.queries)}
+    assert added == {  # in the corpus' namespace
+        "mbeir_mini__pool_shards": set(layout.pools),
+        "mbeir_mini__query_tasks": set(layout.queries),
+    }
     # pools first; the tasks wait for a tick without pool changes
     assert {r.partition_key for r in first.run_requests} == set(layout.pools)
     assert {r.job_name for r in first.run_requests} == {"ingest_pools"}
@@ -119,11 +129,15 @@ def test_sensor_skips_a_data_root_that_is_not_mbeir(tmp_path):
 def test_nightly_schedule_revalidates_every_registered_shard():
     from rar_pipeline.defs.schedules import nightly_pool_revalidation
 
-    with dg.instance_for_test() as instance:
-        instance.add_dynamic_partitions("pool_shards", ["a_cand_pool", "b_cand_pool"])
+    with dg.instance_for_test() as instance, tempfile.TemporaryDirectory() as folder:
+        corpus = CorpusResource(data_root=str(Path(folder) / "shop"))
+        instance.add_dynamic_partitions("shop__pool_shards", ["a_cand_pool", "b_cand_pool"])
+        instance.add_dynamic_partitions("other__pool_shards", ["c_cand_pool"])
         when = datetime.datetime(2026, 11, 27, 3, tzinfo=datetime.UTC)
         # as a context manager, so the instance it enters is left again
-        with dg.build_schedule_context(instance=instance, scheduled_execution_time=when) as ctx:
+        with dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=when, resources={"corpus": corpus}
+        ) as ctx:
             requests = nightly_pool_revalidation(ctx)
     assert sorted(r.partition_key for r in requests) == ["a_cand_pool", "b_cand_pool"]
     assert all(r.run_key.endswith("2026-11-27T03:00:00+00:00") for r in requests)

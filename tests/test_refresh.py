@@ -19,6 +19,7 @@ from rar_pipeline.cli import main
 from rar_pipeline.core.enhance.prompts import PROMPTS
 from rar_pipeline.core.settings import load_settings
 from rar_pipeline.definitions import build_assets
+from rar_pipeline.defs.namespace import namespace_of
 from rar_pipeline.defs.resources import resources_from_settings
 from tests.projects import point_at_project
 
@@ -45,7 +46,7 @@ def _refresh(capsys, corpus: Path, *flags: str) -> tuple[int, str]:
 
 def _evaluations(project: Path) -> int:
     instance = dg.DagsterInstance.from_config(str(project / "dagster_home"))
-    key = dg.AssetKey("retrieval_eval")
+    key = dg.AssetKey(["mbeir_mini", "retrieval_eval"])  # in the corpus' namespace
     return len(instance.fetch_materializations(key, limit=100).records)
 
 
@@ -93,8 +94,10 @@ def test_an_evaluation_launched_alone_refuses_configs_of_different_enhanced_data
     settings = load_settings(data_root=str(corpus), prompts=str(prompts))
     resources = resources_from_settings(settings)
     instance = dg.DagsterInstance.from_config(str(project / "dagster_home"))
+    namespace = namespace_of(settings.corpus.name)
     result = dg.materialize(
-        build_assets(resources["vlm"], resources["retriever"]), selection=["retrieval_eval"],
+        build_assets(resources["vlm"], resources["retriever"], namespace),
+        selection=[f"{namespace}/retrieval_eval"],
         resources=resources, instance=instance, raise_on_error=False,
     )  # fmt: skip
     assert not result.success

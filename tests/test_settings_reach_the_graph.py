@@ -147,5 +147,5 @@ def test_a_bad_value_is_refused_naming_its_source(captured, mini_corpus, monkeyp
 def test_the_chosen_vlm_shapes_the_graph(captured, mini_corpus, monkeypatch):
     monkeypatch.setenv("RAR_VLM_BACKEND", "openai")
     assert main(["run", "--data", str(mini_corpus)]) == 0
-    names = {k.to_user_string() for a in captured["assets"] for k in a.keys}
+    names = {k.path[-1] for a in captured["assets"] for k in a.keys}
     assert "offline_captioner" not in names and "corpus_captions" in names

@@ -24,7 +24,14 @@ def _job(
     return dg.define_asset_job(name, selection=selection, description=description, tags=tags)
 
 
-assets, groups = dg.AssetSelection.assets, dg.AssetSelection.groups
+def assets(*asset_names: str) -> dg.AssetSelection:
+    """The assets called `asset_names`, in whichever corpus' namespace (`defs.namespace`)."""
+    return dg.AssetSelection.from_string(
+        " or ".join(f'key:"{n}" or key:"*/{n}"' for n in asset_names)
+    )
+
+
+groups = dg.AssetSelection.groups
 ingest_pools_job = _job(
     names.INGEST_POOLS_JOB, assets(names.CANDIDATE_POOL),
     "Validate candidate pool shards into Parquet plus quarantine files.",

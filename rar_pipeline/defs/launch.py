@@ -22,7 +22,14 @@ from rar_pipeline.core.names import DEMO_GROUP, GROUPS
 from rar_pipeline.core.settings import Settings
 from rar_pipeline.defs.checks import BLOCKING
 from rar_pipeline.defs.io import SUMMARY
-from rar_pipeline.defs.partitions import pool_shards, query_tasks, register_corpus_partitions
+from rar_pipeline.defs.namespace import bare_name
+from rar_pipeline.defs.partitions import (
+    POOL_SHARDS,
+    QUERY_TASKS,
+    CorpusPartitions,
+    kind_of,
+    register_corpus_partitions,
+)
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 LAUNCHED_BY = {names.LAUNCHED_BY: "rar-cli"}
@@ -86,7 +93,7 @@ def stages(
     """
     from dagster._core.definitions.assets.graph.asset_graph import AssetGraph
 
-    by_partitions = {pool_shards.name: "shards", query_tasks.name: "tasks"}
+    by_partitions = {POOL_SHARDS: "shards", QUERY_TASKS: "tasks", None: None}
     later = set(GROUPS[GROUPS.index(through) + 1 :]) if through else set()
     graph = AssetGraph.from_assets(list(assets))
     order = []
@@ -94,8 +101,7 @@ def stages(
         node = graph.get(key)
         if (node.group_name == DEMO_GROUP and not demo) or node.group_name in later:
             continue
-        partitions = getattr(node.partitions_def, "name", None)
-        order.append((key.to_user_string(), by_partitions.get(partitions) if partitions else None))
+        order.append((key.to_user_string(), by_partitions[kind_of(node.partitions_def)]))
     return order
 
 
@@ -220,9 +226,16 @@ def materialize_step(
         reason = error.message.strip() if error is not None else "the run failed"
         raise StepFailed(asset, partition, result.run_id, reason)
     # an asset that chose not to materialize says why in an observation
-    events = result.asset_materializations_for_node(asset) or result.asset_observations_for_node(
-        asset
-    )
+    key = dg.AssetKey.from_user_string(asset)
+    events = [
+        e.event_specific_data.materialization  # type: ignore[union-attr]
+        for e in result.get_asset_materialization_events()
+        if e.asset_key == key
+    ] or [
+        e.event_specific_data.asset_observation  # type: ignore[union-attr]
+        for e in result.get_asset_observation_events()
+        if e.asset_key == key
+    ]
     checks = result.get_asset_check_evaluations()
     return StepResult(
         asset=asset,
@@ -283,7 +296,8 @@ def run_pipeline(
         echo(f"marked {len(stale)} run(s) failed that a killed rar process left STARTED")
 
     def step(asset: str, partition: str | None, run_config: dict[str, Any] | None = None) -> None:
-        label = f"{asset}[{partition}]" if partition else asset
+        name = bare_name(asset)  # the CLI speaks of one corpus: names without its namespace
+        label = f"{name}[{partition}]" if partition else name
         if (why := blocked.reason(asset, partition)) is not None:
             blocked.add(asset, partition, why)  # and so is what reads it
             out.blocked[label] = why
@@ -311,12 +325,14 @@ def run_pipeline(
         )
         echo(f"  {label:<58} {detail}  ({res.seconds:.1f}s){warn}")
 
+    order = stages(assets, demo=build_demo is not None, through=through)
     if build_demo is not None:
         echo(f"demo corpus -> {settings.data_root}")
-        step(names.DEMO_CORPUS, None, {"ops": {names.DEMO_CORPUS: {"config": build_demo}}})
-    keys = _partition_keys(settings, instance, tasks, echo)
-    for asset, partitioned_by in stages(assets, demo=build_demo is not None, through=through):
-        if asset == names.DEMO_CORPUS:  # built first, above
+        [demo] = [a for a, _ in order if bare_name(a) == names.DEMO_CORPUS]
+        step(demo, None, {"ops": {names.DEMO_CORPUS: {"config": build_demo}}})
+    keys = _partition_keys(settings, instance, tasks, CorpusPartitions.of(assets), echo)
+    for asset, partitioned_by in order:
+        if bare_name(asset) == names.DEMO_CORPUS:  # built first, above
             continue
         for partition in _announced(asset, partitioned_by, keys[partitioned_by], select, echo):
             step(asset, partition)
@@ -327,6 +343,7 @@ def _partition_keys(
     settings: Settings,
     instance: dg.DagsterInstance,
     tasks: Sequence[str] | None,
+    partitions: CorpusPartitions,
     echo: Callable[[str], None],
 ) -> dict[str | None, list[Any]]:
     """The corpus' shards and the chosen tasks, registered as the instance's partitions."""
@@ -335,7 +352,7 @@ def _partition_keys(
     unknown = sorted(set(selected) - set(layout.queries))
     if unknown:
         raise ValueError(f"unknown tasks {unknown}; the corpus has {sorted(layout.queries)}")
-    register_corpus_partitions(instance, layout)
+    register_corpus_partitions(instance, layout, partitions)
     if not layout.train_tasks:
         echo("warning: " + NO_TRAIN_SPLIT)
     return {"shards": list(layout.pools), "tasks": selected, None: [None]}
@@ -350,9 +367,10 @@ def _announced(
 ) -> list[str | None]:
     """The partitions of `asset` to run (those `select` gives a reason for), announced."""
     if select is None:
-        echo(f"{asset}" + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
+        shown = bare_name(asset)
+        echo(shown + (f" ({len(partitions)} {partitioned_by})" if partitioned_by else ""))
         return partitions
     reasons = {p: why for p in partitions if (why := select(asset, p)) is not None}
     if reasons:
-        echo(f"{asset}: {'; '.join(sorted(set(reasons.values())))}")
+        echo(f"{bare_name(asset)}: {'; '.join(sorted(set(reasons.values())))}")
     return list(reasons)

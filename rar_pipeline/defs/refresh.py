@@ -23,7 +23,8 @@ from pydantic import Field
 from rar_pipeline.core import names
 from rar_pipeline.defs.drift import Built, built_versions, versioned
 from rar_pipeline.defs.launch import stages, upstream
-from rar_pipeline.defs.partitions import pool_shards, query_tasks
+from rar_pipeline.defs.namespace import bare_name
+from rar_pipeline.defs.partitions import CorpusPartitions
 
 
 class Refresh:
@@ -68,7 +69,7 @@ class Refresh:
                 continue
             same = partitioning is not None and self.graph[dep][1] == partitioning
             if not same or dep_partition == partition:
-                label = f"{dep}[{dep_partition}]" if dep_partition else dep
+                label = bare_name(dep) + (f"[{dep_partition}]" if dep_partition else "")
                 return f"reads {label}, refreshed"
         return None
 
@@ -76,7 +77,7 @@ class Refresh:
         why = self._why_own(asset, partition) or self._why_upstream(asset, partition)
         if why is None:
             return None
-        if asset.startswith(names.RETRIEVER_CHECKPOINT) and not self.include_training:
+        if bare_name(asset).startswith(names.RETRIEVER_CHECKPOINT) and not self.include_training:
             self.held[asset] = why
             return None
         self.chosen[(asset, partition)] = why
@@ -90,7 +91,7 @@ class Refresh:
             else "everything is up to date: nothing to refresh"
         ]
         if self.held:
-            listed = ", ".join(f"{a} ({why})" for a, why in sorted(self.held.items()))
+            listed = ", ".join(f"{bare_name(a)} ({why})" for a, why in sorted(self.held.items()))
             lines.append(
                 f"training left out: {listed}. Their indexes' current_checkpoint checks keep "
                 "the evaluation from comparing configs built from different enhanced data; "
@@ -107,9 +108,10 @@ def plan(
 ) -> Refresh:
     """`Refresh` decided over every partition the instance knows, in Dagster's order."""
     refresh = Refresh(assets, instance, include_training=include_training)
+    partitions = CorpusPartitions.of(assets)
     keys: dict[str | None, list] = {
-        "shards": instance.get_dynamic_partitions(pool_shards.name),
-        "tasks": instance.get_dynamic_partitions(query_tasks.name),
+        "shards": instance.get_dynamic_partitions(partitions.pools.name),
+        "tasks": instance.get_dynamic_partitions(partitions.tasks.name),
         None: [None],
     }
     for asset, partitioned_by in stages(assets, demo=False):

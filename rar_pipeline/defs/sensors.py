@@ -6,7 +6,8 @@ import dagster as dg
 
 from rar_pipeline.core.corpus.mbeir import CorpusLayout, LayoutError
 from rar_pipeline.defs.jobs import ingest_pools_job, ingest_queries_job
-from rar_pipeline.defs.partitions import missing_partition_requests
+from rar_pipeline.defs.namespace import namespace_of
+from rar_pipeline.defs.partitions import CorpusPartitions, missing_partition_requests
 from rar_pipeline.defs.resources import CorpusResource
 
 
@@ -77,8 +78,11 @@ def corpus_files_sensor(
             for t in layout.queries
             if previous.get(f"task/{t}") != states[f"task/{t}"]
         ]
+    partitions = CorpusPartitions.in_namespace(namespace_of(corpus.name))
     return dg.SensorResult(
         run_requests=run_requests,
-        dynamic_partitions_requests=missing_partition_requests(context.instance, layout),
+        dynamic_partitions_requests=missing_partition_requests(
+            context.instance, layout, partitions
+        ),
         cursor=json.dumps(cursor),
     )

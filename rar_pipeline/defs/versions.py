@@ -20,6 +20,8 @@ from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.defs.namespace import bare_name
+
 # where a person changes a field for good (see README "Configuration")
 WHERE = (
     "set it in the settings instead (a `rar run` flag, or its RAR_* environment variable "
@@ -27,14 +29,15 @@ WHERE = (
 )
 
 
-def run_versions(vlm: Any, retriever: Any) -> dict[dg.AssetKey, str | None]:
-    """Every asset's code version under these resources.
+def run_versions(vlm: Any, retriever: Any) -> dict[str, str | None]:
+    """Every asset's code version under these resources, by its name (`bare_name`).
 
     Built afresh each time (~35 ms): a prompt or rule edited in this process counts.
     """
     from rar_pipeline.definitions import build_assets  # the graph imports this module
 
-    return {k: v for a in build_assets(vlm, retriever) for k, v in a.code_versions_by_key.items()}
+    graph = build_assets(vlm, retriever)
+    return {bare_name(k): v for a in graph for k, v in a.code_versions_by_key.items()}
 
 
 def require_defined_version(
@@ -56,7 +59,7 @@ def require_defined_version(
 
     key = context.asset_key
     defined = context.assets_def.code_versions_by_key.get(key)
-    actual = run_versions(vlm, retriever or RetrieverResource()).get(key)
+    actual = run_versions(vlm, retriever or RetrieverResource()).get(bare_name(key))
     if defined is None or actual == defined:
         return
     set_in_run = {

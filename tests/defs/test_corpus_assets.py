@@ -12,7 +12,7 @@ import pytest
 from rar_pipeline.core.corpus.mbeir import discover
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.demo import demo_corpus
-from rar_pipeline.defs.partitions import register_corpus_partitions
+from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource
 
 ASSETS = [demo_corpus, candidate_pool, queries]
@@ -45,7 +45,7 @@ def _metadata(result, asset: str) -> dict:
 
 def test_pool_partition_keeps_good_rows_and_quarantines_bad_ones(mini_corpus, tmp_path, instance):
     corpus = _corpus(mini_corpus, tmp_path)
-    register_corpus_partitions(instance, discover(mini_corpus))
+    register_corpus_partitions(instance, discover(mini_corpus), CorpusPartitions.in_namespace(""))
     result = _run("candidate_pool", "mbeir_mini_task0_cand_pool", corpus, instance)
     assert result.success
 
@@ -71,7 +71,7 @@ def test_pool_partition_keeps_good_rows_and_quarantines_bad_ones(mini_corpus, tm
 
 def test_quarantine_check_passes_on_a_clean_shard(mini_corpus, tmp_path, instance):
     corpus = _corpus(mini_corpus, tmp_path)
-    register_corpus_partitions(instance, discover(mini_corpus))
+    register_corpus_partitions(instance, discover(mini_corpus), CorpusPartitions.in_namespace(""))
     result = _run("candidate_pool", "mbeir_mini_task6_cand_pool", corpus, instance)
     checks = {c.check_name: c for c in result.get_asset_check_evaluations()}
     check = checks["quarantine_rate"]
@@ -80,7 +80,7 @@ def test_quarantine_check_passes_on_a_clean_shard(mini_corpus, tmp_path, instanc
 
 def test_queries_need_every_pool_first(mini_corpus, tmp_path, instance):
     corpus = _corpus(mini_corpus, tmp_path)
-    register_corpus_partitions(instance, discover(mini_corpus))
+    register_corpus_partitions(instance, discover(mini_corpus), CorpusPartitions.in_namespace(""))
     result = _run("queries", "mbeir_mini_task0", corpus, instance, raise_on_error=False)
     assert not result.success
     failure = result.get_step_failure_events()[0]
@@ -92,7 +92,7 @@ def test_query_task_partition_validates_all_splits_against_the_pools(
 ):
     corpus = _corpus(mini_corpus, tmp_path)
     layout = discover(mini_corpus)
-    register_corpus_partitions(instance, layout)
+    register_corpus_partitions(instance, layout, CorpusPartitions.in_namespace(""))
     for shard in layout.pools:
         assert _run("candidate_pool", shard, corpus, instance).success
     result = _run("queries", "mbeir_mini_task0", corpus, instance)

@@ -177,7 +177,7 @@ def test_every_versioned_asset_of_the_graph_is_checked():
     graph = defs.resolve_asset_graph()
     versioned = {k for k in graph.get_all_asset_keys() if graph.get(k).code_version}
     checked = {k.asset_key for k in graph.asset_check_keys if k.name == CURRENT_VERSION}
-    assert checked == versioned and "corpus_captions" in {k.to_user_string() for k in checked}
+    assert checked == versioned and "demo/corpus_captions" in {k.to_user_string() for k in checked}
     job = defs.resolve_job_def(DRIFT_JOB)
     assert not job.asset_layer.selected_asset_keys  # checks only: nothing is materialized
 
@@ -202,7 +202,7 @@ def test_a_prompt_edit_fails_exactly_the_caption_lineage_of_a_real_run(
         defs = build_definitions(resources)
         with dg.DagsterInstance.from_config(str(home)) as instance:
             result = defs.resolve_job_def(DRIFT_JOB).execute_in_process(instance=instance)
-        return {e.asset_key.to_user_string(): e for e in result.get_asset_check_evaluations()}
+        return {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
 
     before = drift_checks()
     assert before and all(e.passed for e in before.values()), {

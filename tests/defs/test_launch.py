@@ -11,13 +11,13 @@ from rar_pipeline.definitions import build_assets
 from rar_pipeline.defs.assets.corpus import candidate_pool, queries
 from rar_pipeline.defs.assets.demo import demo_corpus
 from rar_pipeline.defs.launch import StepFailed, materialize_step, stages
-from rar_pipeline.defs.partitions import register_corpus_partitions
+from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
 
 
 def test_a_failed_step_raises_with_the_assets_own_message(mini_corpus, tmp_path):
     instance = dg.DagsterInstance.ephemeral()
-    register_corpus_partitions(instance, discover(mini_corpus))
+    register_corpus_partitions(instance, discover(mini_corpus), CorpusPartitions.in_namespace(""))
     corpus = CorpusResource(data_root=str(mini_corpus), artifacts_dir=str(tmp_path / "out"))
     with pytest.raises(StepFailed, match=r"queries\[mbeir_mini_task0\] failed .*candidate_pool"):
         materialize_step(

@@ -37,6 +37,11 @@ pytestmark = pytest.mark.slow
 
 PROJECT = Path(__file__).resolve().parents[2]
 LOCATION = "rar_pipeline"
+NAMESPACE = "mbeir_mini"  # the corpus' (defs.namespace): its data root's folder name
+
+
+def key_of(asset: str) -> dg.AssetKey:
+    return dg.AssetKey([NAMESPACE, asset])
 
 
 class GraphQL:
@@ -81,7 +86,7 @@ def stale_statuses(gql: GraphQL) -> dict[str, dict[str | None, str]]:
     out: dict[str, dict[str | None, str]] = {}
     for node in gql(STALE)["assetNodes"]:
         key = node["assetKey"]["path"]
-        name = "/".join(key)
+        name = key[-1]  # every key is in the corpus' namespace
         if not node["isPartitioned"]:
             out[name] = {None: node["staleStatus"]}
             continue
@@ -93,10 +98,10 @@ def stale_statuses(gql: GraphQL) -> dict[str, dict[str | None, str]]:
 
 
 def latest_metadata(instance: dg.DagsterInstance, asset: str, partition: str | None) -> dict:
-    event = instance.get_latest_materialization_event(dg.AssetKey(asset))
+    event = instance.get_latest_materialization_event(key_of(asset))
     if partition is not None:
         records = instance.fetch_materializations(
-            dg.AssetRecordsFilter(asset_key=dg.AssetKey(asset), asset_partitions=[partition]),
+            dg.AssetRecordsFilter(asset_key=key_of(asset), asset_partitions=[partition]),
             limit=1,
         ).records
         event = records[0].event_log_entry if records else None
@@ -109,7 +114,7 @@ def await_drift_check(
     instance: dg.DagsterInstance, asset: str, *, passed: bool, timeout: float = 240
 ) -> tuple[str, dict]:
     """Wait until `asset`'s latest current_version check has `passed`; its run and metadata."""
-    key = dg.AssetCheckKey(dg.AssetKey(asset), CURRENT_VERSION)
+    key = dg.AssetCheckKey(key_of(asset), CURRENT_VERSION)
     deadline = time.monotonic() + timeout
     while True:
         record = instance.event_log_storage.get_latest_asset_check_execution_by_key([key]).get(key)
@@ -135,7 +140,7 @@ def await_run(instance: dg.DagsterInstance, run_id: str, timeout: float = 120) -
 
 def drift_check_in_run(instance: dg.DagsterInstance, asset: str, run_id: str) -> bool:
     """Whether `asset`'s current_version check passed in run `run_id`."""
-    key = dg.AssetCheckKey(dg.AssetKey(asset), CURRENT_VERSION)
+    key = dg.AssetCheckKey(key_of(asset), CURRENT_VERSION)
     history = instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
     [record] = [r for r in history if r.run_id == run_id]
     return record.event.dagster_event.event_specific_data.passed
@@ -167,7 +172,7 @@ def look_at_the_failed_check(page, url: str, folder: Path, outdated: list[str]) 
     page.get_by_text("2 / 3 Passed").wait_for()
     page.wait_for_timeout(6000)
     screenshot(page, folder / "dagster_prompt_edit_lineage.png")
-    page.goto(f"{url}/assets/corpus_captions?view=checks")
+    page.goto(f"{url}/assets/{NAMESPACE}/corpus_captions?view=checks")
     page.get_by_text(CURRENT_VERSION, exact=True).first.click()
     page.get_by_text("outdated_partitions").wait_for()
     text = page.inner_text("body")
@@ -199,7 +204,7 @@ def watch_the_backfill(page, url: str, backfill_id: str, folder: Path) -> None:
 
 
 def materialization_count(instance: dg.DagsterInstance, asset: str) -> int:
-    return len(instance.fetch_materializations(dg.AssetKey(asset), limit=1000).records)
+    return len(instance.fetch_materializations(key_of(asset), limit=1000).records)
 
 
 @pytest.fixture

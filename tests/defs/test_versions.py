@@ -90,7 +90,7 @@ def test_a_training_option_set_in_the_run_config_is_refused(ingested):
     versions = run_versions(vlm, SMALL_RETRIEVER)
     faster = SMALL_RETRIEVER.training.model_copy(update={"lr": 0.5})
     other = run_versions(vlm, SMALL_RETRIEVER.model_copy(update={"training": faster}))
-    checkpoint = dg.AssetKey("retriever_checkpoint_none")
+    checkpoint = "retriever_checkpoint_none"  # run_versions: by name, in any namespace
     assert versions[checkpoint] != other[checkpoint]
     result = dg.materialize(
         build_assets(vlm, SMALL_RETRIEVER), selection=["retriever_checkpoint_none"],
@@ -111,12 +111,12 @@ def test_a_rar_run_flag_writes_its_own_version_and_the_ui_shows_it_stale(
     settings = load_settings(data_root=mini_corpus)  # what the UI loads: no flag
     ui = build_definitions(resources_from_settings(settings))
     instance = dg.DagsterInstance.get()
-    key = dg.AssetKey("retriever_checkpoint_none")
+    key = dg.AssetKey(["mbeir_mini", "retriever_checkpoint_none"])  # the corpus' namespace
     written = instance.get_latest_materialization_event(key).asset_materialization.tags
     flagged = resources_from_settings(load_settings(data_root=mini_corpus, epochs=2))["retriever"]
     assert (
         written["dagster/code_version"]
-        == run_versions(resources_from_settings(settings)["vlm"], flagged)[key]
+        == run_versions(resources_from_settings(settings)["vlm"], flagged)[key.path[-1]]
     )
     resolver = get_stale_status_resolver(instance, list(ui.assets))
     assert resolver.get_status(key) == StaleStatus.STALE

@@ -13,7 +13,7 @@ from rar_pipeline.core.demo.builder import BUILDER_VERSION, DemoConfig, build_de
 from rar_pipeline.core.demo.evaluate import caption_accuracy, image_captions
 from rar_pipeline.core.layout import demo_truth_file
 from rar_pipeline.defs.io import SUMMARY, read_input, read_records
-from rar_pipeline.defs.partitions import register_corpus_partitions
+from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource
 
 
@@ -41,7 +41,12 @@ def demo_corpus(
     """The shapeshop demo corpus in M-BEIR layout, composed from easy-vqa's images."""
     cfg = DemoConfig(**config.model_dump(exclude={"force"}))
     summary = build_demo_corpus(corpus.root, cfg, force=config.force)
-    added = register_corpus_partitions(context.instance, discover(corpus.root))
+    namespace = context.asset_key.path[:-1]  # the corpus' (defs.namespace), if any
+    added = register_corpus_partitions(
+        context.instance,
+        discover(corpus.root),
+        CorpusPartitions.in_namespace(namespace[0] if namespace else ""),
+    )
     tasks_md = "\n".join(
         f"| {task} | {counts.get('train', 0)} | {counts.get('test', 0)} |"
         for task, counts in summary["tasks"].items()
