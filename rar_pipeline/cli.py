@@ -11,6 +11,7 @@ rar search TEXT [--image PATH]  search a corpus' index with the pipeline's enhan
 rar serve [--port N]            the search page on http://127.0.0.1:N
 rar sync-tracking               replay runs tracked while MLflow was unreachable
 rar prompts [--prompts FILE]    print the prompts in force, as a prompts file to edit
+rar ui [--data DIR ...]         the Dagster UI with one code location per corpus
 """
 
 from __future__ import annotations
@@ -250,6 +251,31 @@ def _serve(args: argparse.Namespace, preload: str = "full") -> int:
     return 0
 
 
+def _ui(args: argparse.Namespace) -> int:
+    """`dagster dev` on a workspace with one code location per corpus (`defs.workspace`)."""
+    import os
+    import shutil
+
+    from rar_pipeline.defs.workspace import write_workspace
+
+    settings = load_settings()
+    roots = args.data or [settings.data_root]
+    for root in roots:
+        discover(root)  # fail fast on a path that holds no corpus
+    workspace = write_workspace(
+        settings.dagster_home / "workspace", roots, settings.storage.layout().root
+    )
+    settings.dagster_home.mkdir(parents=True, exist_ok=True)
+    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    print(f"{len(roots)} code locations in {workspace}; UI on http://127.0.0.1:{args.port}")
+    sys.stdout.flush()
+    os.execv(
+        dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", str(workspace)]
+    )
+    return 0  # not reached: exec replaces this process
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rar` command; returns the exit code."""
     args = parse_args(argv)
@@ -293,6 +319,7 @@ COMMANDS = {
     "prompts": _prompts,
     "search": _search,
     "serve": _serve,
+    "ui": _ui,
 }
 
 

@@ -162,6 +162,14 @@ def _corpus_commands(sub: argparse._SubParsersAction) -> None:
         "prompts", help="check a prompts file and print the prompts in force (TOML, to edit)"
     )
     _add_knob(prompts, BY_DEST["enhance__prompts"])
+    ui = sub.add_parser(
+        "ui", help="the Dagster UI on 127.0.0.1 with one code location per corpus, side by side"
+    )
+    ui.add_argument(
+        "--data", action="append", type=Path, metavar="DIR",
+        help="a corpus' data root; repeat for several (default: the settings' data root)",
+    )  # fmt: skip
+    ui.add_argument("--port", type=bounded(1, 65535), default=3000, help="default: 3000")
 
 
 def _search_commands(sub: argparse._SubParsersAction) -> None:

@@ -90,4 +90,9 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
     )
 
 
+def definitions_for(data_root: str) -> dg.Definitions:
+    """The definitions of the corpus at `data_root`: one code location of `rar ui`."""
+    return build_definitions(resources_from_settings(load_settings(data_root=data_root)))
+
+
 defs = build_definitions()
