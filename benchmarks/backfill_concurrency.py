@@ -5,7 +5,8 @@
 Needs `make demo` first (the graph materialized on the demo). For each limit, a fresh
 Dagster instance (the committed dagster.yaml with `max_concurrent_runs` set to the limit)
 and `dagster dev` on 127.0.0.1 read the project's artifacts. A new corpus caption prompt
-(a different overlay each time, so no caption is in the cache) makes every shard stale,
+(a different prompts file each time, `RAR_PROMPTS`, so no caption is in the cache) makes
+every shard stale,
 and a partition backfill of `corpus_captions` over every shard is launched over GraphQL
 and timed until it completes. The backfill is one run per shard; each run is its own
 process (the run launcher's), so process start-up, imports and model loading are part of
@@ -29,17 +30,24 @@ from pathlib import Path
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from tests.defs.test_server_backfill import (  # noqa: E402
-    BACKFILL,
-    BACKFILL_STATUS,
-    DEFS_UNDER_TEST,
-    LOCATION,
-    RELOAD,
-    GraphQL,
-)
+from rar_pipeline.core.enhance.prompts import PROMPTS  # noqa: E402
+from rar_pipeline.defs.namespace import namespace_of  # noqa: E402
+from tests.defs.test_server_backfill import BACKFILL_STATUS, LOCATION, GraphQL  # noqa: E402
 from tests.servers import default_signals, free_port  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
+RELOAD = """
+mutation Reload($name: String!) {
+  reloadRepositoryLocation(repositoryLocationName: $name) { __typename }
+}"""
+BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
 
 
 def run_once(limit: int, data: Path) -> dict:
@@ -49,18 +57,21 @@ def run_once(limit: int, data: Path) -> dict:
     config = yaml.safe_load((PROJECT / "dagster_home" / "dagster.yaml").read_text())
     config["concurrency"]["runs"]["max_concurrent_runs"] = limit
     (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    (folder / "defs_under_test.py").write_text(DEFS_UNDER_TEST)
+    prompts = folder / "prompts.toml"
+    prompts.write_text("")
     (folder / "workspace.yaml").write_text(
-        f"load_from:\n  - python_file:\n      relative_path: defs_under_test.py\n"
-        f"      location_name: {LOCATION}\n      working_directory: {folder}\n"
+        f"load_from:\n  - python_module:\n      module_name: rar_pipeline.definitions\n"
+        f"      location_name: {LOCATION}\n      working_directory: {PROJECT}\n"
     )
     env = {**os.environ, "DAGSTER_HOME": str(home), "RAR_PROJECT_DIR": str(PROJECT),
-           "RAR_DATA_ROOT": str(data.resolve())}  # fmt: skip
+           "RAR_DATA_ROOT": str(data.resolve()), "RAR_PROMPTS": str(prompts)}  # fmt: skip
+    namespace = namespace_of(data.resolve().name)
     # the partitions, registered in this instance as `rar run` would
     subprocess.run([sys.executable, "-c", (
         "import dagster as dg; from rar_pipeline.core.corpus.mbeir import discover; "
-        "from rar_pipeline.defs.partitions import register_corpus_partitions; "
-        f"register_corpus_partitions(dg.DagsterInstance.get(), discover({str(data)!r}))"
+        "from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions; "
+        f"register_corpus_partitions(dg.DagsterInstance.get(), discover({str(data)!r}), "
+        f"CorpusPartitions.in_namespace({namespace!r}))"
     )], env=env, check=True)  # fmt: skip
     port = free_port()
     process = subprocess.Popen(
@@ -77,11 +88,12 @@ def run_once(limit: int, data: Path) -> dict:
                 break
             except OSError:
                 time.sleep(1)
-        overlay = {"corpus_caption": f" Benchmark {uuid.uuid4().hex[:8]}."}
-        (folder / "prompt_overlay.json").write_text(json.dumps(overlay))
+        system = PROMPTS["corpus_caption"].system + f" Benchmark {uuid.uuid4().hex[:8]}."
+        prompts.write_text(f"[corpus_caption]\nsystem = {json.dumps(system)}\n")
         gql(RELOAD, name=LOCATION)
         started = time.perf_counter()
-        params = {"assetSelection": [{"path": ["corpus_captions"]}], "allPartitions": True}
+        key = [namespace, "corpus_captions"]
+        params = {"assetSelection": [{"path": key}], "allPartitions": True}
         launched = gql(BACKFILL, params=params)["launchPartitionBackfill"]
         while True:
             status = gql(BACKFILL_STATUS, id=launched["backfillId"])
