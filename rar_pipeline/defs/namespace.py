@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import dagster as dg
 
-from rar_pipeline.defs.partitions import CorpusPartitions, kind_of
+from rar_pipeline.defs.partitions import POOL_SHARDS, QUERY_TASKS, CorpusPartitions, kind_of
 
 
 def namespace_of(corpus: str) -> str:
@@ -34,9 +34,8 @@ def in_namespace(
     """
     if not namespace:
         return list(assets)
-    partitions = dict(
-        zip(("pool_shards", "query_tasks"), CorpusPartitions.in_namespace(namespace), strict=True)
-    )
+    pools, tasks = CorpusPartitions.in_namespace(namespace)
+    partitions = {POOL_SHARDS: pools, QUERY_TASKS: tasks}
 
     def moved(spec: dg.AssetSpec) -> dg.AssetSpec:
         kind = kind_of(spec.partitions_def)
