@@ -253,27 +253,17 @@ def _serve(args: argparse.Namespace, preload: str = "full") -> int:
 
 def _ui(args: argparse.Namespace) -> int:
     """`dagster dev` on a workspace with one code location per corpus (`defs.workspace`)."""
-    import os
-    import shutil
-
-    from rar_pipeline.defs.workspace import write_workspace
+    from rar_pipeline.defs.workspace import exec_dagster_dev, write_workspace
 
     settings = load_settings()
     roots = args.data or [settings.data_root]
     for root in roots:
         discover(root)  # fail fast on a path that holds no corpus
-    workspace = write_workspace(
-        settings.dagster_home / "workspace", roots, settings.storage.layout().root
-    )
-    settings.dagster_home.mkdir(parents=True, exist_ok=True)
-    os.environ["DAGSTER_HOME"] = str(settings.dagster_home)
-    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    folder = settings.dagster_home / "workspace"
+    workspace = write_workspace(folder, roots, settings.storage.layout().root)
     print(f"{len(roots)} code locations in {workspace}; UI on http://127.0.0.1:{args.port}")
     sys.stdout.flush()
-    os.execv(
-        dagster, [dagster, "dev", "-h", "127.0.0.1", "-p", str(args.port), "-w", str(workspace)]
-    )
-    return 0  # not reached: exec replaces this process
+    exec_dagster_dev(workspace, settings.dagster_home, args.port)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

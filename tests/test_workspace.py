@@ -59,14 +59,20 @@ def test_rar_ui_starts_dagster_dev_on_127_0_0_1_with_a_location_per_corpus(
 ):
     point_at_project(monkeypatch, tmp_path)
     started = []
-    monkeypatch.setattr(os, "execv", lambda path, argv: started.append(argv))
+
+    def execve(path, argv, env):  # what replaces the process
+        started.append((argv, env))
+        raise SystemExit(0)
+
+    monkeypatch.setattr(os, "execve", execve)
     argv = ["ui", "--data", str(two_corpora[0]), "--data", str(two_corpora[1]), "--port", "3311"]
-    assert main(argv) == 0
-    [command] = started
+    with pytest.raises(SystemExit):
+        main(argv)
+    [(command, env)] = started
     assert command[1:6] == ["dev", "-h", "127.0.0.1", "-p", "3311"]
     workspace = yaml.safe_load(Path(command[-1]).read_text())
     assert len(workspace["load_from"]) == 2
-    assert os.environ["DAGSTER_HOME"] == str(tmp_path / "dagster_home")
+    assert env["DAGSTER_HOME"] == str(tmp_path / "dagster_home")
     assert main(["ui", "--data", str(tmp_path)]) == 2  # not a corpus: said before starting
 
 

@@ -10,8 +10,12 @@ keys and partitions are in their corpus' namespace, so none collides with anothe
 
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 import yaml
 
@@ -56,3 +60,11 @@ def write_workspace(folder: Path, data_roots: Sequence[Path], project: Path) -> 
     workspace = folder / "workspace.yaml"
     workspace.write_text(yaml.safe_dump({"load_from": entries}, sort_keys=False))
     return workspace
+
+
+def exec_dagster_dev(workspace: Path, dagster_home: Path, port: int) -> NoReturn:
+    """Replace this process with `dagster dev` on 127.0.0.1 serving `workspace`."""
+    dagster_home.mkdir(parents=True, exist_ok=True)
+    dagster = shutil.which("dagster") or str(Path(sys.executable).with_name("dagster"))
+    command = [dagster, "dev", "-h", "127.0.0.1", "-p", str(port), "-w", str(workspace)]
+    os.execve(dagster, command, {**os.environ, "DAGSTER_HOME": str(dagster_home)})
