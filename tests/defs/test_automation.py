@@ -171,19 +171,23 @@ def run_ticks(defs, instance, cursor, limit: int = 6) -> list[dict[str, set[str 
     raise AssertionError(f"still requesting after {limit} ticks: {ticks[-1]}")
 
 
-def edit_caption_prompt(monkeypatch) -> dg.Definitions:
-    """Edit the corpus caption prompt and reload: the definitions the reload gives."""
+def edit_caption_prompt(monkeypatch, instance: dg.DagsterInstance | None = None) -> dg.Definitions:
+    """Edit the corpus caption prompt and reload: the definitions the reload gives.
+
+    With `instance`, what is materialized from now on carries their code versions.
+    """
     edited = dataclasses.replace(
         prompts.CORPUS_CAPTION, system=prompts.CORPUS_CAPTION.system + " Mention materials."
     )
     monkeypatch.setitem(prompts.PROMPTS, "corpus_caption", edited)
     defs = graph()
+    if instance is not None:
+        instance.__dict__["_versions"] = code_versions(defs)
     return defs
 
 
 def retrain(instance, defs, configs=("corpus", "full")) -> None:
     """A person materializes the outdated training pairs and checkpoints (training is manual)."""
-    instance.__dict__["_versions"] = code_versions(defs)
     for config in configs:
         materialized(instance, f"training_pairs_{config}")
         materialized(instance, f"retriever_checkpoint_{config}")
@@ -237,8 +241,7 @@ def test_a_prompt_edit_refreshes_its_lineage_and_waits_for_training_before_the_e
     instance, monkeypatch, sensor
 ):
     cursor = settle(graph(), instance) if sensor == "on at the reload" else None
-    defs = edit_caption_prompt(monkeypatch)
-    instance.__dict__["_versions"] = code_versions(defs)
+    defs = edit_caption_prompt(monkeypatch, instance)
     # the drift sensor runs the checks after the reload: the caption lineage fails them
     checks = run_drift_checks(defs, instance)
     assert not checks["corpus_captions"] and not checks["retriever_checkpoint_full"]
@@ -276,8 +279,7 @@ def running(instance, defs, partition: str, *assets: str) -> None:
 
 
 def test_the_indexes_wait_while_a_shard_of_the_edit_is_still_running(instance, monkeypatch):
-    defs = edit_caption_prompt(monkeypatch)
-    instance.__dict__["_versions"] = code_versions(defs)
+    defs = edit_caption_prompt(monkeypatch, instance)
     run_drift_checks(defs, instance)
     retrain(instance, defs)  # training is current: only the captions hold the rest back
     first = dg.evaluate_automation_conditions(defs=defs, instance=instance)  # turned on now
