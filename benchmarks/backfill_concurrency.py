@@ -32,8 +32,8 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rar_pipeline.core.enhance.prompts import PROMPTS  # noqa: E402
 from rar_pipeline.defs.namespace import namespace_of  # noqa: E402
+from rar_pipeline.stack.processes import default_signals, free_port  # noqa: E402
 from tests.defs.test_server_backfill import BACKFILL_STATUS, LOCATION, GraphQL  # noqa: E402
-from tests.servers import default_signals, free_port  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 RELOAD = """

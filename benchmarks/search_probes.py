@@ -23,8 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from rar_pipeline.stack.processes import free_port, server_process  # noqa: E402
 from tests.projects import PROJECT_VARS, TINY_DEMO  # noqa: E402
-from tests.servers import free_port, server_process  # noqa: E402
 from tests.web.hostile import NORMAL, PROBES, THIN, peak_rss_mb, search, thin_png  # noqa: E402
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -164,9 +165,14 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _compact(args: argparse.Namespace) -> int:
+    from rar_pipeline.core.enhance.postgres_store import vacuum
     from rar_pipeline.core.enhance.store import SqliteStore
 
-    root = ArtifactLayout(settings_from_args(args).artifacts_dir).cache_dir
+    paths = settings_from_args(args).corpus.artifacts()
+    if paths.caches.shared:
+        print(f"{paths.caches}: {vacuum(paths.cache_url):,} entries (VACUUM ANALYZE)")
+        return 0
+    root = paths.cache_dir
     stores = sorted(root.rglob("*.sqlite")) if root.is_dir() else []
     if not stores:
         print(f"no cache under {root}")
@@ -266,6 +272,26 @@ def _ui(args: argparse.Namespace) -> int:
     exec_dagster_dev(workspace, settings.dagster_home, args.port)
 
 
+def _worker(args: argparse.Namespace) -> int:
+    """A Celery worker on the given queues (`stack.celery_app`), in place of this process."""
+    from rar_pipeline.defs.workloads import QUEUE_NAMES
+
+    if not load_settings().cluster.on_workers:
+        print("rar worker: set RAR_CELERY_BROKER_URL to the broker the runs send steps to",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    queues = args.queue or list(QUEUE_NAMES)
+    name = args.name or "-".join(queues)
+    command = [
+        sys.executable, "-m", "celery", "-A", "rar_pipeline.stack.celery_app", "worker",
+        "--queues", ",".join(queues), "--hostname", f"{name}@%h",
+        "--concurrency", str(args.concurrency), "--loglevel", "INFO",
+    ]  # fmt: skip
+    print(f"worker {name} on queues {', '.join(queues)}")
+    sys.stdout.flush()
+    os.execv(sys.executable, command)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rar` command; returns the exit code."""
     args = parse_args(argv)
@@ -310,6 +336,7 @@ COMMANDS = {
     "search": _search,
     "serve": _serve,
     "ui": _ui,
+    "worker": _worker,
 }
 
 

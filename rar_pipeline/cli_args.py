@@ -16,6 +16,7 @@ from rar_pipeline.core.demo.builder import DemoConfig
 from rar_pipeline.core.names import GROUPS
 from rar_pipeline.core.search.query import MAX_K
 from rar_pipeline.core.settings import BY_DEST, KNOBS
+from rar_pipeline.defs.workloads import QUEUE_NAMES
 
 # The sections whose flags `run`, `demo`, `search` and `serve` take (`serve` also the
 # search page's); every flag, its help, type and bounds come from the section's fields.
@@ -170,6 +171,19 @@ def _corpus_commands(sub: argparse._SubParsersAction) -> None:
         help="a corpus' data root; repeat for several (default: the settings' data root)",
     )  # fmt: skip
     ui.add_argument("--port", type=bounded(1, 65535), default=3000, help="default: 3000")
+    worker = sub.add_parser(
+        "worker", help="a Celery worker that runs the steps sent to its queues "
+        "(RAR_CELERY_BROKER_URL; docs/scaling.md)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--queue", action="append", choices=QUEUE_NAMES, metavar="QUEUE",
+        help=f"a queue to take steps from, repeat for several: {', '.join(QUEUE_NAMES)} "
+        "(default: all)",
+    )  # fmt: skip
+    worker.add_argument(
+        "--concurrency", type=bounded(1, 256), default=1, help="steps at once (default: 1)"
+    )
+    worker.add_argument("--name", help="the worker's name; Celery adds @host (default: its queues)")
 
 
 def _search_commands(sub: argparse._SubParsersAction) -> None:

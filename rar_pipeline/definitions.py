@@ -25,6 +25,7 @@ from rar_pipeline.defs.assets.retrieval import build_retrieval_assets
 from rar_pipeline.defs.automation import SENSORS as AUTOMATION_SENSORS
 from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.drift import build_drift_sensor, current_version_checks
+from rar_pipeline.defs.executor import executor_for
 from rar_pipeline.defs.jobs import JOBS
 from rar_pipeline.defs.namespace import in_namespace, namespace_of
 from rar_pipeline.defs.refresh import build_refresh_job
@@ -73,9 +74,17 @@ def build_assets(
     )
 
 
-def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions:
-    """The project's definitions; `resources` replaces the settings-derived real ones."""
-    resources = resources if resources is not None else resources_from_settings(load_settings())
+def build_definitions(
+    resources: dict[str, Any] | None = None, executor: dg.ExecutorDefinition | None = None
+) -> dg.Definitions:
+    """The project's definitions from the settings; `resources` and `executor` replace theirs.
+
+    The executor is Dagster's default unless a Celery broker is set (`defs.executor`).
+    """
+    if resources is None:
+        settings = load_settings()
+        resources = resources_from_settings(settings)
+        executor = executor or executor_for(settings.cluster)
     vlm = resources.get("vlm") or VLMResource()
     corpus = resources.get("corpus")
     namespace = namespace_of(corpus.name) if isinstance(corpus, CorpusResource) else ""
@@ -87,12 +96,14 @@ def build_definitions(resources: dict[str, Any] | None = None) -> dg.Definitions
         sensors=[corpus_files_sensor, *AUTOMATION_SENSORS, build_drift_sensor(assets)],
         schedules=[nightly_pool_revalidation],
         resources=resources,
+        executor=executor,
     )
 
 
 def definitions_for(data_root: str) -> dg.Definitions:
     """The definitions of the corpus at `data_root`: one code location of `rar ui`."""
-    return build_definitions(resources_from_settings(load_settings(data_root=data_root)))
+    settings = load_settings(data_root=data_root)
+    return build_definitions(resources_from_settings(settings), executor_for(settings.cluster))
 
 
 defs = build_definitions()

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import shutil
 import socket
+from collections.abc import Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,3 +113,42 @@ def demo_project(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> De
             done.write_text(json.dumps({"exit_code": project.exit_code, "output": project.output}))
     built = json.loads(done.read_text())
     return DemoProject(root, built["exit_code"], built["output"])
+
+
+def require_server(program: str) -> None:
+    """Skip a test whose server is not installed, unless CI requires every server."""
+    from rar_pipeline.stack.servers import find_program
+
+    try:
+        find_program(program)
+    except FileNotFoundError as exc:
+        if os.environ.get("RAR_REQUIRE_SERVERS"):
+            pytest.fail(f"{exc} (.ci/run installs it)")
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """A throwaway PostgreSQL server on a free 127.0.0.1 port, for this test worker."""
+    from rar_pipeline.stack.servers import postgres
+
+    require_server("initdb")
+    with postgres(tmp_path_factory.mktemp("postgres")) as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server, request: pytest.FixtureRequest) -> str:
+    """A database of this test's own on the session's PostgreSQL server."""
+    name = "t" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
+    return postgres_server.create_database(name)
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis server on a free 127.0.0.1 port, for this test worker."""
+    from rar_pipeline.stack.servers import redis
+
+    require_server("redis-server")
+    with redis(tmp_path_factory.mktemp("redis")) as url:
+        yield url

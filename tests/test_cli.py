@@ -275,7 +275,7 @@ def test_compact_cache_reclaims_space_and_keeps_every_entry(project, capsys):
     from rar_pipeline.core.enhance.store import SqliteStore
     from rar_pipeline.core.layout import ArtifactLayout
 
-    path = ArtifactLayout(project / "artifacts" / "demo").enhancement_cache
+    path = ArtifactLayout(project / "artifacts" / "demo").cache_dir / "enhancements.sqlite"
     with SqliteStore(path, flush_every=2) as store:
         for i in range(50):
             store.put(f"k{i}", {"text": "t" * 2000})

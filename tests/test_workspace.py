@@ -15,8 +15,8 @@ import yaml
 
 from rar_pipeline.cli import main
 from rar_pipeline.defs.workspace import write_workspace
+from rar_pipeline.stack.processes import free_port, server_process
 from tests.projects import PROJECT_VARS, point_at_project
-from tests.servers import free_port, server_process
 
 LOCATIONS = """{ workspaceOrError { ... on Workspace { locationEntries { name
   locationOrLoadError { __typename ... on PythonError { message } } } } } }"""

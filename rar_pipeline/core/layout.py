@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from rar_pipeline.core.enhance.stores import CacheRoot
+
 
 @dataclass(frozen=True)
 class ProjectLayout:
@@ -54,10 +56,12 @@ class ArtifactLayout:
     """Where one corpus' pipeline outputs live, by stage.
 
     Partitioned outputs are one file per partition key (a pool shard or a query task, or an
-    ablation config for the training, index and evaluation stages).
+    ablation config for the training, index and evaluation stages). The caches are SQLite
+    files under `cache_dir` unless `cache_url` names a PostgreSQL database.
     """
 
     root: Path
+    cache_url: str = ""
 
     # -- corpus: validated inputs and what was quarantined
     def pool(self, shard: str) -> Path:
@@ -97,18 +101,18 @@ class ArtifactLayout:
 
     @property
     def cache_dir(self) -> Path:
-        """Every cache store lives under here (`rar compact-cache` walks it)."""
+        """The SQLite cache stores' folder, when no `cache_url` is set."""
         return self.root / "cache"
 
     @property
-    def enhancement_cache(self) -> Path:
-        """The enhancement cache's SQLite file."""
-        return self.cache_dir / "enhancements.sqlite"
+    def caches(self) -> CacheRoot:
+        """Where every cache store lives: `cache_url`, or `cache_dir` (`rar compact-cache`)."""
+        return CacheRoot(self.cache_url or str(self.cache_dir))
 
     @property
-    def perception_cache(self) -> Path:
-        """The offline backend's feature and OCR caches (a folder of SQLite files)."""
-        return self.cache_dir / "perception"
+    def perception_cache(self) -> CacheRoot:
+        """The offline backend's image feature and OCR caches (the encoder's text too)."""
+        return self.caches / "perception"
 
     # -- retrieval, index and evaluation (per ablation config)
     def training_pairs(self, config: str) -> Path:

@@ -52,6 +52,7 @@ REFRESH_JOB = "refresh"  # launches a backfill of what `rar refresh` would run
 
 # -- run tags
 WORKLOAD = "rar/workload"  # vlm | training | index: limits in dagster_home/dagster.yaml
+CELERY_QUEUE = "dagster-celery/queue"  # an op's Celery queue (dagster_celery.tags)
 CONFIG_TAG = "rar/config"  # an asset's ablation config
 LAUNCHED_BY = "rar/launched_by"
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from rar_pipeline.core.cluster import ClusterConfig
 from rar_pipeline.core.config import Knob, Section, configuration_markdown, knobs, nest, setting
 from rar_pipeline.core.corpus.config import CorpusConfig
 from rar_pipeline.core.enhance.engine import EnhanceOptions
@@ -71,11 +72,12 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "retriever": RetrieverConfig,
     "training": TrainOptions,
     "storage": StorageConfig,
+    "cluster": ClusterConfig,
     "search": SearchPageConfig,
 }
 KNOBS: tuple[Knob, ...] = tuple(k for name, model in SECTIONS.items() for k in knobs(name, model))
 BY_DEST = {k.dest: k for k in KNOBS}
-ENV_ONLY = ("storage",)  # set by environment variable alone: no `rar` flag
+ENV_ONLY = ("storage", "cluster")  # set by environment variable alone: no `rar` flag
 # a field name that is one knob's only (`epochs`, `data_root`) may name it alone
 _FIELDS = Counter(k.path[-1] for k in KNOBS)
 _BY_FIELD = {k.path[-1]: k for k in KNOBS if _FIELDS[k.path[-1]] == 1}
@@ -90,6 +92,7 @@ class Settings(Section):
     retriever: RetrieverConfig
     training: TrainOptions
     storage: StorageConfig
+    cluster: ClusterConfig
     search: SearchPageConfig
 
     @property

@@ -1,8 +1,8 @@
 """Jobs: one per partitioned stage, so runs, backfills and sensors can target a stage.
 
 Partitioning is inferred from the selected assets (pool shards, query tasks). Runs that
-load a VLM, train, or index carry a `rar/workload` tag: `dagster_home/dagster.yaml` limits
-how many of each run at once (its `tag_concurrency_limits`).
+load a VLM, train, or index carry a `rar/workload` tag (`defs.workloads`):
+`dagster_home/dagster.yaml` limits how many of each run at once.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import dagster as dg
 
 from rar_pipeline.core import names
-from rar_pipeline.core.names import WORKLOAD
 from rar_pipeline.core.retrieval.pairs import CONFIGS
+from rar_pipeline.defs.workloads import run_tags
 
-VLM_RUN = {WORKLOAD: "vlm"}
-TRAINING_RUN = {WORKLOAD: "training"}
-INDEX_RUN = {WORKLOAD: "index"}
+VLM_RUN = run_tags("vlm")
+TRAINING_RUN = run_tags("training")
+INDEX_RUN = run_tags("index")
 
 
 def _job(

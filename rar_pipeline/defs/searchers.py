@@ -41,7 +41,7 @@ class Searchers:
         self.retriever = resources["retriever"]
         self.plan = plan
         self.enhancer = QueryEnhancer(
-            lambda: vlm.create(self.paths), self.paths.enhancement_cache, vlm.options()
+            lambda: vlm.create(self.paths), self.paths.caches, vlm.options()
         )
         self._encoders: dict[str, tuple[Encoder, str]] = {}
         self._searchers: dict[str, Searcher] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout, demo_truth_file
 
 PACKAGE = Path(__file__).resolve().parents[2] / "rar_pipeline"
@@ -18,7 +19,8 @@ def test_each_stage_writes_under_its_own_folder(tmp_path: Path):
     assert paths.captions("s") == tmp_path / "corpus_captions" / "s.parquet"
     assert paths.enhanced_corpus("s") == tmp_path / "enhanced_corpus" / "s.parquet"
     assert paths.enhanced_queries("t") == tmp_path / "enhanced_queries" / "t.parquet"
-    assert paths.enhancement_cache.parent == paths.perception_cache.parent == paths.cache_dir
+    assert paths.caches == CacheRoot(str(tmp_path / "cache"))
+    assert paths.perception_cache == paths.caches / "perception"
     runs = tmp_path / "evaluation" / "runs"
     assert paths.run_file("full", "t") == runs / "local" / "full" / "t.trec"
     assert paths.run_file("full", "t", "global") == runs / "global" / "full" / "t.trec"
@@ -36,13 +38,20 @@ def test_no_two_outputs_share_a_path(tmp_path: Path):
         paths.training_pairs("k"),
         paths.checkpoint("k"),
         paths.captioner,
-        paths.enhancement_cache,
-        paths.perception_cache,
+        paths.cache_dir,
         paths.lancedb,
         paths.run_file("k", "k"),
         paths.trec_qrels("k"),
     ]
     assert len(set(every)) == len(every)
+
+
+def test_the_caches_go_to_a_database_when_a_cache_url_is_set(tmp_path: Path):
+    url = "postgresql://rar@127.0.0.1:5432/cache"
+    paths = ArtifactLayout(tmp_path, cache_url=url)
+    assert paths.caches.shared and paths.caches.location == url
+    assert (paths.perception_cache.location, paths.perception_cache.prefix) == (url, "perception")
+    assert not ArtifactLayout(tmp_path).caches.shared
 
 
 def test_project_defaults_and_the_demo_truth_sit_outside_the_data_root(tmp_path: Path):

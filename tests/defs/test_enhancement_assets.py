@@ -228,7 +228,7 @@ def test_a_prompt_edit_changes_the_assets_version_and_the_cache_keys_together(co
     cands = frame_to_records(pd.read_parquet(paths.pool(SHARD)), Candidate)
 
     def keys_written() -> set[str]:
-        cache = EnhancementCache(paths.enhancement_cache)
+        cache = EnhancementCache(paths.caches)
         before = cache.store.keys()
         caption_candidates(cands, Enhancer(vlm.create(paths), cache, vlm.options(), corpus.root))
         return cache.store.keys() - before

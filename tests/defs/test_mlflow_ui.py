@@ -23,8 +23,8 @@ from mlflow.tracking import MlflowClient
 
 from rar_pipeline.defs.resources import MlflowResource
 from rar_pipeline.defs.resources.tracking_rules import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG
+from rar_pipeline.stack.processes import free_port, server_process
 from tests.browser import browser_page, chromium, screenshot
-from tests.servers import free_port, server_process
 
 pytestmark = pytest.mark.slow
 

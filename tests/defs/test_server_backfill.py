@@ -29,9 +29,9 @@ import pytest
 
 from rar_pipeline.core.enhance import prompts
 from rar_pipeline.defs.drift import CURRENT_VERSION
+from rar_pipeline.stack.processes import free_port, server_process
 from tests.browser import browser_page, chromium, screenshot
 from tests.projects import PROJECT_VARS
-from tests.servers import free_port, server_process
 
 pytestmark = pytest.mark.slow
 

@@ -15,9 +15,9 @@ import pytest
 
 from rar_pipeline.core.evaluation.evaluate import load_test_queries
 from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.stack.processes import free_port, server_process
 from tests.browser import browser_page, chromium, screenshot
 from tests.projects import PROJECT_VARS
-from tests.servers import free_port, server_process
 
 # an 8 x 8 PNG no other test uploads
 PNG_BASE64 = (

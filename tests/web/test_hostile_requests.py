@@ -18,8 +18,8 @@ import urllib.request
 
 import pytest
 
+from rar_pipeline.stack.processes import free_port, server_process
 from tests.projects import PROJECT_VARS
-from tests.servers import free_port, server_process
 from tests.web.hostile import NORMAL, PROBES, peak_rss_mb, search
 
 MEMORY_BUDGET_MB = 2048

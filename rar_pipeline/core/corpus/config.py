@@ -25,6 +25,12 @@ class CorpusConfig(Section):
         "", "where this corpus' outputs go", env="RAR_ARTIFACTS_DIR", flag="--artifacts",
         shown="artifacts/<data root folder name> under the project",
     )  # fmt: skip
+    cache_url: str = setting(
+        "", "where the caches keep their entries: empty for SQLite files under the "
+        "artifacts (one host), or a PostgreSQL URL that workers on many hosts share "
+        "(postgresql://user@host:5432/db)", env="RAR_CACHE_URL",
+        shown="SQLite files in <artifacts dir>/cache",
+    )  # fmt: skip
     image_check: ImageCheckLevel = setting(
         ImageCheckLevel.DECODE, "how hard validation looks at images: decode (catches "
         "truncated files), header, exists (for very large pools), off",
@@ -61,7 +67,7 @@ class CorpusConfig(Section):
         return discover(self.data_root)
 
     def artifacts(self) -> ArtifactLayout:
-        return ArtifactLayout(Path(self.artifacts_dir))
+        return ArtifactLayout(Path(self.artifacts_dir), cache_url=self.cache_url)
 
     def image_policy(self) -> ImageCheck:
         return ImageCheck(

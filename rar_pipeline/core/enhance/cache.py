@@ -1,6 +1,7 @@
 """The enhancement cache: outputs keyed by everything that can change them.
 
-Entries live in a `store.SqliteStore` (atomic commits, concurrent writers, checksummed
+Entries live in a store of a cache root (`stores.CacheRoot`: a SQLite file on one host, or
+a PostgreSQL table that workers share; atomic commits, concurrent writers, checksummed
 rows); a damaged entry or file is a miss, recomputed on the next request, never served.
 """
 
@@ -16,10 +17,13 @@ from typing import Any
 
 from rar_pipeline.core.enhance.prompts import PromptSpec
 from rar_pipeline.core.enhance.store import SqliteStore
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.enhance.vlm.base import SamplingParams
 
 # ---------------------------------------------------------------------------
 # enhancement cache
+
+STORE = "enhancements"  # its store's name in a cache root (`enhancements.sqlite`)
 
 
 @dataclass(frozen=True)
@@ -43,9 +47,19 @@ class EnhancementCache:
     """
 
     def __init__(
-        self, path: Path, *, on_damage: Callable[[str], None] | None = None, **kwargs: Any
+        self,
+        where: Path | CacheRoot,
+        *,
+        on_damage: Callable[[str], None] | None = None,
+        **kwargs: Any,
     ) -> None:
-        self.store = SqliteStore(path, on_damage=on_damage, **kwargs)
+        """`where`: a SQLite file, or the cache root whose `enhancements` store to open."""
+        options = {"on_damage": on_damage, **kwargs}
+        self.store = (
+            where.store(STORE, **options)
+            if isinstance(where, CacheRoot)
+            else SqliteStore(where, **options)
+        )
 
     def get(self, key: str) -> CacheEntry | None:
         row = self.store.get(key)

@@ -27,7 +27,7 @@ from rar_pipeline.core.corpus.images import (
     load_image,
     needs_canvas,
 )
-from rar_pipeline.core.enhance.store import SqliteStore
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.files import file_hash
 
 # Supply-chain pin: the EfficientNet-Lite0 ImageNet weights shipped by
@@ -222,10 +222,11 @@ class Perceived:
 class Perceiver:
     """Runs and caches features and OCR per image content hash."""
 
-    def __init__(self, cache_dir: Path | None = None, *, ocr: bool = True) -> None:
+    def __init__(self, cache_dir: Path | CacheRoot | None = None, *, ocr: bool = True) -> None:
         self.ocr = ocr
-        self.features_store = SqliteStore(cache_dir / "features.sqlite") if cache_dir else None
-        self.read_store = SqliteStore(cache_dir / "ocr.sqlite") if cache_dir else None
+        root = CacheRoot.of(cache_dir)
+        self.features_store = root.store("features") if root else None
+        self.read_store = root.store("ocr") if root else None
         self._memo: dict[str, Any] = {}
 
     def preload(self) -> None:

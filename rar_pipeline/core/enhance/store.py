@@ -25,14 +25,13 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 logger = logging.getLogger(__name__)
 _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS entries ("
     "key TEXT PRIMARY KEY, value TEXT NOT NULL, checksum TEXT NOT NULL, written_at REAL)"
 )
-_CHUNK = 500  # keys per IN (...) lookup, under SQLite's variable limit
 
 
 def _is_damage(exc: sqlite3.DatabaseError) -> bool:
@@ -41,7 +40,9 @@ def _is_damage(exc: sqlite3.DatabaseError) -> bool:
     return name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")) or "malformed" in str(exc)
 
 
-def _encode(row: Mapping[str, Any]) -> str:
+def encode_row(row: Mapping[str, Any]) -> str:
+    """A row as stored: JSON with sorted keys, `bytes` as base64 (every store uses it)."""
+
     def plain(value: Any) -> Any:
         if isinstance(value, bytes):
             return {"__b64__": base64.b64encode(value).decode()}
@@ -50,7 +51,9 @@ def _encode(row: Mapping[str, Any]) -> str:
     return json.dumps({k: plain(v) for k, v in row.items()}, sort_keys=True)
 
 
-def _decode(value: str) -> dict[str, Any]:
+def decode_row(value: str) -> dict[str, Any]:
+    """The row `encode_row` stored."""
+
     def restore(item: Any) -> Any:
         if isinstance(item, dict) and set(item) == {"__b64__"}:
             return base64.b64decode(item["__b64__"])
@@ -59,36 +62,36 @@ def _decode(value: str) -> dict[str, Any]:
     return {k: restore(v) for k, v in json.loads(value).items()}
 
 
-def _checksum(value: str) -> str:
+def checksum(value: str) -> str:
+    """What each stored row carries to detect damage: a short sha256 of its encoded value."""
     return hashlib.sha256(value.encode()).hexdigest()[:16]
 
 
-class SqliteStore:
-    """A durable map from string keys to JSON rows, shared safely by concurrent runs.
+class BufferedStore:
+    """What every store does alike: checked reads, a memo, and buffered, batched writes.
 
-    Writes are buffered and committed in one transaction every `flush_every` entries or
-    `flush_seconds`; `prefetch` looks many keys up in one pass.
+    Rows looked up or written are kept in memory for the process; writes are buffered and
+    committed in one transaction every `flush_every` entries or `flush_seconds`;
+    `prefetch` looks many keys up a chunk at a time. A row whose checksum fails, or that
+    does not decode, is a miss and is reported. A store says how it selects, writes and
+    lists rows (`_select`, `_write`, `_stored_keys`) and names itself in messages (`where`).
 
     Args:
-        path: the database file (created with its folder if missing).
         flush_every: entries buffered before a commit.
         flush_seconds: the longest an entry waits in the buffer.
         on_damage: called with a message whenever damage is found and routed around
             (default: a logged warning).
     """
 
+    chunk = 500  # keys a lookup
+
     def __init__(
         self,
-        path: Path,
         *,
         flush_every: int = 1024,
         flush_seconds: float = 30.0,
         on_damage: Callable[[str], None] | None = None,
     ) -> None:
-        self.path = Path(path)
-        if self.path.is_dir():
-            raise IsADirectoryError(f"{self.path} is a folder; a store is one SQLite file")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.flush_every = flush_every
         self.flush_seconds = flush_seconds
         self.on_damage = on_damage or logger.warning
@@ -97,6 +100,111 @@ class SqliteStore:
         self._absent: set[str] = set()
         self._pending: dict[str, str] = {}  # key -> encoded value
         self._last_flush = time.monotonic()
+
+    where = "store"
+
+    def _select(self, keys: list[str]) -> list[tuple[str, str, str]]:
+        """(key, value, checksum) of the stored rows among `keys`."""
+        raise NotImplementedError
+
+    def _write(self, batch: list[tuple[str, str, str, float]]) -> None:
+        """Commit (key, value, checksum, written_at) rows in one transaction."""
+        raise NotImplementedError
+
+    def _stored_keys(self) -> set[str]:
+        raise NotImplementedError
+
+    def _report(self, message: str) -> None:
+        self.damaged += 1
+        self.on_damage(message)
+
+    # -- reading
+
+    def prefetch(self, keys: Iterable[str]) -> int:
+        """Load these keys' entries; returns how many were found intact."""
+        wanted = [k for k in dict.fromkeys(keys) if k not in self._rows and k not in self._absent]
+        found = 0
+        for start in range(0, len(wanted), self.chunk):
+            chunk = wanted[start : start + self.chunk]
+            for key, value, stored in self._select(chunk):
+                if checksum(value) != stored:
+                    self._report(f"{self.where}: entry {key[:16]}... fails its checksum")
+                    continue
+                try:
+                    self._rows[key] = decode_row(value)
+                    found += 1
+                except (ValueError, TypeError) as exc:
+                    self._report(f"{self.where}: entry {key[:16]}... unreadable ({exc})")
+            self._absent.update(k for k in chunk if k not in self._rows)
+        return found
+
+    def get(self, key: str) -> dict[str, Any] | None:
+        if key not in self._rows and key not in self._absent:
+            self.prefetch([key])
+        return self._rows.get(key)
+
+    def keys(self) -> set[str]:
+        """Every key stored or pending."""
+        return self._stored_keys() | set(self._pending)
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def __bool__(self) -> bool:
+        return True  # an empty store is still a store (and truthiness must not scan)
+
+    # -- writing
+
+    def put(self, key: str, row: Mapping[str, Any]) -> None:
+        self._rows[key] = dict(row)
+        self._absent.discard(key)
+        self._pending[key] = encode_row(row)
+        if (
+            len(self._pending) >= self.flush_every
+            or time.monotonic() - self._last_flush >= self.flush_seconds
+        ):
+            self.flush()
+
+    def flush(self) -> int:
+        """Commit buffered entries in one transaction; returns how many."""
+        self._last_flush = time.monotonic()
+        if not self._pending:
+            return 0
+        now = time.time()
+        batch = [(k, v, checksum(v), now) for k, v in self._pending.items()]
+        self._write(batch)
+        self._pending = {}
+        return len(batch)
+
+    def _close(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        self.flush()
+        self._close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class SqliteStore(BufferedStore):
+    """A durable map from string keys to JSON rows, shared safely by concurrent runs.
+
+    Args:
+        path: the database file (created with its folder if missing).
+        **options: `BufferedStore`'s (`flush_every`, `flush_seconds`, `on_damage`).
+    """
+
+    def __init__(self, path: Path, **options: Any) -> None:
+        super().__init__(**options)
+        self.path = Path(path)
+        self.where = str(self.path)
+        if self.path.is_dir():
+            raise IsADirectoryError(f"{self.path} is a folder; a store is one SQLite file")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         self._conn = self._open()
 
     # -- the connection, and what happens when the file is damaged
@@ -131,10 +239,6 @@ class SqliteStore:
         conn.execute(_SCHEMA)
         return conn
 
-    def _report(self, message: str) -> None:
-        self.damaged += 1
-        self.on_damage(message)
-
     @contextmanager
     def _guarded(self) -> Iterator[sqlite3.Connection]:
         """Run statements; a damaged file is replaced and the statement's result lost."""
@@ -145,69 +249,22 @@ class SqliteStore:
                 raise  # contention, permissions, a full disk: not ours to paper over
             self._conn = self._replace_damaged(exc)
 
-    # -- reading
+    # -- the rows
 
-    def prefetch(self, keys: Iterable[str]) -> int:
-        """Load these keys' entries; returns how many were found intact."""
-        wanted = [k for k in dict.fromkeys(keys) if k not in self._rows and k not in self._absent]
-        found = 0
-        for start in range(0, len(wanted), _CHUNK):
-            chunk = wanted[start : start + _CHUNK]
-            rows: list[tuple[str, str, str]] = []
-            with self._guarded() as conn:
-                marks = ",".join("?" * len(chunk))
-                rows = conn.execute(
-                    f"SELECT key, value, checksum FROM entries WHERE key IN ({marks})", chunk
-                ).fetchall()
-            for key, value, checksum in rows:
-                if _checksum(value) != checksum:
-                    self._report(f"{self.path}: entry {key[:16]}... fails its checksum")
-                    continue
-                try:
-                    self._rows[key] = _decode(value)
-                    found += 1
-                except (ValueError, TypeError) as exc:
-                    self._report(f"{self.path}: entry {key[:16]}... unreadable ({exc})")
-            self._absent.update(k for k in chunk if k not in self._rows)
-        return found
-
-    def get(self, key: str) -> dict[str, Any] | None:
-        if key not in self._rows and key not in self._absent:
-            self.prefetch([key])
-        return self._rows.get(key)
-
-    def keys(self) -> set[str]:
-        """Every key on disk or pending."""
-        on_disk: set[str] = set()
+    def _select(self, keys: list[str]) -> list[tuple[str, str, str]]:
         with self._guarded() as conn:
-            on_disk = {k for (k,) in conn.execute("SELECT key FROM entries")}
-        return on_disk | set(self._pending)
+            marks = ",".join("?" * len(keys))
+            return conn.execute(
+                f"SELECT key, value, checksum FROM entries WHERE key IN ({marks})", keys
+            ).fetchall()
+        return []  # the file was damaged: replaced by an empty one
 
-    def __len__(self) -> int:
-        return len(self.keys())
+    def _stored_keys(self) -> set[str]:
+        with self._guarded() as conn:
+            return {k for (k,) in conn.execute("SELECT key FROM entries")}
+        return set()
 
-    def __bool__(self) -> bool:
-        return True  # an empty store is still a store (and truthiness must not scan)
-
-    # -- writing
-
-    def put(self, key: str, row: Mapping[str, Any]) -> None:
-        self._rows[key] = dict(row)
-        self._absent.discard(key)
-        self._pending[key] = _encode(row)
-        if (
-            len(self._pending) >= self.flush_every
-            or time.monotonic() - self._last_flush >= self.flush_seconds
-        ):
-            self.flush()
-
-    def flush(self) -> int:
-        """Commit buffered entries in one transaction; returns how many."""
-        self._last_flush = time.monotonic()
-        if not self._pending:
-            return 0
-        now = time.time()
-        batch = [(k, v, _checksum(v), now) for k, v in self._pending.items()]
+    def _write(self, batch: list[tuple[str, str, str, float]]) -> None:
         with self._guarded() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -221,8 +278,6 @@ class SqliteStore:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 raise
-        self._pending = {}
-        return len(batch)
 
     def compact(self) -> int:
         """Reclaim space and fold the write-ahead log in (run it while nothing writes)."""
@@ -232,12 +287,5 @@ class SqliteStore:
             conn.execute("VACUUM")
         return len(self)
 
-    def close(self) -> None:
-        self.flush()
+    def _close(self) -> None:
         self._conn.close()
-
-    def __enter__(self) -> SqliteStore:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.files import file_hash, recover_dir, values_hash, write_dir_atomic
 from rar_pipeline.core.retrieval.encoders.base import Encoder, TrainableEncoder
 from rar_pipeline.core.retrieval.encoders.factory import load_encoder
@@ -94,7 +95,10 @@ def read_checkpoint(directory: Path) -> dict[str, Any]:
 
 
 def open_retriever(
-    directory: Path, config: str, base: Callable[[], Encoder], cache_dir: Path | None = None
+    directory: Path,
+    config: str,
+    base: Callable[[], Encoder],
+    cache_dir: Path | CacheRoot | None = None,
 ) -> tuple[Encoder, str, dict[str, Any] | None]:
     """A config's trained retriever, or the untrained base one where none was trained.
 

@@ -17,6 +17,7 @@ from rar_pipeline.core.enhance.cache import EnhancementCache
 from rar_pipeline.core.enhance.classify import classify_query
 from rar_pipeline.core.enhance.engine import EnhanceOptions, EnhanceStats
 from rar_pipeline.core.enhance.outputs import Enhancer, rewrite_queries
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.search.query import SearchQuery
 
@@ -52,12 +53,12 @@ class QueryEnhancer:
 
     Attributes:
         open_vlm: builds the backend (called on first use: loading a model takes a while).
-        cache_path: the enhancement cache the pipeline writes.
+        cache_path: the enhancement cache the pipeline writes (a file, or its cache root).
         options: the run options the pipeline enhances with (guard, overrides, sampling).
     """
 
     open_vlm: Callable[[], VLM]
-    cache_path: Path
+    cache_path: Path | CacheRoot
     options: EnhanceOptions
     _vlm: VLM | None = field(default=None, init=False, repr=False)
     _cache: EnhancementCache | None = field(default=None, init=False, repr=False)

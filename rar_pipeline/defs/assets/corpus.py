@@ -23,6 +23,7 @@ from rar_pipeline.defs.checks import (
 from rar_pipeline.defs.io import SUMMARY, clip, markdown_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.workloads import step_tags
 
 
 def _warn_quarantine(context: dg.AssetExecutionContext, report: IngestReport) -> None:
@@ -123,6 +124,7 @@ def _warn_findings(context: dg.AssetExecutionContext, report: IngestReport) -> N
 
 @dg.asset(
     name=names.CANDIDATE_POOL,
+    op_tags=step_tags(names.CANDIDATE_POOL),
     partitions_def=pool_shards,
     group_name=names.CORPUS_GROUP,
     code_version=READER_VERSION,
@@ -148,6 +150,7 @@ def candidate_pool(
 
 @dg.asset(
     name=names.QUERIES,
+    op_tags=step_tags(names.QUERIES),
     partitions_def=query_tasks,
     group_name=names.CORPUS_GROUP,
     code_version=READER_VERSION,

@@ -15,6 +15,7 @@ from rar_pipeline.core.layout import demo_truth_file
 from rar_pipeline.defs.io import SUMMARY, read_input, read_records
 from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.workloads import step_tags
 
 
 class DemoCorpusConfig(dg.Config):
@@ -31,6 +32,7 @@ class DemoCorpusConfig(dg.Config):
 
 @dg.asset(
     name=names.DEMO_CORPUS,
+    op_tags=step_tags(names.DEMO_CORPUS),
     group_name=names.DEMO_GROUP,
     code_version=f"demo-builder-{BUILDER_VERSION}",
     kinds={"python"},
@@ -72,6 +74,7 @@ def demo_corpus(
 
 @dg.asset(
     name=names.DEMO_CAPTION_ACCURACY,
+    op_tags=step_tags(names.DEMO_CAPTION_ACCURACY),
     group_name=names.DEMO_GROUP,
     deps=[dg.AssetDep(names.CORPUS_CAPTIONS, partition_mapping=dg.AllPartitionMapping())],
     kinds={"python"},

@@ -50,6 +50,7 @@ from rar_pipeline.defs.io import (
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
 from rar_pipeline.defs.versions import require_defined_version
+from rar_pipeline.defs.workloads import step_tags
 
 
 def _failure_check(stats: EnhanceStats, vlm: VLMResource) -> dg.AssetCheckResult:
@@ -82,7 +83,7 @@ def _partition(
 
 def _enhancer(corpus: CorpusResource, vlm: VLMResource, paths: ArtifactLayout) -> Enhancer:
     """The configured backend with the enhancement cache, the run options and the data root."""
-    cache = EnhancementCache(paths.enhancement_cache)
+    cache = EnhancementCache(paths.caches)
     return Enhancer(vlm.create(paths), cache, vlm.options(), corpus.root)
 
 
@@ -123,9 +124,13 @@ def build_enhancement_assets(vlm: VLMResource) -> list[dg.AssetsDefinition]:
 
 
 def _enhancement(name: str, versions: dict[str, str], **spec: Any) -> Any:
-    """The decorator of an enhancement asset: its name, group and code version."""
+    """The decorator of an enhancement asset: its name, group, code version and queue."""
     return dg.asset(
-        name=name, group_name=names.ENHANCEMENT_GROUP, code_version=versions[name], **spec
+        name=name,
+        group_name=names.ENHANCEMENT_GROUP,
+        code_version=versions[name],
+        op_tags=step_tags(name),
+        **spec,
     )
 
 

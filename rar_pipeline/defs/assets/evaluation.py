@@ -36,6 +36,7 @@ from rar_pipeline.defs.resources import (
     VLMResource,
 )
 from rar_pipeline.defs.versions import require_defined_version
+from rar_pipeline.defs.workloads import step_tags
 
 EVAL_VERSION = "eval-1"
 
@@ -179,6 +180,7 @@ def build_evaluation_asset(
 
     @dg.asset(
         name=names.RETRIEVAL_EVAL,
+        op_tags=step_tags(names.RETRIEVAL_EVAL),
         group_name=names.EVALUATION_GROUP,
         code_version="+".join(
             [EVAL_VERSION, versions["enhanced_queries"], versions["enhanced_corpus"]]

@@ -33,6 +33,7 @@ from rar_pipeline.defs.resources import (
     VLMResource,
 )
 from rar_pipeline.defs.versions import require_defined_version
+from rar_pipeline.defs.workloads import step_tags
 
 
 def index_code_version(config: IndexedConfig, checkpoint_version: str, versions: dict) -> str:
@@ -56,6 +57,7 @@ def _index_asset(
 
     @dg.asset(
         name=config.index_asset,
+        op_tags=step_tags(config.index_asset),
         group_name=names.INDEX_GROUP,
         code_version=index_code_version(config, checkpoint_version, versions),
         deps=deps,

@@ -55,6 +55,7 @@ from rar_pipeline.defs.resources import (
 )
 from rar_pipeline.defs.resources.tracking_rules import frame_dataset, logged_model_name
 from rar_pipeline.defs.versions import require_defined_version
+from rar_pipeline.defs.workloads import step_tags
 
 
 def _all(asset: dg.AssetsDefinition | str) -> dg.AssetDep:
@@ -73,6 +74,7 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
 
     @dg.asset(
         name=names.per_config(names.TRAINING_PAIRS, config.name),
+        op_tags=step_tags(names.TRAINING_PAIRS),
         group_name=names.RETRIEVAL_GROUP,
         code_version="+".join(version),
         deps=deps,
@@ -188,6 +190,7 @@ def _checkpoint_asset(
 ) -> dg.AssetsDefinition:
     @dg.asset(
         name=names.per_config(names.RETRIEVER_CHECKPOINT, config.name),
+        op_tags=step_tags(names.RETRIEVER_CHECKPOINT),
         group_name=names.RETRIEVAL_GROUP,
         # the pairs' version too: Dagster marks a child stale for its parent's new code
         # version only once the parent is rematerialized

@@ -14,6 +14,7 @@ from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.files import values_hash
 from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.checkpoint import open_retriever
@@ -61,7 +62,7 @@ class RetrieverResource(dg.ConfigurableResource, RetrieverConfig):
             }
         return options
 
-    def create(self, cache_dir: Path | None = None) -> TrainableEncoder:
+    def create(self, cache_dir: Path | CacheRoot | None = None) -> TrainableEncoder:
         """A fresh encoder to train (frozen backbone features cached under `cache_dir`)."""
         return create_encoder(self.encoder, cache_dir=cache_dir, **self.backbone())
 

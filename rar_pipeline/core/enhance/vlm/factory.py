@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rar_pipeline.core import names
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.enhance.vlm.base import VLM
 from rar_pipeline.core.enhance.vlm.config import VLMConfig
 
@@ -13,7 +14,7 @@ def create_vlm(
     config: VLMConfig,
     *,
     captioner_dir: Path | None = None,
-    perception_cache_dir: Path | None = None,
+    perception_cache_dir: Path | CacheRoot | None = None,
     seed: int = 0,
 ) -> VLM:
     """Build the VLM backend `config` names, with its own section of settings.

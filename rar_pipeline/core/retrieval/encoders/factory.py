@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.retrieval.encoders.base import ENCODER_CONFIG, TrainableEncoder
 from rar_pipeline.core.retrieval.options import ENCODERS
 
@@ -19,7 +20,7 @@ def _encoder_class(name: str) -> Any:
 
 
 def create_encoder(
-    name: str = "offline", *, cache_dir: Path | None = None, **options: Any
+    name: str = "offline", *, cache_dir: Path | CacheRoot | None = None, **options: Any
 ) -> TrainableEncoder:
     """Build a fresh (untrained heads) encoder.
 
@@ -36,7 +37,7 @@ def create_encoder(
     return cls(cache_dir=cache_dir, **options)
 
 
-def load_encoder(directory: Path, *, cache_dir: Path | None = None) -> TrainableEncoder:
+def load_encoder(directory: Path, *, cache_dir: Path | CacheRoot | None = None) -> TrainableEncoder:
     """Reload an encoder saved with `save`, or a retriever checkpoint's: no pickle.
 
     A checkpoint folder (`checkpoint.CHECKPOINT_FILE`) is verified against its recorded

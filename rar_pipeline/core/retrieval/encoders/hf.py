@@ -13,6 +13,7 @@ from typing import Any, Self
 
 import numpy as np
 
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.retrieval.encoders.base import (
     EncodeItem,
     check_trained,
@@ -127,7 +128,7 @@ class HfEncoder:
         dim: int = 256,
         seed: int = 0,
         trained: str = "heads",
-        cache_dir: Path | None = None,
+        cache_dir: Path | CacheRoot | None = None,
         device: str = "cpu",
         trust_remote_code: bool = False,
         *,
@@ -255,7 +256,9 @@ class HfEncoder:
         save_config(directory, self.config())
 
     @classmethod
-    def load(cls, directory: Path, *, cache_dir: Path | None = None, device: str = "cpu") -> Self:
+    def load(
+        cls, directory: Path, *, cache_dir: Path | CacheRoot | None = None, device: str = "cpu"
+    ) -> Self:
         """Rebuild a saved encoder: the model from its id or path, then the saved weights.
 
         The device is not part of the saved settings: it is where this process runs.

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from rar_pipeline.core.enhance.store import SqliteStore
+from rar_pipeline.core.enhance.stores import CacheRoot
 from rar_pipeline.core.files import file_hash
 from rar_pipeline.core.retrieval.encoders.base import (
     EncodeItem,
@@ -83,10 +83,11 @@ class FrozenFeatures:
     `text.sqlite`.
     """
 
-    def __init__(self, cache_dir: Path | None = None) -> None:
+    def __init__(self, cache_dir: Path | CacheRoot | None = None) -> None:
         from rar_pipeline.core.enhance.perception import Perceiver
 
-        self._stores = {"text": SqliteStore(Path(cache_dir) / "text.sqlite")} if cache_dir else {}
+        root = CacheRoot.of(cache_dir)
+        self._stores = {"text": root.store("text")} if root else {}
         self._perceiver = Perceiver(cache_dir, ocr=False)
         self._memo: dict[str, np.ndarray] = {}
         self._by_path: dict[Path, np.ndarray] = {}  # a file is hashed once per process
@@ -211,7 +212,7 @@ class OfflineEncoder:
         trained: str = "heads",
         lora_r: int = 16,
         lora_alpha: int = 32,
-        cache_dir: Path | None = None,
+        cache_dir: Path | CacheRoot | None = None,
         features: FrozenFeatures | None = None,
     ):
         import torch
@@ -344,7 +345,7 @@ class OfflineEncoder:
         }
 
     @classmethod
-    def load(cls, directory: Path, *, cache_dir: Path | None = None) -> OfflineEncoder:
+    def load(cls, directory: Path, *, cache_dir: Path | CacheRoot | None = None) -> OfflineEncoder:
         """Rebuild a saved encoder on the pinned shipped MiniLM (and EfficientNet).
 
         Raises:

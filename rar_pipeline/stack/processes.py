@@ -1,5 +1,10 @@
-"""Servers tests start as their own processes: a free port, a session of their own with
-default signal handlers, a wait until they answer, and a stop of the whole process group."""
+"""Servers started as processes of our own, stopped by process group.
+
+Each gets a free port, a session of its own with default signal handlers, a wait until it
+answers, and on the way out a stop of its whole process group.
+
+The local stack (`stack.servers`) and the tests' server fixtures both use them.
+"""
 
 from __future__ import annotations
 
@@ -21,13 +26,16 @@ def free_port() -> int:
 
 
 def default_signals() -> None:
-    """In the child: SIGINT and SIGTERM back to their defaults (a process started from a
-    non-interactive shell inherits them ignored, and then never stops)."""
+    """In the child: SIGINT and SIGTERM back to their defaults.
+
+    A process started from a non-interactive shell inherits them ignored, and never stops.
+    """
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
 def group_alive(pgid: int) -> bool:
+    """Whether any process of group `pgid` is still there."""
     try:
         os.killpg(pgid, 0)
     except ProcessLookupError:
@@ -43,10 +51,24 @@ def server_process(
     env: dict[str, str],
     log: Path,
     cwd: Path | None = None,
+    user: str | None = None,
     start_timeout: float = 240,
     stop_timeout: float = 60,
+    stop_signal: signal.Signals = signal.SIGTERM,
 ) -> Iterator[subprocess.Popen]:
     """Start `command` in its own session; yield once `ready()` holds; stop its group.
+
+    Args:
+        command: the server's command line.
+        ready: answers True once the server serves (an OSError or AssertionError: not yet).
+        env: its environment.
+        log: where its output goes.
+        cwd: its working folder.
+        user: run it as this user (PostgreSQL refuses to run as root).
+        stop_signal: what asks it to stop (PostgreSQL's fast shutdown is SIGINT); SIGKILL
+            follows after `stop_timeout`.
+        start_timeout: seconds to become ready.
+        stop_timeout: seconds to stop, for its group to be gone.
 
     Raises:
         RuntimeError: it exited or did not become ready in time (with its log's tail), or
@@ -55,7 +77,7 @@ def server_process(
     with open(log, "wb") as out:
         process = subprocess.Popen(
             list(command), env=env, cwd=cwd, stdout=out, stderr=subprocess.STDOUT,
-            start_new_session=True, preexec_fn=default_signals,
+            start_new_session=True, preexec_fn=default_signals, user=user,
         )  # fmt: skip
         try:
             deadline = time.monotonic() + start_timeout
@@ -66,13 +88,13 @@ def server_process(
                 time.sleep(0.5)
             yield process
         finally:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, stop_signal)
             try:
                 process.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
-                raise RuntimeError(f"{command[0]} ignored SIGTERM") from None
+                raise RuntimeError(f"{command[0]} ignored {stop_signal.name}") from None
     # the whole group goes: a server's own children (workers, code servers) too
     deadline = time.monotonic() + stop_timeout
     while group_alive(process.pid):
