@@ -53,13 +53,27 @@ class StorageConfig(Section):
         env="MLFLOW_TRACKING_URI", shown="sqlite:///<project>/mlruns/mlflow.db",
     )  # fmt: skip
     mlflow_artifacts: str = setting(
-        "", "where MLflow keeps run artifacts", env="RAR_MLFLOW_ARTIFACTS",
-        shown="<project>/mlruns/artifacts",
+        "", "where MLflow keeps run artifacts (a folder or an s3:// URI); with a tracking "
+        "server, leave it empty: the server keeps them and the runs need no bucket access",
+        env="RAR_MLFLOW_ARTIFACTS",
+        shown="<project>/mlruns/artifacts for a local store; the server's for a server",
     )  # fmt: skip
     lancedb_uri: str = setting(
         "", "the LanceDB database (a folder, or an s3:// URI)", env="RAR_LANCEDB_URI",
         shown="<artifacts dir>/lancedb",
     )  # fmt: skip
+    lancedb_single_writer: bool = setting(
+        False, "allow LanceDB on an object store that ignores conditional writes, where "
+        "only one index run may write at a time (else such a store is refused)",
+        env="RAR_LANCEDB_SINGLE_WRITER",
+    )  # fmt: skip
+    s3_endpoint_url: str = setting(
+        "", "an S3-compatible server's URL for s3:// locations (SeaweedFS, MinIO, Ceph); "
+        "credentials come from the standard AWS variables or files", env="AWS_ENDPOINT_URL",
+        shown="AWS",
+    )  # fmt: skip
+    s3_region: str = setting("", "the region of s3:// locations", env="AWS_REGION",
+                             shown="the AWS chain's")  # fmt: skip
 
     def layout(self) -> ProjectLayout:
         return ProjectLayout(Path(self.project_dir))
@@ -165,12 +179,12 @@ def _derive(sections: dict[str, Any]) -> dict[str, Any]:
     data = Path(corpus.data_root or places.demo_data).resolve()
     artifacts = Path(corpus.artifacts_dir or places.artifacts_for(data)).resolve()
     home = Path(storage.dagster_home or places.dagster_home).resolve()
-    mlflow_artifacts = Path(storage.mlflow_artifacts or places.mlflow_artifacts).resolve()
+    tracking = storage.mlflow_tracking_uri or f"sqlite:///{places.mlflow_db}"
     stores = {
         "project_dir": str(root),
         "dagster_home": str(home),
-        "mlflow_tracking_uri": storage.mlflow_tracking_uri or f"sqlite:///{places.mlflow_db}",
-        "mlflow_artifacts": str(mlflow_artifacts),
+        "mlflow_tracking_uri": tracking,
+        "mlflow_artifacts": _mlflow_artifacts(storage.mlflow_artifacts, tracking, places),
         "lancedb_uri": storage.lancedb_uri or str(ArtifactLayout(artifacts).lancedb),
     }
     enhance = sections["enhance"]
@@ -183,6 +197,15 @@ def _derive(sections: dict[str, Any]) -> dict[str, Any]:
         ),
         "storage": storage.model_copy(update=stores),
     }
+
+
+def _mlflow_artifacts(given: str, tracking_uri: str, places: ProjectLayout) -> str:
+    """Where MLflow run artifacts go: as given; else beside a local store, or the server's."""
+    if given:
+        return given if "://" in given else str(Path(given).resolve())
+    if tracking_uri.lower().startswith(("http://", "https://")):
+        return ""  # the tracking server's own (proxied) artifact store
+    return str(places.mlflow_artifacts.resolve())
 
 
 INTRO = """# Configuration

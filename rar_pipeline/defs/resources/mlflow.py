@@ -287,7 +287,8 @@ class MlflowResource(dg.ConfigurableResource):
     """
 
     tracking_uri: str
-    artifact_location: str
+    # a folder or URI; empty: the tracking server's (proxied: runs need no bucket access)
+    artifact_location: str = ""
     experiment: str = "rar_pipeline"
     # Where a run is journaled when the store cannot be reached (empty: fail instead);
     # `rar sync-tracking` replays the journal once the store is back.
@@ -316,8 +317,8 @@ class MlflowResource(dg.ConfigurableResource):
             if EXPERIMENT_KIND_TAG not in found.tags:  # a person's choice in the UI stays
                 client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
             return found.experiment_id
-        location = self.artifact_location
-        if "://" not in location:
+        location = self.artifact_location or None  # None: the tracking server's own store
+        if location and "://" not in location:
             Path(location).mkdir(parents=True, exist_ok=True)
             location = Path(location).resolve().as_uri()
         return client.create_experiment(self.experiment, artifact_location=location,
