@@ -21,6 +21,7 @@ from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from pydantic import BaseModel, ValidationError
 
@@ -29,7 +30,8 @@ from rar_pipeline.core.config import Knob, Section, configuration_markdown, knob
 from rar_pipeline.core.corpus.config import CorpusConfig
 from rar_pipeline.core.enhance.engine import EnhanceOptions
 from rar_pipeline.core.enhance.vlm.config import VLMConfig
-from rar_pipeline.core.layout import ArtifactLayout, ProjectLayout
+from rar_pipeline.core.layout import ProjectLayout
+from rar_pipeline.core.object_store import is_object_store
 from rar_pipeline.core.retrieval.options import RetrieverConfig, TrainOptions
 from rar_pipeline.core.search.query import SearchPageConfig
 
@@ -115,7 +117,8 @@ class Settings(Section):
 
     @property
     def artifacts_dir(self) -> Path:
-        return Path(self.corpus.artifacts_dir)
+        """The artifacts' folder (this process' local copy of them, if in object storage)."""
+        return self.corpus.artifacts().root
 
     @property
     def dagster_home(self) -> Path:
@@ -176,8 +179,10 @@ def _derive(sections: dict[str, Any]) -> dict[str, Any]:
     root = Path(storage.project_dir or Path.cwd()).resolve()
     places = ProjectLayout(root)
     corpus = sections["corpus"]
-    data = Path(corpus.data_root or places.demo_data).resolve()
-    artifacts = Path(corpus.artifacts_dir or places.artifacts_for(data)).resolve()
+    data = _location(corpus.data_root or str(places.demo_data))
+    artifacts = _location(
+        corpus.artifacts_dir or str(places.artifacts_for(Path(urlparse(data).path)))
+    )
     home = Path(storage.dagster_home or places.dagster_home).resolve()
     tracking = storage.mlflow_tracking_uri or f"sqlite:///{places.mlflow_db}"
     stores = {
@@ -185,7 +190,7 @@ def _derive(sections: dict[str, Any]) -> dict[str, Any]:
         "dagster_home": str(home),
         "mlflow_tracking_uri": tracking,
         "mlflow_artifacts": _mlflow_artifacts(storage.mlflow_artifacts, tracking, places),
-        "lancedb_uri": storage.lancedb_uri or str(ArtifactLayout(artifacts).lancedb),
+        "lancedb_uri": storage.lancedb_uri or f"{artifacts}/lancedb",
     }
     enhance = sections["enhance"]
     prompts = str((root / enhance.prompts).resolve()) if enhance.prompts else ""
@@ -197,6 +202,11 @@ def _derive(sections: dict[str, Any]) -> dict[str, Any]:
         ),
         "storage": storage.model_copy(update=stores),
     }
+
+
+def _location(given: str) -> str:
+    """A storage location made absolute: a URI as it is, a folder resolved."""
+    return given if is_object_store(given) else str(Path(given).resolve())
 
 
 def _mlflow_artifacts(given: str, tracking_uri: str, places: ProjectLayout) -> str:

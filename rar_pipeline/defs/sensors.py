@@ -51,7 +51,7 @@ def corpus_files_sensor(
 ) -> dg.SensorResult | dg.SkipReason:
     """Ingest new or changed corpus files."""
     try:
-        layout = corpus.layout()
+        layout = corpus.current_layout()
     except LayoutError as exc:
         return dg.SkipReason(str(exc))
     previous = json.loads(context.cursor) if context.cursor else {}

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rar_pipeline.core.corpus.records import Candidate, Qrel, Query
+from rar_pipeline.core.mirror import ensure_local
 
 # Test and val files name their task (mbeir_cirr_task7_test.jsonl); M-BEIR's training files
 # do not (query/train/mbeir_cirr_train.jsonl, whose rows carry task_id, and UniIR's
@@ -33,6 +34,8 @@ NO_TRAIN_SPLIT = (
     "no train split in this data root (no query/train/, query/union_train/ or *_train.jsonl "
     "files): the offline captioner learns nothing and training will have no pairs"
 )
+# the data contract's text folders under a data root (images may be anywhere else in it)
+DATA_FOLDERS = ("cand_pool", "query", "qrels", "instructions")
 _QUERY_FILE = re.compile(r"^mbeir_(?P<task>.+?)_(?P<split>train|val|test)\.jsonl$")
 _QRELS_FILE = re.compile(r"^mbeir_(?P<task>.+_task\d+)_(?P<split>train|val|test)_qrels\.txt$")
 
@@ -177,6 +180,9 @@ def resolve_in_root(root: Path, rel_path: str, *, strict: bool = False) -> Path:
     resolved too and the real file must lie inside the real root (for roots that
     untrusted people can write to).
 
+    Where the data root is a local copy of one in object storage (`core.mirror`), the image
+    is fetched by its key first.
+
     Raises:
         ValueError: if the path is absolute or escapes the root.
     """
@@ -190,7 +196,7 @@ def resolve_in_root(root: Path, rel_path: str, *, strict: bool = False) -> Path:
     path = root / normalized
     if strict and not path.resolve().is_relative_to(Path(root).resolve()):
         raise ValueError(f"image path {rel_path!r} leaves the data root through a symlink")
-    return path
+    return ensure_local(path)  # a data root in object storage: the image, fetched by key
 
 
 # ---------------------------------------------------------------------------

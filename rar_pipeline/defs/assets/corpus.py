@@ -23,6 +23,7 @@ from rar_pipeline.defs.checks import (
 from rar_pipeline.defs.io import SUMMARY, clip, markdown_table
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.staging import staged
 from rar_pipeline.defs.workloads import step_tags
 
 
@@ -134,6 +135,7 @@ def _warn_findings(context: dg.AssetExecutionContext, report: IngestReport) -> N
     ],  # fmt: skip
     kinds={"parquet"},
 )
+@staged
 def candidate_pool(
     context: dg.AssetExecutionContext, corpus: CorpusResource
 ) -> dg.MaterializeResult:
@@ -158,6 +160,7 @@ def candidate_pool(
     check_specs=[quarantine_rate_spec(names.QUERIES), quarantine_ceiling_spec(names.QUERIES)],
     kinds={"parquet"},
 )
+@staged
 def queries(context: dg.AssetExecutionContext, corpus: CorpusResource) -> dg.MaterializeResult:
     """One query task (all splits) with its qrels, validated against every candidate pool."""
     layout = corpus.layout()

@@ -15,6 +15,7 @@ from rar_pipeline.core.layout import demo_truth_file
 from rar_pipeline.defs.io import SUMMARY, read_input, read_records
 from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions
 from rar_pipeline.defs.resources import CorpusResource
+from rar_pipeline.defs.staging import staged
 from rar_pipeline.defs.workloads import step_tags
 
 
@@ -37,6 +38,7 @@ class DemoCorpusConfig(dg.Config):
     code_version=f"demo-builder-{BUILDER_VERSION}",
     kinds={"python"},
 )
+@staged
 def demo_corpus(
     context: dg.AssetExecutionContext, config: DemoCorpusConfig, corpus: CorpusResource
 ) -> dg.MaterializeResult:
@@ -79,6 +81,7 @@ def demo_corpus(
     deps=[dg.AssetDep(names.CORPUS_CAPTIONS, partition_mapping=dg.AllPartitionMapping())],
     kinds={"python"},
 )
+@staged
 def demo_caption_accuracy(corpus: CorpusResource) -> dg.MaterializeResult:
     """Share of the demo's test photos whose captions name the right shape, colour, label."""
     truth = demo_truth_file(corpus.root)

@@ -49,6 +49,7 @@ from rar_pipeline.defs.io import (
 )
 from rar_pipeline.defs.partitions import pool_shards, query_tasks
 from rar_pipeline.defs.resources import CorpusResource, VLMResource
+from rar_pipeline.defs.staging import staged
 from rar_pipeline.defs.versions import require_defined_version
 from rar_pipeline.defs.workloads import step_tags
 
@@ -142,6 +143,7 @@ def _captioner_asset(versions: dict[str, str]) -> dg.AssetsDefinition:
         deps=[dg.AssetDep(queries, partition_mapping=every),
               dg.AssetDep(candidate_pool, partition_mapping=every)],
     )  # fmt: skip
+    @staged
     def offline_captioner(
         context: dg.AssetExecutionContext, corpus: CorpusResource
     ) -> dg.MaterializeResult:
@@ -179,6 +181,7 @@ def _captions_asset(
     @_enhancement(names.CORPUS_CAPTIONS, versions, partitions_def=pool_shards,
                   deps=[candidate_pool, *captioner], check_specs=checks,
                   kinds={"parquet"})  # fmt: skip
+    @staged
     def corpus_captions(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
@@ -206,6 +209,7 @@ def _captions_asset(
 def _merge_asset(versions: dict[str, str], captions: dg.AssetsDefinition) -> dg.AssetsDefinition:
     @_enhancement(names.ENHANCED_CORPUS, versions, partitions_def=pool_shards,
                   deps=[candidate_pool, captions], kinds={"parquet"})  # fmt: skip
+    @staged
     def enhanced_corpus(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
@@ -242,6 +246,7 @@ def _queries_asset(
     @_enhancement(names.ENHANCED_QUERIES, versions, partitions_def=query_tasks,
                   deps=[queries, *captioner], kinds={"parquet"},
                   check_specs=[failure_rate_spec(names.ENHANCED_QUERIES)])  # fmt: skip
+    @staged
     def enhanced_queries(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:

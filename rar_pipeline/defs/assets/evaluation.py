@@ -35,6 +35,7 @@ from rar_pipeline.defs.resources import (
     RetrieverResource,
     VLMResource,
 )
+from rar_pipeline.defs.staging import staged
 from rar_pipeline.defs.versions import require_defined_version
 from rar_pipeline.defs.workloads import step_tags
 
@@ -193,6 +194,7 @@ def build_evaluation_asset(
         kinds={"lancedb", "mlflow"},
         check_specs=[recall_floor_spec(names.RETRIEVAL_EVAL)],
     )
+    @staged
     def retrieval_eval(
         context: dg.AssetExecutionContext,
         config: EvalConfig,

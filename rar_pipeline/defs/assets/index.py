@@ -32,6 +32,7 @@ from rar_pipeline.defs.resources import (
     RetrieverResource,
     VLMResource,
 )
+from rar_pipeline.defs.staging import staged
 from rar_pipeline.defs.versions import require_defined_version
 from rar_pipeline.defs.workloads import step_tags
 
@@ -65,6 +66,7 @@ def _index_asset(
         tags={names.CONFIG_TAG: config.name},
         check_specs=[current_checkpoint_spec(config.index_asset)],
     )
+    @staged
     def lancedb_index(
         context: dg.AssetExecutionContext,
         corpus: CorpusResource,

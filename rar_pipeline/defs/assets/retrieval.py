@@ -54,6 +54,7 @@ from rar_pipeline.defs.resources import (
     VLMResource,
 )
 from rar_pipeline.defs.resources.tracking_rules import frame_dataset, logged_model_name
+from rar_pipeline.defs.staging import staged
 from rar_pipeline.defs.versions import require_defined_version
 from rar_pipeline.defs.workloads import step_tags
 
@@ -82,6 +83,7 @@ def _pairs_asset(config: AblationConfig, versions: dict[str, str]) -> dg.AssetsD
         tags={names.CONFIG_TAG: config.name},
         check_specs=[no_test_leakage_spec(names.per_config(names.TRAINING_PAIRS, config.name))],
     )
+    @staged
     def training_pairs(
         context: dg.AssetExecutionContext, corpus: CorpusResource, vlm: VLMResource
     ) -> dg.MaterializeResult:
@@ -200,6 +202,7 @@ def _checkpoint_asset(
         tags={names.CONFIG_TAG: config.name},
         output_required=False,  # a corpus without train pairs has nothing to train
     )
+    @staged
     def retriever_checkpoint(
         context: dg.AssetExecutionContext,
         corpus: CorpusResource,

@@ -36,7 +36,11 @@ __all__ = [
 def resources_from_settings(settings: Settings) -> dict[str, Any]:
     """The real resources for resolved settings, by resource key."""
     return {
-        "corpus": CorpusResource(**settings.corpus.model_dump()),
+        "corpus": CorpusResource(
+            **settings.corpus.model_dump(),
+            s3_endpoint_url=settings.storage.s3_endpoint_url,
+            s3_region=settings.storage.s3_region,
+        ),
         "lancedb": LanceDBResource(
             uri=settings.storage.lancedb_uri,
             s3_endpoint_url=settings.storage.s3_endpoint_url,
