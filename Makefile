@@ -9,9 +9,32 @@ MLFLOW_PORT ?= 5000
 # pytest-xdist workers for `make test` (each takes up to ~2.5 GB; 2 on the 2-core reference machine)
 TEST_WORKERS ?= 2
 
-.PHONY: demo test fmt docs ui mlflow-ui search-ui bench clean-demo install
+.PHONY: demo test fmt docs ui mlflow-ui search-ui bench clean-demo install \
+	stack-up stack-down cluster-demo
 
 install: $(STAMP)
+
+# The cluster deployment on this machine (docs/scaling.md): PostgreSQL, Redis, SeaweedFS,
+# MLflow, the Dagster webserver and daemon, and Celery workers, all on 127.0.0.1, all
+# under .stack/ (servers from Debian: apt-get install postgresql redis-server).
+STACK_WORKERS ?= 2
+stack-up: $(STAMP)
+	mkdir -p .stack
+	$(BIN)/rar stack up --folder .stack --workers $(STACK_WORKERS) --port $(PORT) \
+		> .stack/stack.log 2>&1 &
+	until test -f .stack/pid; do sleep 2; \
+		if grep -q "rar: error" .stack/stack.log; then cat .stack/stack.log; exit 1; fi; done
+	cat .stack/stack.log
+
+# `rar stack up` stops every server it started on SIGTERM, then removes its pid file
+stack-down:
+	test -f .stack/pid && kill -TERM $$(cat .stack/pid) || true
+	while test -f .stack/pid; do sleep 1; done
+	rm -rf .stack
+
+# The demo on a throwaway stack of its own: the same ablation table as `make demo`.
+cluster-demo: $(STAMP)
+	$(BIN)/rar stack demo --workers $(STACK_WORKERS)
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

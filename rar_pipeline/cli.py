@@ -292,6 +292,44 @@ def _worker(args: argparse.Namespace) -> int:
     os.execv(sys.executable, command)
 
 
+def _stack(args: argparse.Namespace) -> int:
+    """`rar stack up` (until stopped) or `rar stack demo` (`stack.deployment`, `stack.demo`)."""
+    import signal
+
+    from rar_pipeline.core.demo.builder import DemoConfig
+    from rar_pipeline.core.settings import KNOBS
+    from rar_pipeline.stack.deployment import stack
+
+    # SIGTERM unwinds like Ctrl-C, so that every server the stack started is stopped
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    project = load_settings().storage.layout().root
+    instance_yaml = project / "deploy" / "dagster.yaml"
+    if not instance_yaml.is_file():
+        print(f"rar stack: {instance_yaml} not found (run it from the project's clone)",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if args.action == "up":
+        folder = args.folder or project / ".stack"
+        with stack(folder, instance_yaml, workers=args.workers, webserver_port=args.port) as up:
+            print(up.describe(), flush=True)
+            stop = {signal.SIGINT, signal.SIGTERM}  # blocked now: the servers are started
+            signal.pthread_sigmask(signal.SIG_BLOCK, stop)
+            (Path(folder) / "pid").write_text(str(os.getpid()))  # what `make stack-down` stops
+            signal.sigwait(stop)
+            print("stopping the stack ...", flush=True)
+        (Path(folder) / "pid").unlink(missing_ok=True)
+        return 0
+    from rar_pipeline.stack.demo import cluster_demo
+
+    given = {k.env: str(getattr(args, k.dest)) for k in KNOBS
+             if getattr(args, k.dest, None) is not None}  # fmt: skip
+    config = DemoConfig(n_train_products=args.train_products, n_test_products=args.test_products,
+                        train_queries_per_task=args.train_queries,
+                        test_queries_per_task=args.test_queries, seed=args.seed)  # fmt: skip
+    return cluster_demo(instance_yaml, config, workers=args.workers, settings_env=given,
+                        report=lambda paths: _report_text(paths, "table"))  # fmt: skip
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `rar` command; returns the exit code."""
     args = parse_args(argv)
@@ -337,6 +375,7 @@ COMMANDS = {
     "serve": _serve,
     "ui": _ui,
     "worker": _worker,
+    "stack": _stack,
 }
 
 

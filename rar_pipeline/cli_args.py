@@ -88,6 +88,17 @@ def _locations(parser: argparse.ArgumentParser, *, data_required: bool = False) 
     _add_knob(parser, BY_DEST["corpus__artifacts_dir"])
 
 
+def _demo_sizes(parser: argparse.ArgumentParser) -> None:
+    """The demo corpus' size and seed (`DemoConfig`'s fields)."""
+    defaults, count = DemoConfig(), bounded(1, 100_000)
+    parser.add_argument("--train-products", type=count, default=defaults.n_train_products)
+    parser.add_argument("--test-products", type=count, default=defaults.n_test_products)
+    for split in ("train", "test"):
+        parser.add_argument(f"--{split}-queries", type=count, help="per task",
+                            default=getattr(defaults, f"{split}_queries_per_task"))  # fmt: skip
+    parser.add_argument("--seed", type=bounded(0, 2**32 - 1), default=defaults.seed)
+
+
 def _graph_commands(sub: argparse._SubParsersAction) -> None:
     """`demo` and `run`: the whole graph."""
     demo = sub.add_parser("demo", help="build the demo corpus and run the pipeline on it")
@@ -98,13 +109,7 @@ def _graph_commands(sub: argparse._SubParsersAction) -> None:
     )
     _add_knob(demo, BY_DEST["corpus__artifacts_dir"])
     demo.add_argument("--force", action="store_true", help="rebuild the corpus even if present")
-    defaults, count = DemoConfig(), bounded(1, 100_000)
-    demo.add_argument("--train-products", type=count, default=defaults.n_train_products)
-    demo.add_argument("--test-products", type=count, default=defaults.n_test_products)
-    for split in ("train", "test"):
-        demo.add_argument(f"--{split}-queries", type=count, help="per task",
-                          default=getattr(defaults, f"{split}_queries_per_task"))  # fmt: skip
-    demo.add_argument("--seed", type=bounded(0, 2**32 - 1), default=defaults.seed)
+    _demo_sizes(demo)
 
     run = sub.add_parser("run", help="run the pipeline on an M-BEIR-layout directory")
     _locations(run, data_required=True)
@@ -184,6 +189,21 @@ def _corpus_commands(sub: argparse._SubParsersAction) -> None:
         "--concurrency", type=bounded(1, 256), default=1, help="steps at once (default: 1)"
     )
     worker.add_argument("--name", help="the worker's name; Celery adds @host (default: its queues)")
+    stack = sub.add_parser(
+        "stack", help="the cluster deployment on this machine, throwaway: PostgreSQL, Redis, "
+        "SeaweedFS, MLflow, Dagster, Celery workers (docs/scaling.md)",
+    )  # fmt: skip
+    actions = stack.add_subparsers(dest="action", required=True)
+    up = actions.add_parser("up", help="start the stack and keep it up until stopped")
+    up.add_argument("--folder", type=Path, help="where it keeps everything (default: .stack)")
+    up.add_argument("--port", type=bounded(1, 65535), default=3000, help="the Dagster UI's port")
+    demo = actions.add_parser(
+        "demo", help="start a stack, run the demo on it, print the ablation table, stop it"
+    )
+    _demo_sizes(demo)
+    _add_sections(demo, GRAPH_SECTIONS)
+    for action in (up, demo):
+        action.add_argument("--workers", type=bounded(1, 16), default=2, help="default: 2")
 
 
 def _search_commands(sub: argparse._SubParsersAction) -> None:

@@ -138,10 +138,17 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
 
 
 @pytest.fixture
-def postgres_url(postgres_server, request: pytest.FixtureRequest) -> str:
+def new_database(postgres_server, request: pytest.FixtureRequest):
+    """`new_database(name)`: the URL of a database of this test's own, on the session's
+    PostgreSQL server (tests on one server never see each other's rows)."""
+    test = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
+    return lambda name: postgres_server.create_database(f"{name}_{test}")
+
+
+@pytest.fixture
+def postgres_url(new_database) -> str:
     """A database of this test's own on the session's PostgreSQL server."""
-    name = "t" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]
-    return postgres_server.create_database(name)
+    return new_database("t")
 
 
 @pytest.fixture(scope="session")

@@ -88,11 +88,13 @@ def server_process(
                 time.sleep(0.5)
             yield process
         finally:
-            os.killpg(process.pid, stop_signal)
+            with contextlib.suppress(ProcessLookupError):  # it may have exited already
+                os.killpg(process.pid, stop_signal)
             try:
                 process.wait(timeout=stop_timeout)
             except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
                 raise RuntimeError(f"{command[0]} ignored {stop_signal.name}") from None
     # the whole group goes: a server's own children (workers, code servers) too

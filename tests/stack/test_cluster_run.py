@@ -22,26 +22,23 @@ import pytest
 from rar_pipeline.core.mirror import filesystem_for, upload_tree
 from rar_pipeline.stack.servers import ObjectStore, mlflow_server, seaweedfs
 from tests.conftest import require_server
-from tests.stack.test_workers import Deployment, worker
-
-GRAPH = ["candidate_pool:*", "queries:*", "offline_captioner", "corpus_captions:*",
-         "enhanced_corpus:*", "enhanced_queries:*", "unpartitioned"]  # fmt: skip
+from tests.stack.conftest import Deployment, worker
 
 
 @pytest.fixture
 def cluster(
-    tmp_path: Path, postgres_server, redis_url: str, mini_corpus: Path
+    tmp_path: Path, new_database, redis_url: str, mini_corpus: Path
 ) -> Iterator[tuple[Deployment, ObjectStore]]:
     require_server("weed")
     project = tmp_path / "project"
     (project / "dagster_home").mkdir(parents=True)
     shutil.copy(Path(__file__).resolve().parents[2] / "deploy" / "dagster.yaml",
                 project / "dagster_home")  # fmt: skip
-    dagster_db = postgres_server.create_database("dagster")
+    dagster_db = new_database("dagster")
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(seaweedfs(tmp_path / "seaweedfs"))
         mlflow = stack.enter_context(mlflow_server(
-            tmp_path / "mlflow", postgres_server.create_database("mlflow").replace(
+            tmp_path / "mlflow", new_database("mlflow").replace(
                 "postgresql://", "postgresql+psycopg2://"), store))  # fmt: skip
         filesystem, bucket = filesystem_for(store.uri(), store.endpoint_url)
         upload_tree(mini_corpus, _with(filesystem, store), f"{bucket}/data/mbeir_mini")
@@ -53,7 +50,7 @@ def cluster(
             "RAR_PROJECT_DIR": str(project),
             "RAR_DATA_ROOT": store.uri("data/mbeir_mini"),
             "RAR_ARTIFACTS_DIR": store.uri("artifacts/mbeir_mini"),
-            "RAR_CACHE_URL": postgres_server.create_database("cache"),
+            "RAR_CACHE_URL": new_database("cache"),
             "RAR_WORK_DIR": str(tmp_path / "run-host"),
             "RAR_EPOCHS": "2",
             "MLFLOW_TRACKING_URI": mlflow,
@@ -101,16 +98,35 @@ def _own_folder(deployment: Deployment, name: str) -> Deployment:
     return Deployment({**deployment.env, "RAR_WORK_DIR": str(work)}, deployment.root)
 
 
+def _recalls(rows: list[dict]) -> dict[tuple, dict[str, float]]:
+    return {(r["config"], r["task"], r["setting"]):
+            {k: round(v, 9) for k, v in r.items() if k.startswith("recall_at_")}
+            for r in rows}  # fmt: skip
+
+
+def _local_run(root: Path, corpus: Path, monkeypatch: pytest.MonkeyPatch) -> list[dict]:
+    """`rar run` on one machine (sqlite, local folders), as the README's quick start does."""
+    from rar_pipeline.cli import main
+    from tests.projects import point_at_project
+
+    with monkeypatch.context() as patch:
+        point_at_project(patch, root)
+        patch.setenv("RAR_EPOCHS", "2")
+        assert main(["run", "--data", str(corpus)]) == 0
+    report = root / "artifacts" / corpus.name / "evaluation" / "report.json"
+    return json.loads(report.read_text())["rows"]
+
+
 @pytest.mark.slow
 def test_the_mini_corpus_runs_through_the_graph_on_workers_with_everything_in_the_stores(
-    cluster: tuple[Deployment, ObjectStore], monkeypatch: pytest.MonkeyPatch
+    cluster: tuple[Deployment, ObjectStore], mini_corpus: Path, monkeypatch: pytest.MonkeyPatch
 ):
     deployment, store = cluster
     with (
         worker(_own_folder(deployment, "one"), "one", "vlm", "default"),
         worker(_own_folder(deployment, "two"), "two", "gpu", "default"),
     ):
-        runs = deployment.run(*GRAPH)
+        runs = deployment.run()
     assert all(r["success"] for r in runs), runs
 
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", deployment.env["DAGSTER_POSTGRES_URL"])
@@ -124,6 +140,9 @@ def test_the_mini_corpus_runs_through_the_graph_on_workers_with_everything_in_th
     key = "artifacts/mbeir_mini/evaluation/report.json"
     rows = json.loads(s3.get_object(Bucket=store.bucket, Key=key)["Body"].read())["rows"]
     assert {r["config"] for r in rows} >= {"none", "corpus", "query", "full"}
+    # the same figures as the same corpus run on one machine
+    assert _recalls(rows) == _recalls(_local_run(deployment.root / "local", mini_corpus,
+                                                 monkeypatch))  # fmt: skip
     listed = s3.list_objects_v2(Bucket=store.bucket, Prefix="artifacts/")["Contents"]
     keys = {o["Key"] for o in listed}
     assert any(k.startswith("artifacts/mbeir_mini/lancedb/") for k in keys)

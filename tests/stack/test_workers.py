@@ -3,19 +3,11 @@
 Everything here is real: a throwaway PostgreSQL server holds the instance
 (`deploy/dagster.yaml`), Redis is the broker, and two `rar worker` processes, each in an
 empty folder of its own, take the `default` and the `vlm` queue. Runs are launched as a
-deployment's run worker launches them (`tests/stack/runs.py`).
+deployment's run worker launches them (`rar_pipeline.stack.graph`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import dagster as dg
@@ -26,10 +18,9 @@ from rar_pipeline.core import names
 from rar_pipeline.core.cluster import ClusterConfig
 from rar_pipeline.defs.executor import executor_for
 from rar_pipeline.defs.workloads import queue_of
-from rar_pipeline.stack.processes import server_process
+from tests.stack.conftest import Deployment, worker
 
 REPO = Path(__file__).resolve().parents[2]
-RAR = Path(sys.executable).with_name("rar")
 
 
 def test_the_deployment_keeps_the_one_machine_run_queue_and_limits():
@@ -68,57 +59,6 @@ def test_a_worker_without_a_broker_says_what_to_set(capsys: pytest.CaptureFixtur
 
     assert main(["worker", "--queue", "vlm"]) == 2
     assert "RAR_CELERY_BROKER_URL" in capsys.readouterr().err
-
-
-@dataclass(frozen=True)
-class Deployment:
-    env: dict[str, str]
-    root: Path
-
-    def run(self, *targets: str) -> list[dict]:
-        out = subprocess.run(
-            [sys.executable, "-m", "tests.stack.runs", *targets], env=self.env, cwd=REPO,
-            capture_output=True, text=True, timeout=600,
-        )  # fmt: skip
-        runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-        assert out.returncode == 0, out.stderr[-4000:]
-        return runs
-
-
-@contextlib.contextmanager
-def worker(deployment: Deployment, name: str, *queues: str) -> Iterator[Path]:
-    """A `rar worker` on `queues`, in an empty folder of its own; yields its log."""
-    folder = deployment.root / f"worker-{name}"
-    folder.mkdir()
-    log = folder / "worker.log"
-    command = [str(RAR), "worker", "--name", name, *(f"--queue={q}" for q in queues)]
-    with server_process(
-        command, lambda: b" ready." in log.read_bytes(), env=deployment.env, log=log,
-        cwd=folder, start_timeout=120,
-    ):  # fmt: skip
-        yield log
-
-
-@pytest.fixture
-def deployment(tmp_path: Path, postgres_server, redis_url: str, mini_corpus: Path) -> Deployment:
-    home = tmp_path / "dagster_home"
-    home.mkdir()
-    shutil.copy(REPO / "deploy" / "dagster.yaml", home)
-    env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("RAR_", "DAGSTER_"))},
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": postgres_server.create_database("dagster").replace(
-            "postgresql://", "postgresql+psycopg2://"
-        ),
-        "RAR_CELERY_BROKER_URL": redis_url,
-        "RAR_PROJECT_DIR": str(tmp_path),
-        "RAR_DATA_ROOT": str(mini_corpus),
-        "RAR_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-        "HF_HUB_OFFLINE": "1",
-        "TRANSFORMERS_OFFLINE": "1",
-    }
-    return Deployment(env, tmp_path)
 
 
 def _workers_of(instance: dg.DagsterInstance, run_id: str) -> dict[str, str]:

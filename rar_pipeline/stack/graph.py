@@ -1,12 +1,12 @@
-"""Runs launched the way a deployment's run worker launches them, for the stack's tests.
+"""The whole graph as runs of a deployment, stage by stage: `rar stack demo` and the tests.
 
-`python -m tests.stack.runs SPEC ...` registers the corpus' partitions on the instance of
+`python -m rar_pipeline.stack.graph [SPEC ...]` registers the corpus' partitions on the instance of
 DAGSTER_HOME, then executes one run per SPEC through `execute_job` on the project's
 definitions (so with the executor the settings choose: Celery when RAR_CELERY_BROKER_URL
 is set). A SPEC is `ASSET`, `ASSET:PARTITION`, `ASSET:*` (one run per partition), or
 `unpartitioned` (one run of every unpartitioned asset after enhancement: the pairs,
-checkpoints, indexes and evaluation). It
-prints one JSON line per run.
+checkpoints, indexes and evaluation). With no SPEC, the
+whole graph (`STAGES`). It prints one JSON line per run.
 """
 
 from __future__ import annotations
@@ -24,8 +24,14 @@ from rar_pipeline.defs.namespace import namespace_of
 from rar_pipeline.defs.partitions import CorpusPartitions, register_corpus_partitions
 from rar_pipeline.defs.resources import resources_from_settings
 
+# the graph's stages in the order they run: one run per partition, then the rest in one run
+STAGES = ("candidate_pool:*", "queries:*", "offline_captioner", "corpus_captions:*",
+          "enhanced_corpus:*", "enhanced_queries:*", "unpartitioned")  # fmt: skip
+
 
 def main(specs: list[str]) -> int:
+    """Run `specs` (default: `STAGES`); 0 when every run succeeded."""
+    specs = specs or list(STAGES)
     settings = load_settings()
     instance = dg.DagsterInstance.get()
     namespace = namespace_of(settings.corpus.name)
