@@ -10,7 +10,7 @@ MLFLOW_PORT ?= 5000
 TEST_WORKERS ?= 2
 
 .PHONY: demo test fmt docs ui mlflow-ui search-ui bench clean-demo install \
-	stack-up stack-down cluster-demo
+	stack-up stack-down cluster-demo test-cluster-demo
 
 install: $(STAMP)
 
@@ -35,6 +35,10 @@ stack-down:
 # The demo on a throwaway stack of its own: the same ablation table as `make demo`.
 cluster-demo: $(STAMP)
 	$(BIN)/rar stack demo --workers $(STACK_WORKERS)
+
+# `rar stack demo` against `rar demo`, at the tests' tiny size (~5 min; not in `make test`)
+test-cluster-demo: $(STAMP)
+	RAR_TEST_CLUSTER_DEMO=1 $(BIN)/python -m pytest tests/stack/test_cluster_demo.py
 
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -22,6 +22,21 @@ FIXTURES = Path(__file__).parent / "fixtures"
 MINI = FIXTURES / "mbeir_mini"
 
 
+# The longest test files start first, so that `make test`'s two workers end together
+# (pytest-xdist hands out files in collection order; the rest keep theirs).
+FIRST = (
+    "tests/stack/test_cluster_run.py",
+    "tests/defs/test_server_backfill.py",
+    "tests/test_refresh.py",
+    "tests/test_namespace.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: i for i, name in enumerate(FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(FIRST)))
+
+
 @pytest.fixture(autouse=True)
 def no_network(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests may talk to servers on this machine only; anything else is a bug."""

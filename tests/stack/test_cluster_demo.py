@@ -19,6 +19,12 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(
+    not os.environ.get("RAR_TEST_CLUSTER_DEMO"),
+    reason="`rar stack demo` end to end takes ~5 minutes, more than CI's budget leaves: "
+    "make test-cluster-demo (tests/stack/test_cluster_run.py runs the mini corpus on a "
+    "stack in every make test)",
+)
 def test_the_demo_on_a_stack_prints_the_one_machine_ablation_table(demo_project, tmp_path):
     for program in ("initdb", "redis-server", "weed"):
         require_server(program)
