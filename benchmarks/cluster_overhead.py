@@ -25,7 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from rar_pipeline.core.mirror import filesystem_for, upload_tree  # noqa: E402
-from rar_pipeline.stack.demo import _store_filesystem  # noqa: E402
 from rar_pipeline.stack.deployment import stack  # noqa: E402
 
 MINI = ROOT / "tests" / "fixtures" / "mbeir_mini"
@@ -46,7 +45,7 @@ def stack_run(tmp: Path, workers: int) -> tuple[float, float, int]:
                extra_env={"RAR_EPOCHS": "2"}) as running:  # fmt: skip
         up = time.perf_counter() - started
         _, remote = filesystem_for(running.data_root)
-        upload_tree(MINI, _store_filesystem(running), remote)
+        upload_tree(MINI, running.store.filesystem(), remote)
         started = time.perf_counter()
         out = subprocess.run([sys.executable, "-m", "rar_pipeline.stack.graph"],
                              env=running.env, cwd=tmp / "project", capture_output=True,

@@ -48,8 +48,7 @@ def _local_files(root: Path, skip: tuple[str, ...]) -> dict[str, tuple[int, int]
     for path in root.rglob("*"):
         rel = path.relative_to(root).as_posix()
         if path.is_file() and path.name != STATE and rel.split("/", 1)[0] not in skip:
-            stat = path.stat()
-            found[rel] = (stat.st_size, stat.st_mtime_ns)
+            found[rel] = _stat(path)
     return found
 
 

@@ -25,17 +25,6 @@ from rar_pipeline.stack.deployment import Stack, stack
 CORPUS = "demo"
 
 
-def _store_filesystem(running: Stack):
-    """The bucket's filesystem, with the stack's credentials (this process holds them)."""
-    import pyarrow.fs as pafs
-
-    store = running.store
-    return pafs.S3FileSystem(
-        access_key=store.access_key, secret_key=store.secret_key, region="us-east-1",
-        endpoint_override=store.endpoint_url.split("://", 1)[1], scheme="http",
-    )  # fmt: skip
-
-
 def run_graph(running: Stack, echo: Callable[[str], None] = print) -> list[dict]:
     """The whole graph on the stack, a run per stage partition; the runs, as they ended.
 
@@ -63,7 +52,7 @@ def run_graph(running: Stack, echo: Callable[[str], None] = print) -> list[dict]
 
 def evaluation_on(running: Stack, into: Path) -> ArtifactLayout:
     """The evaluation outputs the stack's bucket holds, copied into `into`."""
-    filesystem = _store_filesystem(running)
+    filesystem = running.store.filesystem()
     _, remote = filesystem_for(running.artifacts_dir)
     Mirror(filesystem, remote, into, only=("evaluation",)).pull()
     return ArtifactLayout(into)
@@ -89,7 +78,7 @@ def cluster_demo(
             corpus = folder / "build" / CORPUS
             build_demo_corpus(corpus, config)
             _, remote = filesystem_for(running.data_root)
-            sent = upload_tree(corpus, _store_filesystem(running), remote)
+            sent = upload_tree(corpus, running.store.filesystem(), remote)
             echo(f"demo corpus: {sent} files -> {running.data_root}")
             runs = run_graph(running, echo)
             failed = [r for r in runs if not r["success"]]

@@ -73,6 +73,45 @@ def _answers(url: str) -> bool:
         return response.status == 200
 
 
+BIN = Path(sys.executable).parent  # this environment's programs
+
+
+def _start_dagster(
+    running: contextlib.ExitStack, folder: Path, env: dict[str, str], port: int
+) -> None:
+    """The Dagster webserver (on `port`) and daemon, each in its own folder under `folder`."""
+    for name, command, ready in (
+        ("webserver", [str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
+                       "-m", "rar_pipeline.definitions"],
+         lambda: _answers(f"http://127.0.0.1:{port}/server_info")),
+        ("daemon", [str(BIN / "dagster-daemon"), "run", "-m", "rar_pipeline.definitions"],
+         lambda: b"daemon" in (folder / "daemon" / "daemon.log").read_bytes().lower()),
+    ):  # fmt: skip
+        (folder / name).mkdir(exist_ok=True)
+        own = {**env, **settings_env(work_dir=str(folder / name / "tmp"))}
+        running.enter_context(server_process(
+            command, ready, env=own, log=folder / name / f"{name}.log", cwd=folder / name,
+            start_timeout=180))  # fmt: skip
+
+
+def _start_workers(
+    running: contextlib.ExitStack, folder: Path, env: dict[str, str], workers: int
+) -> list[str]:
+    """`workers` `rar worker`s on every queue, each in an empty folder of its own."""
+    names = []
+    for i in range(1, workers + 1):
+        name, place = f"worker{i}", folder / f"worker{i}"
+        place.mkdir(exist_ok=True)
+        log = place / "worker.log"
+        running.enter_context(server_process(
+            [str(BIN / "rar"), "worker", "--name", name, *(f"--queue={q}" for q in QUEUE_NAMES)],
+            lambda log=log: b" ready." in log.read_bytes(),
+            env={**env, **settings_env(work_dir=str(place / "tmp"))}, log=log, cwd=place,
+            start_timeout=180))  # fmt: skip
+        names.append(name)
+    return names
+
+
 @contextlib.contextmanager
 def stack(
     folder: Path,
@@ -120,32 +159,9 @@ def stack(
             **store.credentials, **(extra_env or {}),
         }  # fmt: skip
         (folder / "project").mkdir(exist_ok=True)
-        bin_dir = Path(sys.executable).parent
         port = webserver_port or free_port()
-        for name, command, ready in (
-            ("webserver", [str(bin_dir / "dagster-webserver"), "-h", "127.0.0.1", "-p",
-                           str(port), "-m", "rar_pipeline.definitions"],
-             lambda: _answers(f"http://127.0.0.1:{port}/server_info")),
-            ("daemon", [str(bin_dir / "dagster-daemon"), "run", "-m", "rar_pipeline.definitions"],
-             lambda: b"daemon" in (folder / "daemon" / "daemon.log").read_bytes().lower()),
-        ):  # fmt: skip
-            (folder / name).mkdir(exist_ok=True)
-            own = {**env, **settings_env(work_dir=str(folder / name / "tmp"))}
-            running.enter_context(server_process(
-                command, ready, env=own, log=folder / name / f"{name}.log", cwd=folder / name,
-                start_timeout=180))  # fmt: skip
-        names = []
-        for i in range(1, workers + 1):
-            name, place = f"worker{i}", folder / f"worker{i}"
-            place.mkdir(exist_ok=True)
-            log = place / "worker.log"
-            running.enter_context(server_process(
-                [str(bin_dir / "rar"), "worker", "--name", name,
-                 *(f"--queue={q}" for q in QUEUE_NAMES)],
-                lambda log=log: b" ready." in log.read_bytes(),
-                env={**env, **settings_env(work_dir=str(place / "tmp"))}, log=log, cwd=place,
-                start_timeout=180))  # fmt: skip
-            names.append(name)
+        _start_dagster(running, folder, env, port)
+        names = _start_workers(running, folder, env, workers)
         running_stack = Stack(
             folder,
             env,

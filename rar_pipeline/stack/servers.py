@@ -25,6 +25,8 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
 
 from rar_pipeline.stack.processes import free_port, server_process
 
@@ -165,6 +167,16 @@ class ObjectStore:
     def uri(self, prefix: str = "") -> str:
         """`s3://bucket/prefix`."""
         return f"s3://{self.bucket}/{prefix}".rstrip("/")
+
+    def filesystem(self) -> Any:
+        """Pyarrow's filesystem of the store, with its credentials."""
+        import pyarrow.fs as pafs
+
+        endpoint = urlparse(self.endpoint_url)
+        return pafs.S3FileSystem(
+            access_key=self.access_key, secret_key=self.secret_key, region="us-east-1",
+            endpoint_override=endpoint.netloc, scheme=endpoint.scheme,
+        )  # fmt: skip
 
     @property
     def credentials(self) -> dict[str, str]:

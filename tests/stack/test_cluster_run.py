@@ -40,8 +40,8 @@ def cluster(
         mlflow = stack.enter_context(mlflow_server(
             tmp_path / "mlflow", new_database("mlflow").replace(
                 "postgresql://", "postgresql+psycopg2://"), store))  # fmt: skip
-        filesystem, bucket = filesystem_for(store.uri(), store.endpoint_url)
-        upload_tree(mini_corpus, _with(filesystem, store), f"{bucket}/data/mbeir_mini")
+        _, path = filesystem_for(store.uri("data/mbeir_mini"))
+        upload_tree(mini_corpus, store.filesystem(), path)
         env = {
             "PATH": "/usr/bin:/bin", "HOME": str(tmp_path), "LANG": "C.UTF-8",
             "DAGSTER_HOME": str(project / "dagster_home"),
@@ -58,16 +58,6 @@ def cluster(
             **store.credentials,
         }  # fmt: skip
         yield Deployment(env, tmp_path), store
-
-
-def _with(filesystem, store: ObjectStore):
-    """The store's filesystem with its credentials (the test process holds them)."""
-    import pyarrow.fs as pafs
-
-    return pafs.S3FileSystem(
-        access_key=store.access_key, secret_key=store.secret_key, region="us-east-1",
-        endpoint_override=store.endpoint_url.split("://")[1], scheme="http",
-    )  # fmt: skip
 
 
 def _stepped_on_workers(instance: dg.DagsterInstance, run_id: str) -> tuple[set, set]:
