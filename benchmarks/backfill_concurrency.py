@@ -33,20 +33,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from rar_pipeline.core.enhance.prompts import PROMPTS  # noqa: E402
 from rar_pipeline.defs.namespace import namespace_of  # noqa: E402
 from rar_pipeline.stack.processes import default_signals, free_port  # noqa: E402
-from tests.defs.test_server_backfill import BACKFILL_STATUS, LOCATION, GraphQL  # noqa: E402
+from tests.defs.test_server_backfill import BACKFILL_STATUS, LAUNCH_BACKFILL, LOCATION, GraphQL  # noqa: E402
 
 PROJECT = Path(__file__).resolve().parents[1]
 RELOAD = """
 mutation Reload($name: String!) {
   reloadRepositoryLocation(repositoryLocationName: $name) { __typename }
-}"""
-BACKFILL = """
-mutation Backfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on PythonError { message }
-  }
 }"""
 
 
@@ -94,7 +86,7 @@ def run_once(limit: int, data: Path) -> dict:
         started = time.perf_counter()
         key = [namespace, "corpus_captions"]
         params = {"assetSelection": [{"path": key}], "allPartitions": True}
-        launched = gql(BACKFILL, params=params)["launchPartitionBackfill"]
+        launched = gql(LAUNCH_BACKFILL, params=params)["launchPartitionBackfill"]
         while True:
             status = gql(BACKFILL_STATUS, id=launched["backfillId"])
             status = status["partitionBackfillOrError"].get("status")

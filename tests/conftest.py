@@ -27,6 +27,9 @@ MINI = FIXTURES / "mbeir_mini"
 FIRST = (
     "tests/stack/test_cluster_run.py",
     "tests/defs/test_server_backfill.py",
+    "tests/stack/test_cluster_backfill.py",
+    "tests/stack/test_worker_loss.py",
+    "tests/stack/test_faults.py",
     "tests/test_refresh.py",
     "tests/test_namespace.py",
 )

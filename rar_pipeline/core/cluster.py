@@ -22,6 +22,12 @@ class ClusterConfig(Section):
         "", "where workers report step results to the run", env="RAR_CELERY_BACKEND_URL",
         shown="the broker URL",
     )  # fmt: skip
+    celery_visibility_timeout_s: int = setting(
+        3600, "seconds before a step whose worker vanished without a word (its machine "
+        "lost) is handed to another worker; keep it above the longest step, or a step "
+        "still running is started a second time (a Redis broker's visibility timeout)",
+        env="RAR_CELERY_VISIBILITY_TIMEOUT_S", ge=10,
+    )  # fmt: skip
 
     @property
     def on_workers(self) -> bool:

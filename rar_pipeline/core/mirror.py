@@ -226,13 +226,21 @@ def _upload_file(filesystem: pafs.FileSystem, source: Path, remote: str, rel: st
             filesystem.delete_file(tmp)
 
 
+# tries per S3 request: with the SDK's 3 s request timeout and its backoff, a request
+# rides out about half a minute of an unreachable store before the step fails, naming it
+S3_ATTEMPTS = 10
+
+
 def filesystem_for(uri: str, endpoint_url: str = "", region: str = "") -> tuple[Any, str]:
     """The pyarrow filesystem and path of a URI (`s3://bucket/prefix` at `endpoint_url`)."""
     from urllib.parse import urlparse
 
     parsed = urlparse(uri)
     if parsed.scheme in ("s3", "s3a"):
-        options: dict[str, Any] = {"region": region or "us-east-1"}
+        options: dict[str, Any] = {
+            "region": region or "us-east-1",
+            "retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=S3_ATTEMPTS),
+        }
         if endpoint_url:
             endpoint = urlparse(endpoint_url)
             options.update(endpoint_override=endpoint.netloc, scheme=endpoint.scheme or "https")

@@ -6,10 +6,13 @@ executor: steps run in the run's own processes. With one, every job runs on
 tag names (`defs.workloads`: `vlm`, `gpu`, `default`), and the workers started on those
 queues (`rar worker`, `stack.celery_app`) execute it against the same instance.
 
-A worker that dies mid-step (SIGKILL, a lost machine) has not acknowledged its task:
-tasks are acknowledged when they end (`task_acks_late`) and a task whose worker was lost is
-handed back to the broker (`task_reject_on_worker_lost`), so another worker runs the step
-again; a step's outputs are written atomically and its VLM calls come from the cache.
+A worker that dies mid-step has not acknowledged its task: tasks are acknowledged when
+they end (`task_acks_late`). A step's process killed under a living worker (SIGKILL, the
+kernel's OOM killer) is handed back at once (`task_reject_on_worker_lost`) and runs again.
+A whole worker lost (its machine gone) says nothing: a Redis broker hands its task to
+another worker once the visibility timeout has passed (`celery_visibility_timeout_s`),
+which every worker checks for every 10 s. Either way the step runs again from the start;
+its outputs are written atomically and its VLM calls come from the cache.
 """
 
 from __future__ import annotations
@@ -33,10 +36,15 @@ CELERY_SETTINGS: dict[str, Any] = {
 
 def celery_config(cluster: ClusterConfig) -> dict[str, Any]:
     """`dagster_celery`'s executor config (and its workers' app) for a broker."""
+    lost_workers = {  # each worker looks for tasks of lost workers every 10 s (kombu's redis)
+        "visibility_timeout": cluster.celery_visibility_timeout_s,
+        "unacked_restore_interval": 10,
+        "unacked_restore_throttle": 1,
+    }
     return {
         "broker": cluster.celery_broker_url,
         "backend": cluster.backend_url,
-        "config_source": dict(CELERY_SETTINGS),
+        "config_source": {**CELERY_SETTINGS, "broker_transport_options": lost_workers},
     }
 
 

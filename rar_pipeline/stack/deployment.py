@@ -76,7 +76,7 @@ def _answers(url: str) -> bool:
 BIN = Path(sys.executable).parent  # this environment's programs
 
 
-def _start_dagster(
+def start_dagster(
     running: contextlib.ExitStack, folder: Path, env: dict[str, str], port: int
 ) -> None:
     """The Dagster webserver (on `port`) and daemon, each in its own folder under `folder`."""
@@ -160,7 +160,7 @@ def stack(
         }  # fmt: skip
         (folder / "project").mkdir(exist_ok=True)
         port = webserver_port or free_port()
-        _start_dagster(running, folder, env, port)
+        start_dagster(running, folder, env, port)
         names = _start_workers(running, folder, env, workers)
         running_stack = Stack(
             folder,

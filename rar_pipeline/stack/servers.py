@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import itertools
 import json
 import os
 import secrets
@@ -22,8 +23,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -61,9 +62,14 @@ def find_program(name: str) -> str:
 
 @dataclass(frozen=True)
 class Postgres:
-    """A running PostgreSQL server: its port, and URLs to its databases."""
+    """A running PostgreSQL server: its port, URLs to its databases, and a restart.
+
+    `restart()` stops the server (fast shutdown: every connection is cut) and starts it
+    again on the same port and data, as an upgrade or a failover would.
+    """
 
     port: int
+    restart: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
 
     def url(self, database: str = "postgres", driver: str = "") -> str:
         """`postgresql://rar@127.0.0.1:PORT/database` (`driver`: `psycopg2` adds `+psycopg2`)."""
@@ -122,11 +128,22 @@ def postgres(log_dir: Path, *, port: int | None = None) -> Iterator[Postgres]:
             "-c", "listen_addresses=127.0.0.1", "-c", "unix_socket_directories=",
             "-c", "fsync=off", "-c", "max_connections=200",
         ]  # fmt: skip
-        with server_process(
-            command, lambda: _answers(port), env=dict(os.environ), log=log_dir / "postgres.log",
-            user=user, start_timeout=60, stop_signal=signal.SIGINT,
-        ):  # fmt: skip
-            yield Postgres(port)
+        starts = itertools.count()
+        with contextlib.ExitStack() as running:
+
+            def start() -> None:
+                n = next(starts)
+                log = log_dir / (f"postgres-{n}.log" if n else "postgres.log")
+                running.enter_context(server_process(
+                    command, lambda: _answers(port), env=dict(os.environ), log=log,
+                    user=user, start_timeout=60, stop_signal=signal.SIGINT))  # fmt: skip
+
+            def restart() -> None:
+                running.close()
+                start()
+
+            start()
+            yield Postgres(port, restart)
     except subprocess.CalledProcessError as exc:
         raise RuntimeError(f"initdb failed: {exc.stderr.decode(errors='replace')}") from exc
     finally:

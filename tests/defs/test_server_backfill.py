@@ -72,6 +72,14 @@ STALE_BY_PARTITION = """
 query StaleByPartition($keys: [AssetKeyInput!], $partitions: [String!]) {
   assetNodes(assetKeys: $keys) { staleStatusByPartition(partitions: $partitions) }
 }"""
+LAUNCH_BACKFILL = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+  }
+}"""
 BACKFILL_STATUS = """
 query BackfillStatus($id: String!) {
   partitionBackfillOrError(backfillId: $id) {
