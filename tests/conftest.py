@@ -22,8 +22,9 @@ FIXTURES = Path(__file__).parent / "fixtures"
 MINI = FIXTURES / "mbeir_mini"
 
 
-# The longest test files start first, so that `make test`'s two workers end together
-# (pytest-xdist hands out files in collection order; the rest keep theirs).
+# The longest test files start first, so that `make test`'s workers end together
+# (pytest-xdist hands out files in collection order with `--no-loadscope-reorder`, which
+# the Makefile passes; by default it would start the files with the most tests first).
 FIRST = (
     "tests/stack/test_cluster_run.py",
     "tests/defs/test_server_backfill.py",
