@@ -58,9 +58,14 @@ def make_corpus(root: Path, shards: int, images: int) -> list[str]:
             Image.new("RGB", (48, 48), (n % 256, (n // 256) % 256, 128)).save(path)
             rows.append({"did": f"9:{n}", "img_path": f"mbeir_images/bench/{n}.png",
                          "modality": "image", "txt": None})  # fmt: skip
-        name = f"bench_task{s}_cand_pool"
+        name = f"mbeir_bench_task{s}_cand_pool"
         (pools / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
         names.append(name)
+    queries = root / "query" / "test"  # a corpus has queries: one, for the layout's sake
+    queries.mkdir(parents=True)
+    query = {"qid": "9:0", "query_txt": "a coloured square", "query_img_path": None,
+             "query_modality": "text", "pos_cand_list": ["9:0"], "task_id": 0}  # fmt: skip
+    (queries / "mbeir_bench_task0_test.jsonl").write_text(json.dumps(query) + "\n")
     return names
 
 

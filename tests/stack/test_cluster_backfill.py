@@ -60,14 +60,16 @@ def overlap_the_pools(corpus: Path) -> None:
 
 
 def hold_the_first_request_until_a_second_step_asks(vlm: ScriptedServer) -> None:
-    """The next request waits (up to a minute) until another arrives: with one request in
-    flight per step, the other comes from a second step, which must then be on the other
-    worker. The two shards' steps overlap, as a fleet's do."""
+    """The next request waits (up to 90 s, below the VLM client's timeout) until another
+    arrives: with one request in flight per step, the other comes from a second step, which
+    must then be on the other worker. The two shards' steps overlap, as a fleet's do. (A
+    run slot may still be held by the drift sensor's checks, launched at the daemon's
+    start: the second shard's run then starts when they end.)"""
     first, second = vlm.attempts + 1, threading.Event()
 
     def answer(seen, attempt: int) -> Reply:
         if attempt == first:
-            second.wait(timeout=60)
+            second.wait(timeout=90)
         else:
             second.set()
         return Reply(body=completion("a red circle"), delay_s=0.2)
