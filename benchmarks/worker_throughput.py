@@ -78,12 +78,11 @@ def measure(tmp: Path, corpus: Path, shards: list[str], workers: int, latency: f
         return Reply(body=completion("a coloured square"), delay_s=latency)
 
     vlm.respond = answer
-    vlm.start()
     home = tmp / "dagster_home"
     home.mkdir(parents=True)
     shutil.copy(ROOT / "deploy" / "dagster.yaml", home)
     with contextlib.ExitStack() as running:
-        running.callback(vlm.stop)
+        running.enter_context(vlm)
         database = running.enter_context(postgres(tmp / "postgres"))
         broker = running.enter_context(redis(tmp / "redis"))
         env = {
@@ -94,8 +93,7 @@ def measure(tmp: Path, corpus: Path, shards: list[str], workers: int, latency: f
             "RAR_CELERY_BROKER_URL": broker, "RAR_PROJECT_DIR": str(tmp),
             "RAR_DATA_ROOT": str(corpus), "RAR_ARTIFACTS_DIR": str(tmp / "artifacts"),
             "RAR_CACHE_URL": database.create_database("cache"),
-            "RAR_VLM_BACKEND": "openai", "RAR_VLM_MODEL": "fake-vlm",
-            "RAR_VLM_BASE_URL": vlm.base_url, "RAR_VLM_OPENAI_MAX_CONCURRENCY": "1",
+            **vlm.openai_settings(),
             "MLFLOW_TRACKING_URI": f"sqlite:///{tmp / 'mlflow.db'}",
             "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
         }  # fmt: skip

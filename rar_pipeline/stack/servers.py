@@ -69,7 +69,7 @@ class Postgres:
     """
 
     port: int
-    restart: Callable[[], None] = field(default=lambda: None, compare=False, repr=False)
+    restart: Callable[[], None] = field(compare=False, repr=False)
 
     def url(self, database: str = "postgres", driver: str = "") -> str:
         """`postgresql://rar@127.0.0.1:PORT/database` (`driver`: `psycopg2` adds `+psycopg2`)."""

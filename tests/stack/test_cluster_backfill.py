@@ -109,18 +109,14 @@ def test_a_prompt_edit_backfilled_through_the_webserver_spreads_over_workers_sha
     overlap_the_pools(mini_corpus)
     prompts_file = tmp_path / "prompts.toml"
     prompts_file.write_text("# prompt overrides (none yet)\n")
-    vlm = ScriptedServer()
-    vlm.respond = lambda seen, attempt: Reply(body=completion("a red circle"), delay_s=0.2)
-    vlm.start()
-    env = {**deployment.env, "RAR_CACHE_URL": new_database("cache"),
-           "RAR_PROMPTS": str(prompts_file), "RAR_VLM_BACKEND": "openai",
-           "RAR_VLM_MODEL": "fake-vlm", "RAR_VLM_BASE_URL": vlm.base_url,
-           "RAR_VLM_OPENAI_MAX_CONCURRENCY": "1"}  # fmt: skip
-    deployment = Deployment(env, deployment.root)
     port = free_port()
     gql = GraphQL(f"http://127.0.0.1:{port}")
     with contextlib.ExitStack() as running:
-        running.callback(vlm.stop)
+        vlm = running.enter_context(ScriptedServer())
+        vlm.respond = lambda seen, attempt: Reply(body=completion("a red circle"), delay_s=0.2)
+        env = {**deployment.env, **vlm.openai_settings(), "RAR_CACHE_URL": new_database("cache"),
+               "RAR_PROMPTS": str(prompts_file)}  # fmt: skip
+        deployment = Deployment(env, deployment.root)
         for name, queue in (("a", "vlm"), ("b", "vlm"), ("c", "default")):
             running.enter_context(worker(deployment, name, queue))
         deployment.run("candidate_pool:*", "corpus_captions:*")

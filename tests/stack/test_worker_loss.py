@@ -53,20 +53,15 @@ def _pool_processes(main_pid: int) -> list[int]:
 
 @pytest.fixture
 def vlm_server() -> Iterator[ScriptedServer]:
-    server = ScriptedServer()
-    server.start()
-    yield server
-    server.stop()
+    with ScriptedServer() as server:
+        yield server
 
 
 @pytest.mark.slow
 def test_a_step_whose_worker_process_is_killed_runs_again_and_loses_nothing(
     deployment: Deployment, vlm_server: ScriptedServer
 ):
-    vlm = {"RAR_VLM_BACKEND": "openai", "RAR_VLM_MODEL": "fake-vlm",
-           "RAR_VLM_BASE_URL": vlm_server.base_url,
-           "RAR_VLM_OPENAI_MAX_CONCURRENCY": "1"}  # fmt: skip
-    deployment = Deployment({**deployment.env, **vlm}, deployment.root)
+    deployment = Deployment({**deployment.env, **vlm_server.openai_settings()}, deployment.root)
     killed: list[int] = []
     with (
         worker_process(deployment, "default", "default"),
@@ -101,9 +96,7 @@ def _every_candidate_captioned_once(deployment: Deployment) -> None:
 def test_a_step_whose_whole_worker_is_lost_goes_to_another_worker_after_the_timeout(
     deployment: Deployment, vlm_server: ScriptedServer
 ):
-    settings = {"RAR_VLM_BACKEND": "openai", "RAR_VLM_MODEL": "fake-vlm",
-                "RAR_VLM_BASE_URL": vlm_server.base_url,
-                "RAR_VLM_OPENAI_MAX_CONCURRENCY": "1",
+    settings = {**vlm_server.openai_settings(),
                 "RAR_CELERY_VISIBILITY_TIMEOUT_S": str(VISIBILITY_S)}  # fmt: skip
     deployment = Deployment({**deployment.env, **settings}, deployment.root)
     lost = threading.Event()

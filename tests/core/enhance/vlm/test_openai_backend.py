@@ -100,6 +100,22 @@ class ScriptedServer:
         self._httpd.server_close()
         self._thread.join(timeout=5)
 
+    def __enter__(self) -> ScriptedServer:
+        self.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()
+
+    def openai_settings(self) -> dict[str, str]:
+        """The environment that points the `openai` backend here, one request at a time."""
+        return {
+            "RAR_VLM_BACKEND": "openai",
+            "RAR_VLM_MODEL": "fake-vlm",
+            "RAR_VLM_BASE_URL": self.base_url,
+            "RAR_VLM_OPENAI_MAX_CONCURRENCY": "1",
+        }
+
     def handle(self, seen: Seen) -> Reply:
         with self._lock:
             self.seen.append(seen)
@@ -155,10 +171,8 @@ def direct_connections(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture
 def server() -> Iterator[ScriptedServer]:
-    scripted = ScriptedServer()
-    scripted.start()
-    yield scripted
-    scripted.stop()
+    with ScriptedServer() as scripted:
+        yield scripted
 
 
 @pytest.fixture
