@@ -27,6 +27,11 @@ from rar_pipeline.defs.automation import with_automation
 from rar_pipeline.defs.drift import build_drift_sensor, current_version_checks
 from rar_pipeline.defs.executor import executor_for
 from rar_pipeline.defs.jobs import JOBS
+from rar_pipeline.defs.maintenance import (
+    index_maintenance_sensor,
+    maintain_indexes_job,
+    weekly_index_compaction,
+)
 from rar_pipeline.defs.namespace import in_namespace, namespace_of
 from rar_pipeline.defs.refresh import build_refresh_job
 from rar_pipeline.defs.resources import (
@@ -92,9 +97,14 @@ def build_definitions(
     return dg.Definitions(
         assets=assets,
         asset_checks=current_version_checks(assets, vlm.options().prompt_set()),
-        jobs=[*JOBS, build_refresh_job(assets)],
-        sensors=[corpus_files_sensor, *AUTOMATION_SENSORS, build_drift_sensor(assets)],
-        schedules=[nightly_pool_revalidation],
+        jobs=[*JOBS, build_refresh_job(assets), maintain_indexes_job],
+        sensors=[
+            corpus_files_sensor,
+            *AUTOMATION_SENSORS,
+            build_drift_sensor(assets),
+            index_maintenance_sensor,
+        ],
+        schedules=[nightly_pool_revalidation, weekly_index_compaction],
         resources=resources,
         executor=executor,
     )

@@ -81,7 +81,7 @@ class FakeVectorStore(dg.ConfigurableResource):
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
         rows = len(self._tables[name])
         return {**plan.describe(rows), "fts_index": TEXT_COLUMN, "rows": rows,
-                "table_version": self._versions[name]}  # fmt: skip
+                "unindexed_rows": 0, "table_version": self._versions[name]}  # fmt: skip
 
     def _rows(self, name: str, search: TableSearch) -> pd.DataFrame:
         table = self._tables[name]

@@ -48,6 +48,7 @@ TRAINING_PAIRS_JOB = "training_pairs"
 TRAIN_RETRIEVERS_JOB = "train_retrievers"
 INDEX_AND_EVALUATE_JOB = "index_and_evaluate"
 CURRENT_VERSION_CHECKS_JOB = "current_version_checks"
+MAINTAIN_INDEXES_JOB = "maintain_indexes"
 REFRESH_JOB = "refresh"  # launches a backfill of what `rar refresh` would run
 
 # -- run tags

@@ -3,9 +3,10 @@
 The settings are the components' typed sections (`SECTIONS`), each declared once where its
 component lives: the corpus (`core.corpus.config`), the VLM with a section per backend
 (`core.enhance.vlm.config`), the enhancement run (`core.enhance.engine.EnhanceOptions`),
-the retriever and its training (`core.retrieval.options`), storage, the search page. Every
-field is a `core.config.Knob`: its environment variable and `rar` flag come from its name
-(or its own shorter ones), and `load_settings` reads them, in this module and nowhere else,
+the retriever and its training (`core.retrieval.options`), storage, the Celery cluster,
+index maintenance (`core.index.maintenance`), the search page. Every field is a
+`core.config.Knob`: its environment variable and `rar` flag come from its name (or its own
+shorter ones), and `load_settings` reads them, in this module and nowhere else,
 then derives the defaults that depend on other settings (the demo data under the project,
 the artifacts under the data root's name, the LanceDB folder under the artifacts...).
 
@@ -30,6 +31,7 @@ from rar_pipeline.core.config import Knob, Section, configuration_markdown, knob
 from rar_pipeline.core.corpus.config import CorpusConfig
 from rar_pipeline.core.enhance.engine import EnhanceOptions
 from rar_pipeline.core.enhance.vlm.config import VLMConfig
+from rar_pipeline.core.index.maintenance import MaintenancePolicy
 from rar_pipeline.core.layout import ProjectLayout
 from rar_pipeline.core.object_store import is_object_store
 from rar_pipeline.core.retrieval.options import RetrieverConfig, TrainOptions
@@ -89,11 +91,12 @@ SECTIONS: dict[str, type[BaseModel]] = {
     "training": TrainOptions,
     "storage": StorageConfig,
     "cluster": ClusterConfig,
+    "index": MaintenancePolicy,
     "search": SearchPageConfig,
 }
 KNOBS: tuple[Knob, ...] = tuple(k for name, model in SECTIONS.items() for k in knobs(name, model))
 BY_DEST = {k.dest: k for k in KNOBS}
-ENV_ONLY = ("storage", "cluster")  # set by environment variable alone: no `rar` flag
+ENV_ONLY = ("storage", "cluster", "index")  # set by environment variable alone: no `rar` flag
 # a field name that is one knob's only (`epochs`, `data_root`) may name it alone
 _FIELDS = Counter(k.path[-1] for k in KNOBS)
 _BY_FIELD = {k.path[-1]: k for k in KNOBS if _FIELDS[k.path[-1]] == 1}
@@ -109,6 +112,7 @@ class Settings(Section):
     training: TrainOptions
     storage: StorageConfig
     cluster: ClusterConfig
+    index: MaintenancePolicy
     search: SearchPageConfig
 
     @property

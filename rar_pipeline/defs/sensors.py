@@ -1,9 +1,11 @@
 """Sensors: notice new or changed corpus files, add their partitions, launch their runs."""
 
 import json
+from typing import Any
 
 import dagster as dg
 
+from rar_pipeline.core import names
 from rar_pipeline.core.corpus.mbeir import CorpusLayout, LayoutError
 from rar_pipeline.defs.jobs import ingest_pools_job, ingest_queries_job
 from rar_pipeline.defs.namespace import namespace_of
@@ -25,17 +27,17 @@ def file_states(layout: CorpusLayout) -> dict[str, str]:
     return states
 
 
-def _pool_runs_in_flight(instance: dg.DagsterInstance) -> bool:
-    statuses = [
-        dg.DagsterRunStatus.QUEUED,
-        dg.DagsterRunStatus.NOT_STARTED,
-        dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED,
-    ]
-    runs = instance.get_runs(
-        filters=dg.RunsFilter(job_name="ingest_pools", statuses=statuses), limit=1
-    )
-    return bool(runs)
+IN_FLIGHT = [
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+]
+
+
+def runs_in_flight(instance: dg.DagsterInstance, **filters: Any) -> bool:
+    """Whether a run matching `filters` (`dg.RunsFilter`'s: job_name, tags) is not done."""
+    return bool(instance.get_runs(dg.RunsFilter(statuses=IN_FLIGHT, **filters), limit=1))
 
 
 @dg.sensor(
@@ -68,7 +70,7 @@ def corpus_files_sensor(
         # Every task is validated against the pools: revalidate all of them once the pool
         # runs have finished (an empty state always differs from the file state).
         cursor.update({f"task/{t}": "" for t in layout.queries})
-    elif _pool_runs_in_flight(context.instance):
+    elif runs_in_flight(context.instance, job_name=names.INGEST_POOLS_JOB):
         cursor.update({f"task/{t}": previous.get(f"task/{t}", "") for t in layout.queries})
     else:
         run_requests += [

@@ -162,6 +162,8 @@ def _metadata(
         "vector_index": str(done.index["vector_index"]),
         "index_params": dg.MetadataValue.json(done.index.get("index_params", {})),
         "fts_index": done.index["fts_index"],
+        # searched exactly until the maintain_indexes job folds them in (defs.maintenance)
+        "unindexed_rows": done.index["unindexed_rows"],
         "by_pool": markdown_table(
             ["pool", "written", "deleted"],
             [[p, c["written"], c["deleted"]] for p, c in sorted(done.by_pool.items())],

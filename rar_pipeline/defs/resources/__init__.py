@@ -46,6 +46,7 @@ def resources_from_settings(settings: Settings) -> dict[str, Any]:
             s3_endpoint_url=settings.storage.s3_endpoint_url,
             s3_region=settings.storage.s3_region,
             single_writer=settings.storage.lancedb_single_writer,
+            maintenance=settings.index.model_dump(),
         ),
         "mlflow": MlflowResource(
             tracking_uri=settings.storage.mlflow_tracking_uri,

@@ -9,7 +9,10 @@ Tests' in-memory stand-in, `FakeVectorStore`, lives in `tests/fake_stores.py`.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -18,8 +21,10 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from rar_pipeline.core.index import maintenance
 from rar_pipeline.core.index.ann import METRIC, AnnPlan
 from rar_pipeline.core.index.build import IndexStore
+from rar_pipeline.core.index.maintenance import IndexHealth, MaintenancePolicy
 from rar_pipeline.core.object_store import check_concurrent_writes, is_object_store, lancedb_options
 from rar_pipeline.core.search.store import SearchStore, TableSearch
 
@@ -30,6 +35,13 @@ HASH_BATCH_ROWS = 100_000  # rows per Arrow batch when the keys and row hashes a
 ROW_HASHES = pa.schema([("pool", pa.string()), ("did", pa.string()), ("row_hash", pa.string())])
 SEARCH_CHUNK = 256  # query vectors per LanceDB search call
 RRF_K = 60  # reciprocal rank fusion's constant (LanceDB's RRFReranker default)
+
+
+@contextmanager
+def _timed(seconds: dict[str, float], step: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    seconds[step] = time.perf_counter() - started
 
 
 def sql_string(value: str) -> str:
@@ -71,6 +83,10 @@ class VectorStore(IndexStore, SearchStore, Protocol):
     def search(self, name: str, vector: np.ndarray, k: int) -> pd.DataFrame: ...
 
 
+class MaintenanceSection(dg.Config, MaintenancePolicy):
+    """When maintenance folds rows into the indexes (see `MaintenancePolicy`)."""
+
+
 class LanceDBResource(dg.ConfigurableResource):
     """LanceDB tables at `uri`: a local folder by default, or object storage (s3://...).
 
@@ -85,6 +101,11 @@ class LanceDBResource(dg.ConfigurableResource):
     s3_endpoint_url: str = ""
     s3_region: str = ""
     single_writer: bool = False
+    maintenance: MaintenanceSection = MaintenanceSection()
+
+    def maintenance_policy(self) -> MaintenancePolicy:
+        """When maintenance folds rows into the indexes (the `index` settings)."""
+        return MaintenancePolicy.model_validate(self.maintenance.model_dump())
 
     def connect(self) -> Any:
         import lancedb
@@ -160,21 +181,18 @@ class LanceDBResource(dg.ConfigurableResource):
         return int(table.version)
 
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
-        """The full-text index on `text`, the ANN index once the table is big enough.
+        """Create the indexes a table lacks: full text on `text`, ANN once big enough.
 
-        An existing index is updated incrementally (`optimize`: fold in the rows it does
-        not cover yet, compact small files), not rebuilt, and only when some rows are not
-        in it: an update that changed nothing costs no rewrite of the table. (Rows deleted
-        by an update stay masked until the next write's `optimize` compacts them away.)
+        Nothing else: rows written since an index was built are searched exactly beside
+        it, so they are found at once, and folding them into the indexes is maintenance
+        (`maintain_indexes`), off the update path. A table that grows past the ANN
+        threshold gets its index here, once.
         """
         import lancedb.index
 
         table = self._writer().open_table(name)
         rows = table.count_rows()
-        indices = table.list_indices()
-        have = {tuple(i.columns): i.index_type for i in indices}
-        if any(i.num_unindexed_rows for i in indices):  # (index_stats reads centroids)
-            table.optimize()
+        have = {tuple(i.columns) for i in table.list_indices()}
         if (TEXT_COLUMN,) not in have:
             table.create_index(TEXT_COLUMN, config=lancedb.index.FTS())
         if plan.needs_index(rows) and ("vector",) not in have:
@@ -184,7 +202,60 @@ class LanceDBResource(dg.ConfigurableResource):
             **plan.describe(rows),
             "fts_index": TEXT_COLUMN,
             "rows": rows,
+            "unindexed_rows": self.index_health(name).unindexed_rows,
             "table_version": int(table.version),
+        }
+
+    def index_health(self, name: str) -> IndexHealth:
+        """How far the table's indexes are behind its rows (reads no index data)."""
+        table = self.connect().open_table(name)
+        segments = {d.name: len(d.segments) for d in table.to_lance().describe_indices()}
+        unindexed = [i.num_unindexed_rows for i in table.list_indices()]
+        return IndexHealth(
+            rows=table.count_rows(),
+            unindexed_rows=max(unindexed, default=0),
+            deltas=max(segments.values(), default=1) - 1,
+            indexes=segments,
+        )
+
+    def maintain_indexes(
+        self, name: str, policy: MaintenancePolicy, *, full: bool = False
+    ) -> dict[str, Any]:
+        """Fold rows the indexes miss into them (`core.index.maintenance`); what it did.
+
+        Delta segments for the rows no index covers, then the deltas merged into one once
+        there are more than `policy.max_deltas`; with `full`, LanceDB's `optimize()`
+        (compaction, old versions dropped) and every segment of an index merged into one.
+        """
+        before = self.index_health(name)
+        todo = maintenance.plan(before, policy, full=full)
+        seconds: dict[str, float] = {}
+        if todo.full:
+            with _timed(seconds, "compact"):
+                self._writer().open_table(name).optimize()
+        dataset = self._writer().open_table(name).to_lance()  # moves on as it commits
+
+        def deltas() -> int:
+            return max((len(d.segments) for d in dataset.describe_indices()), default=1) - 1
+
+        def merge(step: str, latest: int) -> None:
+            """Lance merges the latest segments, and the rows no index covers, into one."""
+            with _timed(seconds, step):
+                dataset.optimize.optimize_indices(num_indices_to_merge=latest)
+
+        if todo.delta:
+            merge("delta", 0)
+        if todo.merge_deltas:
+            merge("merge_deltas", deltas())
+        if todo.full:
+            merge("merge_all", deltas() + 1)
+        after = self.index_health(name) if todo else before
+        return {
+            "table": name,
+            "steps": list(seconds),
+            "seconds": {step: round(s, 3) for step, s in seconds.items()},
+            "before": asdict(before),
+            "after": asdict(after),
         }
 
     def search_vectors(
