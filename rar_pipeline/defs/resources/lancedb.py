@@ -9,6 +9,8 @@ Tests' in-memory stand-in, `FakeVectorStore`, lives in `tests/fake_stores.py`.
 
 from __future__ import annotations
 
+import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -35,6 +37,8 @@ HASH_BATCH_ROWS = 100_000  # rows per Arrow batch when the keys and row hashes a
 ROW_HASHES = pa.schema([("pool", pa.string()), ("did", pa.string()), ("row_hash", pa.string())])
 SEARCH_CHUNK = 256  # query vectors per LanceDB search call
 RRF_K = 60  # reciprocal rank fusion's constant (LanceDB's RRFReranker default)
+_CONNECTIONS: dict[tuple[str, str, str, int], Any] = {}  # LanceDBResource.connect's
+_CONNECTING = threading.Lock()
 
 
 @contextmanager
@@ -108,6 +112,20 @@ class LanceDBResource(dg.ConfigurableResource):
         return MaintenancePolicy.model_validate(self.maintenance.model_dump())
 
     def connect(self) -> Any:
+        """The database: one connection per process and location, kept.
+
+        LanceDB caches index files and table metadata in a connection's session; a new
+        connection per query reads them again (~0.1 s a query on a 100k-row table,
+        benchmarks/RESULTS.md "Index freshness"). Every `open_table` still reads the table's
+        latest version, so a kept connection sees every write.
+        """
+        key = (self.uri, self.s3_endpoint_url, self.s3_region, os.getpid())
+        with _CONNECTING:
+            if key not in _CONNECTIONS:
+                _CONNECTIONS[key] = self._connect()
+            return _CONNECTIONS[key]
+
+    def _connect(self) -> Any:
         import lancedb
 
         if not is_object_store(self.uri):
