@@ -23,11 +23,9 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
-from rar_pipeline.core.corpus.records import Candidate
-from rar_pipeline.core.corpus.tables import frame_to_records, iter_parquet_batches
-from rar_pipeline.core.files import values_hash
+from rar_pipeline.core.corpus.records import Candidate, Modality
+from rar_pipeline.core.corpus.tables import iter_parquet_batches
 from rar_pipeline.core.index.configs import IndexedConfig
-from rar_pipeline.core.retrieval.pairs import candidate_text
 
 # Bump when what a row holds or how it is embedded changes: part of the index assets'
 # code versions and of every row's hash.
@@ -81,33 +79,64 @@ def index_rows(
     Raises:
         ValueError: the config reads the enhanced corpus and none was given.
     """
-    rep = config.representation
-    if rep.enhanced_corpus and enhanced_corpus is None:
+    if config.representation.enhanced_corpus and enhanced_corpus is None:
         raise ValueError(f"config {config.name!r} needs the enhanced corpus")
+    parts = [
+        _pool_rows(
+            config, pool, [c.did for c in candidates], [str(c.modality) for c in candidates],
+            [c.txt for c in candidates], [c.img_path for c in candidates], provenance,
+            enhanced_corpus,
+        )
+        for pool, candidates in pools.items()
+    ]  # fmt: skip
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=ROW_COLUMNS)
+
+
+def _pool_rows(
+    config: IndexedConfig,
+    pool: str,
+    dids: list[str],
+    modalities: list[str],
+    txts: list[Any],
+    img_paths: list[Any],
+    provenance: Provenance,
+    enhanced_corpus: Mapping[str, Any] | None,
+) -> pd.DataFrame:
+    """One pool's rows from its candidates' columns, a column at a time.
+
+    Each row's hash is `values_hash` of its values after INDEX_VERSION, computed in one
+    digest per row (the same bytes: `str` of each value and a NUL).
+    """
+    rep = config.representation
     enhanced = enhanced_corpus if rep.enhanced_corpus else None
     versions = (
         [provenance.retriever, provenance.prompt_version, provenance.vlm_model]
         if rep.enhanced_corpus
         else [provenance.retriever, None, None]
     )
-    rows = []
-    for pool, candidates in pools.items():
-        for c in candidates:
-            text = candidate_text(rep, c, enhanced)
-            row = [
-                pool,
-                c.did,
-                str(c.modality),
-                c.txt,
-                enhanced.get(c.did) if enhanced is not None else None,
-                text,
-                c.img_path,
-                *versions,
-            ]
-            rows.append([*row, values_hash([INDEX_VERSION, *row[1:]])[:16]])
-    return pd.DataFrame(rows, columns=ROW_COLUMNS)
+    txts, img_paths = [_value(t) for t in txts], [_value(p) for p in img_paths]
+    enhanced_txt = [enhanced.get(d) for d in dids] if enhanced is not None else [None] * len(dids)
+    # the candidate's text where it has no enhanced one (`pairs.candidate_text`)
+    texts = txts if enhanced is None else [e or t for e, t in zip(enhanced_txt, txts, strict=True)]
+    tail = "".join(f"{v}\0" for v in versions)
+    hashes = [
+        hashlib.sha256(
+            f"{INDEX_VERSION}\0{d}\0{m}\0{t}\0{e}\0{x}\0{i}\0{tail}".encode()
+        ).hexdigest()[:16]
+        for d, m, t, e, x, i in zip(dids, modalities, txts, enhanced_txt, texts, img_paths,
+                                    strict=True)
+    ]  # fmt: skip
+    columns = [[pool] * len(dids), dids, modalities, txts, enhanced_txt, texts, img_paths]
+    columns += [[v] * len(dids) for v in versions] + [hashes]
+    return pd.DataFrame(dict(zip(ROW_COLUMNS, columns, strict=True)), columns=ROW_COLUMNS)
 
 
+def _value(value: Any) -> Any:
+    """A text column's value as a record holds it (None for a null read as NaN)."""
+    return None if isinstance(value, float) and value != value else value
+
+
+_MODALITIES = {str(m.value): str(m) for m in Modality}
 INDEX_CHUNK_ROWS = 100_000  # candidates turned into rows, diffed, embedded, written at a time
 
 
@@ -142,9 +171,13 @@ def iter_index_rows(
     for pool, path in pools.items():
         texts = _enhanced_texts(reads[pool], chunk_rows) if reads is not None else None
         for batch in iter_parquet_batches(path, chunk_rows):
-            candidates = frame_to_records(batch.to_pandas(), Candidate)
-            enhanced = texts.take(c.did for c in candidates) if texts is not None else None
-            yield index_rows(config, {pool: candidates}, provenance, enhanced)
+            dids = batch.column("did").to_pylist()
+            modalities = [_MODALITIES[m] for m in batch.column("modality").to_pylist()]
+            enhanced = texts.take(dids) if texts is not None else None
+            yield _pool_rows(
+                config, pool, dids, modalities, batch.column("txt").to_pylist(),
+                batch.column("img_path").to_pylist(), provenance, enhanced,
+            )  # fmt: skip
     yield pd.DataFrame(columns=ROW_COLUMNS)
 
 
