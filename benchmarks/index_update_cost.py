@@ -42,8 +42,8 @@ def rows(start: int, stop: int, version: int, rng: random.Random) -> pd.DataFram
     texts = [" ".join(rng.choices(WORDS, k=rng.randint(20, 60))) for _ in range(start, stop)]
     return pd.DataFrame(
         {
-            "pool": "synth_cand_pool",
             "did": [f"1:{i}" for i in range(start, stop)],
+            "pools": [["synth_cand_pool"]] * (stop - start),
             "modality": "text",
             "txt": texts,
             "enhanced_txt": None,

@@ -17,15 +17,10 @@ import pyarrow as pa
 from pydantic import PrivateAttr
 
 from rar_pipeline.core.index.ann import AnnPlan
+from rar_pipeline.core.index.rows import KEY, ROW_HASHES
 from rar_pipeline.core.search.store import TableSearch
 from rar_pipeline.defs.resources import lancedb
-from rar_pipeline.defs.resources.lancedb import (
-    KEY,
-    ROW_HASHES,
-    RRF_K,
-    TEXT_COLUMN,
-    scored_hits,
-)
+from rar_pipeline.defs.resources.lancedb import RRF_K, TEXT_COLUMN, scored_hits
 
 
 class FakeVectorStore(dg.ConfigurableResource):
@@ -62,20 +57,26 @@ class FakeVectorStore(dg.ConfigurableResource):
         return self._tables[name][list(columns)].head(n).reset_index(drop=True)
 
     def row_hashes(self, name: str) -> pa.RecordBatchReader:
-        frame = self._tables.get(name, pd.DataFrame(columns=[*KEY, "row_hash"]))
-        table = pa.Table.from_pandas(frame[[*KEY, "row_hash"]], ROW_HASHES, preserve_index=False)
+        frame = self._tables.get(name, pd.DataFrame(columns=ROW_HASHES.names))
+        table = pa.Table.from_pandas(frame[ROW_HASHES.names], ROW_HASHES, preserve_index=False)
         batches = table.to_batches(lancedb.HASH_BATCH_ROWS)  # read when called: tests patch it
         return pa.RecordBatchReader.from_batches(ROW_HASHES, batches)
 
     def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
         rows = rows.to_pandas()
         table = self._tables.get(name, rows.iloc[0:0])
-        drop = set(zip(rows["pool"], rows["did"], strict=True)) | set(
-            zip(delete["pool"], delete["did"], strict=True)
-        )
-        keep = [(p, d) not in drop for p, d in zip(table["pool"], table["did"], strict=True)]
+        drop = set(rows["did"]) | set(delete["did"])
+        keep = [d not in drop for d in table["did"]]
         self._tables[name] = pd.concat([table[keep], rows], ignore_index=True)
         self._versions[name] = self._versions.get(name, 0) + 1
+        return self._versions[name]
+
+    def update_pools(self, name: str, pools: pa.Table) -> int:
+        new = dict(zip(pools.column("did").to_pylist(), pools.column("pools").to_pylist(),
+                       strict=True))  # fmt: skip
+        table = self._tables[name]
+        table["pools"] = [new.get(d, p) for d, p in zip(table["did"], table["pools"], strict=True)]
+        self._versions[name] += 1
         return self._versions[name]
 
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
@@ -86,7 +87,7 @@ class FakeVectorStore(dg.ConfigurableResource):
     def _rows(self, name: str, search: TableSearch) -> pd.DataFrame:
         table = self._tables[name]
         if search.pool is not None:
-            table = table[table["pool"] == search.pool]
+            table = table[[search.pool in list(p) for p in table["pools"]]]
         if search.modality:
             table = table[table["modality"].isin(list(search.modality))]
         return table.reset_index(drop=True)
@@ -115,14 +116,13 @@ class FakeVectorStore(dg.ConfigurableResource):
         words = set(re.findall(r"\w+", text.lower()))
         overlap = [len(words & set(re.findall(r"\w+", str(t).lower()))) for t in table["text"]]
         lexical = [i for i in np.argsort(-np.asarray(overlap), kind="stable") if overlap[i]]
-        fused: dict[tuple[str, str], float] = {}
-        ranked = [list(zip(dense["pool"], dense["did"], strict=True)),
-                  [(table["pool"][i], table["did"][i]) for i in lexical]]  # fmt: skip
+        fused: dict[str, float] = {}
+        ranked = [list(dense["did"]), [table["did"][i] for i in lexical]]
         for keys in ranked:
             for rank, key in enumerate(keys):
                 fused[key] = fused.get(key, 0.0) + 1.0 / (RRF_K + rank + 1)
         best = sorted(fused, key=lambda key: -fused[key])[:k]
-        rows = table.set_index(KEY).loc[best].reset_index()
+        rows = table.set_index(KEY[0]).loc[best].reset_index()
         rows = rows.assign(query_index=0, score=[fused[key] for key in best])
         return scored_hits([rows], search.columns)
 

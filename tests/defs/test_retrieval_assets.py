@@ -315,12 +315,17 @@ def test_each_index_holds_every_candidate_with_what_made_it(built):
     corpus, vlm, instance, _, _ = built
     db = lancedb.connect(corpus.artifacts().lancedb)
     pools = {s: pd.read_parquet(corpus.artifacts().pool(s)) for s in corpus.layout().pools}
-    expected = sorted((s, d) for s, frame in pools.items() for d in frame["did"])
+    held: dict[str, list[str]] = {}  # one row per candidate, listing the pools holding it
+    for shard, frame in pools.items():
+        for did in frame["did"]:
+            held.setdefault(did, []).append(shard)
+    expected = sorted((d, tuple(p)) for d, p in held.items())
     for config, asset in INDEXES.items():
         table = db.open_table(config)
         rows = table.search().limit(None).to_pandas()
-        assert sorted(zip(rows["pool"], rows["did"], strict=True)) == expected
-        assert {i.index_type for i in table.list_indices()} == {"FTS"}  # small: exact search
+        assert sorted(zip(rows["did"], map(tuple, rows["pools"]), strict=True)) == expected
+        # small: exact search, a full-text index, and the pool and modality filters' indexes
+        assert {i.index_type for i in table.list_indices()} == {"FTS", "LabelList", "Bitmap"}
         reads_captions = config in ("corpus", "full", "inference-only")
         assert rows["enhanced_txt"].notna().any() == reads_captions
         assert rows["vlm_model"].notna().all() == reads_captions

@@ -31,7 +31,7 @@ from rar_pipeline.core.layout import ArtifactLayout
 from rar_pipeline.core.retrieval.data import encode_item, home_pools
 from rar_pipeline.core.retrieval.encoders.base import Encoder
 from rar_pipeline.core.retrieval.pairs import query_text
-from rar_pipeline.core.search.store import SearchStore, TableSearch, dense_search, unique_hits
+from rar_pipeline.core.search.store import SearchStore, TableSearch, dense_search, hits_by_query
 
 Setting = Literal["local", "global"]
 RUN_DEPTH = 100  # candidates kept per query in a run file
@@ -116,7 +116,6 @@ def rank_config(
     plan: AnnPlan,
     *,
     depth: int = RUN_DEPTH,
-    copies: int = 1,
     progress: Callable[[int], None] | None = None,
 ) -> ConfigRun:
     """Rank every test query (`TEST_QUERY_COLUMNS`) with one config.
@@ -130,8 +129,6 @@ def rank_config(
         root: the data root image paths are relative to.
         plan: the table's ANN query parameters.
         depth: candidates kept per query.
-        copies: the most pools one candidate is in (a search over every pool fetches this
-            many times `depth` hits, then keeps each candidate once).
         progress: called with the number of queries embedded after each batch.
     """
     rep = config.representation
@@ -144,14 +141,12 @@ def rank_config(
                 group["txt"], group["enhanced_txt"], group["img_path"], strict=True
             )
         ]
-        pool = pool_of.get(str(task))
-        fetch = depth if pool is not None else depth * max(1, copies)
         # a query with nothing embeddable ranks nothing (it scores 0)
-        search = TableSearch(pool, plan)
-        dense = dense_search(store, config, encoder, items, fetch, search, progress=progress)
+        search = TableSearch(pool_of.get(str(task)), plan)
+        dense = dense_search(store, config, encoder, items, depth, search, progress=progress)
         unembedded += len(dense.embedded.failed)
         hits = dense.hits
-        by_query = unique_hits(hits, depth)
+        by_query = hits_by_query(hits)
         rankings[str(task)] = {}
         for i, qid in enumerate(group["qid"]):
             found = by_query.get(i, hits.iloc[0:0])
@@ -239,7 +234,6 @@ def evaluate_ablation(
         "local": {str(t): local.get(str(t)) for t in qrels},
         "global": {str(t): union_pool(pools) for t in qrels},
     }
-    copies = max(Counter(d for dids in pools.values() for d in dids).values(), default=1)
     rows: list[dict[str, Any]] = []
     frames = []
     unembedded: dict[str, int] = {}
@@ -248,7 +242,7 @@ def evaluate_ablation(
         runs = []
         for config in configs:
             run = rank_config(store, config, encoders[config.retriever.name], queries, pool_of,
-                              root, plan, copies=copies, progress=progress)  # fmt: skip
+                              root, plan, progress=progress)  # fmt: skip
             for task, rankings in run.rankings.items():
                 write_run(paths.run_file(config.name, task, setting), rankings,
                           f"rar-{config.name}-{setting}")  # fmt: skip

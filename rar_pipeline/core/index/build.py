@@ -17,7 +17,14 @@ import pandas as pd
 import pyarrow as pa
 
 from rar_pipeline.core.index.ann import AnnPlan
-from rar_pipeline.core.index.rows import KEY, ROW_COLUMNS, ExistingRows, RowDiff, arrow_rows
+from rar_pipeline.core.index.rows import (
+    KEY,
+    ROW_COLUMNS,
+    ExistingRows,
+    RowDiff,
+    arrow_rows,
+    pools_array,
+)
 from rar_pipeline.core.retrieval.data import encode_item
 from rar_pipeline.core.retrieval.embedding import embed_robustly
 from rar_pipeline.core.retrieval.encoders.base import Encoder
@@ -32,6 +39,8 @@ class IndexStore(Protocol):
 
     def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int: ...
 
+    def update_pools(self, name: str, pools: pa.Table) -> int: ...
+
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]: ...
 
 
@@ -43,10 +52,11 @@ class IndexUpdate:
     deleted: int
     unchanged: int
     embed_seconds: float
+    repooled: int = 0  # unchanged rows whose pools changed (no embedding)
     by_pool: dict[str, dict[str, int]] = field(default_factory=dict)
     index: dict[str, Any] = field(default_factory=dict)
     # rows left out (nothing embeddable) or embedded from their text alone (image failed):
-    # {"pool", "did", "reason"}; both are tried again by the next update
+    # {"did", "pools", "reason"}; both are tried again by the next update
     failed: list[dict[str, str]] = field(default_factory=list)
     degraded: list[dict[str, str]] = field(default_factory=list)
     rebuilt: str | None = None  # why the table was dropped and built afresh
@@ -71,7 +81,8 @@ def update_index(
 
     `rows` may come as chunks (`rows.iter_index_rows`): each chunk is diffed against the
     table's keys and hashes (held compactly, `rows.ExistingRows`), embedded and upserted
-    before the next is read, and the rows no chunk held are deleted at the end. The table
+    before the next is read (a row whose vector stays but whose pools changed gets its new
+    `pools` alone), and the rows no chunk held are deleted at the end. The table
     ends the same either way; a run stopped between chunks leaves rows a rerun puts right.
     A table whose rows cannot be read (data files lost or damaged) is dropped and built
     afresh, and `IndexUpdate.rebuilt` says why: rematerializing is how a damaged index is
@@ -99,6 +110,11 @@ def update_index(
     for chunk in chunks:
         diff = existing.diff(chunk)
         done.unchanged += diff.unchanged
+        if len(diff.repool):
+            dids = pa.array(diff.repool["did"].astype(str).tolist(), pa.string())
+            pools = pools_array(diff.repool["pools"])
+            store.update_pools(table, pa.table({"did": dids, "pools": pools}))
+            done.repooled += len(diff.repool)
         if not len(diff.write):
             continue
         _count(done.by_pool, diff.by_pool())
@@ -142,7 +158,7 @@ def _embedded(
 
     def noted(reasons: dict[int, str]) -> list[dict[str, str]]:
         return [
-            {"pool": rows["pool"].iloc[i], "did": rows["did"].iloc[i], "reason": r}
+            {"did": rows["did"].iloc[i], "pools": list(rows["pools"].iloc[i]), "reason": r}
             for i, r in sorted(reasons.items())
         ]
 

@@ -1,13 +1,15 @@
 """The rows of a config's index table, and which of them need (re-)embedding.
 
-One row per (pool, did): M-BEIR ships a candidate in its task's local pool and again in a
-union pool, and evaluation filters by pool (`pool = 'mbeir_cirr_task7_cand_pool'`, UniIR's
-local setting) or searches the union pool (global setting).
+One row per candidate, whatever the number of pools that hold it: `pools` lists them (M-BEIR
+ships a candidate in its task's local pool and again in a union pool), so the union pool
+costs no second row. Evaluation filters by pool (`array_has(pools, 'mbeir_cirr_task7_cand_pool')`,
+UniIR's local setting) or searches every row (global setting).
 
-A row's `row_hash` covers everything that made it (retriever, text, image, modality and
-the versions recorded beside them), so updating an index embeds exactly the rows that are
-new or changed and deletes the rows whose candidate is gone: a new pool shard embeds only
-its own candidates, a caption prompt edit re-embeds the rows it changed.
+A row's `row_hash` covers everything that made its vector (retriever, text, image, modality
+and the versions recorded beside them), so updating an index embeds exactly the rows that
+are new or changed, rewrites only the `pools` of a candidate whose pools changed, and
+deletes the rows whose candidate is gone: a new pool shard embeds only its own new
+candidates, a caption prompt edit re-embeds the rows it changed.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +28,15 @@ import pyarrow as pa
 from rar_pipeline.core.corpus.records import Candidate, Modality
 from rar_pipeline.core.corpus.tables import iter_parquet_batches
 from rar_pipeline.core.index.configs import IndexedConfig
+from rar_pipeline.core.index.membership import Memberships, did_keys
 
 # Bump when what a row holds or how it is embedded changes: part of the index assets'
 # code versions and of every row's hash.
-INDEX_VERSION = "index-1"
+INDEX_VERSION = "index-2"  # 2: one row per candidate, its pools a list
 
 ROW_COLUMNS = [
-    "pool",
     "did",
+    "pools",  # every pool shard that holds the candidate, in shard order
     "modality",
     "txt",  # the candidate's own text
     "enhanced_txt",  # the VLM's text, where the config reads the enhanced corpus
@@ -44,7 +47,7 @@ ROW_COLUMNS = [
     "vlm_model",  # "<backend>/<model id>", where the config reads the enhanced corpus
     "row_hash",
 ]
-KEY = ["pool", "did"]
+KEY = ["did"]
 
 
 @dataclass(frozen=True)
@@ -81,31 +84,35 @@ def index_rows(
     """
     if config.representation.enhanced_corpus and enhanced_corpus is None:
         raise ValueError(f"config {config.name!r} needs the enhanced corpus")
-    parts = [
-        _pool_rows(
-            config, pool, [c.did for c in candidates], [str(c.modality) for c in candidates],
-            [c.txt for c in candidates], [c.img_path for c in candidates], provenance,
-            enhanced_corpus,
-        )
-        for pool, candidates in pools.items()
-    ]  # fmt: skip
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=ROW_COLUMNS)
+    first: dict[str, Candidate] = {}
+    held: dict[str, list[str]] = {}
+    for pool, candidates in pools.items():
+        for c in candidates:
+            first.setdefault(c.did, c)
+            if pool not in held.setdefault(c.did, []):
+                held[c.did].append(pool)
+    records = list(first.values())
+    return _rows(
+        config, [c.did for c in records], [held[c.did] for c in records],
+        [str(c.modality) for c in records], [c.txt for c in records],
+        [c.img_path for c in records], provenance, enhanced_corpus,
+    )  # fmt: skip
 
 
-def _pool_rows(
+def _rows(
     config: IndexedConfig,
-    pool: str,
     dids: list[str],
+    pools: list[list[str]],
     modalities: list[str],
     txts: list[Any],
     img_paths: list[Any],
     provenance: Provenance,
     enhanced_corpus: Mapping[str, Any] | None,
 ) -> pd.DataFrame:
-    """One pool's rows from its candidates' columns, a column at a time.
+    """Candidates' rows from their columns, a column at a time.
 
-    Each row's hash is `values_hash` of its values after INDEX_VERSION, computed in one
-    digest per row (the same bytes: `str` of each value and a NUL).
+    A row's hash is `files.values_hash` of INDEX_VERSION and what makes its vector (not its
+    pools), in one digest per row (the same bytes: `str` of each value and a NUL).
     """
     rep = config.representation
     enhanced = enhanced_corpus if rep.enhanced_corpus else None
@@ -126,7 +133,7 @@ def _pool_rows(
         for d, m, t, e, x, i in zip(dids, modalities, txts, enhanced_txt, texts, img_paths,
                                     strict=True)
     ]  # fmt: skip
-    columns = [[pool] * len(dids), dids, modalities, txts, enhanced_txt, texts, img_paths]
+    columns = [dids, pools, modalities, txts, enhanced_txt, texts, img_paths]
     columns += [[v] * len(dids) for v in versions] + [hashes]
     return pd.DataFrame(dict(zip(ROW_COLUMNS, columns, strict=True)), columns=ROW_COLUMNS)
 
@@ -155,11 +162,11 @@ def iter_index_rows(
         pools: pool shard -> its `candidate_pool` table.
         provenance: what made the rows.
         enhanced_corpus: pool shard -> its `enhanced_corpus` table (needed when the config
-            reads it). Each shard's rows take their enhanced text from the shard's own
-            table; `index_rows` with one did -> text map over every shard gives the same
-            rows wherever the shards that hold a candidate agree on its enhanced text
-            (they do unless pools define it with different content, which the `queries`
-            asset reports as a conflict).
+            reads it). A candidate's row is made from the first shard that holds it, with
+            that shard's enhanced text; `index_rows` with one did -> text map over every
+            shard gives the same rows wherever the shards agree on a candidate (they do
+            unless pools define it with different content, which the `queries` asset
+            reports as a conflict).
         chunk_rows: candidates read at a time.
 
     Raises:
@@ -168,15 +175,22 @@ def iter_index_rows(
     if config.representation.enhanced_corpus and enhanced_corpus is None:
         raise ValueError(f"config {config.name!r} needs the enhanced corpus")
     reads = enhanced_corpus if config.representation.enhanced_corpus else None
-    for pool, path in pools.items():
+    members = Memberships.of_tables(pools)
+    for shard, (pool, path) in enumerate(pools.items()):
         texts = _enhanced_texts(reads[pool], chunk_rows) if reads is not None else None
         for batch in iter_parquet_batches(path, chunk_rows):
             dids = batch.column("did").to_pylist()
-            modalities = [_MODALITIES[m] for m in batch.column("modality").to_pylist()]
-            enhanced = texts.take(dids) if texts is not None else None
-            yield _pool_rows(
-                config, pool, dids, modalities, batch.column("txt").to_pylist(),
-                batch.column("img_path").to_pylist(), provenance, enhanced,
+            enhanced = texts.take(dids) if texts is not None else None  # (in step: all)
+            first, held = members.lookup(dids)
+            mine = np.flatnonzero(first == shard)  # a candidate's row comes from its first pool
+            if not len(mine):
+                continue
+            batch = batch.take(pa.array(mine))
+            yield _rows(
+                config, [dids[i] for i in mine], [held[i] for i in mine],
+                [_MODALITIES[m] for m in batch.column("modality").to_pylist()],
+                batch.column("txt").to_pylist(), batch.column("img_path").to_pylist(),
+                provenance, enhanced,
             )  # fmt: skip
     yield pd.DataFrame(columns=ROW_COLUMNS)
 
@@ -217,91 +231,92 @@ def _enhanced_texts(path: Path, chunk_rows: int) -> _EnhancedTexts:
 
 @dataclass(frozen=True)
 class RowDiff:
-    """What an index update does: rows to embed and write, keys to delete."""
+    """What an index update does: rows to embed and write, pools to rewrite, keys to delete."""
 
     write: pd.DataFrame  # new or changed rows (ROW_COLUMNS)
-    delete: pd.DataFrame  # KEY columns of rows whose candidate is gone
-    unchanged: int
+    delete: pd.DataFrame  # did and pools of rows whose candidate is gone
+    unchanged: int  # rows whose vector stays (their pools may change: `repool`)
+    repool: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=POOLS_COLUMNS))
 
     def by_pool(self) -> dict[str, dict[str, int]]:
         """Per pool: rows written and deleted (for metadata)."""
         out: dict[str, dict[str, int]] = {}
         for name, frame in (("written", self.write), ("deleted", self.delete)):
-            for pool, n in frame.groupby("pool").size().items():
+            for pool, n in frame["pools"].explode().dropna().value_counts().items():
                 out.setdefault(str(pool), {"written": 0, "deleted": 0})[name] = int(n)
         return out
 
 
+POOLS_COLUMNS = ["did", "pools"]
+
+
 def diff_rows(existing: pd.DataFrame, rows: pd.DataFrame) -> RowDiff:
-    """Compare a table's (pool, did, row_hash) with the rows it should hold."""
-    if existing.empty:
-        return RowDiff(rows, pd.DataFrame(columns=KEY), 0)
-    merged = rows.merge(
-        existing[[*KEY, "row_hash"]].rename(columns={"row_hash": "_old"}),
-        on=KEY,
-        how="left",
-    )
-    changed = (merged["_old"] != merged["row_hash"]).to_numpy()
-    kept = set(zip(rows["pool"], rows["did"], strict=True))
-    gone = [
-        (p, d) for p, d in zip(existing["pool"], existing["did"], strict=True) if (p, d) not in kept
-    ]
-    return RowDiff(
-        rows[changed].reset_index(drop=True),
-        pd.DataFrame(gone, columns=KEY),
-        int((~changed).sum()),
-    )
+    """Compare a table's (did, pools, row_hash) with the rows it should hold, whole."""
+    table = pa.Table.from_pandas(existing[ROW_HASHES.names], ROW_HASHES, preserve_index=False)
+    held = ExistingRows(table.to_batches())
+    return replace(held.diff(rows), delete=held.gone())
+
+
+ROW_HASHES = pa.schema(
+    [("did", pa.string()), ("pools", pa.list_(pa.string())), ("row_hash", pa.string())]
+)
 
 
 class ExistingRows:
-    """A table's (pool, did, row_hash), compact, for diffing row chunks against it.
+    """A table's (did, pools, row_hash), compact, for diffing row chunks against it.
 
-    Keys are 128-bit blake2b digests of (pool, did) and hashes fixed 16-byte strings in
-    sorted numpy arrays (~40 bytes a row, where the frame takes ~200); `diff` marks the
-    keys it sees, and `gone` is every key no chunk had.
+    Keys are 128-bit blake2b digests of the did, hashes and pools digests fixed 16-byte
+    strings, in sorted numpy arrays (~60 bytes a row, where a frame takes ~250); `diff`
+    marks the keys it sees, and `gone` is every key no chunk had.
     """
 
     def __init__(self, existing: Iterable[pa.RecordBatch]) -> None:
-        """Read the table's (pool, did, row_hash) batches (`row_hashes`) one at a time."""
-        keys, hashes, pools, dids = [], [], [], []
+        """Read the table's (did, pools, row_hash) batches (`row_hashes`) one at a time."""
+        keys, hashes, held, dids, pools = [], [], [], [], []
         for batch in existing:
-            pool, did = batch.column("pool").to_pylist(), batch.column("did").to_pylist()
-            keys.append(_keys(pool, did))
+            did = batch.column("did")
+            keys.append(did_keys(did.to_pylist()))
             hashes.append(_hashes(batch.column("row_hash").to_pylist()))
-            pools.append(pa.array(pool, type=pa.string()))
-            dids.append(pa.array(did, type=pa.string()))
+            held.append(_pools_keys(batch.column("pools").to_pylist()))
+            dids.append(did.cast(pa.string()))
+            pools.append(batch.column("pools").cast(pa.list_(pa.string())))
         all_keys = np.concatenate(keys) if keys else np.empty(0, dtype="S16")
         self._order = np.argsort(all_keys, kind="stable")
         self._keys = all_keys[self._order]
         self._hashes = (np.concatenate(hashes) if hashes else np.empty(0, "S16"))[self._order]
-        self._pool = pa.concat_arrays(pools) if pools else pa.array([], pa.string())
+        self._held = (np.concatenate(held) if held else np.empty(0, "S16"))[self._order]
         self._did = pa.concat_arrays(dids) if dids else pa.array([], pa.string())
+        self._pools = pa.concat_arrays(pools) if pools else pa.array([], pa.list_(pa.string()))
         self._seen = np.zeros(len(all_keys), dtype=bool)
 
     def __len__(self) -> int:
         return len(self._keys)
 
     def diff(self, rows: pd.DataFrame) -> RowDiff:
-        """The rows of this chunk that are new or changed (no deletes: see `gone`)."""
+        """This chunk's new or changed rows, and its unchanged ones whose pools changed.
+
+        (No deletes: see `gone`.)
+        """
         if not len(self._keys) or not len(rows):
-            return RowDiff(rows.reset_index(drop=True), pd.DataFrame(columns=KEY), 0)
-        keys = _keys(rows["pool"], rows["did"])
+            return RowDiff(rows.reset_index(drop=True), pd.DataFrame(columns=POOLS_COLUMNS), 0)
+        keys = did_keys(rows["did"])
         at = np.minimum(np.searchsorted(self._keys, keys), len(self._keys) - 1)
         found = self._keys[at] == keys
         self._seen[at[found]] = True
-        new = _hashes(rows["row_hash"])
-        changed = ~(found & (self._hashes[at] == new))
+        changed = ~(found & (self._hashes[at] == _hashes(rows["row_hash"])))
+        repool = ~changed & (self._held[at] != _pools_keys(rows["pools"]))
         return RowDiff(
-            rows[changed].reset_index(drop=True), pd.DataFrame(columns=KEY), int((~changed).sum())
+            rows[changed].reset_index(drop=True),
+            pd.DataFrame(columns=POOLS_COLUMNS),
+            int((~changed).sum()),
+            rows.loc[repool, POOLS_COLUMNS].reset_index(drop=True),
         )
 
     def gone(self) -> pd.DataFrame:
-        """KEY columns of the rows no chunk held, in the table's order."""
-        index = np.sort(self._order[~self._seen])
-        return pd.DataFrame(
-            {"pool": self._pool.take(index).to_pylist(), "did": self._did.take(index).to_pylist()},
-            columns=KEY,
-        )
+        """The did and pools of the rows no chunk held, in the table's order."""
+        index = pa.array(np.sort(self._order[~self._seen]))
+        did, pools = self._did.take(index), self._pools.take(index)
+        return pd.DataFrame({"did": did.to_pylist(), "pools": pools.to_pylist()})
 
 
 def _hashes(row_hashes: Iterable[Any]) -> np.ndarray:
@@ -309,15 +324,9 @@ def _hashes(row_hashes: Iterable[Any]) -> np.ndarray:
     return np.array([str(h).encode()[:16] for h in row_hashes], dtype="S16")
 
 
-def _keys(pools: Iterable[Any], dids: Iterable[Any]) -> np.ndarray:
-    digest = hashlib.blake2b
-    return np.array(
-        [
-            digest(f"{p}\0{d}".encode("utf-8", "surrogatepass"), digest_size=16).digest()
-            for p, d in zip(pools, dids, strict=True)
-        ],
-        dtype="S16",
-    )
+def _pools_keys(pools: Iterable[Any]) -> np.ndarray:
+    """16-byte digests of pools lists (equal lists, equal digests)."""
+    return did_keys("\0".join(p) for p in pools)
 
 
 def arrow_rows(rows: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
@@ -328,7 +337,14 @@ def arrow_rows(rows: pd.DataFrame, vectors: np.ndarray) -> pa.Table:
     columns = {
         c: pa.array([v if isinstance(v, str) else None for v in rows[c]], type=pa.string())
         for c in ROW_COLUMNS
+        if c != "pools"
     }
+    columns["pools"] = pools_array(rows["pools"])
     flat = pa.array(vectors.reshape(-1), type=pa.float32())
     columns["vector"] = pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
-    return pa.table(columns)
+    return pa.table({c: columns[c] for c in [*ROW_COLUMNS, "vector"]})
+
+
+def pools_array(pools: Iterable[Any]) -> pa.Array:
+    """A `pools` column: a list of pool shards per row."""
+    return pa.array([list(p) for p in pools], type=pa.list_(pa.string()))

@@ -32,7 +32,7 @@ from rar_pipeline.core.search.store import (
     SearchStore,
     TableSearch,
     dense_search,
-    unique_hits,
+    hits_by_query,
 )
 
 # what a hit shows besides (pool, did, score)
@@ -48,7 +48,7 @@ class SearchHit:
         rank: 1 for the best.
         did: the candidate's id.
         score: cosine similarity (dense), or the fused relevance (hybrid).
-        pool: the pool the hit was found in (the first, when several hold it).
+        pool: the pool the hit was searched in, or the first that holds it.
         modality: text | image | image,text.
         txt: the candidate's own text.
         text: what the retriever embedded for it (its text, caption, or both).
@@ -212,7 +212,7 @@ class Searcher:
             found: set[str] = set()
             with self._reading():
                 for batch in self.store.row_hashes(self.config.table):
-                    found.update(batch.column("pool").unique().to_pylist())
+                    found.update(batch.column("pools").flatten().unique().to_pylist())
             self._pools = sorted(found)
         return self._pools
 
@@ -280,7 +280,7 @@ class Searcher:
                 searched_text=text,
                 enhancement=e.status if rep.enhanced_queries else "not used",
                 hybrid=hybrid and bool(text),
-                hits=self._hits(found),
+                hits=self._hits(found, pool),
                 seconds={name: round(value, 6) for name, value in seconds.items()},
                 vlm_calls=vlm_calls / n,
             )
@@ -302,48 +302,19 @@ class Searcher:
         modality: Sequence[str] | None,
         pool: str | None,
     ) -> tuple[DenseHits, dict[int, pd.DataFrame]]:
-        """Embed and search; with `hybrid`, fuse each query that has text with full text.
-
-        A candidate is in several pools (its task's and a union pool). Over every pool a
-        search fetches twice k rows, keeps each candidate once, and fetches four times as
-        many again while a query is left with fewer than k though more rows remain; a
-        hybrid search widens its fused list the same way.
-        """
-        fetch = k if pool is not None else 2 * k
+        """Embed and search; with `hybrid`, fuse each query that has text with full text."""
         where = TableSearch(pool, self.plan, modality, HIT_COLUMNS)
         with self._reading():
-            dense = dense_search(self.store, self.config, self.encoder, items, fetch, where)
-            by_query = unique_hits(dense.hits, k)
-            wider = fetch
-            while pool is None and self._short(dense.hits, by_query, k, wider):
-                wider *= 4
-                hits = self.store.search_vectors(
-                    self.config.table, dense.embedded.vectors, wider, where
-                )
-                dense.hits = hits[~hits["query_index"].isin(list(dense.embedded.failed))]
-                by_query = unique_hits(dense.hits, k)
+            dense = dense_search(self.store, self.config, self.encoder, items, k, where)
+            by_query = hits_by_query(dense.hits)
             if hybrid:
                 for i, text in enumerate(texts):
                     if text and i not in dense.embedded.failed:
-                        by_query[i] = self._fused(dense.embedded.vectors[i], text, k, fetch, where)
+                        vector = dense.embedded.vectors[i]
+                        by_query[i] = self.store.search_hybrid(
+                            self.config.table, vector, text, k, where
+                        )
         return dense, by_query
-
-    def _fused(
-        self, vector: Any, text: str, k: int, fetch: int, where: TableSearch
-    ) -> pd.DataFrame:
-        """One query's k best distinct candidates by dense and full-text search, fused."""
-        while True:
-            fused = self.store.search_hybrid(self.config.table, vector, text, fetch, where)
-            best = unique_hits(fused, k).get(0, fused.iloc[0:0])
-            if where.pool is not None or not self._short(fused, {0: best}, k, fetch):
-                return best
-            fetch *= 4
-
-    @staticmethod
-    def _short(hits: pd.DataFrame, by_query: dict[int, pd.DataFrame], k: int, fetch: int) -> bool:
-        """Whether a query has fewer than k distinct candidates though more rows remain."""
-        fetched = hits.groupby("query_index").size()
-        return any(len(by_query[i]) < k and n >= fetch for i, n in fetched.items())
 
     def _check(self, k: int, modality: Sequence[str] | None, pool: str | None) -> None:
         if not 1 <= k <= MAX_K:
@@ -363,7 +334,7 @@ class Searcher:
         enhanced, stats = self.enhancer(queries)
         return enhanced, stats.backend_calls
 
-    def _hits(self, found: Any) -> list[SearchHit]:
+    def _hits(self, found: Any, pool: str | None) -> list[SearchHit]:
         def text(value: Any) -> str | None:
             return value if isinstance(value, str) else None
 
@@ -372,7 +343,7 @@ class Searcher:
                 rank,
                 str(row.did),
                 float(row.score),
-                str(row.pool),
+                pool or str(row.pools[0]),
                 str(row.modality),
                 text(row.txt),
                 text(row.text),

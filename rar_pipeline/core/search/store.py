@@ -26,7 +26,7 @@ class TableSearch:
     """How one search reads a config's table: which rows, how deep, which columns back.
 
     Attributes:
-        pool: only this pool's rows (None: every pool; a candidate is in several).
+        pool: only the rows this pool holds (None: every row).
         plan: the table's ANN query parameters.
         modality: only rows of these candidate modalities (None or empty: every one).
         columns: table columns each hit carries besides query_index, pool, did and score.
@@ -54,7 +54,7 @@ class SearchStore(Protocol):
     def search_vectors(
         self, name: str, vectors: np.ndarray, k: int, search: TableSearch
     ) -> pd.DataFrame:
-        """Each vector's k nearest rows: query_index, pool, did, columns, score; best first."""
+        """Each vector's k nearest rows: query_index, did, pools, columns, score; best first."""
         ...
 
     def search_hybrid(
@@ -70,7 +70,7 @@ class DenseHits:
 
     Attributes:
         embedded: the query vectors, and which queries could not be embedded.
-        hits: query_index, pool, did, the columns asked for, score; best first per query
+        hits: query_index, did, pools, the columns asked for, score; best first per query
             (queries that could not be embedded have none).
         embed_seconds: time spent embedding.
         search_seconds: time spent searching the table.
@@ -108,11 +108,10 @@ def dense_search(
     return DenseHits(embedded, hits, embedded_at - started, time.perf_counter() - embedded_at)
 
 
-def unique_hits(hits: pd.DataFrame, k: int) -> dict[int, pd.DataFrame]:
-    """Each query's first k hits, each candidate once (a candidate is in several pools).
+def hits_by_query(hits: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    """Each query's hits (a table holds a candidate once, whatever pools hold it).
 
     Returns:
         query_index -> its hits, best first.
     """
-    hits = hits.drop_duplicates(["query_index", "did"], keep="first")
-    return {int(i): h.head(k) for i, h in hits.groupby("query_index", sort=False)}
+    return {int(i): h for i, h in hits.groupby("query_index", sort=False)}

@@ -1,7 +1,7 @@
 """Vector tables: `LanceDBResource` (real LanceDB, local folder or s3://).
 
 Besides whole-table writes and single-vector search, the store does what an index
-needs: read the keys and row hashes it holds, upsert rows by (pool, did) and delete
+needs: read the keys and row hashes it holds, upsert rows by did and delete
 others, build the full-text and (above a size) ANN indexes, and search many vectors at
 once within one pool. Scores are cosine similarities (1 - LanceDB's cosine distance).
 Tests' in-memory stand-in, `FakeVectorStore`, lives in `tests/fake_stores.py`.
@@ -27,14 +27,16 @@ from rar_pipeline.core.index import maintenance
 from rar_pipeline.core.index.ann import METRIC, AnnPlan
 from rar_pipeline.core.index.build import IndexStore
 from rar_pipeline.core.index.maintenance import IndexHealth, MaintenancePolicy
+from rar_pipeline.core.index.rows import KEY, ROW_HASHES
 from rar_pipeline.core.object_store import check_concurrent_writes, is_object_store, lancedb_options
 from rar_pipeline.core.search.store import SearchStore, TableSearch
 
-KEY = ["pool", "did"]
 TEXT_COLUMN = "text"
+# scalar indexes that make pool and modality filters prefilter fast
+SCALAR_INDEXES = {"pools": "LABEL_LIST", "modality": "BITMAP"}
 DELETE_CHUNK = 500
 HASH_BATCH_ROWS = 100_000  # rows per Arrow batch when the keys and row hashes are read
-ROW_HASHES = pa.schema([("pool", pa.string()), ("did", pa.string()), ("row_hash", pa.string())])
+HIT_KEY = ["did", "pools"]  # what every hit carries
 SEARCH_CHUNK = 256  # query vectors per LanceDB search call
 RRF_K = 60  # reciprocal rank fusion's constant (LanceDB's RRFReranker default)
 _CONNECTIONS: dict[tuple[str, str, str, int], Any] = {}  # LanceDBResource.connect's
@@ -57,15 +59,15 @@ def _filter(pool: str | None, modality: Sequence[str] | None = None) -> str | No
     """The SQL filter of a search within a pool and/or among candidate modalities."""
     parts = []
     if pool is not None:
-        parts.append(f"pool = {sql_string(pool)}")
+        parts.append(f"array_has(pools, {sql_string(pool)})")
     if modality:
         parts.append(f"modality IN ({', '.join(sql_string(m) for m in modality)})")
     return " AND ".join(parts) or None
 
 
 def scored_hits(parts: list[pd.DataFrame], columns: Sequence[str]) -> pd.DataFrame:
-    """Hits of many searches, best first per query: query_index, pool, did, score, columns."""
-    out = [*KEY, *[c for c in columns if c not in KEY]]
+    """Hits of many searches, best first per query: query_index, did, pools, columns, score."""
+    out = [*HIT_KEY, *[c for c in columns if c not in HIT_KEY]]
     if not parts:
         return pd.DataFrame(columns=["query_index", *out, "score"])
     hits = pd.concat(parts, ignore_index=True)
@@ -169,15 +171,15 @@ class LanceDBResource(dg.ConfigurableResource):
 
     # -- what an index needs
     def row_hashes(self, name: str) -> pa.RecordBatchReader:
-        """(pool, did, row_hash) of every row, streamed in Arrow batches (none: no table)."""
+        """(did, pools, row_hash) of every row, streamed in Arrow batches (none: no table)."""
         if name not in self.table_names():
             return pa.RecordBatchReader.from_batches(ROW_HASHES, [])
         table = self.connect().open_table(name)
-        query = table.search().select([*KEY, "row_hash"]).limit(None)
+        query = table.search().select(list(ROW_HASHES.names)).limit(None)
         return query.to_batches(HASH_BATCH_ROWS)
 
     def upsert(self, name: str, rows: pa.Table, delete: pd.DataFrame) -> int:
-        """Insert or replace `rows` by (pool, did), delete the `delete` keys; the new version.
+        """Insert or replace `rows` by did, delete the `delete` dids; the new version.
 
         Each write is one LanceDB commit, retried by LanceDB when another writer commits
         first; a run stopped between them leaves rows a rerun's diff puts right.
@@ -190,12 +192,13 @@ class LanceDBResource(dg.ConfigurableResource):
             builder.when_not_matched_insert_all().execute(rows)
         for start in range(0, len(delete), DELETE_CHUNK):
             chunk = delete.iloc[start : start + DELETE_CHUNK]
-            table.delete(
-                " OR ".join(
-                    f"(pool = {sql_string(p)} AND did = {sql_string(d)})"
-                    for p, d in zip(chunk["pool"], chunk["did"], strict=True)
-                )
-            )
+            table.delete(f"did IN ({', '.join(sql_string(d) for d in chunk['did'])})")
+        return int(table.version)
+
+    def update_pools(self, name: str, pools: pa.Table) -> int:
+        """Give existing rows (by did) new `pools`, leaving every other column; the version."""
+        table = self._writer().open_table(name)
+        table.merge_insert(KEY).when_matched_update_all().execute(pools)
         return int(table.version)
 
     def build_indexes(self, name: str, plan: AnnPlan) -> dict[str, Any]:
@@ -213,6 +216,9 @@ class LanceDBResource(dg.ConfigurableResource):
         have = {tuple(i.columns) for i in table.list_indices()}
         if (TEXT_COLUMN,) not in have:
             table.create_index(TEXT_COLUMN, config=lancedb.index.FTS())
+        for column, kind in SCALAR_INDEXES.items():
+            if (column,) not in have:
+                table.create_scalar_index(column, index_type=kind)
         if plan.needs_index(rows) and ("vector",) not in have:
             config = getattr(lancedb.index, plan.config_class)(**plan.build_params(rows))
             table.create_index("vector", config=config)
@@ -282,13 +288,13 @@ class LanceDBResource(dg.ConfigurableResource):
         """Each vector's k nearest rows (of the search's pool and modalities only, when given).
 
         Returns:
-            query_index, pool, did, any `search.columns` asked for, score (cosine
+            query_index, did, pools, any `search.columns` asked for, score (cosine
             similarity) per hit, best first.
         """
         vectors = np.asarray(vectors, dtype=np.float32)
         table = self.connect().open_table(name)
         where, plan = _filter(search.pool, search.modality), search.plan
-        select = [*KEY, *[c for c in search.columns if c not in KEY], "_distance"]
+        select = [*HIT_KEY, *[c for c in search.columns if c not in HIT_KEY], "_distance"]
         parts = []
         for start in range(0, len(vectors), SEARCH_CHUNK):
             chunk = vectors[start : start + SEARCH_CHUNK]
@@ -324,7 +330,7 @@ class LanceDBResource(dg.ConfigurableResource):
 
         table = self.connect().open_table(name)
         where, plan = _filter(search.pool, search.modality), search.plan
-        select = [*KEY, *[c for c in search.columns if c not in KEY]]
+        select = [*HIT_KEY, *[c for c in search.columns if c not in HIT_KEY]]
         dense = table.search(np.asarray(vector, dtype=np.float32)).distance_type(METRIC)
         dense = dense.select([*select, "_distance"]).nprobes(plan.nprobes).ef(plan.ef)
         lexical = table.search(MatchQuery(text, TEXT_COLUMN), query_type="fts")

@@ -100,12 +100,34 @@ def test_search_stays_within_the_pool_asked_for(store, tmp_path):
     update_index(store, "none", rows_for(POOLS), encoder, tmp_path, PLAN)
     query = encoder.embed_text("red shoe", "blue hat")
     hits = store.search_vectors("none", query, 5, TableSearch("task2_cand_pool", PLAN))
-    assert set(hits["pool"]) == {"task2_cand_pool"}
+    assert {p for pools in hits["pools"] for p in pools} == {"task2_cand_pool"}
     assert hits.groupby("query_index").size().tolist() == [5, 5]
     for _, h in hits.groupby("query_index"):
         assert np.all(np.diff(h["score"].to_numpy()) <= 0)
     everywhere = store.search_vectors("none", query, 60, TableSearch(None, PLAN))
-    assert set(everywhere["pool"]) == set(POOLS)
+    assert {p for pools in everywhere["pools"] for p in pools} == set(POOLS)
+
+
+def test_a_union_pool_adds_no_row_and_no_embedding(store, tmp_path):
+    update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    union = [c for candidates in POOLS.values() for c in candidates]
+    encoder = WordEncoder()
+    done = update_index(store, "none", rows_for({**POOLS, "union_pool": union}), encoder,
+                        tmp_path, PLAN)  # fmt: skip
+    assert encoder.embedded == [] and (done.written, done.repooled) == (0, 50)
+    assert done.index["rows"] == 50
+    first = POOLS["task1_cand_pool"][0]
+    query = WordEncoder().embed_text(first.txt)
+    for pool in ("task1_cand_pool", "union_pool"):
+        hits = store.search_vectors("none", query, 50, TableSearch(pool, PLAN))
+        assert first.did in set(hits["did"]) and len(hits) == len(union if "union" in pool
+                                                                  else POOLS[pool])  # fmt: skip
+    alone = store.search_vectors("none", query, 50, TableSearch("task2_cand_pool", PLAN))
+    assert first.did not in set(alone["did"])
+    # the union pool removed again: the rows stay, their pools shrink
+    done = update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    assert (done.written, done.deleted, done.repooled) == (0, 0, 50)
+    assert store.search_vectors("none", query, 50, TableSearch("union_pool", PLAN)).empty
 
 
 def test_scores_are_cosine_similarities(store, tmp_path):
@@ -115,11 +137,9 @@ def test_scores_are_cosine_similarities(store, tmp_path):
     query = encoder.embed_text("green lamp wool")
     hits = store.search_vectors("none", query, 50, TableSearch(None, PLAN))
     vectors = encoder.embed_text(*rows["text"])
-    expected = dict(
-        zip(zip(rows["pool"], rows["did"], strict=True), vectors @ query[0], strict=True)
-    )
-    for p, d, score in zip(hits["pool"], hits["did"], hits["score"], strict=True):
-        assert score == pytest.approx(expected[(p, d)], abs=1e-5)
+    expected = dict(zip(rows["did"], vectors @ query[0], strict=True))
+    for d, score in zip(hits["did"], hits["score"], strict=True):
+        assert score == pytest.approx(expected[d], abs=1e-5)
 
 
 def test_lancedb_builds_an_ann_index_once_the_table_is_big_enough(tmp_path):
@@ -131,7 +151,9 @@ def test_lancedb_builds_an_ann_index_once_the_table_is_big_enough(tmp_path):
     assert done.index["vector_index"] == plan.index_type
     assert done.index["index_params"]["num_partitions"] == 2
     table = store.connect().open_table("none")
-    assert {i.index_type for i in table.list_indices()} == {"FTS", plan.config_class}
+    assert {i.index_type for i in table.list_indices()} == {
+        "FTS", plan.config_class, "LabelList", "Bitmap"  # pools and modality filters
+    }  # fmt: skip
     # a later update's rows are found at once (exact search beside the index)
     big["task1_cand_pool"].append(Candidate("1:new", Modality.TEXT, "zebra zebra zebra", None))
     update_index(store, "none", rows_for(big), encoder, tmp_path, plan)

@@ -21,9 +21,11 @@ from rar_pipeline.core.index.configs import INDEXED
 from rar_pipeline.core.index.rows import Provenance, arrow_rows, index_rows
 from rar_pipeline.core.search.store import TableSearch
 from rar_pipeline.defs.resources import LanceDBResource
+from rar_pipeline.defs.resources.lancedb import SCALAR_INDEXES
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()
+INDEXED_COLUMNS = {(c,) for c in SCALAR_INDEXES}  # pools and modality
 ROOT = Path(__file__).resolve().parents[3]  # the project: `tests` imports from here
 
 
@@ -45,12 +47,12 @@ def _writer(uri: str, shard: int, rounds: int) -> None:
     """One run writing its own shard's rows, a few commits in a row."""
     store = LanceDBResource(uri=uri)
     rows = rows_of(pools(8, 25))
-    mine = rows[rows["pool"] == f"task{shard}_cand_pool"].reset_index(drop=True)
+    mine = rows[[f"task{shard}_cand_pool" in p for p in rows["pools"]]].reset_index(drop=True)
     encoder = WordEncoder()
     for r in range(rounds):
         part = mine.iloc[r::rounds].reset_index(drop=True)
         vectors = encoder.embed_text(*part["text"])
-        store.upsert("none", arrow_rows(part, vectors), part.iloc[0:0][["pool", "did"]])
+        store.upsert("none", arrow_rows(part, vectors), part.iloc[0:0][["did"]])
 
 
 def test_concurrent_writers_on_one_table_lose_no_rows(tmp_path):
@@ -68,8 +70,10 @@ def test_concurrent_writers_on_one_table_lose_no_rows(tmp_path):
         w.join(timeout=300)
         assert w.exitcode == 0
     keys = LanceDBResource(uri=uri).row_hashes("none").read_all().to_pandas()
-    assert len(keys) == 125 and not keys.duplicated(["pool", "did"]).any()
-    assert sorted(keys["pool"].unique()) == [f"task{p}_cand_pool" for p in range(5)]
+    assert len(keys) == 125 and not keys.duplicated(["did"]).any()
+    assert sorted({p for pools in keys["pools"] for p in pools}) == [
+        f"task{p}_cand_pool" for p in range(5)
+    ]
 
 
 class SlowEncoder(WordEncoder):
@@ -108,7 +112,8 @@ def test_an_update_killed_with_sigkill_is_completed_by_the_next(tmp_path):
     assert (done.written, done.unchanged) == (150, 50) and len(encoder.embedded) == 150
     assert store.row_hashes("none").read_all().num_rows == 200
     assert {tuple(i.columns) for i in store.connect().open_table("none").list_indices()} == {
-        ("text",)
+        ("text",),
+        *INDEXED_COLUMNS,
     }
 
 
@@ -137,7 +142,7 @@ def test_an_update_that_dies_at_any_step_is_completed_by_the_next(tmp_path, monk
     assert (done.written, done.unchanged) == (60 - committed, 30 + committed)
     table = store.connect().open_table("none")
     assert table.count_rows() == 90
-    assert {tuple(i.columns) for i in table.list_indices()} == {("text",)}
+    assert {tuple(i.columns) for i in table.list_indices()} == {("text",), *INDEXED_COLUMNS}
     hits = store.search_vectors("none", again.embed_text("item 5 of pool 2 red wool"), 1,
                                 TableSearch(None, PLAN))  # fmt: skip
     assert hits["did"].tolist() == ["2:5"]

@@ -98,7 +98,7 @@ def test_new_rows_are_searchable_as_soon_as_written_and_maintenance_folds_them_i
     done = store.maintain_indexes("none", POLICY)
     assert done["steps"] == ["delta"]
     assert (done["after"]["unindexed_rows"], done["after"]["deltas"]) == (0, 1)
-    assert set(done["after"]["indexes"]) == {"text_idx", "vector_idx"}  # both kept
+    assert {"text_idx", "vector_idx"} <= set(done["after"]["indexes"])  # both kept
     assert found(store, "zebra") == ["1:new"]
     assert found(store, "zebra", hybrid=True) == ["1:new"]
     assert store.maintain_indexes("none", POLICY)["steps"] == []  # nothing left to do

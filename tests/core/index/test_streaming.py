@@ -19,7 +19,7 @@ from tests.fake_stores import FakeVectorStore
 from tests.word_encoder import WordEncoder
 
 PLAN = AnnPlan()
-COLUMNS = ["pool", "did", "text", "row_hash"]
+COLUMNS = ["did", "pools", "text", "row_hash"]
 
 
 def _chunks(frame: pd.DataFrame, size: int) -> list[pd.DataFrame]:
@@ -31,7 +31,8 @@ def _table(store, name: str) -> pd.DataFrame:
         frame = store._tables[name]
     else:
         frame = store.connect().open_table(name).to_pandas()
-    return frame[COLUMNS].sort_values(["pool", "did"]).reset_index(drop=True)
+    frame = frame[COLUMNS].assign(pools=[list(p) for p in frame["pools"]])
+    return frame.sort_values("did").reset_index(drop=True)
 
 
 def _stores(tmp_path: Path, kind: str):
@@ -68,9 +69,14 @@ def test_a_second_chunked_update_embeds_nothing(tmp_path):
 
 @pytest.mark.parametrize("config", ["none", "full"])
 def test_rows_read_from_the_tables_in_chunks_equal_rows_from_records(tmp_path, config):
-    pools, enhanced, texts = {}, {}, {}
-    for shard, candidates in POOLS.items():
-        candidates = [*candidates, Candidate(f"{shard}:img", Modality.IMAGE, None, "i.png")]
+    pools, enhanced, texts, records = {}, {}, {}, {}
+    shards = {
+        s: [*c, Candidate(f"{s}:img", Modality.IMAGE, None, "i.png")] for s, c in POOLS.items()
+    }
+    # a union pool holds every candidate again, in another order
+    shards["union_pool"] = [c for candidates in reversed(shards.values()) for c in candidates]
+    for shard, candidates in shards.items():
+        records[shard] = candidates
         pools[shard] = write_parquet(records_to_frame(candidates, Candidate),
                                      tmp_path / "pool" / f"{shard}.parquet")  # fmt: skip
         frame = pd.DataFrame(
@@ -81,7 +87,6 @@ def test_rows_read_from_the_tables_in_chunks_equal_rows_from_records(tmp_path, c
         )
         enhanced[shard] = write_parquet(frame, tmp_path / "enhanced" / f"{shard}.parquet")
         texts.update(zip(*(pd.read_parquet(enhanced[shard])[c] for c in frame), strict=True))
-    records = {s: [*POOLS[s], Candidate(f"{s}:img", Modality.IMAGE, None, "i.png")] for s in POOLS}
     provenance = Provenance("full@1", "v1", "fake/fake")
     expected = index_rows(INDEXED[config], records, provenance, texts)
     chunked = pd.concat(
@@ -89,7 +94,12 @@ def test_rows_read_from_the_tables_in_chunks_equal_rows_from_records(tmp_path, c
         ignore_index=True,
     )
     assert chunked["row_hash"].tolist() == expected["row_hash"].tolist()
-    assert chunked[["pool", "did"]].values.tolist() == expected[["pool", "did"]].values.tolist()
+    assert chunked["did"].tolist() == expected["did"].tolist()
+    assert chunked["pools"].tolist() == expected["pools"].tolist()
+    assert len(chunked) == len(records["union_pool"])  # one row per candidate
+    assert set(map(tuple, chunked["pools"])) == {
+        ("task1_cand_pool", "union_pool"), ("task2_cand_pool", "union_pool")
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("kind", ["lancedb", "fake"])
@@ -121,4 +131,4 @@ def test_the_tables_keys_read_in_batches_of_three_give_the_diff_of_one_batch(
 def test_a_missing_table_has_no_keys_but_their_schema(tmp_path, kind):
     store = _stores(tmp_path, kind)[0]
     keys = store.row_hashes("nothing").read_all()
-    assert keys.num_rows == 0 and keys.column_names == ["pool", "did", "row_hash"]
+    assert keys.num_rows == 0 and keys.column_names == ["did", "pools", "row_hash"]
