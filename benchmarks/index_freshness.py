@@ -27,8 +27,9 @@ exact numpy search over the vectors the table holds at that moment, and p50/p95 
     store        the graph's `LanceDBResource.search_vectors` for one query with the columns
                  a search hit shows (what `rar search` and evaluation call)
 
-`--full` ends with a full maintenance (LanceDB's `optimize()`: compaction, every segment
-merged), the weekly schedule's. The encoder is a lookup of the generated vectors (the
+Then search at each `--nprobes` (IVF partitions searched; `AnnPlan().nprobes` is the
+default), and `--full` ends with a full maintenance (LanceDB's `optimize()`: compaction,
+every segment merged), the weekly schedule's. The encoder is a lookup of the generated vectors (the
 retriever's own cost is benchmarks/index_throughput.py's). The last line is JSON, with the
 process' peak RSS.
 """
@@ -42,6 +43,7 @@ import resource
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -192,6 +194,13 @@ def main() -> int:
     parser.add_argument("--queries", type=int, default=200)
     parser.add_argument("--work", type=Path, help="folder for the table (default: a temp dir)")
     parser.add_argument("--full", action="store_true", help="end with a full maintenance")
+    parser.add_argument(
+        "--nprobes",
+        type=int,
+        nargs="*",
+        default=[2, 3, 4],
+        help="also measure search at these nprobes, after the last maintenance",
+    )
     args = parser.parse_args()
     work = args.work or Path(tempfile.mkdtemp(prefix="index_freshness_"))
     work.mkdir(parents=True, exist_ok=True)
@@ -227,6 +236,9 @@ def main() -> int:
                                    "self_found": self_found(store, rows, ids, plan)})  # fmt: skip
         if change in (1, args.changes):
             log(f"search after maintain {change}", measure(store, rows, queries, plan))
+    for nprobes in args.nprobes:  # the recall knob, on the maintained table
+        probed = replace(plan, nprobes=nprobes)
+        log(f"search at nprobes {nprobes}", measure(store, rows, queries, probed))
     if args.full:
         started = time.perf_counter()
         kept = store.maintain_indexes(TABLE, policy, full=True)

@@ -16,6 +16,9 @@ image where they have one); every figure is per query on this machine.
   changed, differently on every run (new bytes: the VLM generates, and perception
   (EfficientNet, OCR, colours) and the encoder's image features run afresh). Modification
   queries still hit the enhancement cache: their prompt reads the text alone.
+- bare_lancedb: LanceDB's own query (top 10 dids, the table opened once) for the same
+  query vectors, timed alone: what `seen`'s search is compared with
+  (`seen_search_over_bare_p50`).
 - hybrid: `seen`, with dense and full-text hits fused.
 - batches: `search_many` throughput (queries/s) at several batch sizes, on `seen` queries.
 - page: `rar serve` in its own process. GET /api/search (text) and POST / with an image
@@ -44,6 +47,7 @@ from PIL import Image
 
 from rar_pipeline.core.evaluation.evaluate import load_test_queries
 from rar_pipeline.core.layout import ArtifactLayout
+from rar_pipeline.core.retrieval.encoders.base import EncodeItem
 from rar_pipeline.core.search.enhance import QueryEnhancer
 from rar_pipeline.core.search.query import SearchQuery
 from rar_pipeline.core.settings import load_settings
@@ -67,6 +71,32 @@ def per_query(searcher, queries, **kwargs) -> dict[str, dict[str, float]]:
     out = {name: pct(values) for name, values in parts.items()}
     out["vlm_calls_per_query"] = {"mean": round(calls / len(queries), 3)}
     return out
+
+
+def bare(searcher, queries) -> dict[str, float]:
+    """LanceDB's own query on the same table for the same query vectors, timed alone.
+
+    The table is opened once; each query asks for the top 10 dids (cosine), nothing else:
+    the engine's cost, which `seen`'s search is compared with.
+    """
+    items = [searcher.search(q, 1).searched_text for q in queries]  # (warms the caches)
+    vectors = searcher.encoder.embed(
+        [EncodeItem(t, q.image) for t, q in zip(items, queries, strict=True)]
+    )
+    table = searcher.store.connect().open_table(searcher.config.table)
+
+    def query(vector):
+        found = table.search(vector).distance_type("cosine").limit(10).select(["did"])
+        return found.to_arrow()
+
+    for vector in vectors[:20]:
+        query(vector)
+    seconds = []
+    for vector in vectors:
+        started = time.perf_counter()
+        query(vector)
+        seconds.append(time.perf_counter() - started)
+    return pct(seconds)
 
 
 def unseen(queries: list[SearchQuery], folder: Path) -> list[SearchQuery]:
@@ -184,7 +214,11 @@ def main() -> None:
         "open_s": round(time.perf_counter() - started, 2),
         "cpus": os.cpu_count(),
     }
+    report["bare_lancedb"] = bare(searcher, queries)
     report["seen"] = per_query(searcher, queries)
+    report["seen_search_over_bare_p50"] = round(
+        report["seen"]["search"]["p50_ms"] / report["bare_lancedb"]["p50_ms"], 2
+    )
     report["hybrid"] = per_query(searcher, queries, hybrid=True)
     with tempfile.TemporaryDirectory() as tmp:
         seen_enhancer = searcher.enhancer

@@ -36,7 +36,7 @@ from rar_pipeline.core.search.store import (
 )
 
 # what a hit shows besides (pool, did, score)
-HIT_COLUMNS = ["modality", "txt", "enhanced_txt", "text", "img_path", "retriever"]
+HIT_COLUMNS = ["modality", "txt", "text", "img_path", "retriever"]
 MODALITIES = tuple(m.value for m in Modality)
 
 
@@ -334,22 +334,26 @@ class Searcher:
         enhanced, stats = self.enhancer(queries)
         return enhanced, stats.backend_calls
 
-    def _hits(self, found: Any, pool: str | None) -> list[SearchHit]:
+    def _hits(self, found: pd.DataFrame, pool: str | None) -> list[SearchHit]:
         def text(value: Any) -> str | None:
             return value if isinstance(value, str) else None
 
+        columns = [found[c].tolist() for c in ("did", "score", "pools", "modality", "txt",
+                                               "text", "img_path")]  # fmt: skip
         return [
             SearchHit(
                 rank,
-                str(row.did),
-                float(row.score),
-                pool or str(row.pools[0]),
-                str(row.modality),
-                text(row.txt),
-                text(row.text),
-                text(row.img_path),
+                str(did),
+                float(score),
+                pool or str(pools[0]),
+                str(modality),
+                text(txt),
+                text(searched),
+                text(img),
+            )  # fmt: skip
+            for rank, (did, score, pools, modality, txt, searched, img) in enumerate(
+                zip(*columns, strict=True), start=1
             )
-            for rank, row in enumerate(found.itertuples(index=False), start=1)
         ]
 
     def _warnings(

@@ -104,7 +104,8 @@ def dense_search(
     embedded = embed_robustly(encoder, items, progress=progress)
     embedded_at = time.perf_counter()
     hits = store.search_vectors(config.table, embedded.vectors, k, search)
-    hits = hits[~hits["query_index"].isin(list(embedded.failed))]
+    if embedded.failed:
+        hits = hits[~hits["query_index"].isin(list(embedded.failed))]
     return DenseHits(embedded, hits, embedded_at - started, time.perf_counter() - embedded_at)
 
 
@@ -114,4 +115,7 @@ def hits_by_query(hits: pd.DataFrame) -> dict[int, pd.DataFrame]:
     Returns:
         query_index -> its hits, best first.
     """
+    first = hits["query_index"].iloc[0] if len(hits) else 0
+    if (hits["query_index"] == first).all():  # one query (what a person's search is)
+        return {int(first): hits} if len(hits) else {}
     return {int(i): h for i, h in hits.groupby("query_index", sort=False)}
