@@ -17,6 +17,8 @@ import pyarrow as pa
 import pytest
 
 from rar_pipeline.core import object_store
+from rar_pipeline.core.index.ann import AnnPlan
+from rar_pipeline.core.index.maintenance import MaintenancePolicy
 from rar_pipeline.core.object_store import check_concurrent_writes, conditional_put_honoured
 from rar_pipeline.defs.resources import LanceDBResource, MlflowResource
 from rar_pipeline.stack.servers import ObjectStore, mlflow_server, seaweedfs
@@ -64,7 +66,7 @@ def _table(n: int, dim: int = 8, seed: int = 0) -> pa.Table:
     vectors = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     return pa.table({
-        "pool": ["local"] * n, "did": [f"d{i}" for i in range(n)],
+        "did": [f"d{i}" for i in range(n)], "pools": [["local"]] * n,
         "text": [f"item {i}" for i in range(n)], "modality": ["text"] * n,
         "row_hash": [f"h{i}" for i in range(n)],
         "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel()), dim),
@@ -74,11 +76,17 @@ def _table(n: int, dim: int = 8, seed: int = 0) -> pa.Table:
 def test_lancedb_tables_live_in_the_bucket(s3_env: ObjectStore):
     db = LanceDBResource(uri=s3_env.uri("lancedb"), s3_endpoint_url=s3_env.endpoint_url)
     rows = _table(40)
-    db.upsert("corpus", rows, pd.DataFrame(columns=["pool", "did"]))
-    db.upsert("corpus", _table(5, seed=1), pd.DataFrame({"pool": ["local"], "did": ["d39"]}))
+    db.upsert("corpus", rows, pd.DataFrame(columns=["did"]))
+    db.upsert("corpus", _table(5, seed=1), pd.DataFrame({"did": ["d39"]}))
     assert db.count_rows("corpus") == 39  # d0-d4 replaced, d39 deleted
     query = rows.column("vector").to_numpy(zero_copy_only=False)[7]
     assert db.search("corpus", np.asarray(query, dtype=np.float32), 1)["did"].tolist() == ["d7"]
+    # the indexes, and their maintenance through Lance's own API, on the bucket too
+    db.build_indexes("corpus", AnnPlan(min_rows=30, rows_per_partition=20))
+    db.upsert("corpus", _table(45, seed=2).slice(40), pd.DataFrame(columns=["did"]))
+    assert db.index_health("corpus").unindexed_rows == 5
+    done = db.maintain_indexes("corpus", MaintenancePolicy())
+    assert done["steps"] == ["delta"] and done["after"]["unindexed_rows"] == 0
     objects = _client(s3_env).list_objects_v2(Bucket=s3_env.bucket, Prefix="lancedb/corpus")
     assert objects["KeyCount"] > 0
 
@@ -101,12 +109,12 @@ def test_a_store_that_ignores_conditional_writes_gets_no_index_writes_and_is_tol
     monkeypatch.setattr(object_store, "boto3_client", lambda *args: IgnoresConditions(real(*args)))
     db = LanceDBResource(uri=s3_env.uri("careless"), s3_endpoint_url=s3_env.endpoint_url)
     with pytest.raises(RuntimeError, match="ignores conditional writes.*RAR_LANCEDB_SINGLE_WRITER"):
-        db.upsert("corpus", _table(3), pd.DataFrame(columns=["pool", "did"]))
+        db.upsert("corpus", _table(3), pd.DataFrame(columns=["did"]))
     assert "corpus" not in db.table_names()
     single = LanceDBResource(
         uri=s3_env.uri("careless"), s3_endpoint_url=s3_env.endpoint_url, single_writer=True
     )
-    single.upsert("corpus", _table(3), pd.DataFrame(columns=["pool", "did"]))
+    single.upsert("corpus", _table(3), pd.DataFrame(columns=["did"]))
     assert single.count_rows("corpus") == 3
 
 
