@@ -217,6 +217,9 @@ class LanceDBResource(dg.ConfigurableResource):
         if name not in self.table_names():
             return pa.RecordBatchReader.from_batches(ROW_HASHES, [])
         table = self.connect().open_table(name)
+        missing = [c for c in ROW_HASHES.names if c not in table.schema.names]
+        if missing:  # e.g. a table of index-1's layout, a row per (pool, candidate)
+            raise ValueError(f"{name} holds rows of an older layout (no {', '.join(missing)})")
         query = table.search().select(list(ROW_HASHES.names)).limit(None)
         return query.to_batches(HASH_BATCH_ROWS)
 

@@ -230,3 +230,13 @@ def test_many_query_vectors_keep_their_own_results(tmp_path):
     assert got["query_index"].tolist() == want["query_index"].tolist()
     np.testing.assert_allclose(got["score"], want["score"], atol=1e-5)
     assert real.search_vectors("none", queries[:0], 3, TableSearch(None, PLAN)).empty
+
+
+def test_a_table_of_the_older_layout_is_rebuilt_and_says_why(tmp_path):
+    store = LanceDBResource(uri=str(tmp_path / "lance"))
+    old = rows_for(POOLS).assign(pool=lambda r: [p[0] for p in r["pools"]]).drop(columns="pools")
+    vectors = WordEncoder().embed_text(*old["text"])
+    store.connect().create_table("none", old.assign(vector=list(vectors)))  # a row per pool
+    done = update_index(store, "none", rows_for(POOLS), WordEncoder(), tmp_path, PLAN)
+    assert done.rebuilt == "ValueError: none holds rows of an older layout (no pools)"
+    assert done.written == 50 and "pools" in store.connect().open_table("none").schema.names
