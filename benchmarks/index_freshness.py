@@ -67,7 +67,7 @@ TABLE = "bench"
 WARMUP = 50
 
 
-class Corpus1:
+class SyntheticPool:
     """The candidate pool, as pool shards of `CHUNK` rows (`candidate_pool` tables).
 
     A text starts with its row's number, so the encoder finds the row's generated vector;
@@ -117,7 +117,7 @@ class LookupEncoder:
 
     name = "lookup"
 
-    def __init__(self, corpus: Corpus1) -> None:
+    def __init__(self, corpus: SyntheticPool) -> None:
         self.corpus = corpus
 
     @property
@@ -149,7 +149,9 @@ def ms(values: list[float]) -> dict[str, float]:
     }
 
 
-def measure(store: LanceDBResource, rows: Corpus1, queries: np.ndarray, plan: AnnPlan) -> dict:
+def measure(
+    store: LanceDBResource, rows: SyntheticPool, queries: np.ndarray, plan: AnnPlan
+) -> dict:
     """Recall@10 against exact search, and p50/p95 of the bare and the store's query."""
     truth = exact_top10(rows.vectors, queries[WARMUP:])
     table = store.connect().open_table(TABLE)
@@ -177,7 +179,9 @@ def measure(store: LanceDBResource, rows: Corpus1, queries: np.ndarray, plan: An
     return out
 
 
-def self_found(store: LanceDBResource, rows: Corpus1, ids: np.ndarray, plan: AnnPlan) -> float:
+def self_found(
+    store: LanceDBResource, rows: SyntheticPool, ids: np.ndarray, plan: AnnPlan
+) -> float:
     """The share of changed rows whose own new vector finds them at rank 1."""
     search = TableSearch(None, plan)
     hits = store.search_vectors(TABLE, np.asarray(rows.vectors[ids]), 1, search)
@@ -205,7 +209,7 @@ def main() -> int:
     work = args.work or Path(tempfile.mkdtemp(prefix="index_freshness_"))
     work.mkdir(parents=True, exist_ok=True)
     store, plan, policy = LanceDBResource(uri=str(work / "lancedb")), AnnPlan(), MaintenancePolicy()
-    rows, rng = Corpus1(args.rows, args.dim, work), np.random.default_rng([0, 9])
+    rows, rng = SyntheticPool(args.rows, args.dim, work), np.random.default_rng([0, 9])
     queries = rows.corpus.draw(np.random.default_rng([0, 1]), WARMUP + args.queries)[0]
     report: dict = {"rows": args.rows, "dim": args.dim, "changed": args.changed, "plan": repr(plan)}
 

@@ -157,9 +157,12 @@ class LanceDBResource(dg.ConfigurableResource):
         table, checked = _READ_TABLES.get(key, (None, 0.0))
         if table is not None and now - checked < READ_FRESH_S:
             return table
-        try:
-            table.checkout_latest()  # (None: opened below)
-        except Exception:  # none yet, or the table was dropped and made again
+        if table is not None:
+            try:
+                table.checkout_latest()
+            except Exception:  # the table was dropped and made again
+                table = None
+        if table is None:
             table = self.connect().open_table(name)
         _READ_TABLES[key] = (table, now)
         return table
